@@ -1,0 +1,53 @@
+# polekit: the two fresh-machine commands are `make demo` and `make test`.
+# Every target bootstraps what it needs, once: a virtualenv with polekit installed
+# editable, the MicroPython WebAssembly port from npm, and (as root, when missing)
+# Debian's mosquitto. Re-runs only redo a step whose inputs changed.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMPS := .stamps
+
+.PHONY: demo test lint typecheck unit setup clean
+
+demo: setup
+	$(VENV)/bin/polekit demo
+
+test: setup lint typecheck unit
+
+setup: $(STAMPS)/venv $(STAMPS)/npm $(STAMPS)/system
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: setup
+	$(VENV)/bin/mypy polekit gateway firmware hil boards
+
+unit: setup
+	$(PY) -m pytest -q
+
+$(STAMPS)/venv: pyproject.toml
+	@mkdir -p $(STAMPS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+$(STAMPS)/npm: package.json package-lock.json
+	@mkdir -p $(STAMPS)
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+# mosquitto is the broker the integration tests prefer; without it they use amqtt.
+$(STAMPS)/system:
+	@mkdir -p $(STAMPS)
+	@if command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's mosquitto (the tests start their own on loopback)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mosquitto >/dev/null; \
+	else echo "note: mosquitto not found and not root; tests fall back to the embedded amqtt broker"; fi
+	@touch $@
+
+clean:
+	rm -rf $(VENV) $(STAMPS) node_modules build *.egg-info .pytest_cache .mypy_cache .ruff_cache

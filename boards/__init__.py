@@ -1,0 +1,1 @@
+"""Board definitions (TOML): chip, flash layout, pins, attached sensors and buses."""

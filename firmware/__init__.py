@@ -1,0 +1,1 @@
+"""polekit firmware: ``node/`` runs on the board, ``deploy/`` is the host-side tooling."""

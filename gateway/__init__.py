@@ -1,0 +1,1 @@
+"""The polekit gateway: field buses and BLE in, normalised SenML over MQTT out."""

@@ -1,0 +1,140 @@
+"""The ``polekit`` command: one entry point, one group per area.
+
+Areas add their groups here as they land (gateway, emulate, build/flash/deploy, ble).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from polekit import __version__
+from polekit.protocols import identity, modbus, model
+from polekit.protocols.errors import IdentityError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, "-V", "--version", prog_name="polekit")
+def main() -> None:
+    """polekit: smart pole and community device toolkit.
+
+    \b
+    Firmware for ESP32 sensor nodes, a gateway that carries Modbus and BLE readings to
+    the city platform over MQTT, the wire formats both share, and an emulated board to
+    test all of it without hardware. Run `polekit COMMAND --help` for each command.
+    """
+
+
+@main.command()
+def demo() -> None:
+    """Show what polekit can do on this machine (the full street demo is on its way)."""
+    console = Console()
+    console.print(f"[bold]polekit {__version__}[/bold]")
+    console.print("Ready now: the shared wire formats (polekit.protocols):")
+    for line in (
+        "  device codes      polekit code make 371600 PL 1",
+        "  register maps     polekit protocols maps pole-env",
+        "  reference model   polekit protocols quantities",
+    ):
+        console.print(line)
+    console.print(
+        "Coming next: the gateway, the emulated board, the firmware and the demo street "
+        "(see the open issues). `make test` runs everything that exists."
+    )
+
+
+@main.group()
+def code() -> None:
+    """Make and check device codes (region + type + serial + check character)."""
+
+
+@code.command("make")
+@click.argument("region")
+@click.argument("dtype", metavar="TYPE")
+@click.argument("serial", type=int)
+@click.option("-n", "--count", default=1, show_default=True, help="Codes for this many serials.")
+def code_make(region: str, dtype: str, serial: int, count: int) -> None:
+    """Print the device code(s) for REGION (6 digits, e.g. 371600), TYPE (e.g. PL) and
+    SERIAL, one a line; with --count, for SERIAL, SERIAL+1, ... (labels for a batch)."""
+    try:
+        for n in range(serial, serial + count):
+            click.echo(identity.make(region, dtype.upper(), n))
+    except IdentityError as exc:
+        raise click.UsageError(f"{exc}. Device types: `polekit code types`.") from None
+
+
+@code.command("check")
+@click.argument("codes", nargs=-1, required=True)
+def code_check(codes: tuple[str, ...]) -> None:
+    """Check device codes; exit status 1 if any is invalid, saying why."""
+    bad = 0
+    for c in codes:
+        try:
+            region, dtype, serial = identity.parse(c)
+        except IdentityError as exc:
+            click.echo(f"{c}: INVALID: {exc}")
+            bad += 1
+        else:
+            click.echo(f"{c}: ok (region {region}, type {dtype}, serial {serial})")
+    sys.exit(1 if bad else 0)
+
+
+@code.command("types")
+def code_types() -> None:
+    """List the device type letters."""
+    table = Table("type", "device")
+    for line in identity.DEVICE_TYPES.strip().splitlines():
+        key, text = line.split(" ", 1)
+        table.add_row(key, text)
+    Console().print(table)
+
+
+@main.group()
+def protocols() -> None:
+    """Look up the shared wire formats: register maps and the reference model."""
+
+
+@protocols.command("maps")
+@click.argument("name", required=False)
+def protocols_maps(name: str | None) -> None:
+    """List the register maps, or show the points of map NAME."""
+    if name is None:
+        for n in modbus.map_names():
+            click.echo(n)
+        return
+    try:
+        regmap = modbus.register_map(name)
+    except KeyError as exc:
+        raise click.UsageError(str(exc.args[0])) from None
+    table = Table("point", "table", "address", "type", "scale", "unit", "access", title=name)
+    for p in regmap:
+        table.add_row(
+            p.name,
+            p.table,
+            str(p.address),
+            p.dtype,
+            str(p.scale),
+            p.unit or "",
+            f"rw {p.low}..{p.high}" if p.writable else "ro",
+        )
+    Console().print(table)
+
+
+@protocols.command("quantities")
+def protocols_quantities() -> None:
+    """List the reference model: SenML names with their primary and secondary units."""
+    table = Table("name", "value", "primary unit", "secondary unit")
+    for line in model.QUANTITIES.strip().splitlines():
+        name = line.split()[0]
+        kind, primary, secondary = model.quantity(name)
+        table.add_row(name, kind, primary or "", secondary or "")
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
