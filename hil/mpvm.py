@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,8 +67,6 @@ def run_script(
     args = [node, str(_RUNNER), "--heap", str(heap_bytes)]
     for host, vm in (mounts or {}).items():
         args += ["--mount", f"{Path(host).resolve()}:{vm}"]
-    import tempfile
-
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
         f.write(script)
     try:

@@ -46,10 +46,11 @@ def _mac(enc, nonce, lsize, data, aad, tag_len):
     return x[:tag_len]
 
 
-def _ctr(enc, nonce, lsize, data):
+# CTR mode from counter block ``first``: block 0 masks the tag, blocks 1.. the message.
+def _ctr(enc, nonce, lsize, data, first):
     out = bytearray()
     for i in range(0, len(data), 16):
-        s = enc(bytes((lsize - 1,)) + nonce + (i // 16 + 1).to_bytes(lsize, "big"))
+        s = enc(bytes((lsize - 1,)) + nonce + (i // 16 + first).to_bytes(lsize, "big"))
         out += _xor(data[i : i + 16], s)
     return bytes(out)
 
@@ -59,8 +60,7 @@ def encrypt(key, nonce, plaintext, tag_len=4, aad=b""):
     lsize = _check(nonce, tag_len)
     enc = ecb_encryptor(key)
     tag = _mac(enc, nonce, lsize, plaintext, aad, tag_len)
-    s0 = enc(bytes((lsize - 1,)) + nonce + bytes(lsize))
-    return _ctr(enc, nonce, lsize, plaintext) + _xor(tag, s0)
+    return _ctr(enc, nonce, lsize, plaintext, 1) + _ctr(enc, nonce, lsize, tag, 0)
 
 
 # Plaintext of ``data`` (ciphertext + tag); DecryptionError if the tag does not match.
@@ -71,9 +71,8 @@ def decrypt(key, nonce, data, tag_len=4, aad=b""):
             "CCM input of %d bytes is shorter than its %d-byte tag" % (len(data), tag_len)
         )
     enc = ecb_encryptor(key)
-    plaintext = _ctr(enc, nonce, lsize, data[:-tag_len])
-    s0 = enc(bytes((lsize - 1,)) + nonce + bytes(lsize))
-    expected = _xor(_mac(enc, nonce, lsize, plaintext, aad, tag_len), s0)
+    plaintext = _ctr(enc, nonce, lsize, data[:-tag_len], 1)
+    expected = _ctr(enc, nonce, lsize, _mac(enc, nonce, lsize, plaintext, aad, tag_len), 0)
     diff = 0
     for x, y in zip(expected, data[-tag_len:]):
         diff |= x ^ y

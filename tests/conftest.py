@@ -7,8 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 VECTORS = Path(__file__).resolve().parent / "vectors"
 
@@ -40,8 +38,3 @@ def from_tagged(v: Any, tag: Any = None) -> Any:
             return out
         return {k: from_tagged(x, tag) for k, x in v.items()}
     return v
-
-
-@pytest.fixture(scope="session")
-def root() -> Path:
-    return ROOT
