@@ -136,5 +136,14 @@ def protocols_quantities() -> None:
     Console().print(table)
 
 
+def _add_area_commands() -> None:
+    from polekit.gateway.cli import gateway
+
+    main.add_command(gateway)
+
+
+_add_area_commands()
+
+
 if __name__ == "__main__":
     main()

@@ -15,11 +15,12 @@ INFO_ENCRYPTED = 0x01
 INFO_TRIGGER = 0x04
 INFO_V2 = 0x40
 
-# id name kind bytes factor unit: kind u = unsigned, s = signed, b = binary (bool),
-# e = button event, t = text, r = raw bytes (t and r carry their own length byte),
-# v = firmware version. Encoding a name uses the first row whose range fits the value.
+# id name kind [bytes [factor [unit]]], trailing columns defaulting to 1, 1, none.
+# kind: u = unsigned, s = signed, b = binary (bool), e = button event, t = text, r = raw
+# bytes (t and r carry their own length byte), v = firmware version. Encoding a name uses
+# the first row whose range fits the value.
 TABLE = """
-00 packet_id u 1 1 -
+00 packet_id u
 01 battery u 1 1 %EL
 02 temperature s 2 0.01 Cel
 03 humidity u 2 0.01 %RH
@@ -28,49 +29,49 @@ TABLE = """
 06 mass u 2 0.01 kg
 07 mass_lb u 2 0.01 lb
 08 dew_point s 2 0.01 Cel
-09 count u 1 1 -
+09 count u
 0a energy u 3 0.001 kWh
 0b power u 3 0.01 W
 0c voltage u 2 0.001 V
 0d pm2_5 u 2 1 ug/m3
 0e pm10 u 2 1 ug/m3
-0f generic b 1 1 -
-10 power_on b 1 1 -
-11 opening b 1 1 -
+0f generic b
+10 power_on b
+11 opening b
 12 co2 u 2 1 ppm
 13 tvoc u 2 1 ug/m3
 14 moisture u 2 0.01 %
-15 battery_low b 1 1 -
-16 battery_charging b 1 1 -
-17 co b 1 1 -
-18 cold b 1 1 -
-19 connectivity b 1 1 -
-1a door_open b 1 1 -
-1b garage_door b 1 1 -
-1c gas b 1 1 -
-1d heat b 1 1 -
-1e light b 1 1 -
-1f unlocked b 1 1 -
-20 water b 1 1 -
-21 motion b 1 1 -
-22 moving b 1 1 -
-23 occupancy b 1 1 -
-24 plug b 1 1 -
-25 presence b 1 1 -
-26 problem b 1 1 -
-27 running b 1 1 -
-28 safety b 1 1 -
-29 smoke b 1 1 -
-2a sound b 1 1 -
-2b tamper b 1 1 -
-2c vibration b 1 1 -
-2d window b 1 1 -
+15 battery_low b
+16 battery_charging b
+17 co b
+18 cold b
+19 connectivity b
+1a door_open b
+1b garage_door b
+1c gas b
+1d heat b
+1e light b
+1f unlocked b
+20 water b
+21 motion b
+22 moving b
+23 occupancy b
+24 plug b
+25 presence b
+26 problem b
+27 running b
+28 safety b
+29 smoke b
+2a sound b
+2b tamper b
+2c vibration b
+2d window b
 2e humidity u 1 1 %RH
 2f moisture u 1 1 %
-3a button e 1 1 -
-3c dimmer u 2 1 -
-3d count u 2 1 -
-3e count u 4 1 -
+3a button e
+3c dimmer u 2
+3d count u 2
+3e count u 4
 3f tilt s 2 0.1 deg
 40 distance u 2 1 mm
 41 distance_m u 2 0.1 m
@@ -78,7 +79,7 @@ TABLE = """
 43 current u 2 0.001 A
 44 speed u 2 0.01 m/s
 45 temperature s 2 0.1 Cel
-46 uv_index u 1 0.1 -
+46 uv_index u 1 0.1
 47 volume u 2 0.1 l
 48 volume_ml u 2 1 ml
 49 flow_rate u 2 0.001 m3/h
@@ -91,28 +92,28 @@ TABLE = """
 50 timestamp u 4 1 s
 51 acceleration u 2 0.001 m/s2
 52 gyroscope u 2 0.001 deg/s
-53 text t 0 1 -
-54 raw r 0 1 -
+53 text t 0
+54 raw r 0
 55 volume_storage u 4 0.001 l
 56 conductivity u 2 1 uS/cm
 57 temperature s 1 1 Cel
 58 temperature s 1 0.35 Cel
-59 count s 1 1 -
-5a count s 2 1 -
-5b count s 4 1 -
+59 count s
+5a count s 2
+5b count s 4
 5c power s 4 0.01 W
 5d current s 2 0.001 A
 5e direction u 2 0.01 deg
 5f precipitation u 2 0.1 mm
-60 channel u 1 1 -
+60 channel u
 61 rotational_speed u 2 1 rpm
 62 speed s 4 0.000001 m/s
 63 acceleration s 4 0.000001 m/s2
-64 light_level u 1 1 -
-65 settings_revision u 1 1 -
-f0 device_type u 2 1 -
-f1 fw_version v 4 1 -
-f2 fw_version v 3 1 -
+64 light_level u
+65 settings_revision u
+f0 device_type u 2
+f1 fw_version v 4
+f2 fw_version v 3
 """
 
 BUTTON_EVENTS = (
@@ -128,8 +129,9 @@ _HOLD_PRESS = 0x80
 
 
 def _row(line):
-    # "02 temperature s 2 0.01 Cel" -> (2, "temperature", "s", 2, 0.01, "Cel")
-    f = line.split()
+    # "02 temperature s 2 0.01 Cel" -> (2, "temperature", "s", 2, 0.01, "Cel"); trailing
+    # columns may be left out: 1 byte, factor 1, no unit
+    f = line.split() + ["1", "1", "-"][len(line.split()) - 3 :]
     factor = float(f[4]) if "." in f[4] else int(f[4])
     return int(f[0], 16), f[1], f[2], int(f[3]), factor, None if f[5] == "-" else f[5]
 

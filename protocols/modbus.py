@@ -285,30 +285,31 @@ class RegisterMap:
         )
 
 
-# One row a point: name, address, table, type, word order, scale, unit, access (ro/rw),
-# low, high ("-" = none). Kept as text: one constant string on the node instead of a heap
-# of tuples. The node's own maps keep raw values in the units below (ug/m3, /100...); the
-# reference model converts them to SenML primary units when a pack is built.
+# One row a point: name, address, table, type, then optionally word order, scale, unit,
+# access (ro/rw), low, high; left-out trailing columns default to big, 1, none ("-"), ro.
+# Kept as text: one constant string on the node instead of a heap of tuples. The node's
+# own maps keep raw values in the units below (ug/m3, /100...); the reference model
+# converts them to SenML primary units when a pack is built.
 _MAPS = {
     "pole-env": """
-temperature 0 input i16 big 0.01 Cel ro
-humidity 1 input u16 big 0.01 %RH ro
-illuminance 2 input u32 big 0.1 lx ro
-pm1 4 input u16 big 1 ug/m3 ro
-pm2_5 5 input u16 big 1 ug/m3 ro
-pm10 6 input u16 big 1 ug/m3 ro
-noise 7 input u16 big 0.1 dB ro
-tilt 8 input i16 big 0.1 deg ro
-door_open 9 input bool big 1 - ro
-water 10 input bool big 1 - ro
-alarms 11 input u16 big 1 - ro
-valid 12 input u16 big 1 - ro
-lamp_on 13 input bool big 1 - ro
-uptime 14 input u32 big 1 s ro
-free_heap 16 input u32 big 1 B ro
-reset_cause 18 input u16 big 1 - ro
-fw_version 19 input u16 big 1 - ro
-node_seq 20 input u32 big 1 - ro
+temperature 0 input i16 big 0.01 Cel
+humidity 1 input u16 big 0.01 %RH
+illuminance 2 input u32 big 0.1 lx
+pm1 4 input u16 big 1 ug/m3
+pm2_5 5 input u16 big 1 ug/m3
+pm10 6 input u16 big 1 ug/m3
+noise 7 input u16 big 0.1 dB
+tilt 8 input i16 big 0.1 deg
+door_open 9 input bool
+water 10 input bool
+alarms 11 input u16
+valid 12 input u16
+lamp_on 13 input bool
+uptime 14 input u32 big 1 s
+free_heap 16 input u32 big 1 B
+reset_cause 18 input u16
+fw_version 19 input u16
+node_seq 20 input u32
 lamp_level 0 holding u16 big 1 /100 rw 0 100
 lamp_default 1 holding u16 big 1 /100 rw 0 100
 report_interval 2 holding u16 big 1 s rw 1 3600
@@ -317,11 +318,11 @@ tilt_hysteresis 4 holding u16 big 0.1 deg rw 0 30
 """,
     # Eastron SDM120-series energy meter: IEEE-754 floats, high word first
     "sdm120": """
-voltage 0 input f32 big 1 V ro
-current 6 input f32 big 1 A ro
-power 12 input f32 big 1 W ro
-frequency 70 input f32 big 1 Hz ro
-energy 342 input f32 big 1 kWh ro
+voltage 0 input f32 big 1 V
+current 6 input f32 big 1 A
+power 12 input f32 big 1 W
+frequency 70 input f32 big 1 Hz
+energy 342 input f32 big 1 kWh
 """,
 }
 
@@ -332,6 +333,7 @@ def _num(text):
 
 def _point(row):
     f = row.split()
+    f += ["big", "1", "-", "ro"][len(f) - 4 :]
     low, high = (_num(f[8]), _num(f[9])) if len(f) > 9 else (None, None)
     unit = None if f[6] == "-" else f[6]
     return Point(f[0], int(f[1]), f[2], f[3], f[4], _num(f[5]), unit, f[7] == "rw", low, high)

@@ -77,6 +77,12 @@ def quantity(name):
     return f[1], None if f[2] == "-" else f[2], None if f[3] == "-" else f[3]
 
 
+# The primary unit ``unit`` converts to (itself when it is not a secondary unit).
+def primary_unit(unit):
+    f = _line(SECONDARY_UNITS, unit)
+    return unit if f is None else f[1]
+
+
 # Convert ``value`` between units of one primary unit (e.g. "ug/m3" -> "kg/m3").
 def convert(value, from_unit, to_unit):
     if from_unit == to_unit:

@@ -8,7 +8,7 @@ the board and the gateway produce the same bytes for the same pack.
 
 from . import cbor
 from .errors import CBORDecodeError, SenMLError
-from .model import convert, quantity
+from .model import convert, primary_unit, quantity
 
 VERSION = 10  # RFC 8428's version; the default when "bver" is absent
 VERSION_SECONDARY_UNITS = 26  # RFC 9100: version 10 plus feature bit 4 (secondary units)
@@ -278,12 +278,16 @@ def pack_readings(device_code, readings, base_time=None, secondary=False):
         elif isinstance(value, (bytes, bytearray)):
             rec["vd"] = bytes(value)
         else:
+            target = unit
             if q is not None and q[1] is not None:
                 target = q[2] if secondary and q[2] else q[1]
                 if unit is None:
                     raise SenMLError(
                         "reading %r has no unit; expected one convertible to %s" % (name, target)
                     )
+            elif unit is not None and not secondary:
+                target = primary_unit(unit)  # names outside the model: primary units too
+            if target != unit:
                 value = convert(value, unit, target)
                 unit = target
             if unit is not None:

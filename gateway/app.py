@@ -1,0 +1,152 @@
+"""The gateway process: sources -> pipeline -> durable queue -> MQTT uplink.
+
+``Gateway`` wires the parts from a validated ``Config`` and runs them under one
+TaskGroup: one task per bus, the uplink, the status server. ``stop()`` (SIGTERM/SIGINT in
+``polekit gateway run``) cancels the sources first, lets the queue finish its writes,
+publishes the retained offline state and closes the file: nothing is left half-written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from typing import Any
+
+from polekit.gateway.commands import CommandRouter
+from polekit.gateway.config import Config, DeviceConfig
+from polekit.gateway.pipeline import PackEncoder, encode_body
+from polekit.gateway.queue import DurableQueue
+from polekit.gateway.sources.modbus_bus import ModbusBus
+from polekit.gateway.status import StatusServer
+from polekit.gateway.uplink import MqttUplink
+from polekit.protocols.errors import ProtocolError
+from polekit.protocols.modbus import Point
+
+log = logging.getLogger("polekit.gateway")
+
+
+class Gateway:
+    """One gateway: owns its queue file, bus connections, broker session and status port."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.queue = DurableQueue(config.data_dir / "queue.sqlite3", config.queue_max_bytes)
+        self.encoder = PackEncoder(config.mqtt.format, config.mqtt.secondary_units)
+        self.buses: dict[str, ModbusBus] = {}
+        for name, bus in config.buses.items():
+            devices = [d for d in config.devices if d.bus == name]
+            self.buses[name] = ModbusBus(bus, devices, self._on_poll)
+        owners = {d.code: (d, self.buses[d.bus]) for d in config.devices}
+        self.commands = CommandRouter(owners, self._on_result)
+        self.uplink = MqttUplink(config, self.queue, self.commands.handle)
+        self.status = StatusServer(self.health, config.status.host, config.status.port)
+        self.readings = 0
+        self.pipeline_errors = 0
+        self.started = time.time()
+        self._stopping: asyncio.Event | None = None
+
+    async def _on_poll(
+        self, device: DeviceConfig, values: list[tuple[Point, Any]], t: float
+    ) -> None:
+        try:
+            readings = self.encoder.readings(values)
+            packer = self.encoder.packer(device.code, readings, t)
+        except ProtocolError as exc:  # a unit the model cannot convert: count, log, drop
+            self.pipeline_errors += 1
+            log.error("device %s: poll dropped: %s", device.code, exc)
+            return
+        await self.queue.append(self.config.topic("data", device.code), packer, device=device.code)
+        self.readings += len(readings)
+
+    async def _on_result(self, device_code: str, body: dict[str, Any]) -> None:
+        await self.queue.append(
+            self.config.topic("cmd-result", device_code),
+            lambda _seq: encode_body(body, self.config.mqtt.format),
+        )
+
+    def health(self) -> dict[str, Any]:
+        """A snapshot for /health, /metrics and ``polekit gateway status``."""
+        devices = []
+        for bus in self.buses.values():
+            for st in bus.devices.values():
+                devices.append(
+                    {
+                        "code": st.config.code,
+                        "bus": bus.config.name,
+                        "unit": st.config.unit,
+                        "online": st.online,
+                        "polls": st.polls,
+                        "failures": st.failures,
+                        "last_ok": st.last_ok,
+                        "last_error": st.last_error,
+                        "seq": self.queue.last_seq(st.config.code),
+                    }
+                )
+        return {
+            "gateway": self.config.gateway_id,
+            "uptime_s": round(time.time() - self.started, 1),
+            "readings": self.readings,
+            "pipeline_errors": self.pipeline_errors,
+            "mqtt": {
+                "connected": self.uplink.connected,
+                "url": self.config.mqtt.url,
+                "published": self.uplink.published,
+                "connects": self.uplink.connects,
+                "last_error": self.uplink.last_error,
+                "reconnect_s": self.uplink.reconnect_s,
+            },
+            "queue": {
+                "depth": self.queue.depth,
+                "bytes": self.queue.size_bytes,
+                "dropped": self.queue.dropped,
+                "max_bytes": self.queue.max_bytes,
+            },
+            "buses": [
+                {
+                    "name": b.config.name,
+                    "where": b.config.describe(),
+                    "connected": b.connected,
+                    "last_error": b.last_error,
+                    "counters": vars(b.counters),
+                }
+                for b in self.buses.values()
+            ],
+            "devices": devices,
+            "commands": {"handled": self.commands.handled, "failed": self.commands.failed},
+        }
+
+    def stop(self) -> None:
+        """Ask ``run()`` to shut down cleanly."""
+        if self._stopping is not None:
+            self._stopping.set()
+
+    async def run(self) -> None:
+        """Run until ``stop()``; then shut down in order and close the queue."""
+        self._stopping = asyncio.Event()
+        if self.config.status.enabled:
+            await self.status.start()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                sources = [tg.create_task(b.run(), name=f"bus-{n}") for n, b in self.buses.items()]
+                uplink = tg.create_task(self.uplink.run(), name="uplink")
+                await self._stopping.wait()
+                log.info("stopping: %d messages queued", self.queue.depth)
+                for task in sources:
+                    task.cancel()
+                await asyncio.gather(*sources, return_exceptions=True)
+                await self.uplink.say_offline()
+                uplink.cancel()
+        finally:
+            await self.status.close()
+            for bus in self.buses.values():
+                bus.close()
+            self.queue.close()
+            log.info("stopped")
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT stop the gateway cleanly."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)

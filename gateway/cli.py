@@ -1,0 +1,218 @@
+"""``polekit gateway ...``: run, check (and probe) a config, show a running gateway's status."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from polekit.gateway.config import Config, ConfigError, load_config
+
+CONFIG_OPTION = click.option(
+    "-c",
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The gateway's TOML file (see docs/gateway.md for every key).",
+)
+
+
+def _load(path: Path) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "time": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    """Structured (JSON lines) or plain logs on stderr; pymodbus's own chatter kept quiet."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        _JsonFormatter()
+        if fmt == "json"
+        else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # we log per device, once
+
+
+@click.group()
+def gateway() -> None:
+    """Run the gateway: Modbus (and later BLE) devices in, SenML over MQTT out."""
+
+
+@gateway.command()
+@CONFIG_OPTION
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+@click.option(
+    "--log-format",
+    default="json",
+    show_default=True,
+    type=click.Choice(["json", "text"]),
+    help="json: one JSON object a line (for journald/Loki); text: for people.",
+)
+def run(config_path: Path, log_level: str, log_format: str) -> None:
+    """Run in the foreground until SIGTERM or Ctrl-C, then stop cleanly (queue flushed,
+    offline state published). Readings wait on disk while the broker is away."""
+    from polekit.gateway.app import Gateway
+
+    config = _load(config_path)
+    setup_logging(log_level, log_format)
+
+    async def main() -> None:
+        gw = Gateway(config)
+        gw.install_signal_handlers()
+        await gw.run()
+
+    asyncio.run(main())
+
+
+@gateway.command()
+@CONFIG_OPTION
+@click.option("--probe", is_flag=True, help="Also poll each device once and show what it answered.")
+def check(config_path: Path, probe: bool) -> None:
+    """Validate a config file; exit status 2 and every problem (file, key, value, what is
+    allowed) if it is wrong. With --probe, try each device once and print a table."""
+    config = _load(config_path)
+    click.echo(
+        f"{config_path}: ok: {len(config.buses)} bus(es), {len(config.devices)} device(s), "
+        f"broker {config.mqtt.url}"
+    )
+    if probe:
+        ok = asyncio.run(_probe(config))
+        sys.exit(0 if ok else 1)
+
+
+async def _probe(config: Config) -> bool:
+    from polekit.gateway.sources.modbus_bus import ModbusBus
+
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    table = Table("device", "bus", "unit", "result", "values", title="probe")
+    all_ok = True
+    for name, bus_config in config.buses.items():
+        devices = [d for d in config.devices if d.bus == name]
+
+        async def ignore(*_: Any) -> None:
+            return None
+
+        bus = ModbusBus(bus_config, devices, ignore)
+        try:
+            await asyncio.wait_for(bus.connect(), timeout=3)
+        except TimeoutError:
+            for d in devices:
+                table.add_row(
+                    d.code, name, str(d.unit), f"[red]cannot open: {bus.last_error}[/red]", ""
+                )
+            all_ok = False
+            continue
+        for state in bus.devices.values():
+            try:
+                values = await bus.poll(state)
+            except Exception as exc:  # noqa: BLE001 - every failure is a table row
+                table.add_row(
+                    state.config.code, name, str(state.config.unit), f"[red]{exc}[/red]", ""
+                )
+                all_ok = False
+                continue
+            shown = ", ".join(
+                f"{p.name}={v}{' ' + p.unit if p.unit else ''}" for p, v in values[:6]
+            )
+            more = f" (+{len(values) - 6})" if len(values) > 6 else ""
+            table.add_row(
+                state.config.code, name, str(state.config.unit), "[green]ok[/green]", shown + more
+            )
+        bus.close()
+    Console().print(table)
+    return all_ok
+
+
+@gateway.command()
+@click.option(
+    "--url",
+    default="http://127.0.0.1:8463",
+    show_default=True,
+    help="The gateway's status endpoint ([status] listen/port in its config).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the raw /health JSON.")
+def status(url: str, as_json: bool) -> None:
+    """Show a running gateway's health: broker, queue, buses and devices."""
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=5) as resp:
+            health = json.load(resp)
+    except (urllib.error.URLError, OSError) as exc:
+        click.echo(
+            f"cannot reach the gateway at {url}: {exc}. Is it running? Is [status] enabled?",
+            err=True,
+        )
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(health, indent=1))
+        return
+    console = Console()
+    mqtt, queue = health["mqtt"], health["queue"]
+    console.print(
+        f"[bold]{health['gateway']}[/bold] up {health['uptime_s']} s, "
+        f"broker {'[green]connected' if mqtt['connected'] else '[red]disconnected'}[/] "
+        f"({mqtt['url']}), queue {queue['depth']} messages / {queue['bytes']} bytes, "
+        f"dropped {queue['dropped']}"
+    )
+    buses = Table(
+        "bus", "where", "connected", "transactions", "no answer", "bad answer", "last error"
+    )
+    for b in health["buses"]:
+        c = b["counters"]
+        buses.add_row(
+            b["name"],
+            b["where"],
+            str(b["connected"]),
+            str(c["transactions"]),
+            str(c["no_response"]),
+            str(c["bad_response"]),
+            b["last_error"] or "",
+        )
+    console.print(buses)
+    devices = Table("device", "bus", "unit", "state", "polls", "failures", "seq", "last error")
+    for d in health["devices"]:
+        state = {True: "[green]online", False: "[red]offline", None: "waiting"}[d["online"]]
+        devices.add_row(
+            d["code"],
+            d["bus"],
+            str(d["unit"]),
+            state,
+            str(d["polls"]),
+            str(d["failures"]),
+            str(d["seq"]),
+            d["last_error"] or "",
+        )
+    console.print(devices)

@@ -1,0 +1,602 @@
+"""The gateway's TOML configuration, validated once at start into typed objects.
+
+Every problem is reported with the file, the key path, the value found and what is
+allowed, all problems at once, so an integrator fixes a config in one pass. Unknown keys
+are errors too (with a did-you-mean), because a misspelt ``pol_interval`` silently
+ignored is a device polled at the wrong rate for months.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from polekit.protocols import identity, modbus
+
+FORMATS = ("senml+cbor", "senml+json")
+PARITIES = ("N", "E", "O")
+
+
+class ConfigError(ValueError):
+    """The configuration has problems; ``problems`` lists them, one line each."""
+
+    def __init__(self, path: Path | str, problems: list[str]) -> None:
+        self.path = Path(path)
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{path}: {len(problems)} problem(s) in the configuration:\n{lines}")
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    """Where and how to reach the platform's broker."""
+
+    host: str
+    port: int
+    tls: bool
+    ca_file: Path | None
+    cert_file: Path | None
+    key_file: Path | None
+    username: str | None
+    password: str | None
+    topic_prefix: str
+    format: str
+    secondary_units: bool
+    keepalive_s: int
+    url: str
+
+
+@dataclass(frozen=True)
+class BusConfig:
+    """One field bus: a serial RS-485 line (``rtu``) or a Modbus TCP endpoint (``tcp``)."""
+
+    name: str
+    type: str
+    port: str | None = None
+    baudrate: int = 9600
+    parity: str = "E"
+    stopbits: int = 1
+    bytesize: int = 8
+    host: str | None = None
+    tcp_port: int = 502
+    timeout_s: float = 1.0
+
+    @property
+    def inter_frame_s(self) -> float:
+        """The silent interval to leave between transactions (t3.5; none needed on TCP)."""
+        return modbus.t35_s(self.baudrate) if self.type == "rtu" else 0.0
+
+    def describe(self) -> str:
+        """Where the bus is, for logs and tables."""
+        if self.type == "rtu":
+            return f"{self.port} {self.baudrate} 8{self.parity}{self.stopbits}"
+        return f"{self.host}:{self.tcp_port}"
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """One field device on a bus: its code, unit id, register map and poll period."""
+
+    code: str
+    bus: str
+    unit: int
+    map_name: str
+    points: modbus.RegisterMap
+    poll_interval_s: float
+
+
+@dataclass(frozen=True)
+class StatusConfig:
+    """The local HTTP status endpoint (/health, /metrics)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8463
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole, validated gateway configuration."""
+
+    path: Path
+    gateway_id: str
+    data_dir: Path
+    queue_max_bytes: int
+    mqtt: MqttConfig
+    buses: dict[str, BusConfig]
+    devices: list[DeviceConfig]
+    status: StatusConfig = field(default_factory=StatusConfig)
+
+    def topic(self, kind: str, device_code: str | None = None) -> str:
+        """``{prefix}/{gateway id}/{kind}[/{device code}]``: the one place topics are made."""
+        base = f"{self.mqtt.topic_prefix}/{self.gateway_id}/{kind}"
+        return f"{base}/{device_code}" if device_code else base
+
+
+class _Reader:
+    """Walks the parsed TOML, collecting problems instead of stopping at the first."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.problems: list[str] = []
+
+    def problem(self, key: str, value: Any, allowed: str) -> None:
+        shown = "(missing)" if value is _MISSING else repr(value)
+        self.problems.append(f"{key} = {shown}: {allowed}")
+
+    def unknown_keys(self, table: dict[str, Any], where: str, known: tuple[str, ...]) -> None:
+        for key in table:
+            if key not in known:
+                near = difflib.get_close_matches(key, known, n=1)
+                hint = f"did you mean '{near[0]}'?" if near else f"known keys: {', '.join(known)}"
+                self.problems.append(f"{where}.{key}: unknown key; {hint}")
+
+    def get(
+        self,
+        table: dict[str, Any],
+        where: str,
+        key: str,
+        kind: type | tuple[type, ...],
+        default: Any = None,
+        required: bool = False,
+        check: Any = None,
+        allowed: str = "",
+    ) -> Any:
+        value = table.get(key, _MISSING)
+        full = f"{where}.{key}" if where else key
+        if value is _MISSING:
+            if required:
+                self.problem(full, value, f"required; {allowed}".rstrip("; "))
+            return default
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+            names = " or ".join(k.__name__ for k in kinds)
+            self.problem(full, value, f"must be {names}{'; ' + allowed if allowed else ''}")
+            return default
+        if check is not None and not check(value):
+            self.problem(full, value, allowed)
+            return default
+        return value
+
+
+_MISSING = object()
+
+_GATEWAY_KEYS = ("id", "data_dir", "queue_max_mb")
+_MQTT_KEYS = (
+    "url",
+    "topic_prefix",
+    "format",
+    "username",
+    "password",
+    "ca_file",
+    "cert_file",
+    "key_file",
+    "keepalive",
+    "secondary_units",
+)
+_BUS_KEYS = (
+    "name",
+    "type",
+    "port",
+    "baudrate",
+    "parity",
+    "stopbits",
+    "bytesize",
+    "host",
+    "timeout",
+)
+_DEVICE_KEYS = ("code", "bus", "unit", "map", "point", "poll_interval")
+_POINT_KEYS = (
+    "name",
+    "address",
+    "table",
+    "type",
+    "word_order",
+    "scale",
+    "unit",
+    "writable",
+    "min",
+    "max",
+)
+_STATUS_KEYS = ("listen", "port", "enabled")
+
+
+def _id_ok(value: str) -> bool:
+    return bool(value) and all(c.isalnum() or c in "-_." for c in value)
+
+
+def load_config(path: Path | str) -> Config:
+    """Read and validate the TOML file at ``path``; raises ConfigError listing every problem."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(
+            path, ["file not found (give the path of the gateway's TOML config)"]
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, [f"not valid TOML: {exc}"]) from None
+    return parse_config(raw, path)
+
+
+def parse_config(raw: dict[str, Any], path: Path | str = "<config>") -> Config:
+    """Validate an already-parsed TOML document (see ``load_config``)."""
+    path = Path(path)
+    r = _Reader(path)
+    r.unknown_keys(raw, "", ("gateway", "mqtt", "bus", "device", "status"))
+    gw = _table(r, raw, "gateway")
+    r.unknown_keys(gw, "gateway", _GATEWAY_KEYS)
+    gateway_id = r.get(
+        gw,
+        "gateway",
+        "id",
+        str,
+        "",
+        required=True,
+        check=_id_ok,
+        allowed="letters, digits, '-', '_' or '.' (it goes into MQTT topics)",
+    )
+    data_dir = Path(r.get(gw, "gateway", "data_dir", str, "/var/lib/polekit"))
+    queue_mb = r.get(
+        gw,
+        "gateway",
+        "queue_max_mb",
+        (int, float),
+        256,
+        check=lambda v: 1 <= v <= 1_000_000,
+        allowed="megabytes, 1..1000000",
+    )
+
+    mqtt = _mqtt(r, _table(r, raw, "mqtt"), path.parent)
+    buses = _buses(r, raw.get("bus", []))
+    devices = _devices(r, raw.get("device", []), buses)
+    st = _table(r, raw, "status", required=False)
+    r.unknown_keys(st, "status", _STATUS_KEYS)
+    status = StatusConfig(
+        host=r.get(st, "status", "listen", str, "127.0.0.1"),
+        port=r.get(
+            st,
+            "status",
+            "port",
+            int,
+            8463,
+            check=lambda v: 0 <= v <= 65535,
+            allowed="a TCP port 0..65535 (0 = any free port)",
+        ),
+        enabled=r.get(st, "status", "enabled", bool, True),
+    )
+    if r.problems:
+        raise ConfigError(path, r.problems)
+    return Config(
+        path, gateway_id, data_dir, int(queue_mb * 1024 * 1024), mqtt, buses, devices, status
+    )
+
+
+def _table(r: _Reader, raw: dict[str, Any], name: str, required: bool = True) -> dict[str, Any]:
+    value = raw.get(name, _MISSING)
+    if value is _MISSING:
+        if required:
+            r.problem(f"[{name}]", value, "this table is required")
+        return {}
+    if not isinstance(value, dict):
+        r.problem(name, value, "must be a table ([" + name + "])")
+        return {}
+    return value
+
+
+def _mqtt(r: _Reader, m: dict[str, Any], base: Path) -> MqttConfig:
+    r.unknown_keys(m, "mqtt", _MQTT_KEYS)
+    url = r.get(m, "mqtt", "url", str, "mqtt://127.0.0.1:1883")
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        r.problem("mqtt.url", url, "must look like mqtt://host:1883 or mqtts://host:8883")
+    tls = parts.scheme == "mqtts"
+    try:
+        port = parts.port or (8883 if tls else 1883)
+    except ValueError:
+        r.problem("mqtt.url", url, "the port must be a number 1..65535")
+        port = 1883
+
+    def file_key(key: str) -> Path | None:
+        value = r.get(m, "mqtt", key, str)
+        if value is None:
+            return None
+        p = (base / value) if not Path(value).is_absolute() else Path(value)
+        if not p.is_file():
+            r.problem(f"mqtt.{key}", value, f"no such file ({p})")
+        return p
+
+    ca, cert, key = file_key("ca_file"), file_key("cert_file"), file_key("key_file")
+    if (cert is None) != (key is None):
+        r.problem(
+            "mqtt.cert_file/key_file",
+            str(cert or key),
+            "give both for client certificates, or neither",
+        )
+    prefix = r.get(
+        m,
+        "mqtt",
+        "topic_prefix",
+        str,
+        "polekit/v1",
+        check=lambda v: v and not any(c in v for c in "#+") and not v.endswith("/"),
+        allowed="a topic path without '+', '#' or a trailing '/'",
+    )
+    return MqttConfig(
+        host=parts.hostname or "127.0.0.1",
+        port=port,
+        tls=tls,
+        ca_file=ca,
+        cert_file=cert,
+        key_file=key,
+        username=r.get(m, "mqtt", "username", str) or parts.username,
+        password=r.get(m, "mqtt", "password", str) or parts.password,
+        topic_prefix=prefix,
+        format=r.get(
+            m,
+            "mqtt",
+            "format",
+            str,
+            "senml+cbor",
+            check=lambda v: v in FORMATS,
+            allowed=" or ".join(FORMATS),
+        ),
+        secondary_units=r.get(m, "mqtt", "secondary_units", bool, False),
+        keepalive_s=r.get(
+            m,
+            "mqtt",
+            "keepalive",
+            int,
+            30,
+            check=lambda v: 5 <= v <= 3600,
+            allowed="seconds, 5..3600",
+        ),
+        url=url,
+    )
+
+
+def _buses(r: _Reader, items: Any) -> dict[str, BusConfig]:
+    buses: dict[str, BusConfig] = {}
+    if not isinstance(items, list):
+        r.problem("bus", items, "must be an array of tables ([[bus]])")
+        return buses
+    for i, b in enumerate(items):
+        where = f"bus[{i}]"
+        r.unknown_keys(b, where, _BUS_KEYS)
+        name = r.get(
+            b,
+            where,
+            "name",
+            str,
+            f"bus{i}",
+            required=True,
+            check=_id_ok,
+            allowed="a short name like cabinet-485",
+        )
+        if name in buses:
+            r.problem(f"{where}.name", name, "another bus already has this name")
+        kind = r.get(
+            b,
+            where,
+            "type",
+            str,
+            "rtu",
+            required=True,
+            check=lambda v: v in ("rtu", "tcp"),
+            allowed="rtu (serial RS-485) or tcp (Modbus TCP)",
+        )
+        if kind == "rtu":
+            port = r.get(
+                b,
+                where,
+                "port",
+                str,
+                None,
+                required=True,
+                allowed="the serial device, e.g. /dev/ttyUSB0",
+            )
+            bus = BusConfig(
+                name,
+                kind,
+                port=port,
+                baudrate=r.get(
+                    b,
+                    where,
+                    "baudrate",
+                    int,
+                    9600,
+                    check=lambda v: v in (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200),
+                    allowed="1200, 2400, 4800, 9600, 19200, 38400, 57600 or 115200",
+                ),
+                parity=r.get(
+                    b,
+                    where,
+                    "parity",
+                    str,
+                    "E",
+                    check=lambda v: v in PARITIES,
+                    allowed="N, E or O (Modbus default: E)",
+                ),
+                stopbits=r.get(
+                    b, where, "stopbits", int, None, check=lambda v: v in (1, 2), allowed="1 or 2"
+                )
+                or (2 if b.get("parity") == "N" else 1),
+                bytesize=8,
+                timeout_s=r.get(
+                    b,
+                    where,
+                    "timeout",
+                    (int, float),
+                    1.0,
+                    check=lambda v: 0.05 <= v <= 30,
+                    allowed="seconds, 0.05..30",
+                ),
+            )
+            if "bytesize" in b and b["bytesize"] != 8:
+                r.problem(f"{where}.bytesize", b["bytesize"], "Modbus RTU uses 8 data bits")
+        else:
+            host = r.get(b, where, "host", str, None, required=True, allowed="the device's address")
+            tcp_port = r.get(
+                b,
+                where,
+                "port",
+                int,
+                502,
+                check=lambda v: 1 <= v <= 65535,
+                allowed="a TCP port 1..65535 (Modbus TCP: 502)",
+            )
+            bus = BusConfig(
+                name,
+                kind,
+                host=host,
+                tcp_port=tcp_port,
+                timeout_s=r.get(
+                    b,
+                    where,
+                    "timeout",
+                    (int, float),
+                    1.0,
+                    check=lambda v: 0.05 <= v <= 30,
+                    allowed="seconds, 0.05..30",
+                ),
+            )
+        buses[name] = bus
+    return buses
+
+
+def _inline_points(r: _Reader, items: Any, where: str) -> modbus.RegisterMap | None:
+    if not isinstance(items, list) or not items:
+        r.problem(f"{where}.point", items, "must be a non-empty array of [[device.point]] tables")
+        return None
+    points = []
+    seen: dict[tuple[str, int], str] = {}
+    for j, p in enumerate(items):
+        w = f"{where}.point[{j}]"
+        r.unknown_keys(p, w, _POINT_KEYS)
+        name = r.get(
+            p,
+            w,
+            "name",
+            str,
+            None,
+            required=True,
+            check=_id_ok,
+            allowed="a record name (letters, digits, - _ .)",
+        )
+        try:
+            point = modbus.Point(
+                name or f"point{j}",
+                r.get(
+                    p, w, "address", int, 0, required=True, allowed="a register address 0..65535"
+                ),
+                r.get(p, w, "table", str, "holding"),
+                r.get(p, w, "type", str, "u16"),
+                r.get(p, w, "word_order", str, "big"),
+                r.get(p, w, "scale", (int, float), 1),
+                r.get(p, w, "unit", str, None),
+                r.get(p, w, "writable", bool, False),
+                r.get(p, w, "min", (int, float), None),
+                r.get(p, w, "max", (int, float), None),
+            )
+        except ValueError as exc:
+            r.problems.append(
+                f"{w}: {exc}; tables: holding/input/coil/discrete, types: "
+                "u16/i16/u32/i32/f32/bool, word_order: big/little"
+            )
+            continue
+        for a in range(point.address, point.address + point.count):
+            if (point.table, a) in seen:
+                r.problems.append(
+                    f"{w}: {point.name} overlaps {seen[(point.table, a)]} at "
+                    f"{point.table} register {a}"
+                )
+            seen[(point.table, a)] = point.name
+        points.append(point)
+    names = [p.name for p in points]
+    for n in sorted({n for n in names if names.count(n) > 1}):
+        r.problems.append(f"{where}.point: the name {n!r} is used twice")
+    return modbus.RegisterMap("inline", points)
+
+
+def _devices(r: _Reader, items: Any, buses: dict[str, BusConfig]) -> list[DeviceConfig]:
+    devices: list[DeviceConfig] = []
+    if not isinstance(items, list):
+        r.problem("device", items, "must be an array of tables ([[device]])")
+        return devices
+    codes: set[str] = set()
+    units: set[tuple[str, int]] = set()
+    for i, d in enumerate(items):
+        where = f"device[{i}]"
+        r.unknown_keys(d, where, _DEVICE_KEYS)
+        code = r.get(
+            d,
+            where,
+            "code",
+            str,
+            "",
+            required=True,
+            allowed="a device code like 371600PL000001C (`polekit code make`)",
+        )
+        if code:
+            try:
+                identity.parse(code)
+            except identity.IdentityError as exc:
+                r.problem(f"{where}.code", code, str(exc))
+            if code in codes:
+                r.problem(f"{where}.code", code, "another device already has this code")
+            codes.add(code)
+        bus = r.get(d, where, "bus", str, "", required=True, allowed="the name of a [[bus]]")
+        if bus and bus not in buses:
+            r.problem(
+                f"{where}.bus",
+                bus,
+                f"no [[bus]] has this name; buses: {', '.join(buses) or 'none'}",
+            )
+        unit = r.get(
+            d,
+            where,
+            "unit",
+            int,
+            1,
+            check=lambda v: 1 <= v <= 247,
+            allowed="the Modbus unit id, 1..247",
+        )
+        if (bus, unit) in units:
+            r.problem(f"{where}.unit", unit, f"another device on bus {bus!r} has this unit id")
+        units.add((bus, unit))
+        map_name = r.get(d, where, "map", str, None)
+        regmap: modbus.RegisterMap | None = None
+        if map_name is not None and "point" in d:
+            r.problem(
+                f"{where}.map", map_name, "give either map or [[device.point]] entries, not both"
+            )
+        elif map_name is not None:
+            try:
+                regmap = modbus.register_map(map_name)
+            except KeyError:
+                r.problem(f"{where}.map", map_name, f"known maps: {', '.join(modbus.map_names())}")
+        elif "point" in d:
+            regmap = _inline_points(r, d["point"], where)
+            map_name = "inline"
+        else:
+            r.problem(
+                f"{where}.map",
+                _MISSING,
+                f"give a map ({', '.join(modbus.map_names())}) or [[device.point]] entries",
+            )
+        poll = r.get(
+            d,
+            where,
+            "poll_interval",
+            (int, float),
+            5.0,
+            check=lambda v: 0.05 <= v <= 86400,
+            allowed="seconds, 0.05..86400",
+        )
+        if regmap is not None:
+            devices.append(DeviceConfig(code, bus, unit, map_name or "inline", regmap, float(poll)))
+    return devices

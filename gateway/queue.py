@@ -1,0 +1,228 @@
+"""The durable queue: every outgoing message is on disk before it counts as read.
+
+SQLite in WAL mode with ``synchronous=FULL``: a committed message survives ``kill -9`` and
+power loss. Producers append through one writer thread, which commits whatever has
+gathered since the last commit in one transaction (group commit): many devices cost one
+fsync, not one each, and nothing blocks the event loop. The uplink peeks the oldest
+messages in order and deletes them only after the broker acknowledged them (PUBACK).
+When the queue passes its size cap, the oldest messages are dropped, counted and kept
+counted across restarts.
+
+Each device's pack sequence number is assigned in the same transaction that stores the
+pack, so ``seq`` has no gaps and no repeats across restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS message (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    device TEXT,
+    seq INTEGER,
+    size INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS device_seq (device TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS counter (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class Message:
+    """One stored message, oldest first by ``id``."""
+
+    id: int
+    topic: str
+    payload: bytes
+    device: str | None
+    seq: int | None
+
+
+# (device, topic, make_payload(seq) -> bytes); device None = a message with no sequence
+_Pending = tuple[str | None, str, Callable[[int], bytes], asyncio.Future]
+
+
+class DurableQueue:
+    """A size-capped, crash-safe FIFO of MQTT messages in one SQLite file.
+
+    Owns its connection and writer thread: call ``close()`` (or use ``async with``).
+    ``append`` and the other coroutines must be awaited from one event loop.
+    """
+
+    def __init__(self, path: Path | str, max_bytes: int = 256 * 1024 * 1024) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-writer")
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db_lock = threading.Lock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._seq = dict(self._db.execute("SELECT device, seq FROM device_seq"))
+        self.dropped = self._counter("dropped")
+        self._bytes, self._depth = self._db.execute(
+            "SELECT COALESCE(SUM(size), 0), COUNT(*) FROM message"
+        ).fetchone()
+        self._pending: list[_Pending] = []
+        self._flushing = False
+        self._flush_task: asyncio.Task | None = None
+        self._changed: asyncio.Event | None = None
+
+    async def __aenter__(self) -> DurableQueue:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def depth(self) -> int:
+        """Messages waiting to be published."""
+        return self._depth
+
+    @property
+    def size_bytes(self) -> int:
+        """Payload and topic bytes waiting to be published."""
+        return self._bytes
+
+    def last_seq(self, device: str) -> int:
+        """The last sequence number given to ``device`` (0 before its first pack)."""
+        return self._seq.get(device, 0)
+
+    def changed(self) -> asyncio.Event:
+        """An event set whenever messages are added (the uplink waits on it when idle)."""
+        if self._changed is None:
+            self._changed = asyncio.Event()
+        return self._changed
+
+    async def append(
+        self, topic: str, make_payload: Callable[[int], bytes], device: str | None = None
+    ) -> int:
+        """Store one message and return once it is on disk. ``make_payload(seq)`` builds
+        the payload for the device's next sequence number (called in the writer thread);
+        returns that number (0 for messages without a device)."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[int] = loop.create_future()
+        self._pending.append((device, topic, make_payload, done))
+        if not self._flushing:
+            self._flushing = True
+            self._flush_task = loop.create_task(self._flush())
+        return await done
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    seqs = await loop.run_in_executor(self._executor, self._write, batch)
+                except BaseException as exc:  # the batch failed whole: tell every producer
+                    for *_, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(
+                                exc if isinstance(exc, Exception) else RuntimeError(str(exc))
+                            )
+                    raise
+                for (*_, fut), seq in zip(batch, seqs, strict=True):
+                    if not fut.done():
+                        fut.set_result(seq)
+                self.changed().set()
+        finally:
+            self._flushing = False
+
+    def _write(self, batch: list[_Pending]) -> list[int]:
+        seqs: list[int] = []
+        new_seq = dict(self._seq)
+        with self._db_lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                added = 0
+                for device, topic, make_payload, _ in batch:
+                    seq = 0
+                    if device is not None:
+                        seq = new_seq.get(device, 0) + 1
+                        new_seq[device] = seq
+                        db.execute("INSERT OR REPLACE INTO device_seq VALUES (?, ?)", (device, seq))
+                    payload = make_payload(seq)
+                    size = len(payload) + len(topic)
+                    db.execute(
+                        "INSERT INTO message (topic, payload, device, seq, size)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        (topic, payload, device, seq or None, size),
+                    )
+                    added += size
+                    seqs.append(seq)
+                dropped, freed, dropped_count = self._trim(self._bytes + added)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        self._seq = new_seq
+        self._bytes += added - freed
+        self._depth += len(batch) - dropped_count
+        self.dropped = dropped
+        return seqs
+
+    def _trim(self, total: int) -> tuple[int, int, int]:
+        # called inside the write transaction: oldest first until under the cap
+        if total <= self.max_bytes:
+            return self.dropped, 0, 0
+        freed = count = 0
+        for msg_id, size in self._db.execute("SELECT id, size FROM message ORDER BY id"):
+            if total - freed <= self.max_bytes:
+                break
+            freed += size
+            count += 1
+            last = msg_id
+        self._db.execute("DELETE FROM message WHERE id <= ?", (last,))
+        dropped = self.dropped + count
+        self._db.execute("INSERT OR REPLACE INTO counter VALUES ('dropped', ?)", (dropped,))
+        return dropped, freed, count
+
+    def _counter(self, name: str) -> int:
+        row = self._db.execute("SELECT value FROM counter WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else 0
+
+    async def peek(self, limit: int = 100) -> list[Message]:
+        """The oldest ``limit`` messages, oldest first; they stay queued until ``ack``."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._peek, limit)
+
+    def _peek(self, limit: int) -> list[Message]:
+        with self._db_lock:
+            rows = self._db.execute(
+                "SELECT id, topic, payload, device, seq FROM message ORDER BY id LIMIT ?", (limit,)
+            ).fetchall()
+        return [Message(*row) for row in rows]
+
+    async def ack(self, ids: list[int]) -> None:
+        """Delete messages the broker acknowledged."""
+        if ids:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._ack, ids)
+
+    def _ack(self, ids: list[int]) -> None:
+        with self._db_lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            marks = ",".join("?" * len(ids))
+            size, count = self._db.execute(
+                f"SELECT COALESCE(SUM(size), 0), COUNT(*) FROM message WHERE id IN ({marks})", ids
+            ).fetchone()
+            self._db.execute(f"DELETE FROM message WHERE id IN ({marks})", ids)
+            self._db.execute("COMMIT")
+        self._bytes -= size
+        self._depth -= count
+
+    def close(self) -> None:
+        """Finish pending writes and close the file."""
+        self._executor.shutdown(wait=True)
+        with self._db_lock:
+            self._db.close()

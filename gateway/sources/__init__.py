@@ -1,0 +1,1 @@
+"""Sources: where readings come from (Modbus buses now, BLE later). One task per bus."""

@@ -1,0 +1,336 @@
+"""One Modbus bus (RTU on RS-485, or TCP): one connection, one transaction at a time.
+
+A single task per bus owns the pymodbus client (one owner per port: every device on the
+line shares it) and runs a schedule: each device is polled when due; the reads of a poll
+are planned to be as few as the protocol allows; a device that stops answering is backed
+off exponentially (capped) and reported offline after a few misses, so it costs the others
+at most one timeout per backoff period. Writes from the command path are queued to the
+same task and run between polls. When the port itself goes away (USB adapter unplugged,
+TCP peer restarted) the task closes it and reopens it with a short capped backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+
+from polekit.gateway.config import BusConfig, DeviceConfig
+from polekit.gateway.sources.planner import Read, plan_reads
+from polekit.protocols import modbus as mb
+from polekit.protocols.errors import ProtocolError
+from polekit.protocols.modbus import Point
+
+log = logging.getLogger("polekit.gateway.modbus")
+
+OFFLINE_AFTER_MISSES = 3
+MAX_BACKOFF_S = 60.0
+RECONNECT_MAX_S = 1.0  # a port that comes back is reopened within about a second
+
+# device code, [(point, value)], wall-clock time of the poll
+Sink = Callable[[DeviceConfig, list[tuple[Point, Any]], float], Awaitable[None]]
+
+
+class DeviceNoResponse(Exception):  # noqa: N818 - says what happened on the wire
+    """The device did not answer (or its answer was corrupt) within the timeout."""
+
+
+class DeviceRefused(Exception):  # noqa: N818
+    """The device answered with a Modbus exception code."""
+
+    def __init__(self, code: int, what: str) -> None:
+        super().__init__(f"{what}: exception {code} ({mb.exception_text(code)})")
+        self.code = code
+
+
+@dataclass
+class DeviceState:
+    """What the bus knows of one device, for scheduling and for /health."""
+
+    config: DeviceConfig
+    reads: list[Read]
+    next_due: float = 0.0
+    misses: int = 0
+    online: bool | None = None  # None until the first poll
+    last_ok: float | None = None
+    last_error: str | None = None
+    polls: int = 0
+    failures: int = 0
+
+    def backoff_s(self) -> float:
+        """Delay before the next attempt after ``misses`` consecutive failures."""
+        return min(self.config.poll_interval_s * (2 ** max(self.misses - 1, 0)), MAX_BACKOFF_S)
+
+
+@dataclass
+class BusCounters:
+    """Per-bus counters exported on /metrics."""
+
+    transactions: int = 0
+    no_response: int = 0
+    bad_response: int = 0  # bytes arrived but no valid frame: corrupt, truncated, wrong CRC
+    exceptions: int = 0
+    reconnects: int = 0
+    writes: int = 0
+
+
+class ModbusBus:
+    """Polls every device of one bus and hands each poll's values to ``sink``.
+
+    ``clock`` (monotonic seconds) and ``wall`` (Unix seconds) are injected for tests.
+    """
+
+    def __init__(
+        self,
+        bus: BusConfig,
+        devices: list[DeviceConfig],
+        sink: Sink,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = bus
+        self.devices = {d.code: DeviceState(d, plan_reads(d.points)) for d in devices}
+        self.sink = sink
+        self.clock = clock
+        self.wall = wall
+        self.counters = BusCounters()
+        self.connected = False
+        self.last_error: str | None = None
+        self._client: AsyncModbusSerialClient | AsyncModbusTcpClient | None = None
+        self._writes: asyncio.Queue[tuple[DeviceConfig, Point, Any, asyncio.Future[None]]] = (
+            asyncio.Queue()
+        )
+        self._wake = asyncio.Event()
+        self._rx_bytes = 0
+        self._last_tx_end = 0.0
+
+    # ---- connection -------------------------------------------------------------------
+
+    def _trace(self, sending: bool, data: bytes) -> bytes:
+        if not sending:
+            self._rx_bytes += len(data)
+        return data
+
+    def _make_client(self) -> AsyncModbusSerialClient | AsyncModbusTcpClient:
+        b = self.config
+        if b.type == "rtu":
+            assert b.port is not None
+            return AsyncModbusSerialClient(
+                b.port,
+                baudrate=b.baudrate,
+                parity=b.parity,
+                stopbits=b.stopbits,
+                bytesize=b.bytesize,
+                timeout=b.timeout_s,
+                retries=0,
+                reconnect_delay=0,
+                name=b.name,
+                trace_packet=self._trace,
+            )
+        assert b.host is not None
+        return AsyncModbusTcpClient(
+            b.host,
+            port=b.tcp_port,
+            timeout=b.timeout_s,
+            retries=0,
+            reconnect_delay=0,
+            name=b.name,
+            trace_packet=self._trace,
+        )
+
+    async def connect(self) -> None:
+        """Open the port, retrying with a short capped backoff until it opens."""
+        delay = 0.05
+        while True:
+            client = self._make_client()
+            try:
+                ok = await client.connect()
+            except Exception as exc:  # noqa: BLE001 - pyserial/OS errors vary by platform
+                ok = False
+                self.last_error = f"cannot open {self.config.describe()}: {exc}"
+            if ok:
+                self._client = client
+                if self.connected is False and self.counters.transactions:
+                    self.counters.reconnects += 1
+                self.connected = True
+                log.info("bus %s connected (%s)", self.config.name, self.config.describe())
+                return
+            client.close()
+            self.last_error = self.last_error or f"cannot open {self.config.describe()}"
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_S)
+
+    def close(self) -> None:
+        """Close the port (the gateway is stopping)."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        self.connected = False
+
+    def _disconnect(self, why: str) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self.connected:
+            log.warning("bus %s lost: %s; reopening", self.config.name, why)
+        self.connected = False
+        self.last_error = why
+
+    # ---- transactions -----------------------------------------------------------------
+
+    async def _transaction(self, call: Callable[[], Awaitable[Any]], what: str) -> Any:
+        gap = self.config.inter_frame_s - (self.clock() - self._last_tx_end)
+        if gap > 0:  # RS-485: leave t3.5 of silence between frames
+            await asyncio.sleep(gap)
+        self._rx_bytes = 0
+        self.counters.transactions += 1
+        try:
+            response = await call()
+        except ModbusIOException as exc:
+            if self._rx_bytes:
+                self.counters.bad_response += 1
+                raise DeviceNoResponse(
+                    f"{what}: corrupt or truncated answer ({self._rx_bytes} bytes)"
+                ) from exc
+            self.counters.no_response += 1
+            raise DeviceNoResponse(f"{what}: no answer within {self.config.timeout_s} s") from exc
+        finally:
+            self._last_tx_end = self.clock()
+        if response.isError():
+            self.counters.exceptions += 1
+            raise DeviceRefused(getattr(response, "exception_code", 0), what)
+        return response
+
+    async def _read(self, dev: DeviceConfig, read: Read) -> list[int] | list[bool]:
+        c = self._client
+        assert c is not None
+        kw = {"count": read.count, "device_id": dev.unit}
+        call = {
+            "holding": lambda: c.read_holding_registers(read.address, **kw),
+            "input": lambda: c.read_input_registers(read.address, **kw),
+            "coil": lambda: c.read_coils(read.address, **kw),
+            "discrete": lambda: c.read_discrete_inputs(read.address, **kw),
+        }[read.table]
+        what = f"unit {dev.unit} {read.table} {read.address}+{read.count}"
+        response = await self._transaction(call, what)
+        if read.table in ("coil", "discrete"):
+            return list(response.bits[: read.count])
+        if len(response.registers) != read.count:
+            self.counters.bad_response += 1
+            raise DeviceNoResponse(f"{what}: {len(response.registers)} registers in the answer")
+        return list(response.registers)
+
+    async def poll(self, state: DeviceState) -> list[tuple[Point, Any]]:
+        """Read every point of one device; raises DeviceNoResponse / DeviceRefused."""
+        values: list[tuple[Point, Any]] = []
+        for read in state.reads:
+            words = await self._read(state.config, read)
+            for p in read.points:
+                offset = p.address - read.address
+                if read.table in ("coil", "discrete"):
+                    values.append((p, bool(words[offset])))
+                else:
+                    values.append((p, p.decode(words[offset : offset + p.count])))
+        return values
+
+    async def write(self, device: DeviceConfig, point: Point, value: Any) -> None:
+        """Write ``value`` to a writable point, between polls; raises what the device said."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self._writes.put((device, point, value, fut))
+        self._wake.set()
+        await fut
+
+    async def _do_write(self, device: DeviceConfig, point: Point, value: Any) -> None:
+        c = self._client
+        assert c is not None
+        regs = point.encode(value)  # ModbusException(code 3) when out of range
+        what = f"unit {device.unit} write {point.name}"
+        if point.table == "coil":
+            await self._transaction(
+                lambda: c.write_coil(point.address, bool(value), device_id=device.unit), what
+            )
+        elif len(regs) == 1:
+            await self._transaction(
+                lambda: c.write_register(point.address, regs[0], device_id=device.unit), what
+            )
+        else:
+            await self._transaction(
+                lambda: c.write_registers(point.address, regs, device_id=device.unit), what
+            )
+        self.counters.writes += 1
+
+    # ---- the schedule -----------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Poll forever (until cancelled)."""
+        while True:
+            if self._client is None:
+                await self.connect()
+            try:
+                await self._step()
+            except (ConnectionException, OSError) as exc:
+                self._disconnect(f"{type(exc).__name__}: {exc}")
+
+    async def _step(self) -> None:
+        while not self._writes.empty():
+            device, point, value, fut = self._writes.get_nowait()
+            try:
+                await self._do_write(device, point, value)
+            except (ConnectionException, OSError) as exc:
+                fut.set_exception(exc)
+                raise
+            except Exception as exc:  # noqa: BLE001 - handed to the command's caller
+                fut.set_exception(exc)
+            else:
+                fut.set_result(None)
+        if not self.devices:
+            await self._wait(3600)
+            return
+        state = min(self.devices.values(), key=lambda s: s.next_due)
+        delay = state.next_due - self.clock()
+        if delay > 0:
+            await self._wait(delay)
+            return
+        state.polls += 1
+        started = self.wall()
+        try:
+            values = await self.poll(state)
+        except (DeviceNoResponse, DeviceRefused, ModbusException, ProtocolError) as exc:
+            self._failed(state, str(exc))
+            return
+        state.misses = 0
+        state.last_ok = started
+        if state.online is not True:
+            log.info(
+                "device %s online (unit %d on %s)",
+                state.config.code,
+                state.config.unit,
+                self.config.name,
+            )
+        state.online = True
+        state.next_due = max(state.next_due + state.config.poll_interval_s, self.clock())
+        await self.sink(state.config, values, started)
+
+    def _failed(self, state: DeviceState, why: str) -> None:
+        state.failures += 1
+        state.misses += 1
+        state.last_error = why
+        if state.misses >= OFFLINE_AFTER_MISSES and state.online is not False:
+            log.warning(
+                "device %s offline after %d misses: %s", state.config.code, state.misses, why
+            )
+            state.online = False
+        state.next_due = self.clock() + state.backoff_s()
+
+    async def _wait(self, seconds: float) -> None:
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+        except TimeoutError:
+            pass

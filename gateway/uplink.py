@@ -1,0 +1,180 @@
+"""The MQTT uplink: drains the durable queue to the platform's broker, QoS 1.
+
+A message leaves the queue only after the broker's PUBACK. The uplink keeps one session
+to the broker: on connect it publishes the retained ``state`` (``online``), with a last
+will saying ``offline`` for when the gateway vanishes; it subscribes to the command
+topic. When the broker goes away it retries quickly (within a second, capped), because
+the platform wants the backlog as soon as it is back; while it is away the queue grows on
+disk, not in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+
+import aiomqtt
+
+from polekit.gateway.config import Config
+from polekit.gateway.queue import DurableQueue
+
+log = logging.getLogger("polekit.gateway.mqtt")
+
+BATCH = 200  # messages in flight at once while draining
+RETRY_MAX_S = 1.0
+
+# topic suffix (device code), payload -> None
+CommandHandler = Callable[[str, bytes], Awaitable[None]]
+
+
+class MqttUplink:
+    """Publishes queued messages and receives commands; one broker session at a time."""
+
+    def __init__(
+        self,
+        config: Config,
+        queue: DurableQueue,
+        on_command: CommandHandler | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.queue = queue
+        self.on_command = on_command
+        self.clock = clock
+        self.connected = False
+        self.published = 0
+        self.connects = 0
+        self.last_error: str | None = None
+        self.disconnected_at: float | None = None
+        self.reconnect_s: float | None = None  # how long the last outage took to recover from
+        self._client: aiomqtt.Client | None = None
+
+    def _state(self, state: str) -> bytes:
+        return json.dumps({"state": state, "gateway": self.config.gateway_id}).encode()
+
+    def _client_for_session(self) -> aiomqtt.Client:
+        m = self.config.mqtt
+        tls = None
+        if m.tls:
+            tls = ssl.create_default_context(cafile=str(m.ca_file) if m.ca_file else None)
+            if m.cert_file and m.key_file:
+                tls.load_cert_chain(m.cert_file, m.key_file)
+        return aiomqtt.Client(
+            m.host,
+            m.port,
+            username=m.username,
+            password=m.password,
+            identifier=f"polekit-{self.config.gateway_id}",
+            keepalive=m.keepalive_s,
+            will=aiomqtt.Will(
+                self.config.topic("state"), self._state("offline"), qos=1, retain=True
+            ),
+            tls_context=tls,
+            timeout=5,
+            max_inflight_messages=BATCH,
+            clean_session=True,
+        )
+
+    async def run(self) -> None:
+        """Stay connected and drain the queue, forever (until cancelled)."""
+        delay = 0.05
+        while True:
+            try:
+                await self._session()
+            except aiomqtt.MqttError as exc:
+                self.last_error = str(exc)
+            finally:
+                self._client = None
+                if self.connected:
+                    self.disconnected_at = self.clock()
+                self.connected = False
+            log.warning("broker unreachable: %s; retrying", self.last_error)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
+
+    async def _session(self) -> None:
+        async with self._client_for_session() as client:
+            self._client = client
+            self.connected = True
+            self.connects += 1
+            if self.disconnected_at is not None:
+                self.reconnect_s = self.clock() - self.disconnected_at
+                log.info(
+                    "broker back after %.1f s; draining %d queued",
+                    self.reconnect_s,
+                    self.queue.depth,
+                )
+            else:
+                log.info("connected to %s", self.config.mqtt.url)
+            await client.publish(
+                self.config.topic("state"), self._state("online"), qos=1, retain=True
+            )
+            await client.subscribe(self.config.topic("cmd", "+"), qos=1)
+            tasks = [
+                asyncio.create_task(self._drain(client)),
+                asyncio.create_task(self._listen(client)),
+            ]
+            try:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            for task in done:
+                task.result()  # re-raises the MqttError that ended the session
+
+    async def _drain(self, client: aiomqtt.Client) -> None:
+        changed = self.queue.changed()
+        while True:
+            batch = await self.queue.peek(BATCH)
+            if not batch:
+                changed.clear()
+                if self.queue.depth == 0:
+                    await changed.wait()
+                continue
+            # paho sends in call order and the broker keeps it: publishing a batch at once
+            # keeps order and fills the in-flight window
+            results = await asyncio.gather(
+                *(client.publish(m.topic, m.payload, qos=1) for m in batch), return_exceptions=True
+            )
+            acked = [m.id for m, r in zip(batch, results, strict=True) if r is None]
+            await self.queue.ack(acked)
+            self.published += len(acked)
+            failed = [r for r in results if r is not None]
+            if failed:
+                raise (
+                    failed[0]
+                    if isinstance(failed[0], aiomqtt.MqttError)
+                    else aiomqtt.MqttError(str(failed[0]))
+                )
+
+    async def _listen(self, client: aiomqtt.Client) -> None:
+        prefix = self.config.topic("cmd") + "/"
+        async for message in client.messages:
+            topic = str(message.topic)
+            if self.on_command is None or not topic.startswith(prefix):
+                continue
+            payload = (
+                message.payload
+                if isinstance(message.payload, bytes)
+                else str(message.payload).encode()
+            )
+            await self.on_command(topic[len(prefix) :], payload)
+
+    async def say_offline(self) -> None:
+        """Publish the retained offline state (clean shutdown: the will only fires on loss)."""
+        if self._client is not None and self.connected:
+            try:
+                await self._client.publish(
+                    self.config.topic("state"),
+                    self._state("offline"),
+                    qos=1,
+                    retain=True,
+                    timeout=2,
+                )
+            except aiomqtt.MqttError as exc:
+                log.warning("could not publish offline state: %s", exc)

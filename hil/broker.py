@@ -1,0 +1,107 @@
+"""A real MQTT broker for tests and the demo, on loopback, owned by PID.
+
+mosquitto when it is installed (Debian's package; ``make`` installs it as root), else the
+embedded amqtt broker in a subprocess. ``stop()`` and ``start()`` again on the same port
+let tests take the platform away and bring it back.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+_AMQTT = """
+import asyncio, sys
+from amqtt.broker import Broker
+async def main():
+    broker = Broker({"listeners": {"default": {"type": "tcp", "bind": "127.0.0.1:%s"}},
+                     "sys_interval": 0, "auth": {"allow-anonymous": True}})
+    await broker.start()
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def mosquitto_path() -> str | None:
+    """Where mosquitto is, if it is installed (Debian puts it in /usr/sbin)."""
+    return shutil.which("mosquitto") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)),
+        None,
+    )
+
+
+class LocalBroker:
+    """One broker process on ``127.0.0.1:port``; ``kind`` is "mosquitto" or "amqtt"."""
+
+    def __init__(self, port: int | None = None, kind: str | None = None) -> None:
+        self.host = "127.0.0.1"
+        self.port = port or free_port()
+        exe = mosquitto_path()
+        self.kind = kind or ("mosquitto" if exe else "amqtt")
+        self._exe = exe
+        self._dir = Path(tempfile.mkdtemp(prefix="polekit-broker-"))
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """``mqtt://127.0.0.1:port``."""
+        return f"mqtt://{self.host}:{self.port}"
+
+    def start(self, timeout_s: float = 10.0) -> LocalBroker:
+        """Start the broker and wait until it accepts connections."""
+        log = open(self._dir / "broker.log", "ab")  # noqa: SIM115 - the process owns it
+        if self.kind == "mosquitto":
+            if self._exe is None:
+                raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
+            conf = self._dir / "mosquitto.conf"
+            conf.write_text(
+                f"listener {self.port} {self.host}\nallow_anonymous true\npersistence false\n"
+                "max_inflight_messages 0\nmax_queued_messages 0\n"
+            )
+            cmd = [self._exe, "-c", str(conf)]
+        else:
+            cmd = [sys.executable, "-c", _AMQTT % self.port]
+        self._proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"{self.kind} exited at start; see {self._dir / 'broker.log'}")
+            try:
+                socket.create_connection((self.host, self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{self.kind} did not listen on port {self.port} within {timeout_s} s")
+
+    def stop(self) -> None:
+        """Stop the broker (SIGTERM, then SIGKILL) if it runs."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def __enter__(self) -> LocalBroker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

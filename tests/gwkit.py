@@ -1,0 +1,132 @@
+"""Helpers for the gateway tests: a collector of what reaches the broker, a bench with a
+virtual RS-485 line and simulated field devices, waiting with deadlines (never sleep and
+hope)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+
+from polekit.gateway.config import Config, parse_config
+from polekit.protocols import identity, senml
+
+POLE_1 = identity.make("371600", "PL", 1)
+POLE_2 = identity.make("371600", "PL", 2)
+METER = identity.make("371600", "EM", 1)
+
+
+def run(coro: Coroutine[Any, Any, Any], timeout_s: float = 60) -> Any:
+    """Run one async scenario with an overall deadline."""
+    return asyncio.run(asyncio.wait_for(coro, timeout_s))
+
+
+async def until(
+    predicate: Callable[[], bool], timeout_s: float = 10, what: str = "condition"
+) -> float:
+    """Wait until ``predicate()`` holds; returns the seconds it took; fails after the deadline."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout_s:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(0.02)
+    return time.monotonic() - start
+
+
+@dataclass
+class Received:
+    topic: str
+    payload: bytes
+    retain: bool
+
+
+@dataclass
+class Collector:
+    """Subscribes to everything under the prefix and keeps what arrives, in order."""
+
+    host: str
+    port: int
+    messages: list[Received] = field(default_factory=list)
+    _task: asyncio.Task[None] | None = None
+    _client: aiomqtt.Client | None = None
+
+    async def __aenter__(self) -> Collector:
+        self._client = aiomqtt.Client(self.host, self.port, identifier=f"collector-{id(self)}")
+        await self._client.__aenter__()
+        await self._client.subscribe("polekit/#", qos=1)
+        self._task = asyncio.create_task(self._collect())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._client:
+            await self._client.__aexit__(None, None, None)
+
+    async def _collect(self) -> None:
+        assert self._client is not None
+        async for m in self._client.messages:
+            payload = m.payload if isinstance(m.payload, bytes) else str(m.payload).encode()
+            self.messages.append(Received(str(m.topic), payload, m.retain))
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        assert self._client is not None
+        await self._client.publish(topic, payload, qos=1)
+
+    def packs(self, device: str, fmt: str = "senml+cbor") -> list[list[dict[str, Any]]]:
+        """Resolved SenML packs received for ``device``, in arrival order."""
+        out = []
+        for m in self.messages:
+            if m.topic.endswith(f"/data/{device}"):
+                pack = (
+                    senml.decode_json(m.payload)
+                    if fmt == "senml+json"
+                    else senml.decode_cbor(m.payload)
+                )
+                out.append(senml.resolve(pack, now=0))
+        return out
+
+    def seqs(self, device: str, fmt: str = "senml+cbor") -> list[int]:
+        """The ``seq`` of each received pack of ``device``."""
+        return [
+            int(next(r["v"] for r in p if r["n"].endswith(":seq"))) for p in self.packs(device, fmt)
+        ]
+
+    def on(self, suffix: str) -> list[Received]:
+        """Messages whose topic ends with ``suffix``."""
+        return [m for m in self.messages if m.topic.endswith(suffix)]
+
+
+def gateway_config(
+    data_dir: Path,
+    broker_url: str,
+    buses: list[dict[str, Any]],
+    devices: list[dict[str, Any]],
+    **mqtt: Any,
+) -> Config:
+    """A validated config for tests (status endpoint on a free port)."""
+    return parse_config(
+        {
+            "gateway": {"id": "gw-test", "data_dir": str(data_dir)},
+            "mqtt": {"url": broker_url, **mqtt},
+            "bus": buses,
+            "device": devices,
+            "status": {"port": 0},
+        },
+        data_dir / "gateway.toml",
+    )
+
+
+def values_of(pack: list[dict[str, Any]]) -> dict[str, tuple[Any, str | None]]:
+    """{short name: (value, unit)} of a resolved pack."""
+    out = {}
+    for r in pack:
+        value = r.get("v", r.get("vb", r.get("vs")))
+        out[r["n"].rsplit(":", 1)[1]] = (value, r.get("u"))
+    return out
