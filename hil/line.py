@@ -42,6 +42,8 @@ class VirtualLine:
         self._lock = threading.Lock()
         self._drop = 0
         self._corrupt = 0
+        self._drop_from: str | None = None
+        self._corrupt_from: str | None = None
         self._wake_r, self._wake_w = os.pipe()
         self._closed = False
         self._thread = threading.Thread(target=self._pump, name="virtual-rs485", daemon=True)
@@ -84,13 +86,14 @@ class VirtualLine:
         os.close(ep.slave)
         os.write(self._wake_w, b"x")
 
-    def drop_next(self, n: int) -> None:
-        """Lose the next ``n`` bytes on the wire (noise that swallows characters)."""
-        self._drop += n
+    def drop_next(self, n: int, sender: str | None = None) -> None:
+        """Lose the next ``n`` bytes on the wire (noise that swallows characters); with
+        ``sender``, only bytes that endpoint sends (e.g. a device's answers)."""
+        self._drop, self._drop_from = n, sender
 
-    def corrupt_next(self, n: int) -> None:
-        """Flip bits in the next ``n`` bytes on the wire."""
-        self._corrupt += n
+    def corrupt_next(self, n: int, sender: str | None = None) -> None:
+        """Flip bits in the next ``n`` bytes on the wire (``sender`` as in ``drop_next``)."""
+        self._corrupt, self._corrupt_from = n, sender
 
     def close(self) -> None:
         """Stop the pump and close every endpoint."""
@@ -124,7 +127,7 @@ class VirtualLine:
                     data = os.read(ep.master, 4096)
                 except OSError:
                     continue
-                data = self._damage(data)
+                data = self._damage(data, ep)
                 if not data:
                     continue
                 if char_s:
@@ -138,12 +141,13 @@ class VirtualLine:
                 else:
                     self._deliver(eps, ep, data)
 
-    def _damage(self, data: bytes) -> bytes:
-        if self._drop:
+    def _damage(self, data: bytes, sender: _Endpoint) -> bytes:
+        names = (sender.path, sender.link)
+        if self._drop and self._drop_from in (None, *names):
             n = min(self._drop, len(data))
             self._drop -= n
             data = data[n:]
-        if self._corrupt and data:
+        if self._corrupt and data and self._corrupt_from in (None, *names):
             n = min(self._corrupt, len(data))
             self._corrupt -= n
             data = bytes(b ^ 0x5A for b in data[:n]) + data[n:]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.request
 
 import pytest
 from gwkit import METER, POLE_1, POLE_2, Collector, gateway_config, run, until, values_of
@@ -166,3 +167,241 @@ def test_dead_device_does_not_stall_the_bus(broker: LocalBroker, tmp_path) -> No
                 await sim.stop()
 
     run(scenario(), timeout_s=120)
+
+
+def test_serial_port_unplugged_and_back_reconnects(broker: LocalBroker, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    async def scenario() -> None:
+        with VirtualLine() as line:
+            link = str(tmp_path / "ttyUSB0")  # the stable name a config uses
+            gw_port, dev_port = line.endpoint(link=link), line.endpoint()
+            sim = await SimulatedBus(
+                {1: POLE_ENV}, serial_port=dev_port, baudrate=19200, parity="N", stopbits=2
+            ).start()
+            gw = Gateway(
+                gateway_config(tmp_path, broker.url, [rtu_bus(gw_port)], [pole(POLE_1, 1)])
+            )
+            async with Collector(broker.host, broker.port) as sub:
+                task = asyncio.create_task(gw.run())
+                await until(lambda: len(sub.packs(POLE_1)) >= 2, what="packs before the unplug")
+                bus = gw.buses["cabinet-485"]
+                line.unplug(link)
+                await until(lambda: not bus.connected, what="the bus to notice the unplug")
+                await asyncio.sleep(1.0)
+                line.endpoint(link=link)  # plugged back in (a new /dev/pts behind the same name)
+                before = len(sub.packs(POLE_1))
+                took = await until(
+                    lambda: len(sub.packs(POLE_1)) > before + 1,
+                    timeout_s=10,
+                    what="packs after the re-plug",
+                )
+                assert took < 3.0, f"polling resumed {took:.1f} s after the re-plug"
+                assert bus.counters.reconnects >= 1
+                gw.stop()
+                await task
+                await sim.stop()
+        assert sub.seqs(POLE_1) == list(range(1, len(sub.seqs(POLE_1)) + 1))
+
+    run(scenario())
+
+
+def test_broker_down_then_back_loses_nothing_and_keeps_order(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    async def scenario() -> None:
+        broker = LocalBroker().start()
+        try:
+            with VirtualLine() as line:
+                gw_port, dev_port = line.endpoint(), line.endpoint()
+                sim = await SimulatedBus(
+                    {1: POLE_ENV, 2: POLE_ENV},
+                    serial_port=dev_port,
+                    baudrate=19200,
+                    parity="N",
+                    stopbits=2,
+                ).start()
+                gw = Gateway(
+                    gateway_config(
+                        tmp_path,
+                        broker.url,
+                        [rtu_bus(gw_port)],
+                        [pole(POLE_1, 1, 0.1), pole(POLE_2, 2, 0.1)],
+                    )
+                )
+                task = asyncio.create_task(gw.run())
+                async with Collector(broker.host, broker.port) as sub:
+                    await until(lambda: len(sub.packs(POLE_1)) >= 3, what="packs before the outage")
+                broker.stop()
+                await until(lambda: not gw.uplink.connected, what="the uplink to notice")
+                depth_before = gw.queue.depth
+                await asyncio.sleep(2.0)  # the platform is away: packs wait on disk
+                assert gw.queue.depth >= depth_before + 10
+                broker.start()
+                async with Collector(broker.host, broker.port) as sub2:
+                    took = await until(lambda: gw.uplink.connected, timeout_s=10, what="reconnect")
+                    assert took < 2.0, f"reconnected {took:.2f} s after the broker came back"
+                    await until(
+                        lambda: gw.queue.depth == 0, timeout_s=20, what="the backlog to drain"
+                    )
+                    last = gw.queue.last_seq(POLE_1)
+                    await until(
+                        lambda: (sub.seqs(POLE_1) + sub2.seqs(POLE_1))[-1:] == [last],
+                        what="the last pack",
+                    )
+                    gw.stop()
+                    await task
+                await sim.stop()
+            for code in (POLE_1, POLE_2):
+                seqs = sub.seqs(code) + sub2.seqs(code)
+                assert seqs == list(range(1, len(seqs) + 1)), f"{code}: gap or reorder in {seqs}"
+                assert len(seqs) >= 20
+        finally:
+            broker.stop()
+
+    run(scenario(), timeout_s=90)
+
+
+def test_commands_write_points_and_report_every_error(broker: LocalBroker, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    async def scenario() -> None:
+        with VirtualLine() as line:
+            gw_port, dev_port = line.endpoint(), line.endpoint()
+            sim = await SimulatedBus(
+                {1: POLE_ENV}, serial_port=dev_port, baudrate=19200, parity="N", stopbits=2
+            ).start()
+            config = gateway_config(
+                tmp_path,
+                broker.url,
+                [rtu_bus(gw_port)],
+                [pole(POLE_1, 1, 1.0), pole(POLE_2, 2, 1.0)],
+            )
+            gw = Gateway(config)
+            async with Collector(broker.host, broker.port) as sub:
+                task = asyncio.create_task(gw.run())
+                await until(lambda: gw.uplink.connected, what="connection")
+                cmd = config.topic("cmd", POLE_1)
+                sends = [
+                    (cmd, b'{"id": 1, "set": {"lamp_level": 40}}'),
+                    (
+                        cmd,
+                        __import__("cbor2").dumps(
+                            {"id": 2, "set": {"lamp_level": 55, "tilt_threshold": 7.5}}
+                        ),
+                    ),
+                    (cmd, b'{"id": 3, "set": {"lamp_level": 150}}'),
+                    (cmd, b'{"id": 4, "set": {"temperature": 20}}'),
+                    (cmd, b'{"id": 5, "set": {"no_such_point": 1}}'),
+                    (
+                        config.topic("cmd", "371600PL000009Z"),
+                        b'{"id": 6, "set": {"lamp_level": 1}}',
+                    ),
+                    (cmd, b"not a command"),
+                    (
+                        config.topic("cmd", POLE_2),
+                        b'{"id": 8, "set": {"lamp_level": 10}}',
+                    ),  # silent unit
+                ]
+                sim.remove(2)
+                for topic, body in sends:
+                    await sub.publish(topic, body)
+                await until(
+                    lambda: (
+                        len(sub.on("/cmd-result/" + POLE_1)) >= 6
+                        and len(sub.on("/cmd-result/371600PL000009Z")) == 1
+                        and len(sub.on("/cmd-result/" + POLE_2)) == 1
+                    ),
+                    timeout_s=15,
+                    what="results",
+                )
+                assert await sim.get(1, "lamp_level") == 55
+                assert await sim.get(1, "tilt_threshold") == 7.5
+                gw.stop()
+                await task
+                await sim.stop()
+        results = {}
+        for m in sub.messages:
+            if "/cmd-result/" in m.topic:
+                body = __import__("cbor2").loads(m.payload)
+                results[body["id"]] = body
+        assert results[1]["ok"] and results[2]["ok"]
+        assert "outside 0..100" in results[3]["error"]
+        assert "read-only" in results[4]["error"]
+        assert "no_such_point" in results[5]["error"]
+        assert "unknown device" in results[6]["error"]
+        assert results[None]["ok"] is False and "neither" in results[None]["error"]
+        assert "no answer" in results[8]["error"]
+
+    run(scenario(), timeout_s=60)
+
+
+def test_corrupt_and_truncated_answers_are_counted_not_fatal(broker: LocalBroker, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    async def scenario() -> None:
+        with VirtualLine() as line:
+            gw_port, dev_port = line.endpoint(), line.endpoint()
+            sim = await SimulatedBus(
+                {1: POLE_ENV}, serial_port=dev_port, baudrate=19200, parity="N", stopbits=2
+            ).start()
+            gw = Gateway(
+                gateway_config(tmp_path, broker.url, [rtu_bus(gw_port)], [pole(POLE_1, 1, 0.1)])
+            )
+            async with Collector(broker.host, broker.port) as sub:
+                task = asyncio.create_task(gw.run())
+                await until(lambda: len(sub.packs(POLE_1)) >= 2, what="packs")
+                for _ in range(5):
+                    line.corrupt_next(3, sender=dev_port)  # the next answer gets garbled
+                    await asyncio.sleep(0.4)
+                    line.drop_next(4, sender=dev_port)  # or loses its start
+                    await asyncio.sleep(0.4)
+                before = len(sub.packs(POLE_1))
+                await until(lambda: len(sub.packs(POLE_1)) >= before + 3, what="recovery")
+                health = gw.health()
+                gw.stop()
+                await task
+                await sim.stop()
+        counters = health["buses"][0]["counters"]
+        assert counters["bad_response"] + counters["no_response"] >= 5, counters
+        assert counters["bad_response"] >= 1, counters
+        assert sub.seqs(POLE_1) == list(range(1, len(sub.seqs(POLE_1)) + 1))
+
+    run(scenario(), timeout_s=60)
+
+
+def test_health_and_metrics_endpoints(broker: LocalBroker, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    async def scenario() -> tuple[dict, str]:
+        port = free_port()
+        sim = await SimulatedBus(
+            {3: modbus.register_map("sdm120")}, tcp=("127.0.0.1", port)
+        ).start()
+        gw = Gateway(
+            gateway_config(
+                tmp_path,
+                broker.url,
+                [{"name": "meters", "type": "tcp", "host": "127.0.0.1", "port": port}],
+                [
+                    {
+                        "code": METER,
+                        "bus": "meters",
+                        "unit": 3,
+                        "map": "sdm120",
+                        "poll_interval": 0.2,
+                    }
+                ],
+            )
+        )
+        task = asyncio.create_task(gw.run())
+        await until(lambda: gw.buses["meters"].devices[METER].online is True, what="meter online")
+        url = f"http://127.0.0.1:{gw.status.port}"
+        health = await asyncio.to_thread(lambda: json.load(urllib.request.urlopen(url + "/health")))
+        metrics = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(url + "/metrics").read().decode()
+        )
+        gw.stop()
+        await task
+        await sim.stop()
+        return health, metrics
+
+    health, metrics = run(scenario())
+    assert health["devices"][0]["code"] == METER and health["devices"][0]["online"] is True
+    assert health["mqtt"]["connected"] is True
+    assert "queue" in health and "depth" in health["queue"]
+    assert f'polekit_device_online{{device="{METER}",bus="meters"}} 1' in metrics
+    assert (
+        "polekit_queue_depth " in metrics
+        and "# TYPE polekit_mqtt_published_total counter" in metrics
+    )

@@ -301,6 +301,8 @@ class ModbusBus:
         started = self.wall()
         try:
             values = await self.poll(state)
+        except ConnectionException:
+            raise  # the port, not the device: run() reopens it
         except (DeviceNoResponse, DeviceRefused, ModbusException, ProtocolError) as exc:
             self._failed(state, str(exc))
             return
