@@ -25,6 +25,7 @@ from polekit.gateway.queue import DurableQueue
 log = logging.getLogger("polekit.gateway.mqtt")
 
 BATCH = 200  # messages in flight at once while draining
+
 RETRY_MAX_S = 1.0
 
 # topic suffix (device code), payload -> None
@@ -92,12 +93,19 @@ class MqttUplink:
                 if self.connected:
                     self.disconnected_at = self.clock()
                 self.connected = False
-            log.warning("broker unreachable: %s; retrying", self.last_error)
+            # once per outage at warning level; the retries themselves at debug
+            (log.warning if delay == 0.05 else log.debug)(
+                "broker unreachable: %s; retrying", self.last_error
+            )
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_S)
 
     async def _session(self) -> None:
-        async with self._client_for_session() as client:
+        client = self._client_for_session()
+        client.pending_calls_threshold = (
+            2 * BATCH
+        )  # aiomqtt warns past 10; a batch is 200 by design
+        async with client:
             self._client = client
             self.connected = True
             self.connects += 1

@@ -4,7 +4,8 @@ Each ``endpoint()`` is a path (``/dev/pts/N``) that pyserial, pymodbus or the em
 board's UART bridge opens like a USB adapter. A byte written by one endpoint reaches every
 other endpoint, as on a real two-wire RS-485 bus. With ``baudrate`` set, the pump releases
 bytes no faster than the line would carry them (``bits_per_char`` bits a character, 11 on
-a Modbus line), so throughput measured across it is the real line's. Faults for tests:
+a Modbus line) and a new talker waits out t3.5 after the last frame, so throughput measured
+across it is the real line's. Faults for tests:
 ``unplug(path)`` removes an endpoint as a pulled USB adapter does; ``drop_next(n)`` and
 ``corrupt_next(n)`` damage the next bytes on the wire.
 """
@@ -17,6 +18,8 @@ import threading
 import time
 import tty
 from dataclasses import dataclass, field
+
+from polekit.protocols import modbus
 
 
 @dataclass
@@ -37,6 +40,11 @@ class VirtualLine:
     def __init__(self, baudrate: int | None = None, bits_per_char: int = 11) -> None:
         self.baudrate = baudrate
         self.bits_per_char = bits_per_char
+        # when another drop starts talking, its first character waits until the previous
+        # frame has been followed by t3.5 of silence: what a receiver needs to see the frame
+        # end (a simulated slave would otherwise answer faster than any real one can)
+        self.frame_gap_s = modbus.t35_s(baudrate) if baudrate else 0.0
+        self._last_sender: _Endpoint | None = None
         self.bytes_carried = 0
         self._endpoints: list[_Endpoint] = []
         self._lock = threading.Lock()
@@ -131,15 +139,32 @@ class VirtualLine:
                 if not data:
                     continue
                 if char_s:
-                    for i in range(len(data)):  # pace: one character per char_s on the wire
-                        now = time.monotonic()
-                        line_free_at = max(line_free_at, now) + char_s
-                        delay = line_free_at - time.monotonic()
-                        if delay > 0:
-                            time.sleep(delay)
-                        self._deliver(eps, ep, data[i : i + 1])
+                    line_free_at = self._paced(eps, ep, data, char_s, line_free_at)
                 else:
                     self._deliver(eps, ep, data)
+
+    def _paced(
+        self,
+        eps: list[_Endpoint],
+        sender: _Endpoint,
+        data: bytes,
+        char_s: float,
+        line_free_at: float,
+    ) -> float:
+        # each character is delivered once the wire has carried it whole; characters due by
+        # now go out together, so pacing costs one write per wake-up, not one per byte
+        gap = self.frame_gap_s if sender is not self._last_sender else 0.0
+        self._last_sender = sender
+        start = max(line_free_at + gap, time.monotonic())
+        sent = 0
+        while sent < len(data):
+            due = min(len(data), int((time.monotonic() - start) / char_s))
+            if due > sent:
+                self._deliver(eps, sender, data[sent:due])
+                sent = due
+            else:
+                time.sleep(max(0.0, start + (sent + 1) * char_s - time.monotonic()))
+        return start + len(data) * char_s
 
     def _damage(self, data: bytes, sender: _Endpoint) -> bytes:
         names = (sender.path, sender.link)

@@ -108,11 +108,14 @@ class ModbusBus:
         )
         self._wake = asyncio.Event()
         self._rx_bytes = 0
-        self._last_tx_end = 0.0
+        self._last_wire = 0.0
 
     # ---- connection -------------------------------------------------------------------
 
     def _trace(self, sending: bool, data: bytes) -> bytes:
+        # the silent interval is counted from the last byte on the wire, not from when the
+        # answer was decoded: the gap is the spec's, not the spec's plus our latency
+        self._last_wire = self.clock()
         if not sending:
             self._rx_bytes += len(data)
         return data
@@ -185,9 +188,8 @@ class ModbusBus:
     # ---- transactions -----------------------------------------------------------------
 
     async def _transaction(self, call: Callable[[], Awaitable[Any]], what: str) -> Any:
-        gap = self.config.inter_frame_s - (self.clock() - self._last_tx_end)
-        if gap > 0:  # RS-485: leave t3.5 of silence between frames
-            await asyncio.sleep(gap)
+        if self.config.inter_frame_s:  # RS-485: leave t3.5 of silence between frames
+            await self._until(self._last_wire + self.config.inter_frame_s)
         self._rx_bytes = 0
         self.counters.transactions += 1
         try:
@@ -200,12 +202,19 @@ class ModbusBus:
                 ) from exc
             self.counters.no_response += 1
             raise DeviceNoResponse(f"{what}: no answer within {self.config.timeout_s} s") from exc
-        finally:
-            self._last_tx_end = self.clock()
         if response.isError():
             self.counters.exceptions += 1
             raise DeviceRefused(getattr(response, "exception_code", 0), what)
         return response
+
+    async def _until(self, deadline: float) -> None:
+        # asyncio's sleeps round up to whole milliseconds (epoll), which on a fast line is a
+        # third of the gap: sleep to within a millisecond, then yield until the deadline
+        left = deadline - self.clock()
+        if left > 0.0015:
+            await asyncio.sleep(left - 0.001)
+        while self.clock() < deadline:
+            await asyncio.sleep(0)
 
     async def _read(self, dev: DeviceConfig, read: Read) -> list[int] | list[bool]:
         c = self._client
