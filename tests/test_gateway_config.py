@@ -164,3 +164,10 @@ def test_check_command_exit_codes(tmp_path: Path) -> None:
     bad = write(tmp_path, GOOD.format(data=tmp_path).replace("unit = 1\nmap", "unit = 0\nmap"))
     result = CliRunner().invoke(main, ["gateway", "check", "-c", str(bad)])
     assert result.exit_code == 2 and "device[0].unit = 0" in result.output
+
+
+def test_the_documented_example_config_is_valid() -> None:
+    from conftest import ROOT
+
+    config = load_config(ROOT / "docs" / "gateway.example.toml")
+    assert [d.map_name for d in config.devices] == ["pole-env", "sdm120", "inline"]
