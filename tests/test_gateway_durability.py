@@ -99,6 +99,11 @@ def test_kill_9_mid_stream_loses_nothing(tmp_path: Path) -> None:
                     await asyncio.sleep(0.137)
                     os.kill(gw.pid, signal.SIGKILL)
                     gw.wait()
+                    # the broker tells the platform through the gateway's last will
+                    await until(
+                        lambda: b"offline" in sub.on("/gw-kill/state")[-1].payload,
+                        what="the last will",
+                    )
                 gw = _start_gateway(config, log)  # last run ends cleanly, with SIGTERM
                 before = len(sub.seqs(POLE_1))
                 await until(

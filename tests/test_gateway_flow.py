@@ -405,3 +405,92 @@ def test_health_and_metrics_endpoints(broker: LocalBroker, tmp_path) -> None:  #
         "polekit_queue_depth " in metrics
         and "# TYPE polekit_mqtt_published_total counter" in metrics
     )
+
+
+def test_tcp_device_power_cycle_is_reconnected(broker: LocalBroker, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    async def scenario() -> None:
+        port = free_port()
+        meter = modbus.register_map("sdm120")
+        sim = await SimulatedBus({3: meter}, tcp=("127.0.0.1", port)).start()
+        gw = Gateway(
+            gateway_config(
+                tmp_path,
+                broker.url,
+                [
+                    {
+                        "name": "meters",
+                        "type": "tcp",
+                        "host": "127.0.0.1",
+                        "port": port,
+                        "timeout": 0.3,
+                    }
+                ],
+                [
+                    {
+                        "code": METER,
+                        "bus": "meters",
+                        "unit": 3,
+                        "map": "sdm120",
+                        "poll_interval": 0.1,
+                    }
+                ],
+            )
+        )
+        async with Collector(broker.host, broker.port) as sub:
+            task = asyncio.create_task(gw.run())
+            await until(lambda: len(sub.packs(METER)) >= 2, what="packs")
+            await sim.stop()  # the meter loses power: its socket goes away
+            bus = gw.buses["meters"]
+            await until(
+                lambda: not bus.connected or bus.devices[METER].online is False,
+                what="the gateway to notice",
+            )
+            await asyncio.sleep(1.0)
+            sim = await SimulatedBus({3: meter}, tcp=("127.0.0.1", port)).start()
+            before = len(sub.packs(METER))
+            took = await until(
+                lambda: len(sub.packs(METER)) > before, timeout_s=10, what="packs again"
+            )
+            assert took < 3.0, f"polling resumed {took:.1f} s after the meter came back"
+            gw.stop()
+            await task
+        await sim.stop()
+        assert sub.seqs(METER) == list(range(1, len(sub.seqs(METER)) + 1))
+
+    run(scenario())
+
+
+def test_embedded_amqtt_broker_works_as_the_fallback(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    async def scenario() -> None:
+        port = free_port()
+        sim = await SimulatedBus(
+            {3: modbus.register_map("sdm120")}, tcp=("127.0.0.1", port)
+        ).start()
+        await sim.set(3, "power", 1500.0)
+        with LocalBroker(kind="amqtt") as amqtt:
+            gw = Gateway(
+                gateway_config(
+                    tmp_path,
+                    amqtt.url,
+                    [{"name": "meters", "type": "tcp", "host": "127.0.0.1", "port": port}],
+                    [
+                        {
+                            "code": METER,
+                            "bus": "meters",
+                            "unit": 3,
+                            "map": "sdm120",
+                            "poll_interval": 0.2,
+                        }
+                    ],
+                )
+            )
+            async with Collector(amqtt.host, amqtt.port) as sub:
+                task = asyncio.create_task(gw.run())
+                await until(lambda: len(sub.packs(METER)) >= 3, what="packs through amqtt")
+                gw.stop()
+                await task
+        await sim.stop()
+        assert values_of(sub.packs(METER)[0])["power"] == (1500.0, "W")
+        assert sub.seqs(METER)[:3] == [1, 2, 3]
+
+    run(scenario())
