@@ -359,13 +359,23 @@ def _mqtt(r: _Reader, m: dict[str, Any], base: Path) -> MqttConfig:
     )
 
 
+def _array_of_tables(r: _Reader, items: Any, key: str) -> list[tuple[int, str, dict[str, Any]]]:
+    # [[key]] entries as (index, key path, table); anything else is a problem, not a crash
+    if not isinstance(items, list):
+        r.problem(key, items, f"must be an array of tables ([[{key}]])")
+        return []
+    out = []
+    for i, item in enumerate(items):
+        if isinstance(item, dict):
+            out.append((i, f"{key}[{i}]", item))
+        else:
+            r.problem(f"{key}[{i}]", item, f"must be a table ([[{key}]])")
+    return out
+
+
 def _buses(r: _Reader, items: Any) -> dict[str, BusConfig]:
     buses: dict[str, BusConfig] = {}
-    if not isinstance(items, list):
-        r.problem("bus", items, "must be an array of tables ([[bus]])")
-        return buses
-    for i, b in enumerate(items):
-        where = f"bus[{i}]"
+    for i, where, b in _array_of_tables(r, items, "bus"):
         r.unknown_keys(b, where, _BUS_KEYS)
         name = r.get(
             b,
@@ -474,8 +484,7 @@ def _inline_points(r: _Reader, items: Any, where: str) -> modbus.RegisterMap | N
         return None
     points = []
     seen: dict[tuple[str, int], str] = {}
-    for j, p in enumerate(items):
-        w = f"{where}.point[{j}]"
+    for j, w, p in _array_of_tables(r, items, f"{where}.point"):
         r.unknown_keys(p, w, _POINT_KEYS)
         name = r.get(
             p,
@@ -524,13 +533,9 @@ def _inline_points(r: _Reader, items: Any, where: str) -> modbus.RegisterMap | N
 
 def _devices(r: _Reader, items: Any, buses: dict[str, BusConfig]) -> list[DeviceConfig]:
     devices: list[DeviceConfig] = []
-    if not isinstance(items, list):
-        r.problem("device", items, "must be an array of tables ([[device]])")
-        return devices
     codes: set[str] = set()
     units: set[tuple[str, int]] = set()
-    for i, d in enumerate(items):
-        where = f"device[{i}]"
+    for _, where, d in _array_of_tables(r, items, "device"):
         r.unknown_keys(d, where, _DEVICE_KEYS)
         code = r.get(
             d,

@@ -13,8 +13,10 @@ from typing import Any
 
 import aiomqtt
 
+from polekit.gateway.app import Gateway
 from polekit.gateway.config import Config, parse_config
-from polekit.protocols import identity, senml
+from polekit.hil.fieldbus import SimulatedBus
+from polekit.protocols import identity, modbus, senml
 
 POLE_1 = identity.make("371600", "PL", 1)
 POLE_2 = identity.make("371600", "PL", 2)
@@ -130,3 +132,25 @@ def values_of(pack: list[dict[str, Any]]) -> dict[str, tuple[Any, str | None]]:
         value = r.get("v", r.get("vb", r.get("vs")))
         out[r["n"].rsplit(":", 1)[1]] = (value, r.get("u"))
     return out
+
+
+async def start_meter(port: int, unit: int = 3) -> SimulatedBus:
+    """A simulated SDM120 energy meter answering Modbus TCP on ``127.0.0.1:port``."""
+    return await SimulatedBus(
+        {unit: modbus.register_map("sdm120")}, tcp=("127.0.0.1", port)
+    ).start()
+
+
+def meter_gateway(
+    data_dir: Path, broker_url: str, port: int, poll_s: float = 0.2, **mqtt: Any
+) -> Gateway:
+    """A gateway polling the meter of ``start_meter(port)`` (unit 3) as device METER."""
+    return Gateway(
+        gateway_config(
+            data_dir,
+            broker_url,
+            [{"name": "meters", "type": "tcp", "host": "127.0.0.1", "port": port, "timeout": 0.3}],
+            [{"code": METER, "bus": "meters", "unit": 3, "map": "sdm120", "poll_interval": poll_s}],
+            **mqtt,
+        )
+    )

@@ -6,12 +6,9 @@ import asyncio
 import sys
 from pathlib import Path
 
-from gwkit import METER, POLE_1, gateway_config, run, until
+from gwkit import METER, POLE_1, meter_gateway, run, start_meter, until
 
-from polekit.gateway.app import Gateway
 from polekit.hil.broker import LocalBroker, free_port
-from polekit.hil.fieldbus import SimulatedBus
-from polekit.protocols import modbus
 
 
 async def _cli(*args: str) -> tuple[int, str]:
@@ -31,9 +28,7 @@ async def _cli(*args: str) -> tuple[int, str]:
 def test_probe_polls_each_device_once_and_tables_the_answers(tmp_path: Path) -> None:
     async def scenario() -> tuple[int, str]:
         port = free_port()
-        sim = await SimulatedBus(
-            {3: modbus.register_map("sdm120")}, tcp=("127.0.0.1", port)
-        ).start()
+        sim = await start_meter(port)
         await sim.set(3, "voltage", 231.0)
         config = tmp_path / "gateway.toml"
         config.write_text(f"""
@@ -72,26 +67,9 @@ map = "pole-env"
 def test_status_command_shows_a_running_gateway(tmp_path: Path) -> None:
     async def scenario() -> tuple[int, str, int, str]:
         port = free_port()
-        sim = await SimulatedBus(
-            {3: modbus.register_map("sdm120")}, tcp=("127.0.0.1", port)
-        ).start()
+        sim = await start_meter(port)
         with LocalBroker() as broker:
-            gw = Gateway(
-                gateway_config(
-                    tmp_path,
-                    broker.url,
-                    [{"name": "meters", "type": "tcp", "host": "127.0.0.1", "port": port}],
-                    [
-                        {
-                            "code": METER,
-                            "bus": "meters",
-                            "unit": 3,
-                            "map": "sdm120",
-                            "poll_interval": 0.2,
-                        }
-                    ],
-                )
-            )
+            gw = meter_gateway(tmp_path, broker.url, port, 0.2)
             task = asyncio.create_task(gw.run())
             await until(lambda: gw.buses["meters"].devices[METER].online is True, what="online")
             code, out = await _cli(

@@ -171,3 +171,14 @@ def test_the_documented_example_config_is_valid() -> None:
 
     config = load_config(ROOT / "docs" / "gateway.example.toml")
     assert [d.map_name for d in config.devices] == ["pole-env", "sdm120", "inline"]
+
+
+def test_entries_that_are_not_tables_are_problems_not_crashes(tmp_path: Path) -> None:
+    text = GOOD.format(data=tmp_path) + "\n[mqtt2]\n"
+    with pytest.raises(ConfigError, match="mqtt2: unknown key"):
+        load_config(write(tmp_path, text))
+    text = "bus = [1, 2]\ndevice = 3\n" + GOOD.format(data=tmp_path).split("[[bus]]")[0]
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text))
+    assert "bus[0] = 1: must be a table ([[bus]])" in str(err.value)
+    assert "device = 3: must be an array of tables ([[device]])" in str(err.value)

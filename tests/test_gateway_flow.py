@@ -9,7 +9,18 @@ import json
 import urllib.request
 
 import pytest
-from gwkit import METER, POLE_1, POLE_2, Collector, gateway_config, run, until, values_of
+from gwkit import (
+    METER,
+    POLE_1,
+    POLE_2,
+    Collector,
+    gateway_config,
+    meter_gateway,
+    run,
+    start_meter,
+    until,
+    values_of,
+)
 
 from polekit.gateway.app import Gateway
 from polekit.hil.broker import LocalBroker, free_port
@@ -94,20 +105,10 @@ def test_values_and_units_arrive_as_senml(broker: LocalBroker, tmp_path) -> None
 def test_modbus_tcp_meter_with_secondary_units(broker: LocalBroker, tmp_path) -> None:  # type: ignore[no-untyped-def]
     async def scenario() -> None:
         port = free_port()
-        sim = await SimulatedBus(
-            {3: modbus.register_map("sdm120")}, tcp=("127.0.0.1", port)
-        ).start()
+        sim = await start_meter(port)
         await sim.set(3, "voltage", 229.5)
         await sim.set(3, "energy", 1234.5)
-        config = gateway_config(
-            tmp_path,
-            broker.url,
-            [{"name": "meters", "type": "tcp", "host": "127.0.0.1", "port": port}],
-            [{"code": METER, "bus": "meters", "unit": 3, "map": "sdm120", "poll_interval": 0.2}],
-            format="senml+json",
-            secondary_units=True,
-        )
-        gw = Gateway(config)
+        gw = meter_gateway(tmp_path, broker.url, port, format="senml+json", secondary_units=True)
         async with Collector(broker.host, broker.port) as sub:
             task = asyncio.create_task(gw.run())
             await until(lambda: len(sub.packs(METER, "senml+json")) >= 1, what="a meter pack")
@@ -365,25 +366,8 @@ def test_corrupt_and_truncated_answers_are_counted_not_fatal(broker: LocalBroker
 def test_health_and_metrics_endpoints(broker: LocalBroker, tmp_path) -> None:  # type: ignore[no-untyped-def]
     async def scenario() -> tuple[dict, str]:
         port = free_port()
-        sim = await SimulatedBus(
-            {3: modbus.register_map("sdm120")}, tcp=("127.0.0.1", port)
-        ).start()
-        gw = Gateway(
-            gateway_config(
-                tmp_path,
-                broker.url,
-                [{"name": "meters", "type": "tcp", "host": "127.0.0.1", "port": port}],
-                [
-                    {
-                        "code": METER,
-                        "bus": "meters",
-                        "unit": 3,
-                        "map": "sdm120",
-                        "poll_interval": 0.2,
-                    }
-                ],
-            )
-        )
+        sim = await start_meter(port)
+        gw = meter_gateway(tmp_path, broker.url, port, 0.2)
         task = asyncio.create_task(gw.run())
         await until(lambda: gw.buses["meters"].devices[METER].online is True, what="meter online")
         url = f"http://127.0.0.1:{gw.status.port}"
@@ -410,32 +394,8 @@ def test_health_and_metrics_endpoints(broker: LocalBroker, tmp_path) -> None:  #
 def test_tcp_device_power_cycle_is_reconnected(broker: LocalBroker, tmp_path) -> None:  # type: ignore[no-untyped-def]
     async def scenario() -> None:
         port = free_port()
-        meter = modbus.register_map("sdm120")
-        sim = await SimulatedBus({3: meter}, tcp=("127.0.0.1", port)).start()
-        gw = Gateway(
-            gateway_config(
-                tmp_path,
-                broker.url,
-                [
-                    {
-                        "name": "meters",
-                        "type": "tcp",
-                        "host": "127.0.0.1",
-                        "port": port,
-                        "timeout": 0.3,
-                    }
-                ],
-                [
-                    {
-                        "code": METER,
-                        "bus": "meters",
-                        "unit": 3,
-                        "map": "sdm120",
-                        "poll_interval": 0.1,
-                    }
-                ],
-            )
-        )
+        sim = await start_meter(port)
+        gw = meter_gateway(tmp_path, broker.url, port, 0.1)
         async with Collector(broker.host, broker.port) as sub:
             task = asyncio.create_task(gw.run())
             await until(lambda: len(sub.packs(METER)) >= 2, what="packs")
@@ -446,7 +406,7 @@ def test_tcp_device_power_cycle_is_reconnected(broker: LocalBroker, tmp_path) ->
                 what="the gateway to notice",
             )
             await asyncio.sleep(1.0)
-            sim = await SimulatedBus({3: meter}, tcp=("127.0.0.1", port)).start()
+            sim = await start_meter(port)
             before = len(sub.packs(METER))
             took = await until(
                 lambda: len(sub.packs(METER)) > before, timeout_s=10, what="packs again"
@@ -463,27 +423,10 @@ def test_tcp_device_power_cycle_is_reconnected(broker: LocalBroker, tmp_path) ->
 def test_embedded_amqtt_broker_works_as_the_fallback(tmp_path) -> None:  # type: ignore[no-untyped-def]
     async def scenario() -> None:
         port = free_port()
-        sim = await SimulatedBus(
-            {3: modbus.register_map("sdm120")}, tcp=("127.0.0.1", port)
-        ).start()
+        sim = await start_meter(port)
         await sim.set(3, "power", 1500.0)
         with LocalBroker(kind="amqtt") as amqtt:
-            gw = Gateway(
-                gateway_config(
-                    tmp_path,
-                    amqtt.url,
-                    [{"name": "meters", "type": "tcp", "host": "127.0.0.1", "port": port}],
-                    [
-                        {
-                            "code": METER,
-                            "bus": "meters",
-                            "unit": 3,
-                            "map": "sdm120",
-                            "poll_interval": 0.2,
-                        }
-                    ],
-                )
-            )
+            gw = meter_gateway(tmp_path, amqtt.url, port, 0.2)
             async with Collector(amqtt.host, amqtt.port) as sub:
                 task = asyncio.create_task(gw.run())
                 await until(lambda: len(sub.packs(METER)) >= 3, what="packs through amqtt")
