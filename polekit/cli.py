@@ -136,6 +136,52 @@ def protocols_quantities() -> None:
     Console().print(table)
 
 
+@main.group()
+def boards() -> None:
+    """Board definitions: chip, heap budget, pins, buses and attached sensors."""
+
+
+@boards.command("list")
+def boards_list() -> None:
+    """List the boards polekit knows."""
+    from polekit import boards as defs
+
+    table = Table("board", "chip", "heap", "uplink", "description")
+    for name in defs.names():
+        b = defs.load(name)
+        table.add_row(b.name, b.chip, f"{b.heap_bytes // 1024} KiB", b.uplink, b.description)
+    Console().print(table)
+
+
+@boards.command("show")
+@click.argument("name")
+def boards_show(name: str) -> None:
+    """Show board NAME (or a TOML file): buses, pins and sensors."""
+    from polekit import boards as defs
+
+    try:
+        b = defs.load(name)
+    except defs.BoardError as exc:
+        raise click.UsageError(str(exc)) from None
+    console = Console()
+    console.print(f"[bold]{b.name}[/bold]: {b.description}")
+    console.print(
+        f"chip {b.chip}, flash {b.flash_size_mb} MB (MicroPython at {b.firmware_offset:#x}), "
+        f"heap budget {b.heap_bytes} bytes, uplink {b.uplink}"
+        + (f", register map {b.register_map}" if b.register_map else "")
+    )
+    buses = Table("bus", "type", "settings")
+    for bus in b.buses.values():
+        buses.add_row(bus.name, bus.type, ", ".join(f"{k}={v}" for k, v in bus.params.items()))
+    console.print(buses)
+    sensors = Table("sensor", "type", "bus", "settings")
+    for s in b.sensors.values():
+        sensors.add_row(
+            s.name, s.type, s.bus or "", ", ".join(f"{k}={v}" for k, v in s.params.items())
+        )
+    console.print(sensors)
+
+
 def _add_area_commands() -> None:
     from polekit.gateway.cli import gateway
 
