@@ -144,7 +144,7 @@ def boards() -> None:
 @boards.command("list")
 def boards_list() -> None:
     """List the boards polekit knows."""
-    from polekit import boards as defs
+    import polekit.boards as defs
 
     table = Table("board", "chip", "heap", "uplink", "description")
     for name in defs.names():
@@ -157,7 +157,7 @@ def boards_list() -> None:
 @click.argument("name")
 def boards_show(name: str) -> None:
     """Show board NAME (or a TOML file): buses, pins and sensors."""
-    from polekit import boards as defs
+    import polekit.boards as defs
 
     try:
         b = defs.load(name)
