@@ -184,8 +184,10 @@ def boards_show(name: str) -> None:
 
 def _add_area_commands() -> None:
     from polekit.gateway.cli import gateway
+    from polekit.hil.cli import emulate
 
     main.add_command(gateway)
+    main.add_command(emulate)
 
 
 _add_area_commands()

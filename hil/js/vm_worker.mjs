@@ -1,0 +1,107 @@
+// One boot of the emulated board: a MicroPython VM in a worker thread. The main thread
+// (board.mjs) is "the hardware": it owns the serial line, and it throws this worker away
+// on reset, deep sleep or a hung VM. Messages in: {type: "chars", data: Uint8Array},
+// {type: "snapshot"}. Messages out: {type: "out", data}, {type: "idle"},
+// {type: "reset", soft: bool}, {type: "files", files: {path: Uint8Array}}, {type: "log", text}.
+import { parentPort, workerData } from "node:worker_threads";
+import { pathToFileURL } from "node:url";
+
+const { mjs, heapBytes, files, rawRepl, runMain, libFiles } = workerData;
+const mod = await import(pathToFileURL(mjs).href);
+let muted = false;
+const send = (b) => { if (!muted) parentPort.postMessage({ type: "out", data: b }); };
+const mp = await mod.loadMicroPython({ heapsize: heapBytes, linebuffer: false, stdout: send, stderr: send });
+
+const SKIP = new Set(["dev", "proc", "tmp", "home", "rom"]);
+function writeTree(tree) {
+  for (const [path, data] of Object.entries(tree)) {
+    const dir = path.slice(0, path.lastIndexOf("/"));
+    if (dir) mp.FS.mkdirTree(dir);
+    mp.FS.writeFile(path, data);
+  }
+}
+function readTree(dir, out) {
+  for (const name of mp.FS.readdir(dir)) {
+    if (name === "." || name === ".." || (dir === "/" && SKIP.has(name))) continue;
+    const path = (dir === "/" ? "" : dir) + "/" + name;
+    const st = mp.FS.stat(path);
+    if (mp.FS.isDir(st.mode)) { out[path + "/"] = new Uint8Array(0); readTree(path, out); }
+    else out[path] = mp.FS.readFile(path);
+  }
+  return out;
+}
+// board flash first, then the ROM-like modules the ESP32 port has and the VM lacks
+for (const [path, data] of Object.entries(files)) {
+  if (path.endsWith("/")) mp.FS.mkdirTree(path.slice(0, -1)); else writeTree({ [path]: data });
+}
+writeTree(libFiles);
+for (const d of ["/tmp", "/home/web_user", "/home"]) { try { mp.FS.rmdir(d); } catch { /* not there */ } }
+// The port raises Emscripten's errno values (ENOENT is 44); the chip and mpremote expect
+// POSIX ones (ENOENT is 2). File functions are wrapped to translate them.
+mp.runPython(`
+import sys, os, builtins
+sys.path[:] = ['', '.frozen', '/lib', '/rom']
+def _posix_errors():
+    table = {44: 2, 20: 17, 54: 20, 31: 21, 55: 39, 2: 13, 28: 22, 10: 16, 8: 9}
+    def wrap(f):
+        def call(*args, **kw):
+            try:
+                return f(*args, **kw)
+            except OSError as e:
+                n = e.args[0] if e.args else None
+                if n in table:
+                    raise OSError(table[n]) from None
+                raise
+        return call
+    for name in ('stat', 'listdir', 'ilistdir', 'mkdir', 'remove', 'rmdir', 'rename', 'chdir', 'statvfs', 'unlink'):
+        if hasattr(os, name):
+            setattr(os, name, wrap(getattr(os, name)))
+    builtins.open = wrap(builtins.open)
+_posix_errors()
+del _posix_errors
+`);
+
+function runFile(name) {
+  try { mp.FS.stat("/" + name); } catch { return Promise.resolve(); }
+  return Promise.resolve(mp.runPythonAsync(`
+try:
+    exec(open('/${name}').read(), {'__name__': '__main__'})
+except KeyboardInterrupt:
+    print('KeyboardInterrupt')
+except SystemExit:
+    pass
+except BaseException as e:
+    import sys
+    sys.print_exception(e)
+`)).catch((e) => parentPort.postMessage({ type: "log", text: String(e) }));
+}
+
+await runFile("boot.py");
+if (runMain) await runFile("main.py");
+
+muted = true;
+mp.replInit();
+if (rawRepl) mp.replProcessChar(1);
+muted = false;
+if (rawRepl) send(new TextEncoder().encode("raw REPL; CTRL-B to exit\r\n>"));
+else send(new TextEncoder().encode(
+  `MicroPython v1.27.0 on polekit emulated ${workerData.board}; ${workerData.chip} with the WebAssembly VM\r\nType "help()" for more information.\r\n>>> `));
+
+const FORCED_EXIT = 0x100;
+parentPort.on("message", (msg) => {
+  if (msg.type === "snapshot") {
+    parentPort.postMessage({ type: "files", files: readTree("/", {}) });
+    return;
+  }
+  if (msg.type !== "chars") return;
+  for (const c of msg.data) {
+    const ret = mp.replProcessChar(c);
+    if (ret & FORCED_EXIT) {
+      parentPort.postMessage({ type: "files", files: readTree("/", {}) });
+      parentPort.postMessage({ type: "reset", soft: true });
+      return;
+    }
+  }
+  parentPort.postMessage({ type: "idle" });
+});
+parentPort.postMessage({ type: "booted" });

@@ -1,0 +1,142 @@
+"""The emulated board behind a pseudo-terminal: the real mpremote drives it as a USB board."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from polekit.hil.emulator import EmulatedBoard
+
+MPREMOTE = str(Path(sys.executable).with_name("mpremote"))
+
+
+def mpremote(
+    board: EmulatedBoard, *args: str, timeout_s: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [MPREMOTE, "connect", board.repl, *args], capture_output=True, text=True, timeout=timeout_s
+    )
+
+
+@pytest.fixture
+def board(tmp_path: Path):  # type: ignore[no-untyped-def]
+    with EmulatedBoard("pole-env-esp32", fs_dir=tmp_path / "flash") as b:
+        yield b
+
+
+def test_mpremote_runs_code(board: EmulatedBoard) -> None:
+    result = mpremote(board, "exec", "import sys; print(sys.implementation.name, 6 * 7)")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "micropython 42"
+    error = mpremote(board, "exec", "raise ValueError('boom')")
+    assert error.returncode == 1 and "ValueError: boom" in error.stdout + error.stderr
+
+
+def test_files_copy_in_and_out_and_survive_soft_reset(board: EmulatedBoard, tmp_path: Path) -> None:
+    payload = os.urandom(20_000)
+    src = tmp_path / "blob.bin"
+    src.write_bytes(payload)
+    (tmp_path / "greet.py").write_text("WORD = 'hello from flash'\n")
+    assert mpremote(board, "fs", "mkdir", ":lib").returncode == 0
+    for args in (
+        ("fs", "cp", str(src), ":blob.bin"),
+        ("fs", "cp", str(tmp_path / "greet.py"), ":lib/greet.py"),
+    ):
+        result = mpremote(board, *args)
+        assert result.returncode == 0, result.stderr
+    assert mpremote(board, "soft-reset").returncode == 0
+    listing = mpremote(board, "fs", "ls", ":")
+    assert "blob.bin" in listing.stdout and "lib/" in listing.stdout
+    result = mpremote(board, "exec", "import greet; print(greet.WORD)")
+    assert result.stdout.strip() == "hello from flash"
+    back = tmp_path / "back.bin"
+    assert mpremote(board, "fs", "cp", ":blob.bin", str(back)).returncode == 0
+    assert hashlib.sha256(back.read_bytes()).digest() == hashlib.sha256(payload).digest()
+    missing = mpremote(board, "fs", "cat", ":nope.py")
+    assert missing.returncode == 1 and "No such file" in missing.stdout + missing.stderr
+    # the flash is mirrored on the host
+    assert (board.fs_dir / "blob.bin").read_bytes() == payload
+    assert (board.fs_dir / "lib" / "greet.py").is_file()
+
+
+def test_flash_outlives_a_power_cycle(tmp_path: Path) -> None:
+    flash = tmp_path / "flash"
+    with EmulatedBoard("pole-env-esp32", fs_dir=flash) as board:
+        (tmp_path / "main.py").write_text("print('main.py ran')\n")
+        assert mpremote(board, "fs", "cp", str(tmp_path / "main.py"), ":main.py").returncode == 0
+    with EmulatedBoard("pole-env-esp32", fs_dir=flash) as board:
+        assert b"main.py ran" in bytes(board.serial_log)  # main.py runs at boot
+        assert "main.py" in mpremote(board, "fs", "ls").stdout
+
+
+def test_polekit_emulate_prints_its_ports_and_stops_on_sigterm(tmp_path: Path) -> None:
+    import json
+    import signal
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "polekit",
+            "emulate",
+            "--board",
+            "pole-env-esp32",
+            "--fs",
+            str(tmp_path / "flash"),
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        ports = json.loads(proc.stdout.readline())
+        result = subprocess.run(
+            [MPREMOTE, "connect", ports["repl"], "exec", "print('alive')"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.stdout.strip() == "alive"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+
+
+def test_pytest_embedded_drives_the_emulated_board(board: EmulatedBoard, tmp_path: Path) -> None:
+    (tmp_path / "test_on_board.py").write_text(
+        "def test_board_answers(dut):\n"
+        "    dut.write('\\x02')  # friendly REPL\n"
+        "    dut.write('print(6 * 7)\\r')  # Enter is a carriage return, as on a UART\n"
+        "    dut.expect('42', timeout=10)\n"
+        "    dut.write('import sys; print(sys.implementation.name)\\r')\n"
+        "    dut.expect('micropython', timeout=10)\n"
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            str(tmp_path / "test_on_board.py"),
+            "--embedded-services",
+            "serial",
+            "--port",
+            board.repl,
+            "--baud",
+            "115200",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "1 passed" in result.stdout
