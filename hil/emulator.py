@@ -93,7 +93,7 @@ class EmulatedBoard:
         return self
 
     def wait_event(self, name: str, timeout_s: float = 10.0, after: int = 0) -> dict[str, Any]:
-        """Wait for board event ``name`` (booted, soft-reset, hard-reset...) past index ``after``."""
+        """Wait for board event ``name`` (booted, soft-reset...) after index ``after``."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for e in self.events[after:]:
