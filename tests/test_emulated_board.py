@@ -140,3 +140,26 @@ def test_pytest_embedded_drives_the_emulated_board(board: EmulatedBoard, tmp_pat
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "1 passed" in result.stdout
+
+
+def test_heap_budget_gives_memory_error_like_the_chip(board: EmulatedBoard) -> None:
+    script = (
+        "import gc\n"
+        "gc.collect()\n"
+        "print('total', gc.mem_free() + gc.mem_alloc())\n"
+        "blocks = []\n"
+        "try:\n"
+        "    while True:\n"
+        "        blocks.append(bytearray(4096))\n"
+        "except MemoryError:\n"
+        "    print('MemoryError after', len(blocks) * 4096)\n"
+    )
+    result = mpremote(board, "exec", script)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = dict(line.rsplit(" ", 1) for line in result.stdout.strip().splitlines())
+    budget = board.board.heap_bytes
+    assert int(lines["total"]) <= budget
+    assert budget * 0.6 < int(lines["MemoryError after"]) < budget
+    # the board is still usable after running out of memory, and the memory comes back
+    after = mpremote(board, "exec", "import gc; gc.collect(); print(gc.mem_free())")
+    assert 0.8 * budget < int(after.stdout) <= budget

@@ -7,6 +7,33 @@ import { parentPort, workerData } from "node:worker_threads";
 import { pathToFileURL } from "node:url";
 
 const { mjs, heapBytes, files, rawRepl, runMain, libFiles } = workerData;
+
+// The heap budget. The port's GC heap starts at `heapsize` and grows on demand into new
+// areas taken from malloc. After boot, the WebAssembly memory is frozen at its size and the
+// free malloc space is taken up, leaving only HEADROOM for the port's own small mallocs:
+// a new heap area (as large as the heap itself) no longer fits, so allocating past the
+// budget raises MemoryError, as on the chip.
+const HEADROOM = 8 * 1024;
+let memoryFrozen = false;
+const grow = WebAssembly.Memory.prototype.grow;
+WebAssembly.Memory.prototype.grow = function (pages) {
+  if (memoryFrozen) throw new RangeError("emulated board: heap budget reached");
+  return grow.call(this, pages);
+};
+const consoleError = console.error;
+console.error = (...args) => {  // the runtime reports each refused growth; that is the point
+  if (!memoryFrozen || !/grow|heap/i.test(String(args[0]))) consoleError(...args);
+};
+function enforceHeapBudget(module) {
+  memoryFrozen = true;
+  const held = [];
+  for (let size = 1 << 20; size >= 1024; size >>= 1) {
+    for (;;) { const p = module._malloc(size); if (!p) break; held.push([p, size]); }
+  }
+  // give back HEADROOM for the port's own small allocations
+  let freed = 0;
+  while (held.length && freed < HEADROOM) { const [p, size] = held.pop(); module._free(p); freed += size; }
+}
 const mod = await import(pathToFileURL(mjs).href);
 let muted = false;
 const send = (b) => { if (!muted) parentPort.postMessage({ type: "out", data: b }); };
@@ -79,6 +106,22 @@ except BaseException as e:
 await runFile("boot.py");
 if (runMain) await runFile("main.py");
 
+// gc.mem_free() of the port counts memory the heap could still grow into (~134 MB); the
+// board reports what is left of its budget, as the chip does
+mp.FS.writeFile("/rom/_board_gc.py", `
+import gc as _gc
+BUDGET = ${heapBytes}
+collect = _gc.collect
+enable = _gc.enable
+disable = _gc.disable
+isenabled = _gc.isenabled
+threshold = _gc.threshold
+mem_alloc = _gc.mem_alloc
+def mem_free():
+    return max(0, BUDGET - _gc.mem_alloc())
+`);
+mp.runPython("import sys, _board_gc\nsys.modules['gc'] = _board_gc\ndel _board_gc");
+enforceHeapBudget(mp._module);
 muted = true;
 mp.replInit();
 if (rawRepl) mp.replProcessChar(1);
