@@ -5,14 +5,22 @@ runs in a worker thread, one per boot) and bridges its serial bytes to a pseudo-
 so mpremote, pyserial and pytest-embedded open ``board.repl`` exactly like /dev/ttyUSB0.
 The flash persists across soft resets for the board's lifetime, and in ``fs_dir`` on the
 host if one is given. Everything the board printed is kept in ``serial_log``.
+
+Virtual peripherals (hil/vmlib/_vdev.py) are attached from the board definition; ``set``
+and ``get`` reach their physical values and actuator states. UARTs without a virtual
+sensor are wired to pseudo-terminals in ``uarts`` through a virtual line paced at the
+UART's baud rate.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import os
 import select
 import shutil
+import socket
 import subprocess
 import tempfile
 import threading
@@ -22,37 +30,66 @@ from pathlib import Path
 from typing import Any
 
 from polekit.boards import Board, load
+from polekit.hil.line import VirtualLine
 from polekit.hil.mpvm import VMLIB, MicroPythonNotFoundError, find_micropython
 
 _BOARD_JS = Path(__file__).with_name("js") / "board.mjs"
+# Heap the board's ROM modules (machine, the virtual peripherals) take in the VM; on the
+# chip they are in flash. The VM's heap is made this much larger so the firmware gets the
+# board's whole budget; the board's gc.mem_alloc()/mem_free() leave them out.
+ROM_ALLOWANCE_BYTES = 26 * 1024  # measured: 23,984 bytes with machine and _vdev loaded
 
 
 class EmulatorError(RuntimeError):
     """The emulated board could not start or stopped answering; the message says why."""
 
 
-class EmulatedBoard:
-    """One emulated board; use as a context manager or call ``start()`` / ``stop()``."""
+class ControlError(EmulatorError):
+    """The board refused a control request (unknown device or quantity, not running)."""
 
-    def __init__(self, board: str | Board, fs_dir: Path | str | None = None) -> None:
+
+class EmulatedBoard:
+    """One emulated board; use as a context manager or call ``start()`` / ``stop()``.
+
+    ``uarts`` maps each bridged UART's role (``rs485``) to the pseudo-terminal a host
+    program opens; bytes cross it at the UART's baud rate (11-bit characters on RS-485).
+    Pass ``rs485_line`` to put several boards (and a gateway) on one shared virtual line.
+    """
+
+    def __init__(
+        self,
+        board: str | Board,
+        fs_dir: Path | str | None = None,
+        rs485_line: VirtualLine | None = None,
+    ) -> None:
         self.board = board if isinstance(board, Board) else load(board)
-        self._own_fs = fs_dir is None
         self.fs_dir = Path(fs_dir) if fs_dir else Path(tempfile.mkdtemp(prefix="polekit-flash-"))
         self.fs_dir.mkdir(parents=True, exist_ok=True)
         self.serial_log = bytearray()
         self.events: list[dict[str, Any]] = []
+        self.repl = ""
+        self.uarts: dict[str, str] = {}
         self._proc: subprocess.Popen[bytes] | None = None
         self._master = self._slave = -1
-        self.repl = ""
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._config_file = ""
+        self._ctl: socket.socket | None = None
+        self._ids = itertools.count(1)
+        self._replies: dict[int, dict[str, Any]] = {}
+        self._reply_ready = threading.Condition()
+        self._own_line = rs485_line is None
+        self._line = rs485_line
+        self._extra_lines: list[VirtualLine] = []
+        self._uart_fds: dict[int, int] = {}  # UART id -> our end of its bridge
 
     def __enter__(self) -> EmulatedBoard:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    # ---- life cycle -------------------------------------------------------------------
 
     def start(self, timeout_s: float = 30.0) -> EmulatedBoard:
         """Boot the board; returns when its REPL is ready on ``self.repl``."""
@@ -61,6 +98,7 @@ class EmulatedBoard:
             raise MicroPythonNotFoundError(
                 "Node.js is needed for the emulated board: install `nodejs`"
             )
+        self._ctl, child = socket.socketpair()
         config = {
             "mjs": str(find_micropython()),
             "heapBytes": self.board.heap_bytes,
@@ -68,10 +106,14 @@ class EmulatedBoard:
             "chip": self.board.chip,
             "fsDir": str(self.fs_dir),
             "romDir": str(VMLIB),
+            "romAllowance": ROM_ALLOWANCE_BYTES,
+            "controlFd": child.fileno(),
+            "boardDef": self._definition(),
         }
         fd, self._config_file = tempfile.mkstemp(suffix=".json", prefix="polekit-board-")
         with os.fdopen(fd, "w") as f:
             json.dump(config, f)
+        self._bridge_uarts()
         self._master, self._slave = os.openpty()
         tty.setraw(self._master)
         tty.setraw(self._slave)  # no echo, no line editing: a serial port passes bytes as they are
@@ -82,18 +124,52 @@ class EmulatedBoard:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             bufsize=0,
+            pass_fds=(child.fileno(),),
         )
+        child.close()
         self._stop.clear()
         self._thread = threading.Thread(
             target=self._pump, name=f"board-{self.board.name}", daemon=True
         )
         self._thread.start()
         threading.Thread(target=self._read_events, daemon=True).start()
+        threading.Thread(target=self._read_control, daemon=True).start()
         self.wait_event("booted", timeout_s)
         return self
 
+    def stop(self) -> None:
+        """Power off: flash contents are saved to ``fs_dir`` first."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=2)
+        for fd in (self._master, self._slave, *self._uart_fds.values()):
+            if fd >= 0:
+                os.close(fd)
+        self._master = self._slave = -1
+        self._uart_fds.clear()
+        if self._ctl is not None:
+            self._ctl.close()
+            self._ctl = None
+        if self._config_file:
+            os.unlink(self._config_file)
+            self._config_file = ""
+        for line in self._extra_lines:
+            line.close()
+        self._extra_lines.clear()
+        if self._own_line and self._line is not None:
+            self._line.close()
+            self._line = None
+
     def wait_event(self, name: str, timeout_s: float = 10.0, after: int = 0) -> dict[str, Any]:
-        """Wait for board event ``name`` (booted, soft-reset...) after index ``after``."""
+        """Wait for board event ``name`` (booted, wdt-reset...) after index ``after``."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for e in self.events[after:]:
@@ -109,6 +185,82 @@ class EmulatedBoard:
             time.sleep(0.01)
         raise EmulatorError(f"no {name!r} from the emulated {self.board.name} within {timeout_s} s")
 
+    # ---- the board's hardware, from the host ------------------------------------------
+
+    def request(self, op: str, timeout_s: float = 10.0, **args: Any) -> dict[str, Any]:
+        """Send one control request to the board and wait for its reply."""
+        if self._ctl is None:
+            raise ControlError("the board is not running")
+        req_id = next(self._ids)
+        self._ctl.sendall((json.dumps({"id": req_id, "op": op, **args}) + "\n").encode())
+        deadline = time.monotonic() + timeout_s
+        with self._reply_ready:
+            while req_id not in self._replies:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ControlError(
+                        f"no answer to {op} from the emulated {self.board.name} in {timeout_s} s"
+                    )
+                self._reply_ready.wait(left)
+            reply = self._replies.pop(req_id)
+        if "error" in reply:
+            raise ControlError(reply["error"])
+        return reply
+
+    def set(self, path: str, value: Any) -> None:
+        """Set a physical value of a virtual peripheral: ``set("sht3x.temperature", 31.5)``;
+        faults too: ``set("bh1750.absent", 1)``, ``set("sht3x.noise", 0.5)``."""
+        self.request("set", path=path, value=value)
+
+    def get(self, path: str) -> Any:
+        """Read a peripheral's value or an actuator's state: ``get("lamp.level")``."""
+        return self.request("get", path=path).get("value")
+
+    def reset(self) -> None:
+        """Press the reset button (hard reset; the flash is kept)."""
+        self.request("reset")
+
+    def power_cycle(self, off_s: float = 0.1) -> None:
+        """Cut the power for ``off_s`` and restore it: RAM is lost, the flash is kept."""
+        self.request("power-cycle", offMs=int(off_s * 1000), timeout_s=off_s + 30)
+
+    # ---- plumbing ---------------------------------------------------------------------
+
+    def _definition(self) -> dict[str, Any]:
+        b = self.board
+        return {
+            "name": b.name,
+            "chip": b.chip,
+            "unique_id": hashlib.sha256(b.name.encode()).hexdigest()[:12],
+            "buses": [
+                {"name": x.name, "type": x.type, "params": x.params} for x in b.buses.values()
+            ],
+            "sensors": [
+                {"name": x.name, "type": x.type, "bus": x.bus, "params": x.params}
+                for x in b.sensors.values()
+            ],
+        }
+
+    def _bridge_uarts(self) -> None:
+        # UARTs no virtual sensor answers on are wired out to the host: the RS-485 line
+        sensor_uarts = {s.bus for s in self.board.sensors.values()}
+        for bus in self.board.buses.values():
+            if bus.type != "uart" or bus.name in sensor_uarts:
+                continue
+            role = bus.params.get("role", bus.name)
+            if role == "rs485":
+                if self._line is None:
+                    self._line = VirtualLine(
+                        baudrate=bus.params.get("baudrate", 9600), bits_per_char=11
+                    )
+                line = self._line
+            else:
+                line = VirtualLine(baudrate=bus.params.get("baudrate", 115200), bits_per_char=10)
+                self._extra_lines.append(line)
+            fd = os.open(line.endpoint(), os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+            self._uart_fds[bus.params["id"]] = fd
+            self.uarts[role] = line.endpoint()
+
     def _read_events(self) -> None:
         assert self._proc is not None and self._proc.stderr is not None
         for line in self._proc.stderr:
@@ -119,51 +271,68 @@ class EmulatedBoard:
                     {"event": "stderr", "text": line.decode(errors="replace").rstrip()}
                 )
 
+    def _read_control(self) -> None:
+        assert self._ctl is not None
+        buf = b""
+        while True:
+            try:
+                chunk = self._ctl.recv(65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                msg = json.loads(line)
+                if "reply" in msg:
+                    with self._reply_ready:
+                        self._replies[msg["reply"]] = msg
+                        self._reply_ready.notify_all()
+                elif msg.get("ev") == "uart":
+                    fd = self._uart_fds.get(msg["uart"])
+                    if fd is not None:
+                        _write_all(fd, bytes.fromhex(msg["hex"]))
+
     def _pump(self) -> None:
-        assert (
-            self._proc is not None
-            and self._proc.stdin is not None
-            and self._proc.stdout is not None
-        )
-        out = self._proc.stdout.fileno()
+        proc = self._proc
+        assert proc is not None and proc.stdin is not None and proc.stdout is not None
+        out = proc.stdout.fileno()
+        uart_of_fd = {fd: uart for uart, fd in self._uart_fds.items()}
         while not self._stop.is_set():
             try:
-                ready, _, _ = select.select([self._master, out], [], [], 0.1)
+                ready, _, _ = select.select([self._master, out, *uart_of_fd], [], [], 0.1)
             except (OSError, ValueError):
                 return
-            if self._master in ready:
-                try:
-                    data = os.read(self._master, 4096)
-                    self._proc.stdin.write(data)
-                except OSError:
-                    return
-            if out in ready:
-                data = os.read(out, 65536)
-                if not data:
-                    return
-                self.serial_log += data
-                try:
-                    os.write(self._master, data)
-                except OSError:
-                    return
+            for fd in ready:
+                if fd in uart_of_fd:  # bytes from the line into the board's UART
+                    try:
+                        data = os.read(fd, 4096)
+                    except OSError:
+                        continue
+                    if data and self._ctl is not None:
+                        msg = {"id": 0, "op": "uart-in", "uart": uart_of_fd[fd], "hex": data.hex()}
+                        self._ctl.sendall((json.dumps(msg) + "\n").encode())
+                elif fd == self._master:  # the host typed on the REPL
+                    try:
+                        proc.stdin.write(os.read(self._master, 4096))
+                    except OSError:
+                        return
+                elif fd == out:  # the board printed
+                    data = os.read(out, 65536)
+                    if not data:
+                        return
+                    self.serial_log += data
+                    _write_all(self._master, data)
 
-    def stop(self) -> None:
-        """Power off: flash contents are saved to ``fs_dir`` first."""
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=2)
-        for fd in (self._master, self._slave):
-            if fd >= 0:
-                os.close(fd)
-        self._master = self._slave = -1
-        if self._config_file:
-            os.unlink(self._config_file)
-            self._config_file = ""
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        try:
+            n = os.write(fd, data)
+        except BlockingIOError:
+            select.select([], [fd], [], 1.0)
+            continue
+        except OSError:
+            return  # unplugged: the bytes are lost, as on a wire
+        data = data[n:]

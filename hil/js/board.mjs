@@ -6,7 +6,11 @@
 // stdin/stdout carry the board's USB serial (REPL) bytes, raw. CONFIG names the
 // micropython.mjs, the heap, the board, the host folder mirroring the flash, and the
 // folder of ROM modules. stderr carries one JSON object a line of events for the host.
+// The socket on fd CONFIG.controlFd carries JSON lines both ways: requests from the host
+// ({id, op: set|get|uart-in|reset|power-cycle, ...}) and their replies, and the board's
+// UART output ({ev: "uart", uart, hex}).
 import fs from "node:fs";
+import net from "node:net";
 import path from "node:path";
 import { Worker } from "node:worker_threads";
 
@@ -50,7 +54,16 @@ function persist(files) {
   if (fs.existsSync(config.fsDir)) prune(config.fsDir);
 }
 
+const RESET = { PWRON: 1, HARD: 2, WDT: 3, DEEPSLEEP: 4, SOFT: 5 };
+let resetCause = RESET.PWRON;
 let worker = null;
+let wdt = null;  // {timeoutMs, fedAt} once the firmware starts the watchdog
+
+const control = config.controlFd >= 0 ? new net.Socket({ fd: config.controlFd, readable: true, writable: true }) : null;
+const toHost = (obj) => { if (control) control.write(JSON.stringify(obj) + "\n"); };
+const waiting = new Map();  // control request id -> true while the worker answers
+// the physical world outlives every boot: values the host set are replayed into each VM
+const physics = new Map();
 let rawMode = false;
 let busySince = 0;
 let pending = [];
@@ -60,9 +73,13 @@ let probe = [];  // bytes that may be the start of mpremote's raw-paste probe
 function boot({ raw = false, runMain = true, banner = "" } = {}) {
   booted = false;
   if (banner) process.stdout.write(banner);
+  wdt = null;  // a reset stops the watchdog, as on the chip
   worker = new Worker(workerUrl, {
-    workerData: { mjs: config.mjs, heapBytes: config.heapBytes, files: flash, libFiles: rom,
-                  rawRepl: raw, runMain: runMain && !raw, board: config.board, chip: config.chip },
+    workerData: { mjs: config.mjs, heapBytes: config.heapBytes, romAllowance: config.romAllowance,
+                  files: flash, libFiles: rom, rawRepl: raw, runMain: runMain && !raw,
+                  board: config.board, chip: config.chip,
+                  boardDef: { ...config.boardDef, reset_cause: resetCause },
+                  physics: Object.fromEntries(physics) },
   });
   const w = worker;
   w.on("message", (msg) => {
@@ -73,6 +90,14 @@ function boot({ raw = false, runMain = true, banner = "" } = {}) {
     else if (msg.type === "files") persist(msg.files);
     else if (msg.type === "reset") softReset();
     else if (msg.type === "log") event({ event: "vm-log", text: msg.text });
+    else if (msg.type === "uart") toHost({ ev: "uart", uart: msg.id, hex: msg.hex });
+    else if (msg.type === "uart-config") toHost({ ev: "uart-config", uart: msg.id, baud: msg.baud });
+    else if (msg.type === "control-reply") { waiting.delete(msg.id); toHost({ reply: msg.id, ...msg, type: undefined }); }
+    else if (msg.type === "rom-bytes") event({ event: "rom-bytes", bytes: msg.bytes });
+    else if (msg.type === "wdt-start") { wdt = { timeoutMs: msg.ms, fedAt: Date.now() }; event({ event: "wdt-start", ms: msg.ms }); }
+    else if (msg.type === "wdt-feed") { if (wdt) wdt.fedAt = Date.now(); }
+    else if (msg.type === "reset-request") { if (msg.kind === "soft") softReset(); else hardReset("machine.reset", RESET.HARD); }
+    else if (msg.type === "deepsleep") deepSleep(msg.ms);
   });
   w.on("error", (err) => { event({ event: "vm-crash", error: String(err) }); if (w === worker) hardReset("crash"); });
 }
@@ -88,7 +113,24 @@ function scheduleSnapshot() {
   }, 300);
 }
 
+// the watchdog lives in the hardware: a VM stuck in a loop cannot stop it from biting
+setInterval(() => {
+  if (wdt && Date.now() - wdt.fedAt > wdt.timeoutMs) {
+    event({ event: "wdt-reset", timeoutMs: wdt.timeoutMs });
+    hardReset("watchdog", RESET.WDT);
+  }
+}, 20);
+
+function deepSleep(ms) {
+  worker.terminate();
+  worker = null;
+  booted = false;
+  event({ event: "deepsleep", ms });
+  setTimeout(() => { resetCause = RESET.DEEPSLEEP; rawMode = false; boot(); }, ms);
+}
+
 function softReset() {
+  resetCause = RESET.SOFT;
   const raw = rawMode;
   worker.terminate();
   event({ event: "soft-reset", raw });
@@ -96,8 +138,9 @@ function softReset() {
 }
 
 const crashes = [];
-function hardReset(why) {
+function hardReset(why, cause = RESET.HARD) {
   if (worker) worker.terminate();
+  resetCause = cause;
   if (why === "crash") {
     crashes.push(Date.now());
     while (crashes.length && Date.now() - crashes[0] > 10000) crashes.shift();
@@ -147,6 +190,33 @@ function fromHost(bytes) {
     pending.push(c);
   }
   flush();
+}
+
+function fromControl(req) {
+  if (req.op === "reset") { hardReset("host", RESET.HARD); toHost({ reply: req.id, ok: true }); return; }
+  if (req.op === "power-cycle") {  // power cut: everything not on flash is gone
+    if (worker) worker.terminate();
+    worker = null; booted = false;
+    event({ event: "power-off" });
+    setTimeout(() => { resetCause = RESET.PWRON; rawMode = false; boot({ banner: "\r\n" }); toHost({ reply: req.id, ok: true }); },
+               req.offMs || 100);
+    return;
+  }
+  if (!worker || !booted) { toHost({ reply: req.id, error: "the board is not running (booting or asleep)" }); return; }
+  if (req.op === "set" && !req.path.endsWith(".press")) physics.set(req.path, req.value);
+  waiting.set(req.id, true);
+  worker.postMessage({ type: "control", ...req });
+}
+if (control) {
+  let buf = "";
+  control.on("data", (chunk) => {
+    buf += chunk.toString("utf8");
+    let nl;
+    while ((nl = buf.indexOf("\n")) >= 0) {
+      const line = buf.slice(0, nl); buf = buf.slice(nl + 1);
+      if (line.trim()) fromControl(JSON.parse(line));
+    }
+  });
 }
 
 process.stdin.on("data", fromHost);

@@ -6,7 +6,23 @@
 import { parentPort, workerData } from "node:worker_threads";
 import { pathToFileURL } from "node:url";
 
-const { mjs, heapBytes, files, rawRepl, runMain, libFiles } = workerData;
+const { mjs, heapBytes, files, rawRepl, runMain, libFiles, boardDef, romAllowance, physics } = workerData;
+
+function pyLiteral(value) {
+  if (value === true) return "1";
+  if (value === false) return "0";
+  return JSON.stringify(value);
+}
+
+// what the VM's `machine` and `_board` call to reach the board's hardware (board.mjs)
+globalThis.polekitHw = {
+  uartWrite: (id, hex) => parentPort.postMessage({ type: "uart", id, hex }),
+  uartConfig: (id, baud, bits, parity, stop) => parentPort.postMessage({ type: "uart-config", id, baud, bits, parity, stop }),
+  wdtStart: (ms) => parentPort.postMessage({ type: "wdt-start", ms }),
+  wdtFeed: () => parentPort.postMessage({ type: "wdt-feed" }),
+  reset: (kind) => parentPort.postMessage({ type: "reset-request", kind }),
+  deepsleep: (ms) => parentPort.postMessage({ type: "deepsleep", ms }),
+};
 
 // The heap budget. The port's GC heap starts at `heapsize` and grows on demand into new
 // areas taken from malloc. After boot, the WebAssembly memory is frozen at its size and the
@@ -37,7 +53,9 @@ function enforceHeapBudget(module) {
 const mod = await import(pathToFileURL(mjs).href);
 let muted = false;
 const send = (b) => { if (!muted) parentPort.postMessage({ type: "out", data: b }); };
-const mp = await mod.loadMicroPython({ heapsize: heapBytes, linebuffer: false, stdout: send, stderr: send });
+// the board's ROM modules (machine, its virtual peripherals) live on the heap here but in
+// flash on the chip: the heap is made larger by what they take, and gc reports without them
+const mp = await mod.loadMicroPython({ heapsize: heapBytes + romAllowance, linebuffer: false, stdout: send, stderr: send });
 
 const SKIP = new Set(["dev", "proc", "tmp", "home", "rom"]);
 function writeTree(tree) {
@@ -108,19 +126,31 @@ if (runMain) await runFile("main.py");
 
 // gc.mem_free() of the port counts memory the heap could still grow into (~134 MB); the
 // board reports what is left of its budget, as the chip does
+mp.FS.writeFile("/rom/_board_def.json", JSON.stringify(boardDef));
+mp.runPython("import _board, _vdev, machine\n_vdev.attach()\nimport gc\ngc.collect()");
+for (const [path, value] of Object.entries(physics)) {
+  try { mp.runPython(`_board.set(${JSON.stringify(path)}, ${pyLiteral(value)})`); }
+  catch (e) { parentPort.postMessage({ type: "log", text: `replaying ${path}: ${e}` }); }
+}
+mp.runPython("_rom_bytes = gc.mem_alloc()");
+const romBytes = mp.globals.get("_rom_bytes");
+mp.runPython("del _rom_bytes");
 mp.FS.writeFile("/rom/_board_gc.py", `
 import gc as _gc
 BUDGET = ${heapBytes}
+ROM = ${romBytes}
 collect = _gc.collect
 enable = _gc.enable
 disable = _gc.disable
 isenabled = _gc.isenabled
 threshold = _gc.threshold
-mem_alloc = _gc.mem_alloc
+def mem_alloc():
+    return max(0, _gc.mem_alloc() - ROM)
 def mem_free():
-    return max(0, BUDGET - _gc.mem_alloc())
+    return max(0, BUDGET - mem_alloc())
 `);
 mp.runPython("import sys, _board_gc\nsys.modules['gc'] = _board_gc\ndel _board_gc");
+parentPort.postMessage({ type: "rom-bytes", bytes: romBytes });
 enforceHeapBudget(mp._module);
 muted = true;
 mp.replInit();
@@ -130,21 +160,49 @@ if (rawRepl) send(new TextEncoder().encode("raw REPL; CTRL-B to exit\r\n>"));
 else send(new TextEncoder().encode(
   `MicroPython v1.27.0 on polekit emulated ${workerData.board}; ${workerData.chip} with the WebAssembly VM\r\nType "help()" for more information.\r\n>>> `));
 
+// the hardware's clock: timers, button releases, sensors that stream (PMS5003)
+const bootedAt = Date.now();
+let executing = false;
+setInterval(() => {
+  if (executing) return;
+  try { mp.runPython(`_board.tick(${Date.now() - bootedAt})`); }
+  catch (e) { parentPort.postMessage({ type: "log", text: "tick: " + String(e.message || e) }); }
+}, 10);
+
 const FORCED_EXIT = 0x100;
 parentPort.on("message", (msg) => {
   if (msg.type === "snapshot") {
     parentPort.postMessage({ type: "files", files: readTree("/", {}) });
     return;
   }
+  if (msg.type === "control") {
+    let reply;
+    try {
+      if (msg.op === "set") { mp.runPython(`_board.set(${JSON.stringify(msg.path)}, ${pyLiteral(msg.value)})`); reply = { ok: true }; }
+      else if (msg.op === "get") {
+        mp.runPython(`_ctl_value = _board.get(${JSON.stringify(msg.path)})`);
+        reply = { ok: true, value: mp.globals.get("_ctl_value") };
+      }
+      else if (msg.op === "uart-in") { mp.runPython(`_board.feed_uart(${msg.uart}, "${msg.hex}")`); reply = { ok: true }; }
+      else reply = { error: `unknown op ${msg.op}` };
+    } catch (e) {
+      reply = { error: String(e.message || e).trim().split("\n").pop() };
+    }
+    parentPort.postMessage({ type: "control-reply", id: msg.id, ...reply });
+    return;
+  }
   if (msg.type !== "chars") return;
+  executing = true;
   for (const c of msg.data) {
     const ret = mp.replProcessChar(c);
     if (ret & FORCED_EXIT) {
       parentPort.postMessage({ type: "files", files: readTree("/", {}) });
       parentPort.postMessage({ type: "reset", soft: true });
+      executing = false;
       return;
     }
   }
+  executing = false;
   parentPort.postMessage({ type: "idle" });
 });
 parentPort.postMessage({ type: "booted" });

@@ -1,0 +1,95 @@
+# The emulated board's hardware registry, inside the MicroPython VM.
+#
+# Built from the board definition at boot. Virtual peripherals register here by name; the
+# host sets their physical values (set/get by "device.quantity") through the emulator's
+# control channel, and the `machine` module finds devices by pin, I2C address or UART id.
+# JS in the worker calls the functions at the bottom: set(), get(), uart_rx(), tick().
+import json
+
+import js  # the worker's globals: polekitHw.uartWrite, .wdtStart, .wdtFeed, .reset, .log
+
+DEFINITION = json.load(open("/rom/_board_def.json"))
+devices = {}  # name -> virtual device
+pins = {}  # GPIO number -> value the outside world drives (inputs) or the firmware set
+pin_listeners = {}  # GPIO number -> [callback(value)]
+i2c_devices = {}  # (bus id, address) -> device
+uart_rx = {}  # UART id -> bytearray of bytes waiting to be read
+uart_devices = {}  # UART id -> device that answers writes (a sensor on that UART)
+timers = []  # running machine.Timer objects
+pwm = {}  # GPIO number -> duty (0..65535) the firmware set
+adc = {}  # GPIO number -> raw reading (0..65535) the outside world drives
+ticks_ms = 0
+reset_cause = DEFINITION.get("reset_cause", 1)
+
+
+def hex_of(data):
+    return "".join("%02x" % b for b in data)
+
+
+def uart_write(uart_id, data):
+    dev = uart_devices.get(uart_id)
+    if dev is not None:
+        dev.on_write(data)
+    else:
+        js.polekitHw.uartWrite(uart_id, hex_of(data))
+
+
+def adc_u16(pin):
+    return adc.get(pin, 0)
+
+
+def set_pin(pin, value):
+    value = 1 if value else 0
+    if pins.get(pin) == value:
+        return
+    pins[pin] = value
+    for cb in pin_listeners.get(pin, ()):
+        cb(value)
+
+
+# ---- called from the host (through the worker) ------------------------------------
+
+
+def set(path, value):  # noqa: A001 - the control channel's verb
+    name, _, quantity = path.partition(".")
+    dev = devices.get(name)
+    if dev is None:
+        raise KeyError(
+            "no device %r on this board; devices: %s" % (name, ", ".join(sorted(devices)))
+        )
+    dev.set(quantity or "value", value)
+    return True
+
+
+def get(path):
+    name, _, quantity = path.partition(".")
+    dev = devices.get(name)
+    if dev is None:
+        raise KeyError(
+            "no device %r on this board; devices: %s" % (name, ", ".join(sorted(devices)))
+        )
+    return dev.get(quantity or "value")
+
+
+RX_BUFFER = 1024  # bytes a UART holds unread; older ones are lost, as in the chip's FIFO
+
+
+def receive(uart_id, data):
+    buf = uart_rx.setdefault(uart_id, bytearray())
+    buf.extend(data)
+    if len(buf) > RX_BUFFER:
+        uart_rx[uart_id] = buf[len(buf) - RX_BUFFER :]
+
+
+def feed_uart(uart_id, hex_text):
+    receive(uart_id, bytes.fromhex(hex_text))
+
+
+def tick(now_ms):
+    global ticks_ms
+    ticks_ms = now_ms
+    for t in list(timers):
+        t._due(now_ms)
+    for dev in devices.values():
+        if hasattr(dev, "tick"):
+            dev.tick(now_ms)

@@ -1,0 +1,253 @@
+# Virtual peripherals of the emulated board, attached from the board definition.
+#
+# Each answers the firmware at the bus level (I2C bytes with the real chip's commands and
+# CRCs, UART frames, pin levels, ADC counts) from physical values the host sets:
+#   sht3x.temperature, sht3x.humidity, bh1750.illuminance, adxl345.tilt, pms5003.pm2_5,
+#   door.active, sos.press (ms), noise.voltage, battery.voltage, lamp.level (read back)...
+# Faults, on any device: .absent (1: no answer, I2C raises ENODEV), .stuck (1: the value
+# freezes), .noise (amplitude added at random to every reading).
+import math
+import random
+
+import _board
+
+
+class Device:
+    DEFAULTS = {}
+
+    def __init__(self, name, spec):
+        self.name = name
+        self.spec = spec
+        self.values = dict(self.DEFAULTS)
+        self.absent = False
+        self.stuck = None  # frozen copy of the values while stuck
+        self.noise = 0.0
+
+    def set(self, quantity, value):
+        if quantity == "absent":
+            self.absent = bool(value)
+        elif quantity == "stuck":
+            self.stuck = dict(self.values) if value else None
+        elif quantity == "noise":
+            self.noise = float(value)
+        elif quantity in self.values:
+            self.values[quantity] = value
+            self.changed(quantity)
+        else:
+            raise KeyError(
+                "%s has no %r; it has: %s, absent, stuck, noise"
+                % (self.name, quantity, ", ".join(sorted(self.values)))
+            )
+
+    def get(self, quantity):
+        if quantity in ("absent", "stuck", "noise"):
+            return {"absent": self.absent, "stuck": self.stuck is not None, "noise": self.noise}[
+                quantity
+            ]
+        if quantity not in self.values:
+            raise KeyError(
+                "%s has no %r; it has: %s" % (self.name, quantity, ", ".join(sorted(self.values)))
+            )
+        return self.values[quantity]
+
+    def reading(self, quantity):
+        # what the sensor measures now: the physical value, frozen or noisy if faulted
+        v = (self.stuck or self.values)[quantity]
+        if self.noise:
+            v += random.uniform(-self.noise, self.noise)
+        return v
+
+    def changed(self, quantity):
+        pass
+
+
+def crc8(data):
+    # Sensirion CRC-8: polynomial 0x31, init 0xFF
+    crc = 0xFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x31) & 0xFF if crc & 0x80 else (crc << 1) & 0xFF
+    return crc
+
+
+class SHT3x(Device):
+    DEFAULTS = {"temperature": 21.0, "humidity": 50.0}
+
+    def __init__(self, name, spec):
+        super().__init__(name, spec)
+        self._out = b""
+
+    def i2c_write(self, data):
+        if data[:1] in (b"\x24", b"\x2c", b"\xe0"):  # single shot / periodic fetch
+            t = max(0, min(65535, int((self.reading("temperature") + 45) * 65535 / 175 + 0.5)))
+            h = max(0, min(65535, int(self.reading("humidity") * 65535 / 100 + 0.5)))
+            tb, hb = bytes((t >> 8, t & 0xFF)), bytes((h >> 8, h & 0xFF))
+            self._out = tb + bytes((crc8(tb),)) + hb + bytes((crc8(hb),))
+        elif data[:2] == b"\xf3\x2d":  # status register
+            self._out = b"\x00\x00" + bytes((crc8(b"\x00\x00"),))
+
+    def i2c_read(self, n):
+        return (self._out + b"\xff" * n)[:n]
+
+
+class BH1750(Device):
+    DEFAULTS = {"illuminance": 120.0}
+
+    def __init__(self, name, spec):
+        super().__init__(name, spec)
+        self.powered = False
+
+    def i2c_write(self, data):
+        if data[:1] == b"\x01":
+            self.powered = True
+        elif data[:1] == b"\x00":
+            self.powered = False
+
+    def i2c_read(self, n):
+        raw = max(0, min(65535, int(self.reading("illuminance") * 1.2))) if self.powered else 0
+        return bytes((raw >> 8, raw & 0xFF))[:n]
+
+
+class ADXL345(Device):
+    DEFAULTS = {"tilt": 0.0}
+
+    def __init__(self, name, spec):
+        super().__init__(name, spec)
+        self.regs = bytearray(0x40)
+        self.regs[0x00] = 0xE5  # DEVID
+        self.ptr = 0
+
+    def i2c_write(self, data):
+        self.ptr = data[0] & 0x3F
+        for i, b in enumerate(data[1:]):
+            self.regs[(self.ptr + i) & 0x3F] = b
+
+    def i2c_read(self, n):
+        # gravity tilted by `tilt` degrees from vertical, in the x-z plane; 256 LSB/g
+        a = math.radians(self.reading("tilt"))
+        for reg, g in ((0x32, math.sin(a)), (0x34, 0.0), (0x36, math.cos(a))):
+            v = int(round(g * 256)) & 0xFFFF
+            self.regs[reg], self.regs[reg + 1] = v & 0xFF, v >> 8
+        out = bytes(self.regs[(self.ptr + i) & 0x3F] for i in range(n))
+        self.ptr = (self.ptr + n) & 0x3F
+        return out
+
+
+class PMS5003(Device):
+    DEFAULTS = {"pm1": 5, "pm2_5": 12, "pm10": 20}
+
+    def __init__(self, name, spec):
+        super().__init__(name, spec)
+        self.uart = spec["uart_id"]
+        self.next_ms = 0
+
+    def on_write(self, data):
+        pass  # mode commands are accepted and ignored: the sensor keeps streaming
+
+    def tick(self, now):
+        if self.absent or now < self.next_ms:
+            return
+        self.next_ms = now + 1000  # one frame a second, as the sensor streams
+        pm = [max(0, int(self.reading(q))) for q in ("pm1", "pm2_5", "pm10")]
+        words = pm + pm + [0] * 7
+        body = b"\x42\x4d\x00\x1c" + b"".join(bytes((w >> 8, w & 0xFF)) for w in words)
+        total = sum(body)
+        frame = body + bytes((total >> 8, total & 0xFF))
+        _board.receive(self.uart, frame)
+
+
+class Contact(Device):
+    # a dry contact on a GPIO: door, water immersion probe, smoke alarm relay
+    DEFAULTS = {"active": 0}
+
+    def __init__(self, name, spec):
+        super().__init__(name, spec)
+        self.pin = spec["pin"]
+        self.changed("active")
+
+    def changed(self, quantity):
+        level = (1 if self.values["active"] else 0) ^ (1 if self.spec.get("active_low") else 0)
+        _board.set_pin(self.pin, level)
+
+
+class Button(Contact):
+    # set "press" to a duration in ms: pressed now, released after it
+    DEFAULTS = {"active": 0, "press": 0}
+
+    def __init__(self, name, spec):
+        super().__init__(name, spec)
+        self.release_at = None
+
+    def changed(self, quantity):
+        if quantity == "press" and self.values["press"]:
+            self.values["active"] = 1
+            self.release_at = _board.ticks_ms + int(self.values["press"])
+            self.values["press"] = 0
+        Contact.changed(self, "active")
+
+    def tick(self, now):
+        if self.release_at is not None and now >= self.release_at:
+            self.release_at = None
+            self.values["active"] = 0
+            Contact.changed(self, "active")
+
+
+class Analog(Device):
+    # a voltage on an ADC pin (3.3 V full scale), through an optional divider
+    DEFAULTS = {"voltage": 1.0}
+
+    def __init__(self, name, spec):
+        super().__init__(name, spec)
+        self.pin = spec["pin"]
+
+    def tick(self, now):
+        if self.absent:
+            _board.adc[self.pin] = 0
+            return
+        v = self.reading("voltage") / self.spec.get("divider", 1.0)
+        _board.adc[self.pin] = max(0, min(65535, int(v / 3.3 * 65535)))
+
+
+class Lamp(Device):
+    # the lamp driver: read back what the firmware drives (PWM duty on pwm_pin, relay pin)
+    DEFAULTS = {}
+
+    def get(self, quantity):
+        duty = _board.pwm.get(self.spec["pwm_pin"], 0)
+        relay = _board.pins.get(self.spec["relay_pin"], 0)
+        values = {
+            "duty": duty,
+            "relay": relay,
+            "level": round(duty * 100 / 65535, 1) if relay else 0.0,
+        }
+        if quantity not in values:
+            raise KeyError("lamp has: level (percent), duty (0..65535), relay (0/1)")
+        return values[quantity]
+
+
+KINDS = {
+    "sht3x": SHT3x,
+    "bh1750": BH1750,
+    "adxl345": ADXL345,
+    "pms5003": PMS5003,
+    "contact": Contact,
+    "button": Button,
+    "adc": Analog,
+    "lamp": Lamp,
+}
+
+
+def attach():
+    buses = {b["name"]: b for b in _board.DEFINITION["buses"]}
+    for s in _board.DEFINITION["sensors"]:
+        spec = dict(s["params"])
+        bus = buses.get(s.get("bus"))
+        if bus is not None and bus["type"] == "uart":
+            spec["uart_id"] = bus["params"]["id"]
+        dev = KINDS[s["type"]](s["name"], spec)
+        _board.devices[s["name"]] = dev
+        if bus is not None and bus["type"] == "i2c":
+            _board.i2c_devices[(bus["params"].get("id", 0), spec["address"])] = dev
+        elif bus is not None and bus["type"] == "uart":
+            _board.uart_devices[spec["uart_id"]] = dev

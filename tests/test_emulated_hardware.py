@@ -1,0 +1,213 @@
+"""The emulated board's hardware: virtual peripherals read at the bus level by MicroPython
+code, faults as on the chip, the watchdog, and a UART bridged to the host at its baud rate."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import serial
+
+from polekit.hil.emulator import ControlError, EmulatedBoard
+
+MPREMOTE = str(Path(sys.executable).with_name("mpremote"))
+
+
+def board_exec(board: EmulatedBoard, code: str) -> str:
+    result = subprocess.run(
+        [MPREMOTE, "connect", board.repl, "resume", "exec", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def board():  # type: ignore[no-untyped-def]
+    with EmulatedBoard("pole-env-esp32") as b:
+        yield b
+
+
+SHT3X_READ = """
+import machine
+i2c = machine.I2C(0)
+i2c.writeto(0x44, b"\\x24\\x00")
+d = i2c.readfrom(0x44, 6)
+def crc8(data):
+    crc = 0xFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x31) & 0xFF if crc & 0x80 else (crc << 1) & 0xFF
+    return crc
+assert crc8(d[0:2]) == d[2] and crc8(d[3:5]) == d[5], "CRC"
+print(round(-45 + 175 * (d[0] << 8 | d[1]) / 65535, 1), round(100 * (d[3] << 8 | d[4]) / 65535, 1))
+"""
+
+
+def test_sht3x_values_set_on_the_host_are_read_over_i2c_with_crc(board: EmulatedBoard) -> None:
+    board.set("sht3x.temperature", -7.5)
+    board.set("sht3x.humidity", 81.25)
+    assert board_exec(board, SHT3X_READ) == "-7.5 81.2"
+    board.set("sht3x.temperature", 31.5)
+    assert board_exec(board, SHT3X_READ).split()[0] == "31.5"
+
+
+def test_bh1750_adxl345_and_scan(board: EmulatedBoard) -> None:
+    board.set("bh1750.illuminance", 4321)
+    board.set("adxl345.tilt", 12)
+    out = board_exec(
+        board,
+        """
+import machine, math
+i2c = machine.I2C(0)
+print(i2c.scan())
+i2c.writeto(0x23, b"\\x01"); i2c.writeto(0x23, b"\\x10")
+raw = i2c.readfrom(0x23, 2)
+print(round((raw[0] << 8 | raw[1]) / 1.2))
+print(i2c.readfrom_mem(0x53, 0x00, 1)[0] == 0xE5)
+d = i2c.readfrom_mem(0x53, 0x32, 6)
+def s16(lo, hi):
+    v = lo | hi << 8
+    return v - 65536 if v & 0x8000 else v
+x, z = s16(d[0], d[1]), s16(d[4], d[5])
+print(round(math.degrees(math.atan2(x, z))))
+""",
+    )
+    assert out.splitlines() == ["[35, 68, 83]", "4321", "True", "12"]
+
+
+def test_absent_sensor_raises_enodev_like_the_chip_and_others_keep_working(
+    board: EmulatedBoard,
+) -> None:
+    board.set("bh1750.absent", 1)
+    try:
+        out = board_exec(
+            board,
+            """
+import machine
+i2c = machine.I2C(0)
+try:
+    i2c.readfrom(0x23, 2)
+except OSError as e:
+    print("OSError", e.args[0])
+print(i2c.scan())
+""",
+        )
+        assert out.splitlines() == ["OSError 19", "[68, 83]"]
+        assert board_exec(board, SHT3X_READ)  # the SHT3x still answers
+    finally:
+        board.set("bh1750.absent", 0)
+
+
+def test_pms5003_streams_frames_on_its_uart(board: EmulatedBoard) -> None:
+    board.set("pms5003.pm2_5", 37)
+    board.set("pms5003.pm10", 55)
+    time.sleep(1.2)  # the sensor streams a frame a second
+    out = board_exec(
+        board,
+        """
+import machine
+u = machine.UART(1, 9600)
+buf = u.read() or b""
+i = buf.rfind(b"\\x42\\x4d")  # the newest frame
+f = buf[i:i + 32]
+assert len(f) == 32 and sum(f[:30]) == (f[30] << 8 | f[31]), "frame checksum"
+print(f[12] << 8 | f[13], f[14] << 8 | f[15])
+""",
+    )
+    assert out == "37 55"  # the atmospheric PM2.5 and PM10 words
+
+
+def test_contacts_drive_pins_and_the_lamp_reads_back_pwm(board: EmulatedBoard) -> None:
+    board.set("door.active", 1)
+    board.set("water.active", 0)
+    out = board_exec(
+        board,
+        """
+import machine
+door = machine.Pin(25, machine.Pin.IN, machine.Pin.PULL_UP)
+water = machine.Pin(26, machine.Pin.IN)
+print(door.value(), water.value())
+machine.PWM(machine.Pin(18), freq=1000, duty_u16=32768)
+machine.Pin(19, machine.Pin.OUT).on()
+""",
+    )
+    assert out == "0 0"  # the door contact is active low: open door pulls the pin down
+    assert board.get("lamp.relay") == 1
+    assert board.get("lamp.level") == pytest.approx(50.0, abs=0.1)
+
+
+def test_unknown_devices_and_quantities_are_clear_errors(board: EmulatedBoard) -> None:
+    with pytest.raises(ControlError, match="no device 'sht31'.*sht3x"):
+        board.set("sht31.temperature", 1)
+    with pytest.raises(ControlError, match="sht3x has no 'temp'.*temperature"):
+        board.set("sht3x.temp", 1)
+
+
+def test_uart_bridge_exchanges_bytes_at_the_baud_rate(board: EmulatedBoard) -> None:
+    port = board.uarts["rs485"]
+    board_exec(
+        board,
+        """
+import machine
+u = machine.UART(2, 9600)
+def echo(t):
+    data = u.read()
+    if data:
+        u.write(data)
+machine.Timer(0).init(period=5, callback=echo)
+""",
+    )
+    with serial.Serial(port, 9600, timeout=0.1) as host:
+        host.reset_input_buffer()
+        payload = bytes(range(256)) * 2
+        host.write(payload)
+        got = bytearray()
+        first = last = 0.0
+        deadline = time.monotonic() + 10
+        while len(got) < len(payload) and time.monotonic() < deadline:
+            chunk = host.read(64)
+            if chunk:
+                last = time.monotonic()
+                if not got:
+                    first = last
+                got += chunk
+    assert bytes(got) == payload
+    rate = (len(got) - 1) / (last - first)
+    expected = 9600 / 11
+    print(f"UART bridge at 9600 baud: {rate:.1f} chars/s, line maximum {expected:.1f}")
+    assert abs(rate - expected) / expected < 0.05
+
+
+def test_watchdog_resets_a_hung_board_and_it_recovers(tmp_path: Path) -> None:
+    with EmulatedBoard("pole-env-esp32", fs_dir=tmp_path / "flash") as board:
+        before = len(board.events)
+        # a task that never yields: the VM cannot feed the watchdog, the hardware bites
+        hung = subprocess.Popen(
+            [
+                MPREMOTE,
+                "connect",
+                board.repl,
+                "exec",
+                "import machine\nw = machine.WDT(timeout=500)\nwhile True:\n    pass\n",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            event = board.wait_event("wdt-reset", timeout_s=10, after=before)
+        finally:
+            hung.kill()
+            hung.wait()
+        assert event["timeoutMs"] == 500
+        board.wait_event("booted", timeout_s=10, after=before + 1)
+        assert (
+            board_exec(board, "import machine; print(machine.reset_cause() == machine.WDT_RESET)")
+            == "True"
+        )
