@@ -1,19 +1,29 @@
-"""``polekit emulate``: an emulated board in the foreground, ports printed for other tools."""
+"""``polekit emulate``: an emulated board in the foreground, and its control channel."""
 
 from __future__ import annotations
 
 import json
 import signal
 import sys
+import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 import click
 
 from polekit.boards import BoardError, names
 
+CONTROL = click.option(
+    "--control",
+    "control",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="The board's control socket (printed by `polekit emulate`).",
+)
 
-@click.command()
+
+@click.group(invoke_without_command=True)
 @click.option(
     "--board",
     "board_name",
@@ -29,20 +39,39 @@ from polekit.boards import BoardError, names
     "temporary folder.",
 )
 @click.option(
+    "--control",
+    "control_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to put the control socket. Default: in a temporary folder.",
+)
+@click.option(
     "--json",
     "as_json",
     is_flag=True,
     help="Print one JSON line with the ports (for scripts), nothing else.",
 )
-def emulate(board_name: str, fs_dir: Path | None, as_json: bool) -> None:
+@click.pass_context
+def emulate(
+    ctx: click.Context,
+    board_name: str,
+    fs_dir: Path | None,
+    control_path: Path | None,
+    as_json: bool,
+) -> None:
     """Start an emulated board and keep it running until Ctrl-C or SIGTERM.
 
     \b
     The board's REPL is a pseudo-terminal: connect with
       mpremote connect /dev/pts/N      (exec, run, fs cp/ls, soft-reset, repl)
-      python -m serial.tools.miniterm /dev/pts/N 115200
+    Its RS-485 UART is another one, at the line's baud rate (a Modbus master opens it).
+    Set the physical world while the firmware runs:
+      polekit emulate set --control SOCKET sht3x.temperature=31.5 adxl345.tilt=12
+      polekit emulate get --control SOCKET lamp.level
     The flash persists across soft resets, and across runs with --fs DIR.
     """
+    if ctx.invoked_subcommand is not None:
+        return
+    from polekit.hil.control import ControlServer
     from polekit.hil.emulator import EmulatedBoard, EmulatorError
     from polekit.hil.mpvm import MicroPythonNotFoundError
 
@@ -50,15 +79,25 @@ def emulate(board_name: str, fs_dir: Path | None, as_json: bool) -> None:
         board = EmulatedBoard(board_name, fs_dir=fs_dir).start()
     except (BoardError, EmulatorError, MicroPythonNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
-    ports = {"repl": board.repl, "uarts": {}, "control": None, "fs": str(board.fs_dir)}
+    control = control_path or Path(tempfile.mkdtemp(prefix="polekit-board-")) / "control.sock"
+    server = ControlServer(board, control)
+    ports = {
+        "repl": board.repl,
+        "uarts": board.uarts,
+        "control": str(control),
+        "fs": str(board.fs_dir),
+    }
     if as_json:
         click.echo(json.dumps(ports))
     else:
         click.echo(
             f"emulated {board.board.name} ({board.board.chip}, heap {board.board.heap_bytes} bytes)"
         )
-        click.echo(f"  REPL   {board.repl}    (mpremote connect {board.repl})")
-        click.echo(f"  flash  {board.fs_dir}")
+        click.echo(f"  REPL     {board.repl}    (mpremote connect {board.repl})")
+        for role, port in board.uarts.items():
+            click.echo(f"  {role:<8} {port}")
+        click.echo(f"  control  {control}")
+        click.echo(f"  flash    {board.fs_dir}")
         click.echo("Ctrl-C to power it off.")
     sys.stdout.flush()
     done = threading.Event()
@@ -69,4 +108,75 @@ def emulate(board_name: str, fs_dir: Path | None, as_json: bool) -> None:
     except KeyboardInterrupt:
         pass
     finally:
+        server.close()
         board.stop()
+
+
+def _value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _call(control: str, request: dict[str, Any]) -> dict[str, Any]:
+    from polekit.hil.control import call
+
+    try:
+        reply = call(control, request)
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot reach the board at {control}: {exc}. Is `polekit emulate` running?"
+        ) from None
+    if "error" in reply:
+        raise click.ClickException(reply["error"])
+    return reply
+
+
+@emulate.command("set")
+@CONTROL
+@click.argument("assignments", nargs=-1, required=True, metavar="DEVICE.QUANTITY=VALUE...")
+def set_values(control: str, assignments: tuple[str, ...]) -> None:
+    """Set physical values (or faults: .absent=1, .stuck=1, .noise=0.5) on the board."""
+    values = {}
+    for a in assignments:
+        path, sep, value = a.partition("=")
+        if not sep:
+            raise click.UsageError(
+                f"{a!r}: write DEVICE.QUANTITY=VALUE, e.g. sht3x.temperature=31.5"
+            )
+        values[path] = _value(value)
+    _call(control, {"op": "set", "values": values})
+
+
+@emulate.command("get")
+@CONTROL
+@click.argument("paths", nargs=-1, required=True, metavar="DEVICE.QUANTITY...")
+def get_values(control: str, paths: tuple[str, ...]) -> None:
+    """Print values or actuator states, one a line (lamp.level is the lamp's percent)."""
+    reply = _call(control, {"op": "get", "paths": list(paths)})
+    for path in paths:
+        value = reply["values"][path]
+        click.echo(value if len(paths) == 1 else f"{path}={value}")
+
+
+@emulate.command("log")
+@CONTROL
+@click.option("--tail", default=4000, show_default=True, help="Bytes from the end of the log.")
+def serial_log(control: str, tail: int) -> None:
+    """Print what the board wrote on its serial port (REPL and prints)."""
+    click.echo(_call(control, {"op": "log", "tail": tail})["text"])
+
+
+@emulate.command("reset")
+@CONTROL
+@click.option(
+    "--power-cycle",
+    "off_s",
+    type=float,
+    default=None,
+    help="Cut the power for this many seconds instead of pressing reset.",
+)
+def reset(control: str, off_s: float | None) -> None:
+    """Reset the board (the flash is kept)."""
+    _call(control, {"op": "reset"} if off_s is None else {"op": "power-cycle", "off_s": off_s})

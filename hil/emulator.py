@@ -216,6 +216,11 @@ class EmulatedBoard:
         """Read a peripheral's value or an actuator's state: ``get("lamp.level")``."""
         return self.request("get", path=path).get("value")
 
+    @property
+    def rs485_line(self) -> VirtualLine | None:
+        """The virtual RS-485 line the board's RS-485 UART is on (faults: drop/corrupt)."""
+        return self._line
+
     def reset(self) -> None:
         """Press the reset button (hard reset; the flash is kept)."""
         self.request("reset")

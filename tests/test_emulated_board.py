@@ -103,6 +103,20 @@ def test_polekit_emulate_prints_its_ports_and_stops_on_sigterm(tmp_path: Path) -
             timeout=60,
         )
         assert result.stdout.strip() == "alive"
+        assert set(ports) >= {"repl", "uarts", "control"} and "rs485" in ports["uarts"]
+        polekit = [sys.executable, "-m", "polekit", "emulate"]
+        ctl = ["--control", ports["control"]]
+
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([*polekit, *args], capture_output=True, text=True, timeout=30)
+
+        done = cli("set", *ctl, "sht3x.temperature=31.5", "door.active=1")
+        assert done.returncode == 0, done.stderr
+        assert cli("get", *ctl, "sht3x.temperature").stdout.strip() == "31.5"
+        bad = cli("set", *ctl, "sht3x.temp=1")
+        assert bad.returncode == 1 and "sht3x has no 'temp'" in bad.stderr
+        assert float(cli("get", *ctl, "lamp.level").stdout) == 0.0
+        assert "alive" in cli("log", *ctl).stdout
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
