@@ -1,0 +1,184 @@
+"""The polekit HIL pytest plugin: the same tests on a real board or on an emulated one.
+
+    pytest hil/suite --hil-board pole-env-esp32                    # emulated board
+    pytest hil/suite --hil-board pole-env-esp32 --hil-port /dev/ttyUSB0 [--hil-line /dev/ttyUSB1]
+
+Fixtures:
+  ``board``   the board under test: ``.repl`` (its serial port), ``.exec(code)``,
+              ``.put(local, remote)``, ``.soft_reset()``, ``.serial_log()``;
+  ``physics`` set/get the physical world (``physics.set("sht3x.temperature", 30)``); on a
+              real board without a test jig, tests using it are skipped with the reason;
+  ``line``    the host end of the board's RS-485 line, for a Modbus master.
+With ``--embedded-services serial`` and no ``--port``, pytest-embedded's ``dut`` is given
+the emulated board's port, so ``dut.expect(...)`` works the same on both. Each board's
+serial log is saved next to the JUnit report (``--junitxml``), or in ``.polekit-hil/``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+_KEY = pytest.StashKey[Any]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("polekit-hil", "polekit hardware-in-the-loop")
+    group.addoption(
+        "--hil-board",
+        default="pole-env-esp32",
+        help="board definition of the board under test (polekit boards list)",
+    )
+    group.addoption(
+        "--hil-port",
+        default=None,
+        help="serial port of a real board; without it an emulated board is started",
+    )
+    group.addoption(
+        "--hil-line",
+        default=None,
+        help="real board only: the host's RS-485 adapter on the board's line",
+    )
+
+
+class RealBoard:
+    """A board on a serial port: everything through mpremote, as a field engineer would."""
+
+    emulated = False
+
+    def __init__(self, port: str, line: str | None, board_name: str) -> None:
+        from polekit.boards import load
+
+        self.repl = port
+        self.line = line
+        self.board = load(board_name)
+
+    def serial_log(self) -> str:
+        return ""
+
+    def stop(self) -> None:
+        pass
+
+
+class Board:
+    """What a HIL test gets as ``board``: the same methods on real and emulated boards."""
+
+    def __init__(self, target: Any) -> None:
+        self.target = target
+        self.repl: str = target.repl
+        self.definition = target.board
+
+    def _mpremote(self, *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+        mpremote = str(Path(sys.executable).with_name("mpremote"))
+        return subprocess.run(
+            [mpremote, "connect", self.repl, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
+
+    def exec(self, code: str, timeout_s: float = 60) -> str:
+        """Run ``code`` on the board (without resetting it); its output, stripped. Raises
+        AssertionError with the board's traceback if it fails."""
+        result = self._mpremote("resume", "exec", code, timeout_s=timeout_s)
+        assert result.returncode == 0, f"on the board:\n{result.stdout}{result.stderr}"
+        return result.stdout.strip()
+
+    def put(self, local: Path | str, remote: str) -> None:
+        """Copy a host file to the board's flash (``remote`` like ``lib/x.py``)."""
+        result = self._mpremote("resume", "fs", "cp", str(local), ":" + remote)
+        assert result.returncode == 0, result.stderr
+
+    def soft_reset(self) -> None:
+        """Ctrl-D: restart MicroPython (boot.py runs again; the flash is kept)."""
+        result = self._mpremote("soft-reset")
+        assert result.returncode == 0, result.stderr
+
+    def serial_log(self) -> str:
+        """What the board printed so far (emulated boards; empty on real ones)."""
+        return (
+            self.target.serial_log()
+            if isinstance(self.target, RealBoard)
+            else bytes(self.target.serial_log).decode(errors="replace")
+        )
+
+
+class Physics:
+    """The physical world around the board (virtual peripherals of the emulated board)."""
+
+    def __init__(self, target: Any) -> None:
+        self.target = target
+
+    def set(self, path: str, value: Any) -> None:
+        self.target.set(path, value)
+
+    def get(self, path: str) -> Any:
+        return self.target.get(path)
+
+
+def _start(config: pytest.Config) -> Any:
+    target = config.stash.get(_KEY, None)
+    if target is not None:
+        return target
+    port = config.getoption("hil_port")
+    if port:
+        target = RealBoard(port, config.getoption("hil_line"), config.getoption("hil_board"))
+    else:
+        from polekit.hil.emulator import EmulatedBoard
+
+        target = EmulatedBoard(config.getoption("hil_board")).start()
+    config.stash[_KEY] = target
+    return target
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    services = config.getoption("embedded_services", default=None) or ""
+    if "serial" in str(services) and not config.getoption("port", default=None):
+        # pytest-embedded will open --port: give it the board's
+        config.option.port = _start(config).repl
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    target = config.stash.get(_KEY, None)
+    if target is None:
+        return
+    junit = config.getoption("xmlpath", default=None)
+    folder = Path(junit).resolve().parent if junit else Path(".polekit-hil")
+    folder.mkdir(parents=True, exist_ok=True)
+    if not isinstance(target, RealBoard):
+        (folder / f"{target.board.name}-serial.log").write_bytes(bytes(target.serial_log))
+    target.stop()
+
+
+@pytest.fixture(scope="session")
+def board(request: pytest.FixtureRequest) -> Board:
+    """The board under test (real with --hil-port, else emulated)."""
+    return Board(_start(request.config))
+
+
+@pytest.fixture(scope="session")
+def physics(request: pytest.FixtureRequest) -> Physics:
+    """The physical world around the board; skips on a real board."""
+    target = _start(request.config)
+    if isinstance(target, RealBoard):
+        pytest.skip(
+            "needs the emulated board's virtual physics (a real board has no test jig here)"
+        )
+    return Physics(target)
+
+
+@pytest.fixture(scope="session")
+def line(request: pytest.FixtureRequest) -> str:
+    """The host end of the board's RS-485 line (a serial port path)."""
+    target = _start(request.config)
+    if isinstance(target, RealBoard):
+        if not target.line:
+            pytest.skip("give --hil-line with the host's RS-485 adapter for this real board")
+        return str(target.line)
+    if "rs485" not in target.uarts:
+        pytest.skip(f"{target.board.name} has no RS-485 line")
+    return str(target.uarts["rs485"])
