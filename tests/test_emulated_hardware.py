@@ -212,3 +212,57 @@ def test_watchdog_resets_a_hung_board_and_it_recovers(tmp_path: Path) -> None:
             board_exec(board, "import machine; print(machine.reset_cause() == machine.WDT_RESET)")
             == "True"
         )
+
+
+def test_network_and_esp32_modules_firmware_expects(board: EmulatedBoard) -> None:
+    out = board_exec(
+        board,
+        """
+import network, esp32, machine
+w = network.WLAN(network.STA_IF)
+w.active(True)
+w.connect("pole-net", "secret")
+print(w.isconnected(), w.ifconfig()[0])
+p = esp32.Partition(esp32.Partition.RUNNING)
+print(p.info()[4], p.get_next_update().info()[4])
+esp32.Partition.mark_app_valid_cancel_rollback()
+print(len(machine.unique_id()), machine.freq())
+""",
+    )
+    assert out.splitlines() == ["True 127.0.0.1", "ota_0 ota_1", "6 240000000"]
+
+
+def test_ctrl_c_stops_code_that_never_yields(board: EmulatedBoard) -> None:
+    hung = subprocess.Popen(
+        [MPREMOTE, "connect", board.repl, "resume", "exec", "while True:\n    pass\n"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(1.0)
+    hung.kill()
+    hung.wait()
+    # the next client interrupts with Ctrl-C as on any board, and gets a working REPL
+    assert board_exec(board, "print('back')") == "back"
+
+
+def test_deepsleep_wakes_with_its_reset_cause(tmp_path: Path) -> None:
+    with EmulatedBoard("pole-env-esp32", fs_dir=tmp_path / "flash") as board:
+        before = len(board.events)
+        sleeper = subprocess.Popen(
+            [MPREMOTE, "connect", board.repl, "exec", "import machine\nmachine.deepsleep(300)\n"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            board.wait_event("deepsleep", timeout_s=10, after=before)
+        finally:
+            sleeper.kill()  # it waits for an answer the sleeping board never gives
+            sleeper.wait()
+        asleep = next(
+            i for i, e in enumerate(board.events) if i >= before and e.get("event") == "deepsleep"
+        )
+        board.wait_event("booted", timeout_s=10, after=asleep)
+        cause = board_exec(
+            board, "import machine; print(machine.reset_cause() == machine.DEEPSLEEP_RESET)"
+        )
+        assert cause == "True"

@@ -72,6 +72,7 @@ let probe = [];  // bytes that may be the start of mpremote's raw-paste probe
 
 function boot({ raw = false, runMain = true, banner = "" } = {}) {
   booted = false;
+  busySince = 0;  // whatever the last VM was doing died with it
   if (banner) process.stdout.write(banner);
   wdt = null;  // a reset stops the watchdog, as on the chip
   worker = new Worker(workerUrl, {
@@ -164,6 +165,7 @@ function flush() {
 }
 
 function fromHost(bytes) {
+  if (!worker) return;  // asleep or stopped: the chip does not hear its UART
   for (const c of bytes) {
     // mpremote probes raw-paste mode with \x05 A \x01; the port's raw-paste hangs the VM,
     // so answer "not supported" (R\x00) and mpremote uses the plain raw REPL

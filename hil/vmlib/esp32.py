@@ -1,0 +1,75 @@
+# `esp32` for the emulated board: OTA partitions and the rollback flag, enough for firmware
+# that updates itself the way MicroPython on the ESP32 does. Partition contents live in RAM
+# for the board's lifetime; the app-valid mark is kept by the board (see the field tools).
+import _board
+
+HEAP_DATA = 4
+HEAP_EXEC = 1
+WAKEUP_ALL_LOW = 0
+WAKEUP_ANY_HIGH = 1
+
+_state = _board.DEFINITION.setdefault("ota", {"running": "ota_0", "valid": False})
+_blobs = {}
+
+
+class Partition:
+    BOOT = 0
+    RUNNING = 1
+    TYPE_APP = 0
+    TYPE_DATA = 1
+    SIZE = 0x180000  # 1.5 MiB app slots on a 4 MB flash
+
+    def __init__(self, id, block_size=4096):
+        if id == Partition.RUNNING or id == Partition.BOOT:
+            id = _state["running"]
+        self.label = id
+        self.block_size = block_size
+
+    def info(self):
+        offset = 0x10000 if self.label == "ota_0" else 0x190000
+        return (
+            Partition.TYPE_APP,
+            0x10 + int(self.label[-1]),
+            offset,
+            Partition.SIZE,
+            self.label,
+            False,
+        )
+
+    def get_next_update(self):
+        return Partition("ota_1" if self.label == "ota_0" else "ota_0")
+
+    def _blob(self):
+        return _blobs.setdefault(self.label, bytearray(b"\xff" * 0))
+
+    def writeblocks(self, block_num, buf, offset=0):
+        blob = self._blob()
+        start = block_num * self.block_size + offset
+        if len(blob) < start + len(buf):
+            blob.extend(b"\xff" * (start + len(buf) - len(blob)))
+        blob[start : start + len(buf)] = buf
+
+    def readblocks(self, block_num, buf, offset=0):
+        blob = self._blob()
+        start = block_num * self.block_size + offset
+        data = bytes(blob[start : start + len(buf)])
+        buf[: len(data)] = data
+
+    def ioctl(self, op, arg):
+        if op == 4:  # block count
+            return Partition.SIZE // self.block_size
+        if op == 5:  # block size
+            return self.block_size
+        return 0
+
+    def set_boot(self):
+        _state["running"] = self.label
+        _state["valid"] = False
+
+    @staticmethod
+    def mark_app_valid_cancel_rollback():
+        _state["valid"] = True
+
+
+def mcu_temperature():
+    return 45
