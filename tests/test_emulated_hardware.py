@@ -266,3 +266,51 @@ def test_deepsleep_wakes_with_its_reset_cause(tmp_path: Path) -> None:
             board, "import machine; print(machine.reset_cause() == machine.DEEPSLEEP_RESET)"
         )
         assert cause == "True"
+
+
+def test_stuck_and_noisy_sensors(board: EmulatedBoard) -> None:
+    board.set("sht3x.temperature", 20.0)
+    board.set("sht3x.stuck", 1)
+    board.set("sht3x.temperature", 35.0)  # the world changes, the stuck sensor does not
+    try:
+        assert board_exec(board, SHT3X_READ).split()[0] == "20.0"
+    finally:
+        board.set("sht3x.stuck", 0)
+    board.set("sht3x.noise", 2.0)
+    try:
+        readings = {board_exec(board, SHT3X_READ).split()[0] for _ in range(4)}
+        assert len(readings) > 1 and all(33.0 <= float(r) <= 37.0 for r in readings)
+    finally:
+        board.set("sht3x.noise", 0)
+
+
+def test_friendly_ctrl_d_soft_reset_runs_boot_and_main(tmp_path: Path) -> None:
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    (flash / "boot.py").write_text("print('boot.py here')\n")
+    (flash / "main.py").write_text("print('main.py here')\n")
+    with (
+        EmulatedBoard("pole-env-esp32", fs_dir=flash) as board,
+        serial.Serial(board.repl, 115200, timeout=0.2) as s,
+    ):
+        s.write(b"\x02\r")
+        time.sleep(0.3)
+        s.reset_input_buffer()
+        s.write(b"\x04")  # Ctrl-D at the >>> prompt
+        seen = b""
+        deadline = time.monotonic() + 10
+        while b"main.py here" not in seen and time.monotonic() < deadline:
+            seen += s.read(256)
+        assert b"MPY: soft reboot" in seen and b"boot.py here" in seen and b"main.py here" in seen
+
+
+def test_mpremote_run_streams_a_host_script(board: EmulatedBoard, tmp_path: Path) -> None:
+    script = tmp_path / "probe.py"
+    script.write_text("import machine\nprint('run on', len(machine.I2C(0).scan()), 'sensors')\n")
+    result = subprocess.run(
+        [MPREMOTE, "connect", board.repl, "resume", "run", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.stdout.strip() == "run on 3 sensors", result.stderr
