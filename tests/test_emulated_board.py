@@ -6,6 +6,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -177,3 +178,33 @@ def test_heap_budget_gives_memory_error_like_the_chip(board: EmulatedBoard) -> N
     # the board is still usable after running out of memory, and the memory comes back
     after = mpremote(board, "exec", "import gc; gc.collect(); print(gc.mem_free())")
     assert 0.8 * budget < int(after.stdout) <= budget
+
+
+def test_asyncio_firmware_runs_in_the_background_and_ctrl_c_stops_it(tmp_path: Path) -> None:
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    (flash / "main.py").write_text(
+        "import asyncio\n"
+        "import machine\n"
+        "async def blink():\n"
+        "    led = machine.Pin(2, machine.Pin.OUT)\n"
+        "    n = 0\n"
+        "    while True:\n"
+        "        n += 1\n"
+        "        led.value(n % 2)\n"
+        "        print('tick', n)\n"
+        "        await asyncio.sleep_ms(50)\n"
+        "asyncio.run(blink())\n"
+    )
+    with EmulatedBoard("pole-env-esp32", fs_dir=flash) as board:
+        deadline = time.monotonic() + 10
+        while b"tick 5" not in board.serial_log and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert b"tick 5" in board.serial_log  # main.py's asyncio loop runs after boot
+        # mpremote interrupts it with Ctrl-C, as on a board, and the REPL answers
+        result = mpremote(board, "resume", "exec", "print('repl ok')")
+        assert result.stdout.strip() == "repl ok", result.stdout + result.stderr
+        assert b"KeyboardInterrupt" in board.serial_log
+        count = board.serial_log.count(b"tick")
+        time.sleep(0.5)
+        assert board.serial_log.count(b"tick") == count  # stopped

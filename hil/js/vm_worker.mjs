@@ -104,6 +104,18 @@ def _posix_errors():
     builtins.open = wrap(builtins.open)
 _posix_errors()
 del _posix_errors
+
+# The port has no asyncio.run: its loop is Node's. run() starts the coroutine as a task and
+# returns, so main.py finishes, the REPL comes up and the firmware keeps running; Ctrl-C
+# cancels it (see _board.interrupt).
+import asyncio
+def _run(coro):
+    import _board
+    task = asyncio.create_task(coro)
+    _board.main_tasks.append(task)
+    return task
+asyncio.run = _run
+del _run
 `);
 
 function runFile(name) {
@@ -121,8 +133,6 @@ except BaseException as e:
 `)).catch((e) => parentPort.postMessage({ type: "log", text: String(e) }));
 }
 
-await runFile("boot.py");
-if (runMain) await runFile("main.py");
 
 // gc.mem_free() of the port counts memory the heap could still grow into (~134 MB); the
 // board reports what is left of its budget, as the chip does
@@ -152,6 +162,10 @@ def mem_free():
 mp.runPython("import sys, _board_gc\nsys.modules['gc'] = _board_gc\ndel _board_gc");
 parentPort.postMessage({ type: "rom-bytes", bytes: romBytes });
 enforceHeapBudget(mp._module);
+
+// the firmware starts under the board's budget, with its hardware attached
+await runFile("boot.py");
+if (runMain) await runFile("main.py");
 muted = true;
 mp.replInit();
 if (rawRepl) mp.replProcessChar(1);
@@ -194,6 +208,10 @@ parentPort.on("message", (msg) => {
   if (msg.type !== "chars") return;
   executing = true;
   for (const c of msg.data) {
+    if (c === 3 && mp.runPython("_ctl_value = _board.interrupt()") !== undefined && mp.globals.get("_ctl_value")) {
+      mp.replProcessChar(13);  // a fresh prompt after the interrupted firmware
+      continue;
+    }
     const ret = mp.replProcessChar(c);
     if (ret & FORCED_EXIT) {
       parentPort.postMessage({ type: "files", files: readTree("/", {}) });

@@ -16,6 +16,7 @@ i2c_devices = {}  # (bus id, address) -> device
 uart_rx = {}  # UART id -> bytearray of bytes waiting to be read
 uart_devices = {}  # UART id -> device that answers writes (a sensor on that UART)
 timers = []  # running machine.Timer objects
+main_tasks = []  # tasks started by asyncio.run() (the firmware's main loop)
 pwm = {}  # GPIO number -> duty (0..65535) the firmware set
 adc = {}  # GPIO number -> raw reading (0..65535) the outside world drives
 ticks_ms = 0
@@ -93,3 +94,15 @@ def tick(now_ms):
     for dev in devices.values():
         if hasattr(dev, "tick"):
             dev.tick(now_ms)
+
+
+def interrupt():
+    # Ctrl-C while the firmware runs: its main tasks end with KeyboardInterrupt, as
+    # asyncio.run() would on the chip, and the REPL is there
+    alive = [t for t in main_tasks if not t.done()]
+    for t in alive:
+        t.cancel()
+    main_tasks.clear()
+    if alive:
+        print("Traceback (most recent call last):\r\nKeyboardInterrupt: ")
+    return len(alive)
