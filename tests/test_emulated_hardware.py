@@ -314,3 +314,33 @@ def test_mpremote_run_streams_a_host_script(board: EmulatedBoard, tmp_path: Path
         timeout=60,
     )
     assert result.stdout.strip() == "run on 3 sensors", result.stderr
+
+
+def test_power_cycle_loses_ram_keeps_flash_and_line_faults_reach_the_wire(tmp_path: Path) -> None:
+    from polekit.hil.control import ControlServer, call
+
+    with EmulatedBoard("pole-env-esp32", fs_dir=tmp_path / "flash") as board:
+        server = ControlServer(board, tmp_path / "control.sock")
+        try:
+            board_exec(
+                board, "import builtins\nbuiltins.marker = 42\nopen('kept.txt', 'w').write('flash')"
+            )
+            assert call(server.path, {"op": "power-cycle", "off_s": 0.2}) == {"ok": True}
+            out = board_exec(
+                board,
+                "import builtins, machine\nprint(hasattr(builtins, 'marker'), "
+                "open('kept.txt').read(), machine.reset_cause() == machine.PWRON_RESET)",
+            )
+            assert out == "False flash True"
+            # a corrupted byte on the RS-485 line, as noise would do it
+            with serial.Serial(board.uarts["rs485"], 9600, timeout=2) as host:
+                host.reset_input_buffer()
+                assert call(server.path, {"op": "line", "fault": "corrupt", "bytes": 1}) == {
+                    "ok": True
+                }
+                board_exec(board, "import machine; machine.UART(2, 9600).write(b'AB')")
+                got = host.read(2)
+            assert len(got) == 2 and got[0] != ord("A") and got[1:] == b"B"
+            assert "error" in call(server.path, {"op": "nope"})
+        finally:
+            server.close()

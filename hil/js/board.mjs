@@ -88,7 +88,7 @@ function boot({ raw = false, runMain = true, banner = "" } = {}) {
     if (msg.type === "out") process.stdout.write(msg.data);
     else if (msg.type === "idle") { busySince = 0; scheduleSnapshot(); }
     else if (msg.type === "booted") { booted = true; event({ event: "booted", raw }); flush(); }
-    else if (msg.type === "files") persist(msg.files);
+    else if (msg.type === "files") { persist(msg.files); if (afterSnapshot) afterSnapshot(); }
     else if (msg.type === "reset") softReset();
     else if (msg.type === "log") event({ event: "vm-log", text: msg.text });
     else if (msg.type === "uart") toHost({ ev: "uart", uart: msg.id, hex: msg.hex });
@@ -97,7 +97,10 @@ function boot({ raw = false, runMain = true, banner = "" } = {}) {
     else if (msg.type === "rom-bytes") event({ event: "rom-bytes", bytes: msg.bytes });
     else if (msg.type === "wdt-start") { wdt = { timeoutMs: msg.ms, fedAt: Date.now() }; event({ event: "wdt-start", ms: msg.ms }); }
     else if (msg.type === "wdt-feed") { if (wdt) wdt.fedAt = Date.now(); }
-    else if (msg.type === "reset-request") { if (msg.kind === "soft") softReset(); else hardReset("machine.reset", RESET.HARD); }
+    else if (msg.type === "reset-request") {
+      if (msg.kind === "soft") softReset();
+      else { busySince = 0; withSnapshot(() => hardReset("machine.reset", RESET.HARD)); }
+    }
     else if (msg.type === "deepsleep") deepSleep(msg.ms);
   });
   w.on("error", (err) => { event({ event: "vm-crash", error: String(err) }); if (w === worker) hardReset("crash"); });
@@ -121,6 +124,16 @@ setInterval(() => {
     hardReset("watchdog", RESET.WDT);
   }
 }, 20);
+
+// before a reset the host asked for, the flash the VM has written is saved: on the chip a
+// write is on flash the moment it returns (a hung VM's last writes may be lost instead)
+let afterSnapshot = null;
+function withSnapshot(then) {
+  if (!worker || !booted || busySince) { then(); return; }
+  const timer = setTimeout(() => { afterSnapshot = null; then(); }, 1000);
+  afterSnapshot = () => { clearTimeout(timer); afterSnapshot = null; then(); };
+  worker.postMessage({ type: "snapshot" });
+}
 
 function deepSleep(ms) {
   worker.terminate();
@@ -195,20 +208,36 @@ function fromHost(bytes) {
 }
 
 function fromControl(req) {
-  if (req.op === "reset") { hardReset("host", RESET.HARD); toHost({ reply: req.id, ok: true }); return; }
-  if (req.op === "power-cycle") {  // power cut: everything not on flash is gone
-    if (worker) worker.terminate();
-    worker = null; booted = false;
-    event({ event: "power-off" });
-    setTimeout(() => { resetCause = RESET.PWRON; rawMode = false; boot({ banner: "\r\n" }); toHost({ reply: req.id, ok: true }); },
-               req.offMs || 100);
+  if (req.op === "reset") {
+    withSnapshot(() => { hardReset("host", RESET.HARD); toHost({ reply: req.id, ok: true }); });
     return;
   }
+  if (req.op === "power-cycle") withSnapshot(() => powerCycle(req));
+  else toWorker(req);
+}
+
+function powerCycle(req) {  // power cut: everything not on flash is gone
+  if (worker) worker.terminate();
+  worker = null;
+  booted = false;
+  event({ event: "power-off" });
+  setTimeout(() => {
+    resetCause = RESET.PWRON;
+    rawMode = false;
+    boot({ banner: "\r\n" });
+    toHost({ reply: req.id, ok: true });
+  }, req.offMs || 100);
+}
+
+
+
+function toWorker(req) {
   if (!worker || !booted) { toHost({ reply: req.id, error: "the board is not running (booting or asleep)" }); return; }
   if (req.op === "set" && !req.path.endsWith(".press")) physics.set(req.path, req.value);
   waiting.set(req.id, true);
   worker.postMessage({ type: "control", ...req });
 }
+
 if (control) {
   let buf = "";
   control.on("data", (chunk) => {
