@@ -399,6 +399,15 @@ def _buses(r: _Reader, items: Any) -> dict[str, BusConfig]:
             check=lambda v: v in ("rtu", "tcp"),
             allowed="rtu (serial RS-485) or tcp (Modbus TCP)",
         )
+        timeout = r.get(
+            b,
+            where,
+            "timeout",
+            (int, float),
+            1.0,
+            check=lambda v: 0.05 <= v <= 30,
+            allowed="seconds, 0.05..30",
+        )
         if kind == "rtu":
             port = r.get(
                 b,
@@ -436,15 +445,7 @@ def _buses(r: _Reader, items: Any) -> dict[str, BusConfig]:
                 )
                 or (2 if b.get("parity") == "N" else 1),
                 bytesize=8,
-                timeout_s=r.get(
-                    b,
-                    where,
-                    "timeout",
-                    (int, float),
-                    1.0,
-                    check=lambda v: 0.05 <= v <= 30,
-                    allowed="seconds, 0.05..30",
-                ),
+                timeout_s=timeout,
             )
             if "bytesize" in b and b["bytesize"] != 8:
                 r.problem(f"{where}.bytesize", b["bytesize"], "Modbus RTU uses 8 data bits")
@@ -464,15 +465,7 @@ def _buses(r: _Reader, items: Any) -> dict[str, BusConfig]:
                 kind,
                 host=host,
                 tcp_port=tcp_port,
-                timeout_s=r.get(
-                    b,
-                    where,
-                    "timeout",
-                    (int, float),
-                    1.0,
-                    check=lambda v: 0.05 <= v <= 30,
-                    allowed="seconds, 0.05..30",
-                ),
+                timeout_s=timeout,
             )
         buses[name] = bus
     return buses

@@ -34,6 +34,7 @@ class SimulatedBus:
         stopbits: int = 1,
     ) -> None:
         self.maps = dict(maps)
+        self.port = serial_port  # the serial endpoint it answers on (None on TCP)
         self._absent: set[int] = set()
         self._serial = serial_port is not None
         devices = [self._device(unit) for unit in maps]

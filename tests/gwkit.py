@@ -154,3 +154,14 @@ def meter_gateway(
             **mqtt,
         )
     )
+
+
+async def start_poles(line: Any, units: list[int]) -> tuple[str, SimulatedBus]:
+    """pole-env devices with ``units`` on a new drop of ``line`` (a VirtualLine), and the
+    drop the gateway opens. Pseudo-terminals refuse parity: virtual lines run 8N2."""
+    gw_port, dev_port = line.endpoint(), line.endpoint()
+    regmap = modbus.register_map("pole-env")
+    sim = await SimulatedBus(
+        {u: regmap for u in units}, serial_port=dev_port, baudrate=19200, parity="N", stopbits=2
+    ).start()
+    return gw_port, sim

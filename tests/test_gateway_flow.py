@@ -18,6 +18,7 @@ from gwkit import (
     meter_gateway,
     run,
     start_meter,
+    start_poles,
     until,
     values_of,
 )
@@ -63,10 +64,7 @@ def pole(code: str, unit: int, poll: float = 0.2) -> dict[str, object]:
 def test_values_and_units_arrive_as_senml(broker: LocalBroker, tmp_path) -> None:  # type: ignore[no-untyped-def]
     async def scenario() -> None:
         with VirtualLine() as line:
-            gw_port, dev_port = line.endpoint(), line.endpoint()
-            sim = await SimulatedBus(
-                {1: POLE_ENV}, serial_port=dev_port, baudrate=19200, parity="N", stopbits=2
-            ).start()
+            gw_port, sim = await start_poles(line, [1])
             for name, value in (
                 ("temperature", -3.25),
                 ("humidity", 61.5),
@@ -127,14 +125,7 @@ def test_modbus_tcp_meter_with_secondary_units(broker: LocalBroker, tmp_path) ->
 def test_dead_device_does_not_stall_the_bus(broker: LocalBroker, tmp_path) -> None:  # type: ignore[no-untyped-def]
     async def scenario() -> None:
         with VirtualLine() as line:
-            gw_port, dev_port = line.endpoint(), line.endpoint()
-            sim = await SimulatedBus(
-                {1: POLE_ENV, 2: POLE_ENV},
-                serial_port=dev_port,
-                baudrate=19200,
-                parity="N",
-                stopbits=2,
-            ).start()
+            gw_port, sim = await start_poles(line, [1, 2])
             sim.remove(2)  # unit 2 is dead: silence on the line
             config = gateway_config(
                 tmp_path,
@@ -210,14 +201,7 @@ def test_broker_down_then_back_loses_nothing_and_keeps_order(tmp_path) -> None: 
         broker = LocalBroker().start()
         try:
             with VirtualLine() as line:
-                gw_port, dev_port = line.endpoint(), line.endpoint()
-                sim = await SimulatedBus(
-                    {1: POLE_ENV, 2: POLE_ENV},
-                    serial_port=dev_port,
-                    baudrate=19200,
-                    parity="N",
-                    stopbits=2,
-                ).start()
+                gw_port, sim = await start_poles(line, [1, 2])
                 gw = Gateway(
                     gateway_config(
                         tmp_path,
@@ -262,10 +246,7 @@ def test_broker_down_then_back_loses_nothing_and_keeps_order(tmp_path) -> None: 
 def test_commands_write_points_and_report_every_error(broker: LocalBroker, tmp_path) -> None:  # type: ignore[no-untyped-def]
     async def scenario() -> None:
         with VirtualLine() as line:
-            gw_port, dev_port = line.endpoint(), line.endpoint()
-            sim = await SimulatedBus(
-                {1: POLE_ENV}, serial_port=dev_port, baudrate=19200, parity="N", stopbits=2
-            ).start()
+            gw_port, sim = await start_poles(line, [1])
             config = gateway_config(
                 tmp_path,
                 broker.url,
@@ -334,10 +315,7 @@ def test_commands_write_points_and_report_every_error(broker: LocalBroker, tmp_p
 def test_corrupt_and_truncated_answers_are_counted_not_fatal(broker: LocalBroker, tmp_path) -> None:  # type: ignore[no-untyped-def]
     async def scenario() -> None:
         with VirtualLine() as line:
-            gw_port, dev_port = line.endpoint(), line.endpoint()
-            sim = await SimulatedBus(
-                {1: POLE_ENV}, serial_port=dev_port, baudrate=19200, parity="N", stopbits=2
-            ).start()
+            gw_port, sim = await start_poles(line, [1])
             gw = Gateway(
                 gateway_config(tmp_path, broker.url, [rtu_bus(gw_port)], [pole(POLE_1, 1, 0.1)])
             )
@@ -345,9 +323,9 @@ def test_corrupt_and_truncated_answers_are_counted_not_fatal(broker: LocalBroker
                 task = asyncio.create_task(gw.run())
                 await until(lambda: len(sub.packs(POLE_1)) >= 2, what="packs")
                 for _ in range(5):
-                    line.corrupt_next(3, sender=dev_port)  # the next answer gets garbled
+                    line.corrupt_next(3, sender=sim.port)  # the next answer gets garbled
                     await asyncio.sleep(0.4)
-                    line.drop_next(4, sender=dev_port)  # or loses its start
+                    line.drop_next(4, sender=sim.port)  # or loses its start
                     await asyncio.sleep(0.4)
                 before = len(sub.packs(POLE_1))
                 await until(lambda: len(sub.packs(POLE_1)) >= before + 3, what="recovery")
