@@ -50,6 +50,11 @@ CONTROL = click.option(
     is_flag=True,
     help="Print one JSON line with the ports (for scripts), nothing else.",
 )
+@click.option(
+    "--bare",
+    is_flag=True,
+    help="Boot MicroPython alone, without installing the polekit node firmware.",
+)
 @click.pass_context
 def emulate(
     ctx: click.Context,
@@ -57,6 +62,7 @@ def emulate(
     fs_dir: Path | None,
     control_path: Path | None,
     as_json: bool,
+    bare: bool,
 ) -> None:
     """Start an emulated board and keep it running until Ctrl-C or SIGTERM.
 
@@ -64,6 +70,8 @@ def emulate(
     The board's REPL is a pseudo-terminal: connect with
       mpremote connect /dev/pts/N      (exec, run, fs cp/ls, soft-reset, repl)
     Its RS-485 UART is another one, at the line's baud rate (a Modbus master opens it).
+    The polekit node firmware is installed and runs (unit 1, register map pole-env), unless
+    --bare.
     Set the physical world while the firmware runs:
       polekit emulate set --control SOCKET sht3x.temperature=31.5 adxl345.tilt=12
       polekit emulate get --control SOCKET lamp.level
@@ -76,7 +84,12 @@ def emulate(
     from polekit.hil.mpvm import MicroPythonNotFoundError
 
     try:
-        board = EmulatedBoard(board_name, fs_dir=fs_dir).start()
+        board = EmulatedBoard(board_name, fs_dir=fs_dir)
+        if not bare and board.board.uplink == "modbus":
+            from polekit.firmware.install import install
+
+            install(board.fs_dir, board.board)  # the node firmware; its config is kept if present
+        board.start()
     except (BoardError, EmulatorError, MicroPythonNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
     control = control_path or Path(tempfile.mkdtemp(prefix="polekit-board-")) / "control.sock"

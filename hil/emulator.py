@@ -232,18 +232,11 @@ class EmulatedBoard:
     # ---- plumbing ---------------------------------------------------------------------
 
     def _definition(self) -> dict[str, Any]:
-        b = self.board
+        from polekit.firmware.install import board_map
+
         return {
-            "name": b.name,
-            "chip": b.chip,
-            "unique_id": hashlib.sha256(b.name.encode()).hexdigest()[:12],
-            "buses": [
-                {"name": x.name, "type": x.type, "params": x.params} for x in b.buses.values()
-            ],
-            "sensors": [
-                {"name": x.name, "type": x.type, "bus": x.bus, "params": x.params}
-                for x in b.sensors.values()
-            ],
+            **board_map(self.board),
+            "unique_id": hashlib.sha256(self.board.name.encode()).hexdigest()[:12],
         }
 
     def _bridge_uarts(self) -> None:

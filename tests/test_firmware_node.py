@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -20,24 +19,15 @@ from pymodbus.client import AsyncModbusSerialClient
 from polekit.hil.emulator import EmulatedBoard
 from polekit.protocols import identity, modbus
 
-from conftest import ROOT
-
 MPREMOTE = str(Path(sys.executable).with_name("mpremote"))
 POLE_ENV = modbus.register_map("pole-env")
 CODE = identity.make("371600", "PL", 7)
 
 
-def install(flash: Path, board: str = "pole-env-esp32", **config: object) -> None:
-    for src, dst in (
-        (ROOT / "firmware" / "node", "lib/node"),
-        (ROOT / "protocols", "lib/protocols"),
-    ):
-        shutil.copytree(src, flash / dst, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "firmware" / "node" / "main.py", flash / "main.py")
-    (flash / "board.json").write_text(json.dumps(EmulatedBoard(board)._definition()))  # noqa: SLF001
-    (flash / "config.json").write_text(
-        json.dumps({"device_code": CODE, "watchdog_ms": 2000, **config})
-    )
+def install(flash: Path, **config: object) -> None:
+    from polekit.firmware.install import install as install_firmware
+
+    install_firmware(flash, "pole-env-esp32", {"device_code": CODE, "watchdog_ms": 2000, **config})
 
 
 def read_all(board: EmulatedBoard) -> dict[str, object]:
@@ -177,3 +167,41 @@ def test_hung_board_is_reset_by_the_watchdog_and_recovers(node: EmulatedBoard) -
     node.wait_event("booted", timeout_s=20, after=before)
     values = wait_for(node, lambda v: v["reset_cause"] == 3, timeout_s=10)
     assert values["reset_cause"] == 3  # machine.WDT_RESET: it came back by itself
+
+
+def test_polekit_emulate_boots_the_firmware_and_answers_modbus_at_once(tmp_path: Path) -> None:
+    import signal
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "polekit",
+            "emulate",
+            "--board",
+            "pole-env-esp32",
+            "--fs",
+            str(tmp_path / "flash"),
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        ports = json.loads(proc.stdout.readline())
+
+        class Ports:
+            uarts = ports["uarts"]
+
+        values = {}
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not int(values.get("valid", 0)) & modbus.VALID_SHT3X:
+            try:
+                values = read_all(Ports)  # type: ignore[arg-type]
+            except Exception:  # noqa: BLE001 - the node may still be starting
+                time.sleep(0.3)
+        assert values["temperature"] == 21.0 and values["valid"] & modbus.VALID_SHT3X
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0

@@ -1,0 +1,55 @@
+"""Put the node firmware, its board map and a config into a flash folder.
+
+The emulated board boots from such a folder (``polekit emulate`` installs the firmware
+this way unless ``--bare``); the field tools (``polekit deploy``) will put the same files
+on a real board. Sources are copied as they are (MicroPython compiles them at import).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from polekit.boards import Board, load
+
+_ROOT = Path(__file__).resolve().parent
+_PROTOCOLS = Path(__file__).resolve().parent.parent / "protocols"
+
+
+def board_map(board: Board) -> dict[str, Any]:
+    """The hardware map the firmware reads from /board.json."""
+    return {
+        "name": board.name,
+        "chip": board.chip,
+        "buses": [
+            {"name": b.name, "type": b.type, "params": b.params} for b in board.buses.values()
+        ],
+        "sensors": [
+            {"name": s.name, "type": s.type, "bus": s.bus, "params": s.params}
+            for s in board.sensors.values()
+        ],
+    }
+
+
+def install(flash: Path | str, board: str | Board, config: dict[str, Any] | None = None) -> Path:
+    """Write /lib/node, /lib/protocols, /main.py, /board.json and /config.json into ``flash``
+    (a host folder). An existing /config.json and /state.json are kept unless ``config`` is
+    given."""
+    flash = Path(flash)
+    board = board if isinstance(board, Board) else load(board)
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for src, dst in (
+        (_ROOT / "node", flash / "lib" / "node"),
+        (_PROTOCOLS, flash / "lib" / "protocols"),
+    ):
+        if dst.exists():
+            shutil.rmtree(dst)
+        shutil.copytree(src, dst, ignore=skip)
+    shutil.copy(_ROOT / "node" / "main.py", flash / "main.py")
+    (flash / "board.json").write_text(json.dumps(board_map(board)))
+    config_file = flash / "config.json"
+    if config is not None or not config_file.exists():
+        config_file.write_text(json.dumps(config or {"unit": 1}))
+    return flash
