@@ -205,3 +205,40 @@ def test_polekit_emulate_boots_the_firmware_and_answers_modbus_at_once(tmp_path:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
+
+
+def test_bad_config_values_are_logged_and_defaults_used(tmp_path: Path) -> None:
+    flash = tmp_path / "flash"
+    install(flash, unit="x", sample_ms=5, colour="blue")
+    with EmulatedBoard("pole-env-esp32", fs_dir=flash) as board:
+        deadline = time.monotonic() + 20
+        while b"up, unit 1" not in board.serial_log and time.monotonic() < deadline:
+            time.sleep(0.05)
+        log = bytes(board.serial_log).decode(errors="replace")
+    assert "config: unit = 'x' must be a number 1..247; using 1" in log
+    assert "config: sample_ms = 5 must be a number 100..3600000; using 1000" in log
+    assert "config: unknown key 'colour' ignored" in log
+    assert "up, unit 1" in log
+
+
+def test_repeated_start_crashes_end_in_safe_mode_with_the_repl_up(tmp_path: Path) -> None:
+    flash = tmp_path / "flash"
+    install(flash)
+    board_map = json.loads((flash / "board.json").read_text())
+    board_map["buses"] = [b for b in board_map["buses"] if b["name"] != "i2c0"]  # a broken map
+    (flash / "board.json").write_text(json.dumps(board_map))
+    with EmulatedBoard("pole-env-esp32", fs_dir=flash) as board:
+        for _ in range(3):
+            before = len(board.events)
+            board.reset()
+            board.wait_event("booted", timeout_s=20, after=before)
+        log = bytes(board.serial_log).decode(errors="replace")
+        assert "start failed (1/3 before safe mode)" in log
+        assert "safe mode: the node crashed at start 3 times in a row" in log
+        result = subprocess.run(
+            [MPREMOTE, "connect", board.repl, "exec", "print('repl ok')"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.stdout.strip() == "repl ok"

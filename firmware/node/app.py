@@ -28,7 +28,42 @@ DEFAULTS = {
     "lamp_default": 100,
     "watchdog_ms": 5000,
 }
+# key: (low, high) accepted; device_code and board are text
+LIMITS = {
+    "unit": (1, 247),
+    "baudrate": (1200, 115200),
+    "sample_ms": (100, 3600000),
+    "tilt_ms": (20, 60000),
+    "tilt_threshold": (0, 90),
+    "tilt_hysteresis": (0, 30),
+    "lamp_default": (0, 100),
+    "watchdog_ms": (0, 60000),
+}
 STATE_FILE = "/state.json"  # survives resets: the lamp level a master set
+
+
+# The config merged over DEFAULTS; each problem is one log line and the default is kept,
+# so a typo never stops a pole from working.
+def validate_config(config):
+    good = dict(DEFAULTS)
+    problems = []
+    for key, value in config.items():
+        if key in ("device_code", "board"):
+            good[key] = value
+        elif key not in LIMITS:
+            problems.append("config: unknown key %r ignored" % key)
+        elif (
+            not isinstance(value, (int, float))
+            or isinstance(value, bool)
+            or not LIMITS[key][0] <= value <= LIMITS[key][1]
+        ):
+            problems.append(
+                "config: %s = %r must be a number %s..%s; using %r"
+                % (key, value, LIMITS[key][0], LIMITS[key][1], DEFAULTS[key])
+            )
+        else:
+            good[key] = value
+    return good, problems
 
 
 def load_json(path, default):
@@ -46,8 +81,9 @@ def save_json(path, data):
 
 class PoleNode:
     def __init__(self, config, board):
-        self.config = dict(DEFAULTS)
-        self.config.update(config)
+        self.config, self.problems = validate_config(config)
+        for line in self.problems:
+            print(line)
         self.board = board
         self.valid = 0
         self.alarms = 0
@@ -211,12 +247,38 @@ class PoleNode:
         await asyncio.gather(*tasks)
 
 
+CRASH_FILE = "/crashes.json"
+SAFE_MODE_AFTER = 3  # start-up crashes in a row; resets alone (brownouts) never count
+
+
 def main():
-    config = load_json("/config.json", {})
+    config = load_json("/config.json", None)
     board = load_json("/board.json", None)
-    if board is None:
-        print("polekit: no /board.json on the flash; deploy with `polekit deploy` (safe mode)")
+    crashes = load_json(CRASH_FILE, {"count": 0}).get("count", 0)
+    if board is None or not isinstance(config, dict):
+        print(
+            "polekit: safe mode: /board.json or /config.json missing or not JSON; the REPL is up. "
+            "Redeploy with `polekit deploy`."
+        )
         return
-    node = PoleNode(config, board)
-    print("polekit node %s up, unit %d" % (config.get("device_code", "?"), node.config["unit"]))
+    if crashes >= SAFE_MODE_AFTER:
+        print(
+            "polekit: safe mode: the node crashed at start %d times in a row; the REPL is up. "
+            "Fix the config, then delete %s." % (crashes, CRASH_FILE)
+        )
+        return
+    try:
+        node = PoleNode(config, board)
+    except Exception as exc:  # noqa: BLE001 - counted, shown, and the REPL stays usable
+        save_json(CRASH_FILE, {"count": crashes + 1})
+        print("polekit: start failed (%d/%d before safe mode):" % (crashes + 1, SAFE_MODE_AFTER))
+        import sys
+
+        sys.print_exception(exc)
+        return
+    if crashes:
+        save_json(CRASH_FILE, {"count": 0})
+    print(
+        "polekit node %s up, unit %d" % (node.config.get("device_code", "?"), node.config["unit"])
+    )
     asyncio.run(node.run())
