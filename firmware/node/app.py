@@ -216,6 +216,7 @@ class PoleNode:
         while True:
             self.samples += 1
             self.regs.set("uptime", time.ticks_diff(time.ticks_ms(), self.started) // 1000)
+            gc.collect()  # a collection a second keeps fragmentation down and the figure honest
             self.regs.set("free_heap", gc.mem_free())
             self.regs.set("node_seq", self.samples)
             await asyncio.sleep_ms(1000)
