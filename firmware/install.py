@@ -23,6 +23,7 @@ def board_map(board: Board) -> dict[str, Any]:
     return {
         "name": board.name,
         "chip": board.chip,
+        "uplink": board.uplink,
         "buses": [
             {"name": b.name, "type": b.type, "params": b.params} for b in board.buses.values()
         ],

@@ -85,7 +85,7 @@ def emulate(
 
     try:
         board = EmulatedBoard(board_name, fs_dir=fs_dir)
-        if not bare and board.board.uplink == "modbus":
+        if not bare:
             from polekit.firmware.install import install
 
             install(board.fs_dir, board.board)  # the node firmware; its config is kept if present

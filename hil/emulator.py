@@ -214,7 +214,7 @@ class EmulatedBoard:
 
     def get(self, path: str) -> Any:
         """Read a peripheral's value or an actuator's state: ``get("lamp.level")``."""
-        return self.request("get", path=path).get("value")
+        return json.loads(self.request("get", path=path)["json"])
 
     @property
     def rs485_line(self) -> VirtualLine | None:

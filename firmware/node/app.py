@@ -269,7 +269,12 @@ def main():
         )
         return
     try:
-        node = PoleNode(config, board)
+        if board.get("uplink") == "ble":
+            from .community import CommunityNode
+
+            node = CommunityNode(config, board)
+        else:
+            node = PoleNode(config, board)
     except Exception as exc:  # noqa: BLE001 - counted, shown, and the REPL stays usable
         save_json(CRASH_FILE, {"count": crashes + 1})
         print("polekit: start failed (%d/%d before safe mode):" % (crashes + 1, SAFE_MODE_AFTER))
@@ -279,7 +284,11 @@ def main():
         return
     if crashes:
         save_json(CRASH_FILE, {"count": 0})
-    print(
-        "polekit node %s up, unit %d" % (node.config.get("device_code", "?"), node.config["unit"])
-    )
+    if board.get("uplink") == "ble":
+        print("polekit community node %s up, BTHome over BLE" % config.get("device_code", "?"))
+    else:
+        print(
+            "polekit node %s up, unit %d"
+            % (node.config.get("device_code", "?"), node.config["unit"])
+        )
     asyncio.run(node.run())

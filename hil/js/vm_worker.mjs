@@ -194,8 +194,9 @@ parentPort.on("message", (msg) => {
     try {
       if (msg.op === "set") { mp.runPython(`_board.set(${JSON.stringify(msg.path)}, ${pyLiteral(msg.value)})`); reply = { ok: true }; }
       else if (msg.op === "get") {
-        mp.runPython(`_ctl_value = _board.get(${JSON.stringify(msg.path)})`);
-        reply = { ok: true, value: mp.globals.get("_ctl_value") };
+        // as JSON text: lists and maps would otherwise cross as proxies
+        mp.runPython(`import json\n_ctl_value = json.dumps(_board.get(${JSON.stringify(msg.path)}))`);
+        reply = { ok: true, json: mp.globals.get("_ctl_value") };
       }
       else if (msg.op === "uart-in") { mp.runPython(`_board.feed_uart(${msg.uart}, "${msg.hex}")`); reply = { ok: true }; }
       else reply = { error: `unknown op ${msg.op}` };

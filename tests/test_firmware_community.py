@@ -1,0 +1,91 @@
+"""The community node on the emulated ESP32-C3: an SOS press becomes a trigger-based BTHome
+event at once, measurements go out periodically, and Home Assistant's BTHome parser reads
+the adverts the firmware builds."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from bluetooth_sensor_state_data import SensorUpdate
+from bthome_ble import BTHomeBluetoothDeviceData
+from habluetooth import BluetoothServiceInfoBleak
+
+from polekit.firmware.install import install
+from polekit.hil.emulator import EmulatedBoard
+from polekit.protocols import bthome, identity
+
+CODE = identity.make("371600", "SO", 3)
+UUID = "0000fcd2-0000-1000-8000-00805f9b34fb"
+
+
+def service_data(adv: bytes) -> bytes:
+    pos = 0
+    while pos + 1 < len(adv):
+        size = adv[pos]
+        if adv[pos + 1] == 0x16 and adv[pos + 2 : pos + 4] == b"\xd2\xfc":
+            return adv[pos + 4 : pos + 1 + size]
+        pos += 1 + size
+    raise AssertionError(f"no BTHome service data in {adv.hex()}")
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    flash = tmp_path_factory.mktemp("flash")
+    install(flash, "community-sos-esp32c3", {"device_code": CODE, "advert_s": 1})
+    with EmulatedBoard("community-sos-esp32c3", fs_dir=flash) as board:
+        board.set("battery.voltage", 3.9)
+        deadline = time.monotonic() + 20
+        while b"community node" not in board.serial_log and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert b"BTHome over BLE" in board.serial_log, bytes(board.serial_log[-1500:])
+        yield board
+
+
+def adverts(board: EmulatedBoard) -> list[tuple[int, dict[str, object], bytes]]:
+    out = []
+    for _t, hexdata in board.get("ble.adverts"):
+        sd = service_data(bytes.fromhex(hexdata))
+        out.append((sd[0], bthome.decode(sd), sd))
+    return out
+
+
+def test_sos_press_is_an_immediate_trigger_event(node: EmulatedBoard) -> None:
+    before = node.get("ble.count")
+    pressed = time.monotonic()
+    node.set("sos.press", 200)
+    event = None
+    while time.monotonic() - pressed < 5 and event is None:
+        for info, values, _sd in adverts(node):
+            if values.get("button") == "press" and info & bthome.INFO_TRIGGER:
+                event = values
+        time.sleep(0.02)
+    latency = time.monotonic() - pressed
+    assert event is not None and node.get("ble.count") > before
+    print(f"SOS advert on the air {latency:.2f} s after the press (a 0.2 s press)")
+    assert latency < 1.0
+
+
+def test_measurement_adverts_read_by_home_assistants_parser(node: EmulatedBoard) -> None:
+    time.sleep(1.2)
+    measured = [(values, sd) for info, values, sd in adverts(node) if "battery" in values]
+    assert measured, adverts(node)
+    values, sd = measured[-1]
+    assert values["battery"] == 82 and values["smoke"] is False
+    info = BluetoothServiceInfoBleak(
+        name="polekit",
+        address="AA:BB:CC:DD:EE:FF",
+        rssi=-60,
+        manufacturer_data={},
+        service_data={UUID: sd},
+        service_uuids=[UUID],
+        source="local",
+        device=None,
+        advertisement=None,
+        connectable=False,
+        time=0.0,
+        tx_power=None,
+    )
+    update: SensorUpdate = BTHomeBluetoothDeviceData().update(info)
+    sensors = {k.key: v.native_value for k, v in update.entity_values.items()}
+    assert sensors["battery"] == 82 and sensors["voltage"] == pytest.approx(3.9, abs=0.01)
