@@ -34,10 +34,12 @@ def board_map(board: Board) -> dict[str, Any]:
     }
 
 
-def install(flash: Path | str, board: str | Board, config: dict[str, Any] | None = None) -> Path:
+def install(
+    flash: Path | str, board: str | Board, config: dict[str, Any] | None = None, start: bool = True
+) -> Path:
     """Write /lib/node, /lib/protocols, /main.py, /board.json and /config.json into ``flash``
     (a host folder). An existing /config.json and /state.json are kept unless ``config`` is
-    given."""
+    given. With ``start=False`` there is no /main.py: the libraries only, nothing runs."""
     flash = Path(flash)
     board = board if isinstance(board, Board) else load(board)
     skip = shutil.ignore_patterns("__pycache__", "*.pyc")
@@ -48,7 +50,8 @@ def install(flash: Path | str, board: str | Board, config: dict[str, Any] | None
         if dst.exists():
             shutil.rmtree(dst)
         shutil.copytree(src, dst, ignore=skip)
-    shutil.copy(_ROOT / "node" / "main.py", flash / "main.py")
+    if start:
+        shutil.copy(_ROOT / "node" / "main.py", flash / "main.py")
     (flash / "board.json").write_text(json.dumps(board_map(board)))
     config_file = flash / "config.json"
     if config is not None or not config_file.exists():

@@ -4,7 +4,6 @@ code, faults as on the chip, the watchdog, and a UART bridged to the host at its
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,18 +12,7 @@ import serial
 
 from polekit.hil.emulator import ControlError, EmulatedBoard
 
-MPREMOTE = str(Path(sys.executable).with_name("mpremote"))
-
-
-def board_exec(board: EmulatedBoard, code: str) -> str:
-    result = subprocess.run(
-        [MPREMOTE, "connect", board.repl, "resume", "exec", code],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout.strip()
+from boardkit import MPREMOTE, board_exec
 
 
 @pytest.fixture(scope="module")

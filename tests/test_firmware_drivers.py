@@ -4,42 +4,22 @@ virtual peripherals: values set on the host come back through each driver, and f
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
+from polekit.firmware.install import install
 from polekit.hil.emulator import EmulatedBoard
 
-from conftest import ROOT
-
-MPREMOTE = str(Path(sys.executable).with_name("mpremote"))
+from boardkit import board_exec as run
 
 
 @pytest.fixture(scope="module")
 def board(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     flash = tmp_path_factory.mktemp("flash")
-    shutil.copytree(
-        ROOT / "firmware" / "node",
-        flash / "lib" / "node",
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
+    install(flash, "pole-env-esp32", start=False)
     with EmulatedBoard("pole-env-esp32", fs_dir=flash) as b:
         yield b
-
-
-def run(board: EmulatedBoard, code: str) -> str:
-    result = subprocess.run(
-        [MPREMOTE, "connect", board.repl, "resume", "exec", code],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout.strip()
 
 
 def run_async(board: EmulatedBoard, setup: str, expr: str, timeout_s: float = 5) -> str:

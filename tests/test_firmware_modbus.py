@@ -5,20 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from pymodbus.client import AsyncModbusSerialClient
 
+from polekit.firmware.install import install
 from polekit.hil.emulator import EmulatedBoard
 from polekit.protocols import modbus
 
-from conftest import ROOT
+from boardkit import board_exec as run
 
-MPREMOTE = str(Path(sys.executable).with_name("mpremote"))
 POLE_ENV = modbus.register_map("pole-env")
 
 START_SLAVE = """
@@ -45,22 +41,10 @@ asyncio.create_task(slave.run())
 @pytest.fixture(scope="module")
 def board(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     flash = tmp_path_factory.mktemp("flash")
-    for src, dst in ((ROOT / "firmware" / "node", "node"), (ROOT / "protocols", "protocols")):
-        shutil.copytree(src, flash / "lib" / dst, ignore=shutil.ignore_patterns("__pycache__"))
+    install(flash, "pole-env-esp32", start=False)
     with EmulatedBoard("pole-env-esp32", fs_dir=flash) as b:
         run(b, START_SLAVE)
         yield b
-
-
-def run(board: EmulatedBoard, code: str) -> str:
-    result = subprocess.run(
-        [MPREMOTE, "connect", board.repl, "resume", "exec", code],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout.strip()
 
 
 async def master(board: EmulatedBoard) -> AsyncModbusSerialClient:

@@ -6,9 +6,9 @@ import asyncio
 import sys
 from pathlib import Path
 
-from gwkit import METER, POLE_1, meter_gateway, run, start_meter, until
-
 from polekit.hil.broker import LocalBroker, free_port
+
+from gwkit import METER, POLE_1, meter_gateway, run, start_meter, until
 
 
 async def _cli(*args: str) -> tuple[int, str]:

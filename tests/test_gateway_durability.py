@@ -9,13 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gwkit import POLE_1, POLE_2, Collector, run, until
-
 from polekit.gateway.queue import DurableQueue
 from polekit.hil.broker import LocalBroker
 from polekit.hil.fieldbus import SimulatedBus
 from polekit.hil.line import VirtualLine
 from polekit.protocols import modbus
+
+from gwkit import POLE_1, POLE_2, Collector, run, until
 
 CONFIG = """
 [gateway]

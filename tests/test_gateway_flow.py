@@ -9,6 +9,13 @@ import json
 import urllib.request
 
 import pytest
+
+from polekit.gateway.app import Gateway
+from polekit.hil.broker import LocalBroker, free_port
+from polekit.hil.fieldbus import SimulatedBus
+from polekit.hil.line import VirtualLine
+from polekit.protocols import modbus
+
 from gwkit import (
     METER,
     POLE_1,
@@ -22,12 +29,6 @@ from gwkit import (
     until,
     values_of,
 )
-
-from polekit.gateway.app import Gateway
-from polekit.hil.broker import LocalBroker, free_port
-from polekit.hil.fieldbus import SimulatedBus
-from polekit.hil.line import VirtualLine
-from polekit.protocols import modbus
 
 POLE_ENV = modbus.register_map("pole-env")
 
