@@ -31,7 +31,7 @@ async def poll(port: str) -> dict[str, object]:
     )
     await client.connect()
     try:
-        rr = await client.read_input_registers(0, count=22, device_id=1)
+        rr = await client.read_input_registers(0, count=24, device_id=1)
     finally:
         client.close()
     return {
@@ -74,6 +74,12 @@ def main() -> None:
     print(
         f"  min {min(frees)} ({min(frees) / budget:.0%} of budget), max {max(frees)}, "
         f"first {frees[0]}, last {frees[-1]}"
+    )
+    q = max(1, n // 4)
+    first_q, last_q = sum(frees[:q]) / q, sum(frees[-q:]) / q
+    print(
+        f"  mean of the first quarter {first_q:.0f}, of the last quarter {last_q:.0f} "
+        f"(ratio {last_q / first_q:.3f}; below 1 means less free memory at the end)"
     )
     print(
         f"  trend {slope * 3600:+.0f} bytes/hour (least squares; noise from GC timing is expected)"

@@ -70,6 +70,7 @@ class Board:
     buses: dict[str, Bus]
     sensors: dict[str, Sensor]
     path: Path
+    config: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
     def uart(self, role: str) -> Bus | None:
@@ -205,6 +206,14 @@ def _validate(raw: dict[str, Any], path: Path) -> Board:
             regmap,
             f"one of {', '.join(modbus.map_names())}",
         )
+    config = raw.get("config", {})
+    _need(
+        isinstance(config, dict),
+        path,
+        "config",
+        config,
+        "a table of the node's default settings (see docs/firmware.md)",
+    )
     return Board(
         name,
         b.get("description", ""),
@@ -218,5 +227,6 @@ def _validate(raw: dict[str, Any], path: Path) -> Board:
         buses,
         sensors,
         path,
+        config,
         raw,
     )

@@ -39,7 +39,7 @@ def install(
 ) -> Path:
     """Write /lib/node, /lib/protocols, /main.py, /board.json and /config.json into ``flash``
     (a host folder). An existing /config.json and /state.json are kept unless ``config`` is
-    given. With ``start=False`` there is no /main.py: the libraries only, nothing runs."""
+    given; ``config`` is laid over the board's reference settings (its ``[config]`` table). With ``start=False`` there is no /main.py: the libraries only, nothing runs."""
     flash = Path(flash)
     board = board if isinstance(board, Board) else load(board)
     skip = shutil.ignore_patterns("__pycache__", "*.pyc")
@@ -55,5 +55,5 @@ def install(
     (flash / "board.json").write_text(json.dumps(board_map(board)))
     config_file = flash / "config.json"
     if config is not None or not config_file.exists():
-        config_file.write_text(json.dumps(config or {"unit": 1}))
+        config_file.write_text(json.dumps({**board.config, **(config or {})}))
     return flash

@@ -310,6 +310,8 @@ free_heap 16 input u32 big 1 B
 reset_cause 18 input u16
 fw_version 19 input u16
 node_seq 20 input u32
+errors 22 input u16
+loop_stalls 23 input u16
 lamp_level 0 holding u16 big 1 /100 rw 0 100
 lamp_default 1 holding u16 big 1 /100 rw 0 100
 report_interval 2 holding u16 big 1 s rw 1 3600

@@ -4,7 +4,9 @@ the adverts the firmware builds."""
 
 from __future__ import annotations
 
+import hashlib
 import time
+from pathlib import Path
 
 import pytest
 from bluetooth_sensor_state_data import SensorUpdate
@@ -12,7 +14,7 @@ from bthome_ble import BTHomeBluetoothDeviceData
 from habluetooth import BluetoothServiceInfoBleak
 
 from polekit.firmware.install import install
-from polekit.hil.emulator import EmulatedBoard
+from polekit.hil.emulator import ControlError, EmulatedBoard
 from polekit.protocols import bthome, identity
 
 CODE = identity.make("371600", "SO", 3)
@@ -89,3 +91,75 @@ def test_measurement_adverts_read_by_home_assistants_parser(node: EmulatedBoard)
     update: SensorUpdate = BTHomeBluetoothDeviceData().update(info)
     sensors = {k.key: v.native_value for k, v in update.entity_values.items()}
     assert sensors["battery"] == 82 and sensors["voltage"] == pytest.approx(3.9, abs=0.01)
+
+
+KEY = "231d39c1d7cc1ab1aee224cd096db932"
+
+
+def test_encrypted_adverts_decrypt_with_the_bind_key_and_never_reuse_a_counter(
+    tmp_path: Path,
+) -> None:
+    flash = tmp_path / "flash"
+    install(flash, "community-sos-esp32c3", {"device_code": CODE, "advert_s": 1, "bindkey": KEY})
+    mac = hashlib.sha256(b"community-sos-esp32c3").digest()[:6]  # the emulated radio's MAC
+    with EmulatedBoard("community-sos-esp32c3", fs_dir=flash) as board:
+        counters = []
+        for _ in range(2):
+            before = len(board.events)
+            board.reset()
+            board.wait_event("booted", timeout_s=20, after=before)
+            board.set("battery.voltage", 3.9)  # the virtual world starts afresh at a reset
+            time.sleep(0.1)
+            board.set("ble.clear", 1)
+            deadline = time.monotonic() + 10
+            raw: list[bytes] = []
+            while time.monotonic() < deadline and not raw:
+                raw = [service_data(bytes.fromhex(h)) for _t, h in board.get("ble.adverts")]
+                time.sleep(0.1)
+            sd = raw[-1]
+            assert sd[0] & bthome.INFO_ENCRYPTED
+            with pytest.raises(bthome.BTHomeError):
+                bthome.decode(sd)  # no key, no values
+            plain, counter = bthome.decrypt(sd, KEY, mac)
+            assert bthome.decode(plain)["battery"] == 82
+            counters.append(counter)
+        # each start takes a new epoch (top 16 bits), so a reset never repeats a nonce
+        assert counters[1] >> 16 == (counters[0] >> 16) + 1
+        info = BluetoothServiceInfoBleak(
+            name="polekit-sos",
+            address=":".join(f"{b:02X}" for b in mac),
+            rssi=-60,
+            manufacturer_data={},
+            service_data={UUID: sd},
+            service_uuids=[UUID],
+            source="local",
+            device=None,
+            advertisement=None,
+            connectable=False,
+            time=0.0,
+            tx_power=None,
+        )
+        parser = BTHomeBluetoothDeviceData(bindkey=bytes.fromhex(KEY))
+        update: SensorUpdate = parser.update(info)
+        sensors = {k.key: v.native_value for k, v in update.entity_values.items()}
+        assert parser.bindkey_verified and sensors["battery"] == 82
+
+
+def test_a_malformed_bind_key_stops_the_node_instead_of_sending_in_the_clear(
+    tmp_path: Path,
+) -> None:
+    flash = tmp_path / "flash"
+    install(flash, "community-sos-esp32c3", {"bindkey": "not-a-key", "advert_s": 1, "repeat": 99})
+    with EmulatedBoard("community-sos-esp32c3", fs_dir=flash) as board:
+        deadline = time.monotonic() + 20
+        while b"start failed" not in board.serial_log and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.5)
+        log = bytes(board.serial_log).decode(errors="replace")
+        assert "config: bindkey must be 32 hex digits (16 bytes)" in log
+        assert "config: repeat = 99 must be a number 1..10; using 3" in log
+        try:
+            sent = board.get("ble.count")
+        except ControlError:  # the node stopped before it even switched the radio on
+            sent = 0
+        assert sent == 0

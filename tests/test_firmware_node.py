@@ -37,7 +37,7 @@ def read_all(board: EmulatedBoard) -> dict[str, object]:
         )
         assert await client.connect()
         try:
-            inputs = await client.read_input_registers(0, count=22, device_id=1)
+            inputs = await client.read_input_registers(0, count=24, device_id=1)
             holding = await client.read_holding_registers(0, count=5, device_id=1)
         finally:
             client.close()
@@ -82,14 +82,18 @@ def test_physical_values_reach_the_registers_scaled(node: EmulatedBoard) -> None
         ("pms5003.pm2_5", 17),
         ("pms5003.pm10", 29),
         ("adxl345.tilt", 1.0),
+        ("noise.voltage", 1.4),  # 50 dB per volt on this board
     ):
         node.set(path, value)
-    values = wait_for(node, lambda v: v["temperature"] == 27.25 and v["pm2_5"] == 17)
+    values = wait_for(
+        node, lambda v: v["temperature"] == 27.25 and v["pm2_5"] == 17 and v["noise"] == 70.0
+    )
     assert values["temperature"] == 27.25 and values["humidity"] == 44.5
     assert values["illuminance"] == pytest.approx(980, abs=1)
     assert (values["pm2_5"], values["pm10"]) == (17, 29)
     assert values["tilt"] == pytest.approx(1.0, abs=0.3)
-    assert values["valid"] & 0x0F == 0x0F
+    assert values["noise"] == 70.0
+    assert values["valid"] & 0x1F == 0x1F
     assert values["fw_version"] == 1 and values["uptime"] >= 0
     heap = int(values["free_heap"])  # type: ignore[call-overload]
     print(
@@ -242,3 +246,41 @@ def test_repeated_start_crashes_end_in_safe_mode_with_the_repl_up(tmp_path: Path
             timeout=30,
         )
         assert result.stdout.strip() == "repl ok"
+
+
+def test_report_policy_filters_spikes_and_reports_on_change(tmp_path: Path) -> None:
+    flash = tmp_path / "flash"
+    install(flash, sample_ms=200, report={"temperature": {"delta": 1.0, "window": 3}})
+    with EmulatedBoard("pole-env-esp32", fs_dir=flash) as board:
+        board.set("sht3x.temperature", 18.0)  # well away from the 21.0 default
+        values = wait_for(board, lambda v: v["temperature"] == 18.0)
+        assert values["temperature"] == 18.0
+        board.set("sht3x.temperature", 18.6)  # moved less than the 1.0 delta: not reported
+        time.sleep(1.5)  # 7 samples
+        assert read_all(board)["temperature"] == 18.0
+        board.set("sht3x.temperature", 45.0)  # one wild sample: the median of 3 ignores it
+        time.sleep(0.2)
+        board.set("sht3x.temperature", 18.6)
+        time.sleep(1.5)
+        assert read_all(board)["temperature"] == 18.0
+        seq = read_all(board)["node_seq"]
+        board.set("sht3x.temperature", 20.0)  # a real change: reported within the window
+        values = wait_for(board, lambda v: v["temperature"] == 20.0, timeout_s=5)
+        assert values["temperature"] == 20.0 and values["node_seq"] > seq  # type: ignore[operator]
+
+
+def test_report_policy_config_mistakes_are_logged(tmp_path: Path) -> None:
+    flash = tmp_path / "flash"
+    install(
+        flash,
+        report={"temprature": {"delta": 1}, "humidity": {"filter": "mode", "delta": -1}},
+    )
+    with EmulatedBoard("pole-env-esp32", fs_dir=flash) as board:
+        deadline = time.monotonic() + 20
+        while b"up, unit 1" not in board.serial_log and time.monotonic() < deadline:
+            time.sleep(0.05)
+        log = bytes(board.serial_log).decode(errors="replace")
+    assert "config: report.temprature: no such quantity (known: humidity, illuminance" in log
+    assert "config: report.humidity.filter = 'mode' must be one of median/average/none" in log
+    assert "config: report.humidity.delta = -1 must be a number 0..1000000; using 0.5" in log
+    assert "up, unit 1" in log

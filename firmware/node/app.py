@@ -6,7 +6,6 @@
 # only its own values invalid (the "valid" bits) and is retried with backoff.
 import asyncio
 import gc
-import json
 import time
 
 import machine
@@ -14,7 +13,10 @@ import machine
 from protocols import modbus
 from protocols.modbus import register_map
 
+from .loopwatch import LoopWatch
+from .policy import Policy, check_policy
 from .registers import RegisterFile
+from .settings import check, load_json, save_json
 from .uplinks.modbus_slave import ModbusSlave
 
 VERSION = (0, 1)
@@ -27,6 +29,19 @@ DEFAULTS = {
     "tilt_hysteresis": 2.0,
     "lamp_default": 100,
     "watchdog_ms": 5000,
+    "report_s": 300,
+}
+# Report policy defaults per quantity: (filter, window, delta in the register's unit).
+# Any of them can be changed per node: "report": {"temperature": {"delta": 0.5}}.
+REPORTED = {
+    "temperature": ("median", 5, 0.1),
+    "humidity": ("median", 5, 0.5),
+    "illuminance": ("median", 5, 1.0),
+    "pm1": ("average", 5, 1),
+    "pm2_5": ("average", 5, 1),
+    "pm10": ("average", 5, 1),
+    "noise": ("average", 3, 0.5),
+    "tilt": ("median", 3, 0.2),
 }
 # key: (low, high) accepted; device_code and board are text
 LIMITS = {
@@ -38,45 +53,35 @@ LIMITS = {
     "tilt_hysteresis": (0, 30),
     "lamp_default": (0, 100),
     "watchdog_ms": (0, 60000),
+    "report_s": (1, 3600),
 }
 STATE_FILE = "/state.json"  # survives resets: the lamp level a master set
 
 
-# The config merged over DEFAULTS; each problem is one log line and the default is kept,
-# so a typo never stops a pole from working.
+# The config merged over DEFAULTS, with one log line per problem (settings.check).
 def validate_config(config):
-    good = dict(DEFAULTS)
-    problems = []
-    for key, value in config.items():
-        if key in ("device_code", "board"):
-            good[key] = value
-        elif key not in LIMITS:
-            problems.append("config: unknown key %r ignored" % key)
-        elif (
-            not isinstance(value, (int, float))
-            or isinstance(value, bool)
-            or not LIMITS[key][0] <= value <= LIMITS[key][1]
-        ):
+    rest = {k: v for k, v in config.items() if k != "report"}
+    good, problems = check(rest, DEFAULTS, LIMITS)
+    good["report"], more = _check_report(config.get("report", {}))
+    return good, problems + more
+
+
+def _check_report(given):
+    if not isinstance(given, dict):
+        return {}, ['config: report must be an object like {"temperature": {"delta": 0.2}}']
+    good, problems = {}, []
+    for name, settings in given.items():
+        if name not in REPORTED:
             problems.append(
-                "config: %s = %r must be a number %s..%s; using %r"
-                % (key, value, LIMITS[key][0], LIMITS[key][1], DEFAULTS[key])
+                "config: report.%s: no such quantity (known: %s) ignored"
+                % (name, ", ".join(sorted(REPORTED)))
             )
-        else:
-            good[key] = value
+            continue
+        f, window, delta = REPORTED[name]
+        defaults = {"filter": f, "window": window, "delta": delta, "max_s": None}
+        good[name], more = check_policy(name, settings, defaults)
+        problems += more
     return good, problems
-
-
-def load_json(path, default):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return default
-
-
-def save_json(path, data):
-    with open(path, "w") as f:
-        json.dump(data, f)
 
 
 class PoleNode:
@@ -88,14 +93,24 @@ class PoleNode:
         self.valid = 0
         self.alarms = 0
         self.errors = 0
-        self.samples = 0
+        self.reports = 0
         self.started = time.ticks_ms()
         self.regs = RegisterFile(register_map("pole-env"), self.on_write)
         self.state = load_json(STATE_FILE, {})
         c = self.config
         for name in ("tilt_threshold", "tilt_hysteresis", "lamp_default"):
             self.regs.set(name, self.state.get(name, c[name]))
-        self.regs.set("report_interval", max(1, c["sample_ms"] // 1000))
+        self.regs.set("report_interval", self.state.get("report_interval", c["report_s"]))
+        self.policies = {}
+        for name, (f, window, delta) in REPORTED.items():
+            p = c["report"].get(name, {})
+            self.policies[name] = Policy(
+                p.get("filter", f),
+                int(p.get("window", window)),
+                p.get("delta", delta),
+                p.get("max_s") or self.regs.get("report_interval"),
+            )
+        self.watch = LoopWatch()
         self.regs.set("fw_version", VERSION[0] << 8 | VERSION[1])
         self.regs.set("reset_cause", machine.reset_cause())
         self._build_hardware()
@@ -128,6 +143,12 @@ class PoleNode:
         self.bh1750 = BH1750(i2c, self._sensor("bh1750")["params"]["address"])
         self.adxl345 = ADXL345(i2c, self._sensor("adxl345")["params"]["address"])
         self.pms = PMS5003(machine.UART(self._bus("pms")["id"], 9600))
+        from .drivers.noise import Noise
+
+        p = self._sensor("noise")["params"]
+        self.noise = Noise(
+            machine.ADC(machine.Pin(p["pin"])), p.get("db_per_volt", 50.0), p.get("db_offset", 0)
+        )
         self.contacts = {}
         for name in ("door", "water"):
             p = self._sensor(name)["params"]
@@ -151,7 +172,18 @@ class PoleNode:
         if point.name == "lamp_level":
             self.lamp.set(value)
             self.regs.set("lamp_on", self.lamp.level > 0)
-        if point.name in ("lamp_level", "lamp_default", "tilt_threshold", "tilt_hysteresis"):
+        if point.name == "report_interval":
+            custom = self.config["report"]
+            for name, policy in self.policies.items():
+                if not custom.get(name, {}).get("max_s"):
+                    policy.max_ms = value * 1000
+        if point.name in (
+            "lamp_level",
+            "lamp_default",
+            "tilt_threshold",
+            "tilt_hysteresis",
+            "report_interval",
+        ):
             self.state[point.name] = value
             save_json(STATE_FILE, self.state)
 
@@ -162,6 +194,14 @@ class PoleNode:
     def _alarm(self, bit, on):
         self.alarms = (self.alarms | bit) if on else (self.alarms & ~bit)
         self.regs.set("alarms", self.alarms)
+
+    # a sample through its quantity's report policy; a reported value is what masters read
+    def _report(self, name, value):
+        value = self.policies[name].offer(value)
+        if value is not None:
+            self.regs.set(name, value)
+            self.reports += 1
+            self.regs.set("node_seq", self.reports)
 
     async def _sensor_loop(self, bit, period_ms, read):
         # one sensor on its own schedule; a failure marks its values invalid and backs off
@@ -179,15 +219,18 @@ class PoleNode:
 
     async def _read_sht3x(self):
         t, h = await self.sht3x.measure()
-        self.regs.set("temperature", t)
-        self.regs.set("humidity", h)
+        self._report("temperature", t)
+        self._report("humidity", h)
 
     async def _read_bh1750(self):
-        self.regs.set("illuminance", min(await self.bh1750.measure(), 400000))
+        self._report("illuminance", min(await self.bh1750.measure(), 400000))
+
+    async def _read_noise(self):
+        self._report("noise", await self.noise.measure())
 
     async def _read_tilt(self):
         tilt = await self.adxl345.measure()
-        self.regs.set("tilt", tilt)
+        self._report("tilt", tilt)  # the alarm below uses the raw sample: no filter delay
         threshold = self.regs.get("tilt_threshold")
         if tilt > threshold:
             self._alarm(modbus.ALARM_TILT, True)
@@ -199,7 +242,7 @@ class PoleNode:
         if reading is None:
             raise ValueError("no PMS5003 frame")
         for name, value in zip(("pm1", "pm2_5", "pm10"), reading):
-            self.regs.set(name, value)
+            self._report(name, value)
 
     async def _inputs(self):
         while True:
@@ -214,19 +257,12 @@ class PoleNode:
 
     async def _health(self):
         while True:
-            self.samples += 1
             self.regs.set("uptime", time.ticks_diff(time.ticks_ms(), self.started) // 1000)
             gc.collect()  # a collection a second keeps fragmentation down and the figure honest
             self.regs.set("free_heap", gc.mem_free())
-            self.regs.set("node_seq", self.samples)
+            self.regs.set("errors", min(self.errors, 65535))
+            self.regs.set("loop_stalls", min(self.watch.stalls, 65535))
             await asyncio.sleep_ms(1000)
-
-    async def _watchdog(self):
-        # fed from the loop itself: a task that blocks the loop starves it and the board resets
-        wdt = machine.WDT(timeout=self.config["watchdog_ms"])
-        while True:
-            wdt.feed()
-            await asyncio.sleep_ms(100)
 
     async def run(self):
         sample = self.config["sample_ms"]
@@ -239,12 +275,15 @@ class PoleNode:
             self._sensor_loop(modbus.VALID_BH1750, sample, self._read_bh1750),
             self._sensor_loop(modbus.VALID_ADXL345, self.config["tilt_ms"], self._read_tilt),
             self._sensor_loop(modbus.VALID_PMS5003, max(sample, 1000), self._read_pms),
+            self._sensor_loop(modbus.VALID_NOISE, sample, self._read_noise),
             self._inputs(),
             self._health(),
             self.slave.run(),
+            self.watch.run(),
         ]
         if self.config["watchdog_ms"]:
-            tasks.append(self._watchdog())
+            # fed only by the loop watch: a task that blocks the loop starves it
+            self.watch.wdt = machine.WDT(timeout=self.config["watchdog_ms"])
         await asyncio.gather(*tasks)
 
 

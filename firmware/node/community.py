@@ -4,6 +4,10 @@
 # alarm goes out at once, flagged trigger-based, with a new packet id so receivers that
 # de-duplicate by packet id see each event once. Adverts are repeated a few times (BLE
 # has no acknowledgement).
+#
+# With a `bindkey` (32 hex digits) every advert is AES-CCM encrypted as BTHome v2 says. The
+# 4-byte counter in the nonce must never repeat under one key, so its top half is a start
+# count kept in /state.json and bumped at every start (and when the low half wraps).
 import asyncio
 import time
 
@@ -12,16 +16,34 @@ import machine
 from protocols import bthome
 
 from .drivers.contact import Contact
+from .settings import check, load_json, save_json
 
 DEFAULTS = {"advert_s": 30, "repeat": 3, "long_press_ms": 2000, "name": "polekit"}
+LIMITS = {"advert_s": (1, 3600), "repeat": (1, 10), "long_press_ms": (100, 60000)}
+STATE_FILE = "/state.json"
 
 
 class CommunityNode:
     def __init__(self, config, board):
-        self.config = dict(DEFAULTS)
-        self.config.update({k: v for k, v in config.items() if k in DEFAULTS})
+        self.config, problems = check(
+            config, DEFAULTS, LIMITS, ("device_code", "board", "name", "bindkey")
+        )
+        for line in problems:
+            print(line)
         self.board = board
         self.packet_id = 0
+        self.key = None
+        key = self.config.get("bindkey")
+        if key is not None:
+            try:
+                self.key = bytes.fromhex(key)
+            except ValueError:
+                pass
+            if self.key is None or len(self.key) != 16:
+                # never fall back to plain adverts when encryption was asked for
+                raise ValueError("config: bindkey must be 32 hex digits (16 bytes)")
+            self.state = load_json(STATE_FILE, {})
+            self._new_epoch()
         self.sensors = {s["name"]: s for s in board["sensors"]}
         p = self.sensors["sos"]["params"]
         self.sos = Contact(
@@ -36,6 +58,15 @@ class CommunityNode:
 
         self.ble = bluetooth.BLE()
         self.ble.active(True)
+        self.mac = self.ble.config("mac")[1]
+        name = self.config["name"].encode()[:29]
+        self.resp = bytes((len(name) + 1, 0x09)) + name  # scan response: the complete name
+
+    def _new_epoch(self):
+        self.epoch = (self.state.get("ble_epoch", 0) + 1) & 0xFFFF
+        self.state["ble_epoch"] = self.epoch
+        save_json(STATE_FILE, self.state)  # before any advert uses it
+        self.counter = 0
 
     def battery(self):
         volts = self.battery_adc.read_uv() / 1e6 * self.divider
@@ -44,12 +75,27 @@ class CommunityNode:
 
     async def advertise(self, values, trigger=False):
         self.packet_id = (self.packet_id + 1) & 0xFF
-        data = bthome.advert(
-            bthome.encode(values, packet_id=self.packet_id, trigger=trigger),
-            name=self.config["name"],
-        )
+        if self.key is None:
+            sd = bthome.encode(values, packet_id=self.packet_id, trigger=trigger)
+        else:
+            if self.counter > 0xFFFF:
+                self._new_epoch()
+            sd = bthome.encode(
+                values,
+                self.packet_id,
+                trigger,
+                self.key,
+                self.mac,
+                self.epoch << 16 | self.counter,
+            )
+            self.counter += 1
+        name = self.config["name"]
+        try:
+            data = bthome.advert(sd, name)
+        except bthome.BTHomeError:  # encrypted adverts leave no room: the name is in resp
+            data = bthome.advert(sd)
         for _ in range(self.config["repeat"] if trigger else 1):
-            self.ble.gap_advertise(100000, data)
+            self.ble.gap_advertise(100000, data, self.resp)
             await asyncio.sleep_ms(50)
 
     def measurements(self):

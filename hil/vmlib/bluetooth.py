@@ -23,21 +23,27 @@ class _Radio:
         self.adverts = []
         self.count = 0
         self.absent = False
+        self.resp = ""  # the scan response, hex
 
     def set(self, quantity, value):
         if quantity == "absent":
             self.absent = bool(value)
             return
-        raise KeyError("ble has: adverts, count (read only), absent")
+        if quantity == "clear":  # forget the adverts kept so far
+            self.adverts = []
+            return
+        raise KeyError("ble has: adverts, count (read only), absent, clear")
 
     def get(self, quantity):
         if quantity == "adverts":
             return [list(a) for a in self.adverts]
         if quantity == "count":
             return self.count
+        if quantity == "resp":
+            return self.resp
         if quantity == "absent":
             return self.absent
-        raise KeyError("ble has: adverts, count, absent")
+        raise KeyError("ble has: adverts, count, resp, absent")
 
 
 _radio = _board.devices.setdefault("ble", _Radio())
@@ -70,6 +76,8 @@ class BLE:
         if interval_us is None or adv_data is None:
             return
         _radio.count += 1
+        if resp_data is not None:
+            _radio.resp = "".join("%02x" % b for b in resp_data)
         _radio.adverts.append((_board.ticks_ms, "".join("%02x" % b for b in adv_data)))
         if len(_radio.adverts) > _Radio.KEEP:
             _radio.adverts.pop(0)
