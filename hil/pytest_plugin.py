@@ -8,7 +8,11 @@ Fixtures:
               ``.put(local, remote)``, ``.soft_reset()``, ``.serial_log()``;
   ``physics`` set/get the physical world (``physics.set("sht3x.temperature", 30)``); on a
               real board without a test jig, tests using it are skipped with the reason;
-  ``line``    the host end of the board's RS-485 line, for a Modbus master.
+  ``line``    the host end of the board's RS-485 line, for a Modbus master;
+  ``node``    a Modbus master (``polekit.hil.nodekit.NodeMaster``) on the node firmware,
+              restarted first if an earlier test stopped it (``board.exec`` does).
+The emulated board boots with the node firmware and the board's reference config installed
+(``--hil-bare``: an empty flash); a real board must have it deployed already.
 With ``--embedded-services serial`` and no ``--port``, pytest-embedded's ``dut`` is given
 the emulated board's port, so ``dut.expect(...)`` works the same on both. Each board's
 serial log is saved next to the JUnit report (``--junitxml``), or in ``.polekit-hil/``.
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +47,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--hil-line",
         default=None,
         help="real board only: the host's RS-485 adapter on the board's line",
+    )
+    group.addoption(
+        "--hil-bare",
+        action="store_true",
+        help="emulated board only: boot with an empty flash instead of the node firmware",
     )
 
 
@@ -71,6 +81,7 @@ class Board:
         self.target = target
         self.repl: str = target.repl
         self.definition = target.board
+        self.emulated = not isinstance(target, RealBoard)
 
     def _mpremote(self, *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
         mpremote = str(Path(sys.executable).with_name("mpremote"))
@@ -128,9 +139,17 @@ def _start(config: pytest.Config) -> Any:
     if port:
         target = RealBoard(port, config.getoption("hil_line"), config.getoption("hil_board"))
     else:
+        import tempfile
+
         from polekit.hil.emulator import EmulatedBoard
 
-        target = EmulatedBoard(config.getoption("hil_board")).start()
+        name = config.getoption("hil_board")
+        flash = None
+        if not config.getoption("hil_bare"):
+            from polekit.firmware.install import install
+
+            flash = install(tempfile.mkdtemp(prefix="polekit-hil-flash-"), name)
+        target = EmulatedBoard(name, fs_dir=flash).start()
     config.stash[_KEY] = target
     return target
 
@@ -182,3 +201,47 @@ def line(request: pytest.FixtureRequest) -> str:
     if "rs485" not in target.uarts:
         pytest.skip(f"{target.board.name} has no RS-485 line")
     return str(target.uarts["rs485"])
+
+
+def restart_firmware(port: str, timeout_s: float = 30) -> str:
+    """Soft-reset the board from its friendly REPL (Ctrl-C, Ctrl-B, Ctrl-D) so main.py starts
+    the node again; returns what it printed up to the node's "up" line."""
+    import serial
+
+    seen = b""
+    with serial.Serial(port, 115200, timeout=0.2) as repl:
+        repl.write(b"\r\x03\x03\x02\x04")
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            seen += repl.read(256)
+            up = seen.find(b" up, ")
+            if (up >= 0 and b"\n" in seen[up:]) or b"safe mode" in seen:
+                break
+    text = seen.decode(errors="replace")
+    if " up, " not in text:
+        raise AssertionError(
+            f"the node firmware did not start on {port} (deploy it first: polekit deploy); "
+            f"the board printed:\n{text[-2000:]}"
+        )
+    return text
+
+
+@pytest.fixture
+def node(board: Board, line: str) -> Any:
+    """A Modbus master on the node firmware (unit id from the board's reference config),
+    with the firmware running."""
+    from polekit.hil.nodekit import NodeMaster
+
+    if board.definition.uplink != "modbus":
+        pytest.skip(f"{board.definition.name} has no Modbus uplink")
+    master = NodeMaster(
+        line,
+        unit=int(board.definition.config.get("unit", 1)),
+        regmap=board.definition.register_map or "pole-env",
+        baudrate=int(board.definition.config.get("baudrate", 9600)),
+    )
+    if not master.answers():
+        restart_firmware(board.repl)
+        values = master.wait_for(lambda v: v["valid"], timeout_s=20)
+        assert values, "the node firmware started but does not answer Modbus on its line"
+    return master

@@ -91,8 +91,7 @@ def test_policy_settings_are_checked_with_defaults_kept() -> None:
         "config: report.temperature.filter = 'mean' must be one of median/average/none; "
         "using 'median'",
         "config: report.temperature.window = 99 must be a number 1..32; using 5",
-        "config: report.temperature.colour unknown (known: filter, delta, max_s, window) "
-        "ignored",
+        "config: report.temperature.colour unknown (known: filter, delta, max_s, window) ignored",
     ]
 
 

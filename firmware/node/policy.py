@@ -62,7 +62,7 @@ def check_policy(name, given, defaults):
     good = dict(defaults)
     problems = []
     if not isinstance(given, dict):
-        return good, ["config: report.%s must be an object like {\"delta\": 0.2}" % name]
+        return good, ['config: report.%s must be an object like {"delta": 0.2}' % name]
     for key, value in given.items():
         if key == "filter":
             if value in FILTERS:
@@ -79,8 +79,10 @@ def check_policy(name, given, defaults):
             )
         else:
             low, high = POLICY_KEYS[key][1:]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-                low <= value <= high
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not (low <= value <= high)
             ):
                 problems.append(
                     "config: report.%s.%s = %r must be a number %s..%s; using %r"
