@@ -183,11 +183,14 @@ def boards_show(name: str) -> None:
 
 
 def _add_area_commands() -> None:
+    from polekit.firmware.deploy.cli import COMMANDS
     from polekit.gateway.cli import gateway
     from polekit.hil.cli import emulate
 
     main.add_command(gateway)
     main.add_command(emulate)
+    for command in COMMANDS:
+        main.add_command(command)
 
 
 _add_area_commands()

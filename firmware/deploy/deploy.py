@@ -1,0 +1,183 @@
+"""Deploy the node firmware to a board over its REPL, then prove it works.
+
+Steps: stop the node and put the board in maintenance (a /maintenance flag and a hard reset,
+because the node's hardware watchdog cannot be stopped and would reset the board mid-deploy);
+read the board (MicroPython and .mpy version, chip id); build the bundle for that bytecode
+version; copy only files whose sha256 differs and remove stale ones; write the config with
+the device code; run the self-test on the board; clear maintenance and reset; wait for the
+node to report itself up.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from polekit.boards import Board, load
+from polekit.firmware.deploy.bundle import MANIFEST, MPY_CROSS, Bundle, build, mpy_of
+from polekit.firmware.deploy.link import BoardLink, LinkError
+from polekit.protocols import identity
+
+MAINTENANCE = "maintenance"  # the flag file: main.py leaves the node stopped while it exists
+OWNED = ["lib/node", "lib/protocols"]  # folders deploy owns: stale files there are removed
+Progress = Callable[[str, int, int], None]  # (what, done, total)
+
+
+class DeployError(RuntimeError):
+    """A deploy step failed; the message names the port, the step and what to do."""
+
+
+@dataclass
+class DeployReport:
+    port: str
+    board: str
+    device_code: str | None = None
+    unique_id: str = ""
+    micropython: str = ""
+    firmware_version: str = ""
+    mpy: str = ""
+    copied: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unchanged: int = 0
+    bytes_copied: int = 0
+    selftest: list[tuple[str, bool, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.selftest) and all(ok for _n, ok, _d in self.selftest)
+
+    def failures(self) -> str:
+        return "; ".join(f"{n}: {d}" for n, ok, d in self.selftest if not ok)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "port": self.port,
+            "board": self.board,
+            "device_code": self.device_code,
+            "unique_id": self.unique_id,
+            "micropython": self.micropython,
+            "firmware_version": self.firmware_version,
+            "mpy": self.mpy,
+            "copied": len(self.copied),
+            "removed": len(self.removed),
+            "unchanged": self.unchanged,
+            "bytes_copied": self.bytes_copied,
+            "selftest": [list(r) for r in self.selftest],
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def node_config(
+    bundle: Bundle, device_code: str | None, overrides: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The board's reference settings, the deployment's overrides, the device code."""
+    config = {**bundle.config, **(overrides or {})}
+    if device_code is not None:
+        try:
+            identity.parse(device_code)
+        except ValueError as exc:
+            raise DeployError(f"{exc}; make codes with `polekit code make`") from None
+        config["device_code"] = device_code
+    return config
+
+
+def _enter_maintenance(link: BoardLink) -> None:
+    # the node's watchdog may be armed: only a reset stops it, and main.py then sees the flag
+    has_main = link.hashes(["main.py"])["main.py"] is not None
+    link.write(MAINTENANCE, b"deploy\n")
+    if has_main:
+        link.hard_reset()
+        out = link.wait_for_output((b"maintenance", b">>>"), timeout_s=20)
+        if b"maintenance" not in out and b">>>" not in out:
+            raise LinkError(f"{link.port}: the board did not come back after its reset")
+        link.enter()
+
+
+def _selftest(link: BoardLink, timeout_s: float = 15) -> list[tuple[str, bool, str]]:
+    link.exec("import asyncio\nfrom node import selftest\nasyncio.run(selftest.run())")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        rows = link.json(
+            "import json\nfrom node import selftest\nprint(json.dumps(selftest.RESULT))"
+        )
+        if rows is not None:
+            return [(str(n), bool(ok), str(d)) for n, ok, d in rows]
+        time.sleep(0.2)
+    return [("selftest", False, f"did not finish in {timeout_s:.0f} s")]
+
+
+def deploy(
+    port: str,
+    board: str | Board,
+    device_code: str | None = None,
+    config: dict[str, Any] | None = None,
+    source: bool = False,
+    progress: Progress | None = None,
+    start: bool = True,
+) -> DeployReport:
+    """Deploy to the board on ``port``; the report (``.passed`` tells the self-test verdict).
+    Raises DeployError (or LinkError) when a step cannot be done."""
+    started = time.monotonic()
+    board = board if isinstance(board, Board) else load(board)
+    report = DeployReport(port, board.name, device_code)
+    node_config(Bundle(board, None, {}), device_code, config)  # refuse a bad code up front
+    note = progress or (lambda what, done, total: None)
+    with BoardLink(port) as link:
+        note("connect", 0, 1)
+        _enter_maintenance(link)
+        info = link.info()
+        report.unique_id = info["unique_id"]
+        report.micropython = info["micropython"]
+        mpy = mpy_of(int(info["mpy"])) if info["mpy"] else ""
+        if not source and mpy not in MPY_CROSS:
+            raise DeployError(
+                f"{port}: MicroPython {info['micropython']} uses .mpy version {mpy or '?'}; "
+                f"polekit compiles for {', '.join(MPY_CROSS)} (MicroPython 1.22 or later). "
+                "Flash a newer MicroPython (`polekit flash`) or deploy with --source."
+            )
+        bundle = build(board, None if source else mpy)
+        report.mpy = bundle.mpy or "source"
+        report.firmware_version = bundle.manifest["firmware_version"]
+        cfg = node_config(bundle, device_code, config)
+        files = dict(bundle.files)
+        files["config.json"] = json.dumps(cfg, sort_keys=True).encode()
+        files[MANIFEST] = bundle.manifest_bytes()
+        on_board = link.hashes(sorted(files))
+        import hashlib
+
+        todo = [p for p in sorted(files) if on_board.get(p) != hashlib.sha256(files[p]).hexdigest()]
+        report.unchanged = len(files) - len(todo)
+        total = sum(len(files[p]) for p in todo)
+        done = 0
+        note("copy", 0, total)
+        for path in todo:
+            base = done
+            link.write(
+                path,
+                files[path],
+                progress=lambda n, _size, base=base: note("copy", base + n, total),
+            )
+            done += len(files[path])
+            report.copied.append(path)
+        report.bytes_copied = total
+        for stale in sorted(set(link.files_under(OWNED)) - set(files)):
+            link.remove(stale)
+            report.removed.append(stale)
+        note("selftest", 0, 1)
+        report.selftest = _selftest(link)
+        link.remove(MAINTENANCE)
+        if start:
+            note("start", 0, 1)
+            link.hard_reset()
+            out = link.wait_for_output((b" up, ", b"safe mode", b"start failed"), timeout_s=30)
+            text = out.decode(errors="replace")
+            up = " up, " in text
+            report.selftest.append(
+                ("start", up, "node up" if up else "the node did not start: " + text[-300:])
+            )
+    report.seconds = time.monotonic() - started
+    return report

@@ -1,0 +1,127 @@
+"""`polekit build` and `polekit deploy` against the emulated board: a deterministic bundle,
+files landing with the manifest's hashes, a second deploy copying nothing, stale files
+removed, the self-test table, and the node serving Modbus afterwards."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from polekit.firmware.deploy.bundle import build
+from polekit.hil.emulator import EmulatedBoard
+from polekit.hil.nodekit import NodeMaster
+from polekit.protocols import identity
+
+CODE = identity.make("371600", "PL", 21)
+
+
+def polekit(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "polekit", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_build_is_deterministic_and_its_manifest_matches_the_files(tmp_path: Path) -> None:
+    for out in ("a", "b"):
+        result = polekit("build", "--board", "pole-env-esp32", "-o", str(tmp_path / out))
+        assert result.returncode == 0, result.stderr
+        assert "files" in result.stdout and "mpy 6.3" in result.stdout
+    a = {
+        p.relative_to(tmp_path / "a"): p.read_bytes()
+        for p in (tmp_path / "a").rglob("*")
+        if p.is_file()
+    }
+    b = {
+        p.relative_to(tmp_path / "b"): p.read_bytes()
+        for p in (tmp_path / "b").rglob("*")
+        if p.is_file()
+    }
+    assert a == b
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert manifest["board"] == "pole-env-esp32" and manifest["firmware_version"] == "0.1"
+    for path, digest in manifest["files"].items():
+        assert hashlib.sha256((tmp_path / "a" / path).read_bytes()).hexdigest() == digest
+    assert (tmp_path / "a" / "lib/node/app.mpy").read_bytes()[:2] == b"M\x06"
+    assert not list((tmp_path / "a" / "lib").rglob("*.py"))
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["unit"] == 1
+
+
+def test_build_for_micropython_1_22_uses_its_compiler_and_unknown_versions_are_refused() -> None:
+    from polekit.firmware.deploy.bundle import _compiler
+
+    version = subprocess.run([_compiler("6.2"), "--version"], capture_output=True, text=True)
+    assert "MicroPython v1.22" in version.stdout and "mpy v6.2" in version.stdout
+    old = build("pole-env-esp32", "6.2").files["lib/protocols/modbus.mpy"]
+    assert old[:2] == b"M\x06"  # bytecode-only .mpy: one header for 6.x
+    result = polekit("build", "--board", "pole-env-esp32", "--mpy", "5", "-o", "/nonexistent")
+    assert result.returncode == 1
+    assert "no mpy-cross for .mpy version 5" in result.stderr and "polekit flash" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def board(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    flash = tmp_path_factory.mktemp("flash")
+    (flash / "lib" / "node").mkdir(parents=True)
+    (flash / "lib" / "node" / "old_driver.py").write_text("# left by an older firmware\n")
+    with EmulatedBoard("pole-env-esp32", fs_dir=flash) as b:
+        yield b
+
+
+def deploy(board: EmulatedBoard, *extra: str) -> tuple[int, dict[str, object], str]:
+    result = polekit(
+        "deploy", "--port", board.repl, "--board", "pole-env-esp32", "-c", CODE, "--json", *extra
+    )
+    report = json.loads(result.stdout) if result.stdout.strip() else {}
+    return result.returncode, report, result.stderr
+
+
+def test_deploy_copies_verifies_self_tests_and_starts_the_node(board: EmulatedBoard) -> None:
+    code, report, err = deploy(board, "--set", "unit=3")
+    assert code == 0, err + json.dumps(report)
+    assert report["passed"] and report["copied"] == 31 and report["removed"] == 1
+    checks = {row[0]: row for row in report["selftest"]}  # type: ignore[attr-defined]
+    assert set(checks) >= {"config", "sht3x", "bh1750", "adxl345", "pms5003", "uplink", "start"}
+    assert checks["sht3x"][2] == "21.0 Cel, 50 %RH"
+    print(f"first deploy: {report['bytes_copied']} bytes in {report['seconds']} s")
+    flash = Path(board.fs_dir)
+    manifest = json.loads((flash / "manifest.json").read_text())
+    for path, digest in manifest["files"].items():
+        assert hashlib.sha256((flash / path).read_bytes()).hexdigest() == digest, path
+    assert not (flash / "lib" / "node" / "old_driver.py").exists()
+    assert not (flash / "maintenance").exists()
+    config = json.loads((flash / "config.json").read_text())
+    assert config["device_code"] == CODE and config["unit"] == 3
+    board.set("sht3x.temperature", 24.5)
+    values = NodeMaster(board.uarts["rs485"], unit=3).wait_for(lambda v: v["temperature"] == 24.5)
+    assert values["temperature"] == 24.5
+
+
+def test_a_second_deploy_copies_nothing(board: EmulatedBoard) -> None:
+    code, report, err = deploy(board, "--set", "unit=3")
+    assert code == 0, err
+    assert report["copied"] == 0 and report["unchanged"] == 31 and report["passed"]
+
+
+def test_a_dead_sensor_fails_the_self_test_with_its_reason(board: EmulatedBoard) -> None:
+    board.set("bh1750.absent", 1)
+    try:
+        code, report, _err = deploy(board)
+    finally:
+        board.set("bh1750.absent", 0)
+    assert code == 1 and not report["passed"]
+    failed = [row for row in report["selftest"] if not row[1]]  # type: ignore[attr-defined]
+    assert failed == [["bh1750", False, "no answer at I2C address 0x23"]]
+
+
+def test_a_bad_device_code_is_refused_before_anything_is_written(board: EmulatedBoard) -> None:
+    code, _report, err = deploy(board, "-c", "371600PL000001X")
+    assert (
+        code == 1
+        and "device code '371600PL000001X': check character" in err
+        and "polekit code make" in err
+    )
