@@ -165,3 +165,97 @@ def deploy(
 
 
 COMMANDS = [build, deploy]
+
+
+@click.command()
+@click.option(
+    "--manifest",
+    "-m",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="CSV with columns port, board, device_code [, site, image, config.KEY ...].",
+)
+@click.option("--jobs", "-j", default=2, show_default=True, help="Ports worked in parallel.")
+@click.option(
+    "--report",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Report base path (.json and .csv are written). Default: <manifest>-report.",
+)
+@click.option("--retry-passed", is_flag=True, help="Redo boards the report has as passed.")
+def provision(manifest: Path, jobs: int, report: Path | None, retry_passed: bool) -> None:
+    """Flash (rows with an image), deploy and self-test every board of a manifest, several
+    ports at a time, with one progress display. A failing board is recorded and the batch
+    goes on; run the same command again and only the boards not yet passed are redone.
+
+    \b
+    poles.csv:
+      port,board,device_code,site,config.unit
+      /dev/ttyUSB0,pole-env-esp32,371600PL000001C,Main St 1,1
+      /dev/ttyUSB1,pole-env-esp32,371600PL000002A,Main St 3,2
+    \b
+    Example:
+      polekit provision --manifest poles.csv --jobs 4     # -> poles-report.json and .csv
+    """
+    from polekit.firmware.deploy.provision import (
+        ManifestError,
+        load_report,
+        read_manifest,
+        report_paths,
+    )
+    from polekit.firmware.deploy.provision import provision as run
+
+    console = Console()
+    try:
+        rows = read_manifest(manifest)
+    except ManifestError as exc:
+        raise click.ClickException(str(exc)) from None
+    with Progress(
+        TextColumn("{task.fields[code]} {task.fields[port]}"),
+        TextColumn("{task.description:<9}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        console=console,
+    ) as bar:
+        tasks = {
+            r.device_code: bar.add_task("waiting", total=1, code=r.device_code, port=r.port)
+            for r in rows
+        }
+
+        def step(row: Any, what: str, done: int, total: int) -> None:
+            colour = {"pass": "green", "fail": "red"}.get(what)
+            bar.update(
+                tasks[row.device_code],
+                description=f"[{colour}]{what}[/{colour}]" if colour else what,
+                completed=done,
+                total=total or 1,
+            )
+
+        earlier = {} if retry_passed else load_report(report_paths(manifest, report)[0])
+        for code, task in tasks.items():
+            if earlier.get(code, {}).get("result") == "pass":
+                bar.update(task, description="[green]passed earlier[/green]", completed=1)
+        results, ran, skipped = run(manifest, jobs, report, step, retry_passed)
+    table = Table("device code", "port", "result", "chip MAC", "firmware", "s", "error")
+    for r in results:
+        ok = r["result"] == "pass"
+        table.add_row(
+            r["device_code"],
+            r["port"],
+            "[green]pass[/green]" if ok else "[red]fail[/red]",
+            r["chip_mac"],
+            r["firmware_version"],
+            str(r["duration_s"]),
+            r["error"],
+        )
+    console.print(table)
+    json_path, csv_path = report_paths(manifest, report)
+    failed = sum(r["result"] != "pass" for r in results)
+    console.print(
+        f"{len(results) - failed} passed, {failed} failed ({ran} run now, {skipped} already "
+        f"passed). Report: {json_path}, {csv_path}"
+    )
+    if failed:
+        sys.exit(1)
+
+
+COMMANDS.append(provision)

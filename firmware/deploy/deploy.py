@@ -118,9 +118,11 @@ def deploy(
     source: bool = False,
     progress: Progress | None = None,
     start: bool = True,
+    bundles: dict[tuple[str, str | None], Bundle] | None = None,
 ) -> DeployReport:
     """Deploy to the board on ``port``; the report (``.passed`` tells the self-test verdict).
-    Raises DeployError (or LinkError) when a step cannot be done."""
+    Raises DeployError (or LinkError) when a step cannot be done. ``bundles`` caches built
+    bundles across deploys (a batch builds each board and bytecode version once)."""
     started = time.monotonic()
     board = board if isinstance(board, Board) else load(board)
     report = DeployReport(port, board.name, device_code)
@@ -139,7 +141,11 @@ def deploy(
                 f"polekit compiles for {', '.join(MPY_CROSS)} (MicroPython 1.22 or later). "
                 "Flash a newer MicroPython (`polekit flash`) or deploy with --source."
             )
-        bundle = build(board, None if source else mpy)
+        key = (board.name, None if source else mpy)
+        cache = bundles if bundles is not None else {}
+        if key not in cache:
+            cache[key] = build(board, key[1])
+        bundle = cache[key]
         report.mpy = bundle.mpy or "source"
         report.firmware_version = bundle.manifest["firmware_version"]
         cfg = node_config(bundle, device_code, config)

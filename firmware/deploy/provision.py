@@ -1,0 +1,248 @@
+"""Batch provisioning: a manifest (CSV) of boards, each flashed (when the row names an
+image), deployed and self-tested, several ports at a time, past failures, resumable.
+
+Manifest columns: ``port``, ``board``, ``device_code`` (required), ``site`` (free text for
+the report), ``image`` (a MicroPython image to flash first), and ``config.KEY`` columns for
+per-board settings (``config.unit`` = 3). The report (JSON and CSV) has a row per board:
+device code, chip MAC, firmware version, result, duration, error. A run with an existing
+report skips the boards it records as passed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+REQUIRED = ("port", "board", "device_code")
+REPORT_FIELDS = (
+    "device_code",
+    "board",
+    "port",
+    "site",
+    "chip_mac",
+    "micropython",
+    "firmware_version",
+    "result",
+    "duration_s",
+    "error",
+    "finished_at",
+)
+
+
+class ManifestError(ValueError):
+    """The manifest cannot be used; the message names the file, the row and the fix."""
+
+
+@dataclass
+class Row:
+    line: int
+    port: str
+    board: str
+    device_code: str
+    site: str = ""
+    image: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def read_manifest(path: Path) -> list[Row]:
+    from polekit.boards import BoardError, load
+    from polekit.protocols import identity
+
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ManifestError(f"{path}: {exc.strerror}") from None
+    reader = csv.DictReader(text.splitlines())
+    missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
+    if missing:
+        raise ManifestError(
+            f"{path}: no column {', '.join(missing)}; the header must name at least "
+            f"{', '.join(REQUIRED)} (optional: site, image, config.KEY)"
+        )
+    rows: list[Row] = []
+    problems: list[str] = []
+    seen: dict[str, int] = {}
+    for n, raw in enumerate(reader, start=2):
+        values = {k: (v or "").strip() for k, v in raw.items() if k}
+        code = values["device_code"]
+        try:
+            identity.parse(code)
+        except ValueError as exc:
+            problems.append(f"{path}:{n}: {exc}")
+        if code in seen:
+            problems.append(f"{path}:{n}: device code {code} is also on line {seen[code]}")
+        seen[code] = n
+        try:
+            load(values["board"])
+        except BoardError as exc:
+            problems.append(f"{path}:{n}: {exc}")
+        if not values["port"]:
+            problems.append(f"{path}:{n}: port is empty")
+        config: dict[str, Any] = {}
+        for key, value in values.items():
+            if key.startswith("config.") and value:
+                try:
+                    config[key[7:]] = json.loads(value)
+                except ValueError:
+                    config[key[7:]] = value
+        rows.append(
+            Row(
+                n,
+                values["port"],
+                values["board"],
+                code,
+                values.get("site", ""),
+                values.get("image", ""),
+                config,
+            )
+        )
+    if problems:
+        raise ManifestError("\n".join(problems))
+    if not rows:
+        raise ManifestError(f"{path}: no boards listed under the header")
+    return rows
+
+
+@dataclass
+class Outcome:
+    device_code: str
+    board: str
+    port: str
+    site: str = ""
+    chip_mac: str = ""
+    micropython: str = ""
+    firmware_version: str = ""
+    result: str = "fail"
+    duration_s: float = 0.0
+    error: str = ""
+    finished_at: str = ""
+
+
+def report_paths(manifest: Path, report: Path | None) -> tuple[Path, Path]:
+    base = report or manifest.with_name(manifest.stem + "-report")
+    base = base.with_suffix("") if base.suffix in (".json", ".csv") else base
+    return base.with_suffix(".json"), base.with_suffix(".csv")
+
+
+def load_report(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {b["device_code"]: b for b in data.get("boards", [])}
+
+
+def write_report(json_path: Path, csv_path: Path, outcomes: list[dict[str, Any]]) -> None:
+    json_path.write_text(json.dumps({"boards": outcomes}, indent=1) + "\n")
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=REPORT_FIELDS)
+        writer.writeheader()
+        for o in outcomes:
+            writer.writerow({k: o.get(k, "") for k in REPORT_FIELDS})
+
+
+def _mac(unique_id: str) -> str:
+    return ":".join(unique_id[i : i + 2] for i in range(0, min(len(unique_id), 12), 2)).upper()
+
+
+Step = Callable[[Row, str, int, int], None]  # (row, what, done, total)
+
+
+def provision_one(row: Row, step: Step, bundles: dict[Any, Any]) -> Outcome:
+    from polekit.firmware.deploy.deploy import DeployError, deploy
+    from polekit.firmware.deploy.link import LinkError
+
+    started = time.monotonic()
+    out = Outcome(row.device_code, row.board, row.port, row.site)
+    try:
+        if row.image:
+            from polekit.firmware.deploy.flash import FlashError, flash_image
+
+            try:
+                flash_image(
+                    row.port,
+                    Path(row.image),
+                    row.board,
+                    progress=lambda done, total: step(row, "flash", done, total),
+                )
+            except FlashError as exc:
+                raise DeployError(str(exc)) from None
+        report = deploy(
+            row.port,
+            row.board,
+            row.device_code,
+            row.config,
+            progress=lambda what, done, total: step(row, what, done, total),
+            bundles=bundles,
+        )
+        out.chip_mac = _mac(report.unique_id)
+        out.micropython = report.micropython
+        out.firmware_version = report.firmware_version
+        out.result = "pass" if report.passed else "fail"
+        out.error = "" if report.passed else "self-test: " + report.failures()
+    except (DeployError, LinkError, OSError) as exc:
+        out.error = " ".join(str(exc).split()) or type(exc).__name__
+    except Exception as exc:  # noqa: BLE001 - one board's surprise is recorded; the batch goes on
+        out.error = f"{type(exc).__name__}: {exc}"
+    out.duration_s = round(time.monotonic() - started, 2)
+    out.finished_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    return out
+
+
+def provision(
+    manifest: Path,
+    jobs: int = 2,
+    report: Path | None = None,
+    step: Step | None = None,
+    retry_passed: bool = False,
+) -> tuple[list[dict[str, Any]], int, int]:
+    """Provision the manifest's boards; (report rows, boards run now, boards skipped as
+    already passed). The report is rewritten after each board, so an interrupted run loses
+    nothing that finished."""
+    rows = read_manifest(manifest)
+    json_path, csv_path = report_paths(manifest, report)
+    previous = {} if retry_passed else load_report(json_path)
+    results: dict[str, dict[str, Any]] = {}
+    todo = []
+    for row in rows:
+        before = previous.get(row.device_code)
+        if before and before.get("result") == "pass":
+            results[row.device_code] = before
+        else:
+            todo.append(row)
+    lock = threading.Lock()
+    bundles: dict[Any, Any] = {}
+    note = step or (lambda row, what, done, total: None)
+
+    def save() -> None:
+        ordered = [results[r.device_code] for r in rows if r.device_code in results]
+        write_report(json_path, csv_path, ordered)
+
+    def work(row: Row) -> None:
+        outcome = provision_one(row, note, bundles)
+        note(row, outcome.result, 1, 1)
+        with lock:
+            results[row.device_code] = asdict(outcome)
+            save()
+
+    def work_chain(chain: list[Row]) -> None:
+        for row in chain:
+            work(row)
+
+    # one port, one job at a time: rows sharing a port run in order
+    by_port: dict[str, list[Row]] = {}
+    for row in todo:
+        by_port.setdefault(row.port, []).append(row)
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = [pool.submit(work_chain, chain) for chain in by_port.values()]
+        for future in futures:
+            future.result()
+    save()
+    return [results[r.device_code] for r in rows], len(todo), len(rows) - len(todo)

@@ -1,0 +1,89 @@
+"""`polekit provision` over four emulated boards with two jobs: one board is made to fail
+(a dead sensor), the others pass; the report says why; a second run redoes only the
+failed board."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from polekit.firmware.deploy.provision import ManifestError, read_manifest
+from polekit.hil.emulator import EmulatedBoard
+from polekit.protocols import identity
+
+CODES = [identity.make("371600", "PL", n) for n in range(31, 35)]
+
+
+def run(manifest: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "polekit", "provision", "-m", str(manifest), *extra],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_provision_four_boards_two_jobs_one_failing_then_resume(tmp_path: Path) -> None:
+    with contextlib.ExitStack() as stack:
+        boards = [
+            stack.enter_context(EmulatedBoard("pole-env-esp32", fs_dir=tmp_path / f"flash{i}"))
+            for i in range(4)
+        ]
+        boards[2].set("sht3x.absent", 1)  # a board with a broken sensor cable
+        manifest = tmp_path / "poles.csv"
+        lines = ["port,board,device_code,site,config.unit"]
+        for i, (b, code) in enumerate(zip(boards, CODES, strict=True)):
+            lines.append(f"{b.repl},pole-env-esp32,{code},Main St {i + 1},{i + 1}")
+        manifest.write_text("\n".join(lines) + "\n")
+
+        first = run(manifest, "--jobs", "2")
+        assert first.returncode == 1, first.stdout + first.stderr
+        assert "3 passed, 1 failed (4 run now, 0 already passed)" in first.stdout
+        report = json.loads((tmp_path / "poles-report.json").read_text())["boards"]
+        assert [b["result"] for b in report] == ["pass", "pass", "fail", "pass"]
+        assert report[2]["error"].startswith("self-test: sht3x: no answer at I2C address 0x44")
+        assert report[0]["chip_mac"].count(":") == 5 and report[0]["firmware_version"] == "0.1"
+        assert all(b["duration_s"] > 0 for b in report)
+        with (tmp_path / "poles-report.csv").open() as f:
+            rows = list(csv.DictReader(f))
+        assert [r["device_code"] for r in rows] == CODES and rows[2]["result"] == "fail"
+        assert json.loads((tmp_path / "flash1" / "config.json").read_text())["unit"] == 2
+
+        boards[2].set("sht3x.absent", 0)  # the cable is fixed
+        second = run(manifest, "--jobs", "2")
+        assert second.returncode == 0, second.stdout + second.stderr
+        assert "4 passed, 0 failed (1 run now, 3 already passed)" in second.stdout
+        report2 = json.loads((tmp_path / "poles-report.json").read_text())["boards"]
+        assert all(b["result"] == "pass" for b in report2)
+        assert [b["finished_at"] for i, b in enumerate(report2) if i != 2] == [
+            b["finished_at"] for i, b in enumerate(report) if i != 2
+        ]
+        times = [b["duration_s"] for b in report]
+        print(f"provision: 4 boards, 2 jobs, per-board seconds {times}")
+
+
+def test_manifest_problems_name_the_file_line_and_fix(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text(
+        "port,board,device_code\n"
+        f"/dev/ttyUSB0,pole-env-esp33,{CODES[0]}\n"
+        "/dev/ttyUSB1,pole-env-esp32,371600PL000031X\n"
+        f",pole-env-esp32,{CODES[0]}\n"
+    )
+    with pytest.raises(ManifestError) as err:
+        read_manifest(bad)
+    text = str(err.value)
+    assert f"{bad}:2: no board 'pole-env-esp33'" in text
+    assert f"{bad}:3: device code '371600PL000031X': check character" in text
+    assert f"{bad}:4: device code {CODES[0]} is also on line 2" in text
+    assert f"{bad}:4: port is empty" in text
+    headless = tmp_path / "headless.csv"
+    headless.write_text("port,board\n/dev/ttyUSB0,pole-env-esp32\n")
+    result = run(headless)
+    assert result.returncode == 1 and "no column device_code" in result.stderr
