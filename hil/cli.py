@@ -55,6 +55,19 @@ CONTROL = click.option(
     is_flag=True,
     help="Boot MicroPython alone, without installing the polekit node firmware.",
 )
+@click.option(
+    "--bootloader",
+    is_flag=True,
+    help="Start held in the ROM bootloader, as if BOOT were held at reset: esptool (polekit "
+    "flash) talks to it on the REPL port; after flashing the board boots the image.",
+)
+@click.option(
+    "--rfc2217",
+    "rfc2217",
+    is_flag=True,
+    help="Also serve the serial port as rfc2217://127.0.0.1:PORT, with DTR/RTS wired to "
+    "EN/IO0 like a dev board, so esptool's default reset enters the bootloader.",
+)
 @click.pass_context
 def emulate(
     ctx: click.Context,
@@ -63,6 +76,8 @@ def emulate(
     control_path: Path | None,
     as_json: bool,
     bare: bool,
+    bootloader: bool,
+    rfc2217: bool,
 ) -> None:
     """Start an emulated board and keep it running until Ctrl-C or SIGTERM.
 
@@ -76,6 +91,10 @@ def emulate(
       polekit emulate set --control SOCKET sht3x.temperature=31.5 adxl345.tilt=12
       polekit emulate get --control SOCKET lamp.level
     The flash persists across soft resets, and across runs with --fs DIR.
+    Flash MicroPython the way a field engineer does:
+      polekit emulate --bootloader --rfc2217
+      polekit flash --port rfc2217://127.0.0.1:PORT --image ESP32_GENERIC.bin --board ...
+      polekit emulate flash-read --control SOCKET 0x1000 32
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -84,8 +103,8 @@ def emulate(
     from polekit.hil.mpvm import MicroPythonNotFoundError
 
     try:
-        board = EmulatedBoard(board_name, fs_dir=fs_dir)
-        if not bare:
+        board = EmulatedBoard(board_name, fs_dir=fs_dir, bootloader=bootloader)
+        if not bare and not bootloader:
             from polekit.firmware.install import install
 
             install(board.fs_dir, board.board)  # the node firmware; its config is kept if present
@@ -94,19 +113,28 @@ def emulate(
         raise click.ClickException(str(exc)) from None
     control = control_path or Path(tempfile.mkdtemp(prefix="polekit-board-")) / "control.sock"
     server = ControlServer(board, control)
-    ports = {
+    bridge = None
+    ports: dict[str, Any] = {
         "repl": board.repl,
         "uarts": board.uarts,
         "control": str(control),
         "fs": str(board.fs_dir),
     }
+    if rfc2217:
+        from polekit.hil.rfc2217 import Rfc2217Server
+
+        bridge = Rfc2217Server(board)
+        ports["rfc2217"] = bridge.url
     if as_json:
         click.echo(json.dumps(ports))
     else:
         click.echo(
             f"emulated {board.board.name} ({board.board.chip}, heap {board.board.heap_bytes} bytes)"
         )
-        click.echo(f"  REPL     {board.repl}    (mpremote connect {board.repl})")
+        state = "  (in its ROM bootloader)" if bootloader else ""
+        click.echo(f"  REPL     {board.repl}    (mpremote connect {board.repl}){state}")
+        if bridge is not None:
+            click.echo(f"  rfc2217  {bridge.url}    (esptool/mpremote --port; DTR/RTS reset)")
         for role, port in board.uarts.items():
             click.echo(f"  {role:<8} {port}")
         click.echo(f"  control  {control}")
@@ -121,6 +149,8 @@ def emulate(
     except KeyboardInterrupt:
         pass
     finally:
+        if bridge is not None:
+            bridge.close()
         server.close()
         board.stop()
 
@@ -190,6 +220,39 @@ def serial_log(control: str, tail: int) -> None:
     default=None,
     help="Cut the power for this many seconds instead of pressing reset.",
 )
-def reset(control: str, off_s: float | None) -> None:
+@click.option(
+    "--bootloader",
+    is_flag=True,
+    help="Reset with BOOT held: the board waits in its ROM bootloader for esptool.",
+)
+def reset(control: str, off_s: float | None, bootloader: bool) -> None:
     """Reset the board (the flash is kept)."""
+    if bootloader:
+        _call(control, {"op": "strap-reset", "download": True})
+        return
     _call(control, {"op": "reset"} if off_s is None else {"op": "power-cycle", "off_s": off_s})
+
+
+@emulate.command("flash-read")
+@CONTROL
+@click.argument("offset", type=lambda s: int(s, 0))
+@click.argument("length", type=lambda s: int(s, 0))
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the raw bytes to this file instead of a hex dump.",
+)
+def flash_read(control: str, offset: int, length: int, out: Path | None) -> None:
+    """Dump LENGTH bytes of the board's raw SPI flash from OFFSET (0x1000 is fine): what
+    esptool wrote there."""
+    data = bytes.fromhex(
+        _call(control, {"op": "flash-read", "offset": offset, "length": length})["hex"]
+    )
+    if out is not None:
+        out.write_bytes(data)
+        return
+    for i in range(0, len(data), 16):
+        row = data[i : i + 16]
+        text = "".join(chr(b) if 32 <= b < 127 else "." for b in row)
+        click.echo(f"{offset + i:08x}  {row.hex(' '):<47}  {text}")

@@ -10,6 +10,8 @@ one reply a line:
     {"op": "line", "fault": "drop" | "corrupt", "bytes": 4}  (the RS-485 line) -> {"ok": true}
     {"op": "log", "tail": 2000}                     -> {"ok": true, "text": "...serial log..."}
     {"op": "ports"}                                 -> {"ok": true, "repl": ..., "uarts": {...}}
+    {"op": "flash-read", "offset": 4096, "length": 64}  (raw SPI flash) -> {"ok": true, "hex": ".."}
+    {"op": "strap-reset", "download": true}  (reset with BOOT held: the ROM bootloader) -> ok
 
 Errors come back as {"error": "<what and how to fix it>"}.
 """
@@ -81,8 +83,18 @@ class ControlServer:
                 }
             if op == "ports":
                 return {"ok": True, "repl": b.repl, "uarts": b.uarts}
+            if op == "flash-read":
+                offset, length = int(req.get("offset", 0)), int(req.get("length", 0))
+                size = b.board.flash_size_mb * 1024 * 1024
+                if offset < 0 or length < 0 or offset + length > size:
+                    return {"error": f"flash-read outside the {size}-byte flash"}
+                return {"ok": True, "hex": b.read_spi_flash(offset, length).hex()}
+            if op == "strap-reset":
+                b.strap_reset(download=bool(req.get("download")))
+                return {"ok": True}
             return {
-                "error": f"unknown op {op!r}; ops: set, get, reset, power-cycle, line, log, ports"
+                "error": f"unknown op {op!r}; ops: set, get, reset, power-cycle, line, log, "
+                "ports, flash-read, strap-reset"
             }
         except ControlError as exc:
             return {"error": str(exc)}

@@ -61,10 +61,25 @@ class EmulatedBoard:
         board: str | Board,
         fs_dir: Path | str | None = None,
         rs485_line: VirtualLine | None = None,
+        bootloader: bool = False,
+        spi_flash: Path | str | None = None,
     ) -> None:
         self.board = board if isinstance(board, Board) else load(board)
         self.fs_dir = Path(fs_dir) if fs_dir else Path(tempfile.mkdtemp(prefix="polekit-flash-"))
         self.fs_dir.mkdir(parents=True, exist_ok=True)
+        # the raw SPI flash the ROM bootloader writes (the MicroPython image); the VM's
+        # filesystem stays in fs_dir
+        self.spi_flash_path = (
+            Path(spi_flash)
+            if spi_flash
+            else self.fs_dir.with_name(self.fs_dir.name + ".spi-flash.bin")
+        )
+        self.in_bootloader = False
+        self._start_in_rom = bootloader
+        self._rom: Any = None
+        self.rom_faults: dict[str, int] = {}  # handed to the ROM (hil.rom.RomBootloader.faults)
+        self._rom_thread: threading.Thread | None = None
+        self._rom_boot = threading.Event()
         self.serial_log = bytearray()
         self.events: list[dict[str, Any]] = []
         self.repl = ""
@@ -92,7 +107,20 @@ class EmulatedBoard:
     # ---- life cycle -------------------------------------------------------------------
 
     def start(self, timeout_s: float = 30.0) -> EmulatedBoard:
-        """Boot the board; returns when its REPL is ready on ``self.repl``."""
+        """Boot the board; returns when its REPL is ready on ``self.repl`` (or, made with
+        ``bootloader=True``, when its ROM bootloader waits for esptool there)."""
+        self._master, self._slave = os.openpty()
+        tty.setraw(self._master)
+        tty.setraw(self._slave)  # no echo, no line editing: a serial port passes bytes as they are
+        self.repl = os.ttyname(self._slave)
+        self._stop.clear()
+        if self._start_in_rom:
+            self._enter_rom()
+            return self
+        return self._launch(timeout_s)
+
+    def _launch(self, timeout_s: float) -> EmulatedBoard:
+        booted_before = len(self.events)
         node = shutil.which("node")
         if node is None:
             raise MicroPythonNotFoundError(
@@ -113,11 +141,8 @@ class EmulatedBoard:
         fd, self._config_file = tempfile.mkstemp(suffix=".json", prefix="polekit-board-")
         with os.fdopen(fd, "w") as f:
             json.dump(config, f)
-        self._bridge_uarts()
-        self._master, self._slave = os.openpty()
-        tty.setraw(self._master)
-        tty.setraw(self._slave)  # no echo, no line editing: a serial port passes bytes as they are
-        self.repl = os.ttyname(self._slave)
+        if not self._uart_fds:
+            self._bridge_uarts()
         self._proc = subprocess.Popen(
             [node, str(_BOARD_JS), self._config_file],
             stdin=subprocess.PIPE,
@@ -127,14 +152,13 @@ class EmulatedBoard:
             pass_fds=(child.fileno(),),
         )
         child.close()
-        self._stop.clear()
         self._thread = threading.Thread(
             target=self._pump, name=f"board-{self.board.name}", daemon=True
         )
         self._thread.start()
         threading.Thread(target=self._read_events, daemon=True).start()
         threading.Thread(target=self._read_control, daemon=True).start()
-        self.wait_event("booted", timeout_s)
+        self.wait_event("booted", timeout_s, after=booted_before)
         return self
 
     def stop(self) -> None:
@@ -150,6 +174,9 @@ class EmulatedBoard:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=2)
+        if self._rom_thread is not None and self._rom_thread is not threading.current_thread():
+            self._rom_thread.join(timeout=2)
+        self._save_spi_flash()
         for fd in (self._master, self._slave, *self._uart_fds.values()):
             if fd >= 0:
                 os.close(fd)
@@ -228,6 +255,127 @@ class EmulatedBoard:
     def power_cycle(self, off_s: float = 0.1) -> None:
         """Cut the power for ``off_s`` and restore it: RAM is lost, the flash is kept."""
         self.request("power-cycle", offMs=int(off_s * 1000), timeout_s=off_s + 30)
+
+    # ---- the ROM bootloader (download mode) -------------------------------------------
+
+    def read_spi_flash(self, offset: int, length: int) -> bytes:
+        """Bytes of the raw SPI flash (what esptool wrote)."""
+        if self._rom is not None:
+            return bytes(self._rom.flash[offset : offset + length])
+        return bytes(self._load_spi_flash()[offset : offset + length])
+
+    def strap_reset(self, download: bool) -> None:
+        """The chip comes out of reset (EN released) with IO0 low (``download``: the ROM
+        bootloader waits for esptool) or high (the application runs), as a dev board's
+        auto-reset circuit makes it when esptool or a terminal toggles DTR and RTS."""
+        if download:
+            if self.in_bootloader:
+                self._rom.stub = False  # a fresh ROM: the stub in RAM is gone
+                return
+            self._stop_vm()
+            self._enter_rom()
+        elif self.in_bootloader:
+            self._rom_boot.set()  # the ROM thread checks the image and starts the VM
+        else:
+            self.reset()
+
+    def _stop_vm(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()  # the board saves its flash to fs_dir first
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self._thread is not None:
+            self._thread.join(timeout=2)  # the pump ends with the board's output
+        if self._ctl is not None:
+            self._ctl.close()
+            self._ctl = None
+        if self._config_file:
+            os.unlink(self._config_file)
+            self._config_file = ""
+
+    def _load_spi_flash(self) -> bytearray:
+        size = self.board.flash_size_mb * 1024 * 1024
+        try:
+            data = bytearray(self.spi_flash_path.read_bytes())
+        except FileNotFoundError:
+            return bytearray(b"\xff" * size)
+        return data[:size] + bytearray(b"\xff" * (size - len(data)))
+
+    def _save_spi_flash(self) -> None:
+        if self._rom is not None:
+            self.spi_flash_path.write_bytes(bytes(self._rom.flash))
+
+    def _print(self, text: str) -> None:
+        data = text.encode()
+        self.serial_log += data
+        _write_all(self._master, data)
+
+    def _enter_rom(self) -> None:
+        from polekit.hil.rom import RomBootloader
+
+        def erase_filesystem() -> None:  # erase_flash takes MicroPython's filesystem too
+            for item in self.fs_dir.iterdir():
+                if item.is_dir():
+                    shutil.rmtree(item)
+                else:
+                    item.unlink()
+
+        self._rom = RomBootloader(
+            self.board.chip,
+            self._load_spi_flash(),
+            bytes.fromhex(self._definition()["unique_id"])[:6],
+            send=lambda data: _write_all(self._master, data),
+            on_boot=self._rom_boot.set,
+            on_erase=erase_filesystem,
+        )
+        self._rom.faults = self.rom_faults
+        self.in_bootloader = True
+        self._rom_boot.clear()
+        self._print(
+            "rst:0x1 (POWERON_RESET),boot:0x3 (DOWNLOAD_BOOT(UART0/UART1/SDIO_REI_REO_V2))\r\n"
+            "waiting for download\r\n"
+        )
+        self.events.append({"event": "bootloader"})
+        self._rom_thread = threading.Thread(target=self._serve_rom, daemon=True)
+        self._rom_thread.start()
+
+    def _serve_rom(self) -> None:
+        from polekit.hil.rom import image_problem
+
+        line_free = time.monotonic()  # when the UART has taken in all it was sent
+        while not self._stop.is_set():
+            try:
+                ready, _, _ = select.select([self._master], [], [], 0.05)
+                data = os.read(self._master, 4096) if ready else b""
+            except (OSError, ValueError):
+                return
+            if data:
+                # a pseudo-terminal has no baud rate: take bytes in at the UART's (10 bits a
+                # character), so flashing takes as long as on a real line
+                line_free = max(line_free, time.monotonic()) + len(data) * 10 / self._rom.baud
+                time.sleep(max(0.0, line_free - time.monotonic()))
+                self._rom.feed(data)
+            if not self._rom_boot.is_set():
+                continue
+            self._rom_boot.clear()
+            self._save_spi_flash()
+            problem = image_problem(self._rom.flash, self.board.firmware_offset, self.board.chip)
+            if problem:  # as the chip's ROM prints it; stay in download mode for a retry
+                self._print(f"\r\n{problem}\r\nwaiting for download\r\n")
+                self.events.append({"event": "bad-image", "why": problem})
+                continue
+            self.in_bootloader = False
+            self._rom = None
+            self._print("\r\nrst:0xc (SW_CPU_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)\r\n")
+            try:
+                self._launch(30.0)
+            except EmulatorError as exc:
+                self.events.append({"event": "boot-failed", "why": str(exc)})
+            return
 
     # ---- plumbing ---------------------------------------------------------------------
 

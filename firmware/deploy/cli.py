@@ -259,3 +259,61 @@ def provision(manifest: Path, jobs: int, report: Path | None, retry_passed: bool
 
 
 COMMANDS.append(provision)
+
+
+@click.command()
+@PORT
+@click.option(
+    "--image",
+    "-i",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The MicroPython .bin for the board's chip (a local file: nothing is downloaded).",
+)
+@BOARD
+@click.option("--erase", is_flag=True, help="Erase the whole flash first (files on it too).")
+@click.option(
+    "--baud", default=460800, show_default=True, help="Baud rate while writing the image."
+)
+def flash(port: str, image: Path, board_name: str, erase: bool, baud: int) -> None:
+    """Write MicroPython to a board with esptool, at the board's offset, verified by MD5.
+
+    The board is put in its bootloader through DTR/RTS (hold BOOT and tap EN if your
+    adapter has no auto-reset); a pseudo-terminal (an emulated board started with
+    `polekit emulate --bootloader`) must already be waiting in it.
+
+    \b
+    Example:
+      polekit flash --port /dev/ttyUSB0 --image ESP32_GENERIC-v1.27.0.bin --board pole-env-esp32
+      polekit deploy --port /dev/ttyUSB0 --board pole-env-esp32 -c 371600PL000001C
+    """
+    from polekit.firmware.deploy.flash import FlashError, flash_image
+
+    console = Console()
+    with Progress(
+        TextColumn(f"{port}: writing {image.name}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("write", total=100)
+        try:
+            report = flash_image(
+                port,
+                image,
+                board_name,
+                erase=erase,
+                baud=baud,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+        except (BoardError, FlashError) as exc:
+            raise click.ClickException(str(exc)) from None
+    console.print(
+        f"{port}: {report.chip} {report.mac}: {report.size} bytes written and verified (MD5) "
+        f"in {report.seconds:.1f} s; the board is starting MicroPython. Next: polekit deploy"
+    )
+
+
+COMMANDS.append(flash)
