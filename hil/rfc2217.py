@@ -118,6 +118,10 @@ class Rfc2217Server:
 
     def close(self) -> None:
         self._stop.set()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() below; close alone does not
+        except OSError:
+            pass
         self.sock.close()
         self._thread.join(timeout=2)
 

@@ -373,3 +373,26 @@ def image_problem(flash: bytes, offset: int, chip: str) -> str | None:
     if chip_id != CHIPS[chip].image_chip_id:
         return f"image is for chip id {chip_id}, this is an {CHIPS[chip].name}"
     return None
+
+
+def make_app_image(path: str, payload: bytes, chip: str = "esp32", flash_mb: int = 4) -> int:
+    """Write a bootable-looking ESP application image for ``chip`` (esptool's own image
+    writer) around ``payload``: what tests and benches flash in place of MicroPython.
+    Its header carries the board's flash size, so esptool leaves it as it is; the size."""
+    from esptool import targets
+    from esptool.bin_image import ELFSection, ESP32FirmwareImage
+
+    rom = {"esp32": targets.ESP32ROM, "esp32c3": targets.ESP32C3ROM, "esp32s3": targets.ESP32S3ROM}
+    img = ESP32FirmwareImage()
+    img.ROM_LOADER = rom[chip]
+    img.chip_id = CHIPS[chip].image_chip_id
+    img.entrypoint = 0x40080000
+    img.flash_size_freq = {2: 0x10, 4: 0x20, 8: 0x30, 16: 0x40}[flash_mb]
+    half = len(payload) // 2
+    img.segments = [
+        ELFSection(b".flash.rodata", 0x3F400020, payload[:half], 0),
+        ELFSection(b".flash.text", 0x400D0020, payload[half:], 0),
+    ]
+    img.save(path)
+    with open(path, "rb") as f:
+        return len(f.read())

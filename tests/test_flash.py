@@ -16,12 +16,11 @@ import time
 from pathlib import Path
 
 import pytest
-from esptool.bin_image import ELFSection, ESP32FirmwareImage
-from esptool.targets import ESP32ROM
 
 from polekit.firmware.deploy.flash import FlashError, flash_image
 from polekit.hil.emulator import EmulatedBoard
 from polekit.hil.rfc2217 import Rfc2217Server
+from polekit.hil.rom import make_app_image
 
 OFFSET = 0x1000  # where an ESP32 boots MicroPython from
 
@@ -29,17 +28,8 @@ OFFSET = 0x1000  # where an ESP32 boots MicroPython from
 @pytest.fixture(scope="module")
 def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real ESP32 application image (esptool's own writer), 96 KiB of random segments."""
-    rnd = os.urandom(96 * 1024)
-    img = ESP32FirmwareImage()
-    img.ROM_LOADER = ESP32ROM
-    img.entrypoint = 0x40080000
-    img.flash_size_freq = 0x20  # 4MB, 40m: as the board's, so esptool leaves the header be
-    img.segments = [
-        ELFSection(b".flash.rodata", 0x3F400020, rnd[: 48 * 1024], 0),
-        ELFSection(b".flash.text", 0x400D0020, rnd[48 * 1024 :], 0),
-    ]
     path = tmp_path_factory.mktemp("img") / "ESP32_GENERIC-test.bin"
-    img.save(str(path))
+    make_app_image(str(path), os.urandom(96 * 1024))
     return path
 
 

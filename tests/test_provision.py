@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -87,3 +88,22 @@ def test_manifest_problems_name_the_file_line_and_fix(tmp_path: Path) -> None:
     headless.write_text("port,board\n/dev/ttyUSB0,pole-env-esp32\n")
     result = run(headless)
     assert result.returncode == 1 and "no column device_code" in result.stderr
+
+
+def test_a_row_with_an_image_is_flashed_then_deployed(tmp_path: Path) -> None:
+    from polekit.hil.rom import make_app_image
+
+    image = tmp_path / "ESP32_GENERIC.bin"
+    make_app_image(str(image), os.urandom(32 * 1024))
+    with EmulatedBoard("pole-env-esp32", fs_dir=tmp_path / "fs", bootloader=True) as board:
+        manifest = tmp_path / "one.csv"
+        manifest.write_text(
+            f"port,board,device_code,image\n{board.repl},pole-env-esp32,{CODES[0]},{image}\n"
+        )
+        result = run(manifest)
+        assert result.returncode == 0, result.stdout + result.stderr
+        report = json.loads((tmp_path / "one-report.json").read_text())["boards"][0]
+        assert report["result"] == "pass" and report["micropython"] == "1.27.0"
+        data = image.read_bytes()
+        assert board.read_spi_flash(0x1000, len(data)) == data
+        assert (tmp_path / "fs" / "main.py").is_file()  # deployed onto the freshly booted board

