@@ -10,6 +10,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -107,3 +109,52 @@ def test_a_row_with_an_image_is_flashed_then_deployed(tmp_path: Path) -> None:
         data = image.read_bytes()
         assert board.read_spi_flash(0x1000, len(data)) == data
         assert (tmp_path / "fs" / "main.py").is_file()  # deployed onto the freshly booted board
+
+
+def test_next_board_plugged_in_takes_each_new_port_in_turn(tmp_path: Path) -> None:
+    from polekit.firmware.deploy.provision import provision
+
+    manifest = tmp_path / "bench.csv"
+    manifest.write_text(
+        "port,board,device_code\n" + "".join(f"next,pole-env-esp32,{code}\n" for code in CODES[:2])
+    )
+    boards: list[EmulatedBoard] = []
+    plugged = threading.Event()
+
+    def ports() -> set[str]:  # the USB ports present: boards appear as the engineer plugs them
+        return {b.repl for b in boards}
+
+    def engineer() -> None:
+        for i in range(2):
+            time.sleep(1.0)
+            boards.append(EmulatedBoard("pole-env-esp32", fs_dir=tmp_path / f"fs{i}").start())
+        plugged.set()
+
+    steps: list[tuple[str, str]] = []
+    hands = threading.Thread(target=engineer)
+    hands.start()
+    try:
+        results, ran, _ = provision(
+            manifest,
+            jobs=2,
+            step=lambda row, what, done, total: steps.append((row.device_code, what)),
+            list_ports=ports,
+            plug_timeout_s=30,
+        )
+    finally:
+        hands.join()
+        for b in boards:
+            b.stop()
+    assert ran == 2 and [r["result"] for r in results] == ["pass", "pass"], results
+    assert [r["port"] for r in results] == [b.repl for b in boards]
+    assert (CODES[0], "plug in") in steps and (CODES[1], "plug in") in steps
+
+
+def test_nobody_plugs_a_board_in_and_the_row_fails_with_the_reason(tmp_path: Path) -> None:
+    from polekit.firmware.deploy.provision import provision
+
+    manifest = tmp_path / "bench.csv"
+    manifest.write_text(f"port,board,device_code\nnext,pole-env-esp32,{CODES[0]}\n")
+    results, _, _ = provision(manifest, list_ports=set, plug_timeout_s=1)
+    assert results[0]["result"] == "fail"
+    assert results[0]["error"] == "no new board was plugged in within 1 s"

@@ -186,6 +186,8 @@ def provision(manifest: Path, jobs: int, report: Path | None, retry_passed: bool
     """Flash (rows with an image), deploy and self-test every board of a manifest, several
     ports at a time, with one progress display. A failing board is recorded and the batch
     goes on; run the same command again and only the boards not yet passed are redone.
+    A port of `next` means the next board plugged in: plug them one after another and each
+    is worked on while you plug the next.
 
     \b
     poles.csv:

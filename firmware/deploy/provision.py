@@ -1,9 +1,10 @@
 """Batch provisioning: a manifest (CSV) of boards, each flashed (when the row names an
 image), deployed and self-tested, several ports at a time, past failures, resumable.
 
-Manifest columns: ``port``, ``board``, ``device_code`` (required), ``site`` (free text for
-the report), ``image`` (a MicroPython image to flash first), and ``config.KEY`` columns for
-per-board settings (``config.unit`` = 3). The report (JSON and CSV) has a row per board:
+Manifest columns: ``port`` (a serial port, or ``next``: the next board plugged in),
+``board``, ``device_code`` (required), ``site`` (free text for the report), ``image`` (a
+MicroPython image to flash first), and ``config.KEY`` columns for per-board settings
+(``config.unit`` = 3). The report (JSON and CSV) has a row per board:
 device code, chip MAC, firmware version, result, duration, error. A run with an existing
 report skips the boards it records as passed.
 """
@@ -153,6 +154,41 @@ def _mac(unique_id: str) -> str:
 
 
 Step = Callable[[Row, str, int, int], None]  # (row, what, done, total)
+NEXT = "next"  # the port column's "the next board plugged in"
+
+
+def _serial_ports() -> set[str]:
+    from serial.tools import list_ports
+
+    return {p.device for p in list_ports.comports()}
+
+
+def _next_boards(
+    rows: list[Row],
+    list_ports: Callable[[], set[str]],
+    timeout_s: float,
+    note: Step,
+    start: Callable[[Row], None],
+    failed: Callable[[Row, str], None],
+) -> None:
+    """Give each row the next port that appears, and start its job at once."""
+    known = list_ports()
+    for row in rows:
+        note(row, "plug in", 0, 1)
+        deadline = time.monotonic() + timeout_s
+        new: set[str] = set()
+        while not new and time.monotonic() < deadline:
+            time.sleep(0.2)
+            now = list_ports()
+            new = now - known
+            known &= now  # a board unplugged and plugged again counts as new
+        if not new:
+            failed(row, f"no new board was plugged in within {timeout_s:.0f} s")
+            continue
+        port = sorted(new)[0]
+        known.add(port)
+        row.port = port
+        start(row)
 
 
 def provision_one(row: Row, step: Step, bundles: dict[Any, Any]) -> Outcome:
@@ -202,10 +238,14 @@ def provision(
     report: Path | None = None,
     step: Step | None = None,
     retry_passed: bool = False,
+    list_ports: Callable[[], set[str]] | None = None,
+    plug_timeout_s: float = 300,
 ) -> tuple[list[dict[str, Any]], int, int]:
     """Provision the manifest's boards; (report rows, boards run now, boards skipped as
     already passed). The report is rewritten after each board, so an interrupted run loses
-    nothing that finished."""
+    nothing that finished. Rows whose port is ``next`` take the next serial port that
+    appears (``list_ports`` lists the present ones), one after the other, while the boards
+    already plugged in are being worked on."""
     rows = read_manifest(manifest)
     json_path, csv_path = report_paths(manifest, report)
     previous = {} if retry_passed else load_report(json_path)
@@ -232,6 +272,14 @@ def provision(
             results[row.device_code] = asdict(outcome)
             save()
 
+    def work_failed(row: Row, why: str) -> None:
+        out = Outcome(row.device_code, row.board, row.port, row.site, error=why)
+        out.finished_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        note(row, "fail", 1, 1)
+        with lock:
+            results[row.device_code] = asdict(out)
+            save()
+
     def work_chain(chain: list[Row]) -> None:
         for row in chain:
             work(row)
@@ -240,9 +288,24 @@ def provision(
     by_port: dict[str, list[Row]] = {}
     for row in todo:
         by_port.setdefault(row.port, []).append(row)
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+    plugged = by_port.pop(NEXT, [])
+    with ThreadPoolExecutor(max_workers=max(1, jobs) + (1 if plugged else 0)) as pool:
         futures = [pool.submit(work_chain, chain) for chain in by_port.values()]
-        for future in futures:
-            future.result()
+        if plugged:
+            futures.append(
+                pool.submit(
+                    _next_boards,
+                    plugged,
+                    list_ports or _serial_ports,
+                    plug_timeout_s,
+                    note,
+                    lambda row: futures.append(pool.submit(work, row)),
+                    work_failed,
+                )
+            )
+        done = 0
+        while done < len(futures):  # the plug-in waiter adds jobs as boards arrive
+            futures[done].result()
+            done += 1
     save()
     return [results[r.device_code] for r in rows], len(todo), len(rows) - len(todo)
