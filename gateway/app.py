@@ -14,10 +14,12 @@ import signal
 import time
 from typing import Any
 
+from polekit.gateway.ble_commands import BleCommander
 from polekit.gateway.commands import CommandRouter
 from polekit.gateway.config import Config, DeviceConfig
 from polekit.gateway.pipeline import PackEncoder, encode_body
 from polekit.gateway.queue import DurableQueue
+from polekit.gateway.sources.ble import BleSource
 from polekit.gateway.sources.modbus_bus import ModbusBus
 from polekit.gateway.status import StatusServer
 from polekit.gateway.uplink import MqttUplink
@@ -39,10 +41,19 @@ class Gateway:
             devices = [d for d in config.devices if d.bus == name]
             self.buses[name] = ModbusBus(bus, devices, self._on_poll)
         owners = {d.code: (d, self.buses[d.bus]) for d in config.devices}
-        self.commands = CommandRouter(owners, self._on_result)
+        self.ble: BleSource | None = None
+        ble_owners = {}
+        if config.ble_devices:
+            self.ble = BleSource(
+                config.ble, config.ble_devices, self._on_ble_readings, self._on_event
+            )
+            commander = BleCommander(config.ble)
+            ble_owners = {d.code: (d, commander) for d in config.ble_devices}
+        self.commands = CommandRouter(owners, self._on_result, ble_owners)
         self.uplink = MqttUplink(config, self.queue, self.commands.handle)
         self.status = StatusServer(self.health, config.status.host, config.status.port)
         self.readings = 0
+        self.events = 0
         self.pipeline_errors = 0
         self.started = time.time()
         self._stopping: asyncio.Event | None = None
@@ -59,6 +70,26 @@ class Gateway:
             return
         await self.queue.append(self.config.topic("data", device.code), packer, device=device.code)
         self.readings += len(readings)
+
+    async def _on_ble_readings(
+        self, device_code: str, readings: list[tuple[str, Any, str | None]], t: float
+    ) -> None:
+        try:
+            packer = self.encoder.packer(device_code, readings, t)
+        except ProtocolError as exc:
+            self.pipeline_errors += 1
+            log.error("device %s: advert dropped: %s", device_code, exc)
+            return
+        await self.queue.append(self.config.topic("data", device_code), packer, device=device_code)
+        self.readings += len(readings)
+
+    async def _on_event(self, device_code: str, body: dict[str, Any]) -> None:
+        # events (an SOS press, a smoke alarm) go through the same durable queue
+        self.events += 1
+        await self.queue.append(
+            self.config.topic("event", device_code),
+            lambda _seq: encode_body(body, self.config.mqtt.format),
+        )
 
     async def _on_result(self, device_code: str, body: dict[str, Any]) -> None:
         await self.queue.append(
@@ -113,7 +144,16 @@ class Gateway:
                 }
                 for b in self.buses.values()
             ],
-            "devices": devices,
+            "devices": devices + (self.ble.health() if self.ble else []),
+            "ble": None
+            if self.ble is None
+            else {
+                "scanning": self.ble.scanning,
+                "where": self.config.ble.air or self.config.ble.adapter,
+                "last_error": self.ble.last_error,
+                "counters": vars(self.ble.counters),
+            },
+            "events": self.events,
             "commands": {"handled": self.commands.handled, "failed": self.commands.failed},
         }
 
@@ -130,6 +170,8 @@ class Gateway:
         try:
             async with asyncio.TaskGroup() as tg:
                 sources = [tg.create_task(b.run(), name=f"bus-{n}") for n, b in self.buses.items()]
+                if self.ble is not None:
+                    sources.append(tg.create_task(self.ble.run(), name="ble"))
                 uplink = tg.create_task(self.uplink.run(), name="uplink")
                 await self._stopping.wait()
                 log.info("stopping: %d messages queued", self.queue.depth)

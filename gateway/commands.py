@@ -1,4 +1,5 @@
-"""The command path: platform -> MQTT -> here -> Modbus write -> result published.
+"""The command path: platform -> MQTT -> here -> Modbus write (or a BLE node's GATT
+service) -> result published.
 
 Body (JSON or CBOR): ``{"id": <anything>, "set": {"<point>": <value>, ...}}``. Each result
 is published to ``{prefix}/{id}/cmd-result/{device}``: ``{"id", "ok": true, "set": {...}}``
@@ -16,7 +17,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from polekit.gateway.config import DeviceConfig
+from polekit.gateway.ble_commands import BleCommander
+from polekit.gateway.config import BleDeviceConfig, DeviceConfig
 from polekit.gateway.sources.modbus_bus import DeviceNoResponse, DeviceRefused, ModbusBus
 from polekit.protocols import cbor
 from polekit.protocols.errors import CBORDecodeError, ModbusException
@@ -43,9 +45,13 @@ class CommandRouter:
     """Routes commands to the bus that owns the device; publishes each result."""
 
     def __init__(
-        self, devices: dict[str, tuple[DeviceConfig, ModbusBus]], publish: ResultSink
+        self,
+        devices: dict[str, tuple[DeviceConfig, ModbusBus]],
+        publish: ResultSink,
+        ble: dict[str, tuple[BleDeviceConfig, BleCommander]] | None = None,
     ) -> None:
         self.devices = devices
+        self.ble = ble or {}
         self.publish = publish
         self.handled = 0
         self.failed = 0
@@ -76,6 +82,9 @@ class CommandRouter:
         await self.publish(device_code, out)
 
     async def _apply(self, device_code: str, changes: dict[str, Any]) -> dict[str, Any]:
+        if device_code in self.ble:  # our BLE nodes check their own settings (GATT)
+            ble_device, commander = self.ble[device_code]
+            return await commander.apply(ble_device, changes)
         if device_code not in self.devices:
             raise ValueError(f"unknown device {device_code!r} on this gateway")
         device, bus = self.devices[device_code]

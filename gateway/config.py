@@ -90,6 +90,24 @@ class DeviceConfig:
 
 
 @dataclass(frozen=True)
+class BleDeviceConfig:
+    """A BLE device (BTHome v2 adverts; our own nodes also take GATT commands)."""
+
+    code: str
+    address: str  # MAC, upper case with colons
+    bindkey: bytes | None  # AES-CCM key for encrypted adverts
+    interval_s: float  # expected advert interval; offline after three missed
+
+
+@dataclass(frozen=True)
+class BleConfig:
+    """Where the gateway listens: a BlueZ adapter, or the virtual air (tests, the demo)."""
+
+    adapter: str = "hci0"
+    air: str | None = None  # the virtual air's socket: hil/air.py
+
+
+@dataclass(frozen=True)
 class StatusConfig:
     """The local HTTP status endpoint (/health, /metrics)."""
 
@@ -110,6 +128,8 @@ class Config:
     buses: dict[str, BusConfig]
     devices: list[DeviceConfig]
     status: StatusConfig = field(default_factory=StatusConfig)
+    ble_devices: list[BleDeviceConfig] = field(default_factory=list)
+    ble: BleConfig = field(default_factory=BleConfig)
 
     def topic(self, kind: str, device_code: str | None = None) -> str:
         """``{prefix}/{gateway id}/{kind}[/{device code}]``: the one place topics are made."""
@@ -189,7 +209,9 @@ _BUS_KEYS = (
     "host",
     "timeout",
 )
-_DEVICE_KEYS = ("code", "bus", "unit", "map", "point", "poll_interval")
+_DEVICE_KEYS = ("code", "bus", "unit", "map", "point", "poll_interval", "transport")
+_BLE_DEVICE_KEYS = ("code", "transport", "address", "bindkey", "interval")
+_BLE_KEYS = ("adapter", "air")
 _POINT_KEYS = (
     "name",
     "address",
@@ -227,7 +249,7 @@ def parse_config(raw: dict[str, Any], path: Path | str = "<config>") -> Config:
     """Validate an already-parsed TOML document (see ``load_config``)."""
     path = Path(path)
     r = _Reader(path)
-    r.unknown_keys(raw, "", ("gateway", "mqtt", "bus", "device", "status"))
+    r.unknown_keys(raw, "", ("gateway", "mqtt", "bus", "device", "status", "ble"))
     gw = _table(r, raw, "gateway")
     r.unknown_keys(gw, "gateway", _GATEWAY_KEYS)
     gateway_id = r.get(
@@ -253,7 +275,15 @@ def parse_config(raw: dict[str, Any], path: Path | str = "<config>") -> Config:
 
     mqtt = _mqtt(r, _table(r, raw, "mqtt"), path.parent)
     buses = _buses(r, raw.get("bus", []))
-    devices = _devices(r, raw.get("device", []), buses)
+    modbus_items, ble_items = _split_devices(r, raw.get("device", []))
+    devices = _devices(r, modbus_items, buses)
+    ble_devices = _ble_devices(r, ble_items, {d.code for d in devices})
+    bt = _table(r, raw, "ble", required=False)
+    r.unknown_keys(bt, "ble", _BLE_KEYS)
+    ble = BleConfig(
+        adapter=r.get(bt, "ble", "adapter", str, "hci0"),
+        air=r.get(bt, "ble", "air", str, None),
+    )
     st = _table(r, raw, "status", required=False)
     r.unknown_keys(st, "status", _STATUS_KEYS)
     status = StatusConfig(
@@ -272,7 +302,16 @@ def parse_config(raw: dict[str, Any], path: Path | str = "<config>") -> Config:
     if r.problems:
         raise ConfigError(path, r.problems)
     return Config(
-        path, gateway_id, data_dir, int(queue_mb * 1024 * 1024), mqtt, buses, devices, status
+        path,
+        gateway_id,
+        data_dir,
+        int(queue_mb * 1024 * 1024),
+        mqtt,
+        buses,
+        devices,
+        status,
+        ble_devices,
+        ble,
     )
 
 
@@ -524,11 +563,87 @@ def _inline_points(r: _Reader, items: Any, where: str) -> modbus.RegisterMap | N
     return modbus.RegisterMap("inline", points)
 
 
-def _devices(r: _Reader, items: Any, buses: dict[str, BusConfig]) -> list[DeviceConfig]:
+def _split_devices(r: _Reader, items: Any) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]]:
+    # [[device]] tables by transport, each with its key path (device[3]) for messages
+    modbus_items: list[tuple[str, Any]] = []
+    ble_items: list[tuple[str, Any]] = []
+    for _, where, d in _array_of_tables(r, items, "device"):
+        transport = d.get("transport", "modbus")
+        if transport == "ble":
+            ble_items.append((where, d))
+        elif transport == "modbus":
+            modbus_items.append((where, d))
+        else:
+            r.problem(f"{where}.transport", transport, "modbus (the default) or ble")
+    return modbus_items, ble_items
+
+
+def _ble_devices(
+    r: _Reader, items: list[tuple[str, Any]], taken: set[str]
+) -> list[BleDeviceConfig]:
+    out: list[BleDeviceConfig] = []
+    addresses: set[str] = set()
+    for where, d in items:
+        r.unknown_keys(d, where, _BLE_DEVICE_KEYS)
+        code = r.get(
+            d, where, "code", str, "", required=True, allowed="a device code (`polekit code make`)"
+        )
+        if code:
+            try:
+                identity.parse(code)
+            except identity.IdentityError as exc:
+                r.problem(f"{where}.code", code, str(exc))
+            if code in taken:
+                r.problem(f"{where}.code", code, "another device already has this code")
+            taken.add(code)
+        address = r.get(
+            d,
+            where,
+            "address",
+            str,
+            "",
+            required=True,
+            check=lambda v: (
+                len(v) == 17
+                and all(c in "0123456789abcdefABCDEF" for c in v.replace(":", ""))
+                and v.count(":") == 5
+            ),
+            allowed="the device's Bluetooth address, like AA:BB:CC:DD:EE:FF",
+        ).upper()
+        if address and address in addresses:
+            r.problem(f"{where}.address", address, "another device already has this address")
+        addresses.add(address)
+        key_text = r.get(
+            d,
+            where,
+            "bindkey",
+            str,
+            None,
+            check=lambda v: len(v) == 32 and all(c in "0123456789abcdefABCDEF" for c in v),
+            allowed="the BTHome bind key: 32 hex digits",
+        )
+        interval = r.get(
+            d,
+            where,
+            "interval",
+            (int, float),
+            60,
+            check=lambda v: 0.1 <= v <= 86400,
+            allowed="seconds between the device's adverts, 0.1..86400",
+        )
+        if code and address:
+            key = bytes.fromhex(key_text) if key_text and len(key_text) == 32 else None
+            out.append(BleDeviceConfig(code, address, key, float(interval)))
+    return out
+
+
+def _devices(
+    r: _Reader, items: list[tuple[str, Any]], buses: dict[str, BusConfig]
+) -> list[DeviceConfig]:
     devices: list[DeviceConfig] = []
     codes: set[str] = set()
     units: set[tuple[str, int]] = set()
-    for _, where, d in _array_of_tables(r, items, "device"):
+    for where, d in items:
         r.unknown_keys(d, where, _DEVICE_KEYS)
         code = r.get(
             d,

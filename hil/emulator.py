@@ -63,6 +63,8 @@ class EmulatedBoard:
         rs485_line: VirtualLine | None = None,
         bootloader: bool = False,
         spi_flash: Path | str | None = None,
+        air: Path | str | None = None,
+        unique_id: str | None = None,
     ) -> None:
         self.board = board if isinstance(board, Board) else load(board)
         self.fs_dir = Path(fs_dir) if fs_dir else Path(tempfile.mkdtemp(prefix="polekit-flash-"))
@@ -76,6 +78,10 @@ class EmulatedBoard:
         )
         self.in_bootloader = False
         self._start_in_rom = bootloader
+        # the chip's id (hex, 6+ bytes): its MAC on the air; boards of one kind differ by it
+        self.unique_id = unique_id or hashlib.sha256(self.board.name.encode()).hexdigest()[:12]
+        self.air = air  # the virtual BLE air's socket (hil/air.py), for boards with a radio
+        self._air_link: Any = None
         self._rom: Any = None
         self.rom_faults: dict[str, int] = {}  # handed to the ROM (hil.rom.RomBootloader.faults)
         self._rom_thread: threading.Thread | None = None
@@ -188,6 +194,9 @@ class EmulatedBoard:
         if self._config_file:
             os.unlink(self._config_file)
             self._config_file = ""
+        if self._air_link is not None:
+            self._air_link.close()
+            self._air_link = None
         for line in self._extra_lines:
             line.close()
         self._extra_lines.clear()
@@ -297,6 +306,37 @@ class EmulatedBoard:
             os.unlink(self._config_file)
             self._config_file = ""
 
+    # ---- the radio on the virtual air ---------------------------------------------------
+
+    @property
+    def mac(self) -> str:
+        """The board's Bluetooth address (its unique id's first six bytes)."""
+        return ":".join(self.unique_id[i : i + 2] for i in range(0, 12, 2)).upper()
+
+    def _radio_out(self, text: str) -> None:
+        if self.air is None:
+            return
+        if self._air_link is None:
+            from polekit.hil.air import AirPeripheral
+
+            self._air_link = AirPeripheral(self.air, self.mac, self._air_event)
+        self._air_link.send(json.loads(text))
+
+    def _air_event(self, msg: dict[str, Any]) -> dict[str, Any] | None:
+        # a central on the air reaches the firmware's GATT server
+        ev = msg.get("ev")
+        if ev == "connect":
+            self.set("ble.connect", msg["conn"])
+            return {"conn": msg["conn"], "services": self.get("ble.services")}
+        if ev == "read":
+            return {"data": self.get(f"ble.value.{int(msg['handle'])}")}
+        if ev == "write":
+            self.set("ble.write", f"{int(msg['conn'])}:{int(msg['handle'])}:{msg['data']}")
+            return {}
+        if ev == "disconnect":
+            self.set("ble.disconnect", msg["conn"])
+        return None
+
     def _load_spi_flash(self) -> bytearray:
         size = self.board.flash_size_mb * 1024 * 1024
         try:
@@ -384,7 +424,7 @@ class EmulatedBoard:
 
         return {
             **board_map(self.board),
-            "unique_id": hashlib.sha256(self.board.name.encode()).hexdigest()[:12],
+            "unique_id": self.unique_id,
         }
 
     def _bridge_uarts(self) -> None:
@@ -435,6 +475,8 @@ class EmulatedBoard:
                     with self._reply_ready:
                         self._replies[msg["reply"]] = msg
                         self._reply_ready.notify_all()
+                elif msg.get("ev") == "radio":
+                    self._radio_out(msg["text"])
                 elif msg.get("ev") == "uart":
                     fd = self._uart_fds.get(msg["uart"])
                     if fd is not None:

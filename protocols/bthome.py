@@ -10,6 +10,10 @@ names of the reference model where one fits (``temperature``, ``humidity``, ``ba
 from .errors import BTHomeError
 
 UUID16 = 0xFCD2
+# The polekit node GATT service, one UUID pattern (GATT % n): 0 the service, 1 SETTINGS
+# (write a CBOR map, e.g. {"lamp_level": 40}), 2 RESULT (read/notify: {"ok": true, "set":
+# {...}} or {"ok": false, "error": "..."} for the last write), 3 STATUS (read: a CBOR map)
+GATT = "7f1c000%d-5a1e-4c0b-9b1e-706f6c656b69"
 _UUID_LE = b"\xd2\xfc"
 INFO_ENCRYPTED = 0x01
 INFO_TRIGGER = 0x04

@@ -119,7 +119,6 @@ def test_next_board_plugged_in_takes_each_new_port_in_turn(tmp_path: Path) -> No
         "port,board,device_code\n" + "".join(f"next,pole-env-esp32,{code}\n" for code in CODES[:2])
     )
     boards: list[EmulatedBoard] = []
-    plugged = threading.Event()
 
     def ports() -> set[str]:  # the USB ports present: boards appear as the engineer plugs them
         return {b.repl for b in boards}
@@ -128,7 +127,6 @@ def test_next_board_plugged_in_takes_each_new_port_in_turn(tmp_path: Path) -> No
         for i in range(2):
             time.sleep(1.0)
             boards.append(EmulatedBoard("pole-env-esp32", fs_dir=tmp_path / f"fs{i}").start())
-        plugged.set()
 
     steps: list[tuple[str, str]] = []
     hands = threading.Thread(target=engineer)

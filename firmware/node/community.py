@@ -5,6 +5,10 @@
 # de-duplicate by packet id see each event once. Adverts are repeated a few times (BLE
 # has no acknowledgement).
 #
+# The gateway writes settings through the polekit GATT service (protocols.bthome.GATT):
+# a CBOR map such as {"lamp_level": 40} on SETTINGS; the result goes back on RESULT (read
+# and notify). Settings apply in the main loop, not in the radio's interrupt.
+#
 # With a `bindkey` (32 hex digits) every advert is AES-CCM encrypted as BTHome v2 says. The
 # 4-byte counter in the nonce must never repeat under one key, so its top half is a start
 # count kept in /state.json and bumped at every start (and when the low half wraps).
@@ -13,7 +17,7 @@ import time
 
 import machine
 
-from protocols import bthome
+from protocols import bthome, cbor
 
 from .drivers.contact import Contact
 from .settings import check, load_json, save_json
@@ -33,6 +37,8 @@ class CommunityNode:
         self.board = board
         self.packet_id = 0
         self.key = None
+        self.state = load_json(STATE_FILE, {})
+        self._pending = None  # (conn, settings bytes) written by a central
         key = self.config.get("bindkey")
         if key is not None:
             try:
@@ -42,7 +48,6 @@ class CommunityNode:
             if self.key is None or len(self.key) != 16:
                 # never fall back to plain adverts when encryption was asked for
                 raise ValueError("config: bindkey must be 32 hex digits (16 bytes)")
-            self.state = load_json(STATE_FILE, {})
             self._new_epoch()
         self.sensors = {s["name"]: s for s in board["sensors"]}
         p = self.sensors["sos"]["params"]
@@ -59,8 +64,81 @@ class CommunityNode:
         self.ble = bluetooth.BLE()
         self.ble.active(True)
         self.mac = self.ble.config("mac")[1]
+        self.lamp = None
+        if "lamp" in self.sensors:
+            from .drivers.lamp import Lamp
+
+            p = self.sensors["lamp"]["params"]
+            self.lamp = Lamp(
+                machine.PWM(machine.Pin(p["pwm_pin"])),
+                machine.Pin(p["relay_pin"], machine.Pin.OUT),
+            )
+            self.lamp.set(self.state.get("lamp_level", 0))
+        self._gatt()
         name = self.config["name"].encode()[:29]
         self.resp = bytes((len(name) + 1, 0x09)) + name  # scan response: the complete name
+
+    def _gatt(self):
+        import bluetooth
+
+        u = bluetooth.UUID
+        service = (
+            u(bthome.GATT % 0),
+            (
+                (u(bthome.GATT % 1), bluetooth.FLAG_WRITE),
+                (u(bthome.GATT % 2), bluetooth.FLAG_READ | bluetooth.FLAG_NOTIFY),
+                (u(bthome.GATT % 3), bluetooth.FLAG_READ),
+            ),
+        )
+        ((self.h_settings, self.h_result, self.h_status),) = self.ble.gatts_register_services(
+            (service,)
+        )
+        self.ble.irq(self._irq)
+        self._status()
+
+    def _irq(self, event, data):
+        if event == 3 and data[1] == self.h_settings:  # _IRQ_GATTS_WRITE
+            self._pending = (data[0], self.ble.gatts_read(self.h_settings))
+
+    def _status(self):
+        self.ble.gatts_write(
+            self.h_status,
+            cbor.dumps(
+                {
+                    "lamp_level": self.lamp.level if self.lamp else None,
+                    "advert_s": self.config["advert_s"],
+                    "packet_id": self.packet_id,
+                }
+            ),
+        )
+
+    # apply settings a central wrote; the result is notified back to it
+    def _apply(self, conn, raw):
+        try:
+            changes = cbor.loads(raw)
+            if not isinstance(changes, dict) or not changes:
+                raise ValueError('settings must be a map like {"lamp_level": 40}')
+            for key, value in changes.items():
+                if key == "lamp_level" and self.lamp is not None:
+                    ok = isinstance(value, int) and 0 <= value <= 100
+                elif key == "advert_s":
+                    ok = isinstance(value, int) and 1 <= value <= 3600
+                else:
+                    raise ValueError("%s cannot be set on this node" % key)
+                if not ok or isinstance(value, bool):
+                    raise ValueError("%s = %r is out of range" % (key, value))
+            for key, value in changes.items():
+                if key == "lamp_level":
+                    self.lamp.set(value)
+                    self.state["lamp_level"] = value
+                    save_json(STATE_FILE, self.state)
+                else:
+                    self.config[key] = value
+            result = {"ok": True, "set": changes}
+        except (ValueError, TypeError) as e:
+            result = {"ok": False, "error": str(e)}
+        self._status()
+        self.ble.gatts_notify(conn, self.h_result, cbor.dumps(result))
 
     def _new_epoch(self):
         self.epoch = (self.state.get("ble_epoch", 0) + 1) & 0xFFFF
@@ -112,6 +190,10 @@ class CommunityNode:
                 await self.advertise({"button": press}, trigger=True)
             if self.smoke.update():
                 await self.advertise({"smoke": self.smoke.active}, trigger=True)
+            if self._pending is not None:
+                conn, raw = self._pending
+                self._pending = None
+                self._apply(conn, raw)
             now = time.ticks_ms()
             if last < 0 or time.ticks_diff(now, last) >= self.config["advert_s"] * 1000:
                 last = now

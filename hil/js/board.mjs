@@ -92,6 +92,7 @@ function boot({ raw = false, runMain = true, banner = "" } = {}) {
     else if (msg.type === "reset") softReset();
     else if (msg.type === "log") event({ event: "vm-log", text: msg.text });
     else if (msg.type === "uart") toHost({ ev: "uart", uart: msg.id, hex: msg.hex });
+    else if (msg.type === "radio") toHost({ ev: "radio", text: msg.text });
     else if (msg.type === "uart-config") toHost({ ev: "uart-config", uart: msg.id, baud: msg.baud });
     else if (msg.type === "control-reply") { waiting.delete(msg.id); toHost({ reply: msg.id, ...msg, type: undefined }); }
     else if (msg.type === "rom-bytes") event({ event: "rom-bytes", bytes: msg.bytes });

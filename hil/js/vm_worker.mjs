@@ -22,6 +22,7 @@ globalThis.polekitHw = {
   wdtFeed: () => parentPort.postMessage({ type: "wdt-feed" }),
   reset: (kind) => parentPort.postMessage({ type: "reset-request", kind }),
   deepsleep: (ms) => parentPort.postMessage({ type: "deepsleep", ms }),
+  radio: (text) => parentPort.postMessage({ type: "radio", text }),  // adverts, notifications
 };
 
 // The heap budget. The port's GC heap starts at `heapsize` and grows on demand into new

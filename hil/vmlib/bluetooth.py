@@ -1,18 +1,53 @@
-# `bluetooth` for the emulated board: the BLE API's advertising side.
+# `bluetooth` for the emulated board: advertising and a GATT server, on the virtual air.
 #
-# Until the virtual air (shared with the gateway through bleak) exists, adverts stay on
-# the board: the host reads the latest ones through the control channel, get("ble.adverts"),
-# as [[time_ms, hex payload], ...], newest last.
+# Adverts and notifications are pushed to the host (js.polekitHw.radio, a JSON line), which
+# puts them on the shared virtual air (hil/air.py) when the board is on one; the latest
+# adverts are also kept for the control channel: get("ble.adverts") -> [[time_ms, hex]...].
+# Centrals on the air reach the GATT server through the control channel:
+#   set("ble.connect", conn)  set("ble.disconnect", conn)  set("ble.write", "conn:handle:hex")
+#   get("ble.services") -> [{"uuid", "chars": [{"uuid", "handle", "flags"}]}]
+#   get("ble.value.HANDLE") -> hex
+# and the firmware's irq handler sees the same events as on the chip.
+import json
+
 import _board
+import js
 
 FLAG_READ = 0x0002
+FLAG_WRITE_NO_RESPONSE = 0x0004
 FLAG_WRITE = 0x0008
 FLAG_NOTIFY = 0x0010
+
+_IRQ_CENTRAL_CONNECT = 1
+_IRQ_CENTRAL_DISCONNECT = 2
+_IRQ_GATTS_WRITE = 3
+
+
+def _hex(data):
+    return "".join("%02x" % b for b in data)
+
+
+def _push(msg):
+    try:
+        js.polekitHw.radio(json.dumps(msg))
+    except AttributeError:  # an older host without the radio path: adverts stay local
+        pass
 
 
 class UUID:
     def __init__(self, value):
         self.value = value
+
+    def __str__(self):
+        if isinstance(self.value, int):
+            return "0000%04x-0000-1000-8000-00805f9b34fb" % self.value
+        return str(self.value).lower()
+
+    def __eq__(self, other):
+        return isinstance(other, UUID) and str(self) == str(other)
+
+    def __hash__(self):
+        return hash(str(self))
 
 
 class _Radio:
@@ -24,6 +59,9 @@ class _Radio:
         self.count = 0
         self.absent = False
         self.resp = ""  # the scan response, hex
+        self.ble = None  # the BLE object the firmware made (its irq handler, its services)
+        self.services = []
+        self.values = {}  # attribute handle -> bytes
 
     def set(self, quantity, value):
         if quantity == "absent":
@@ -32,18 +70,37 @@ class _Radio:
         if quantity == "clear":  # forget the adverts kept so far
             self.adverts = []
             return
-        raise KeyError("ble has: adverts, count (read only), absent, clear")
+        ble = self.ble
+        if quantity in ("connect", "disconnect"):
+            if ble is not None and ble._irq:
+                event = _IRQ_CENTRAL_CONNECT if quantity == "connect" else _IRQ_CENTRAL_DISCONNECT
+                ble._irq(event, (int(value), 0, b"\x00" * 6))
+            return
+        if quantity == "write":
+            conn, handle, data = str(value).split(":")
+            handle = int(handle)
+            if handle not in self.values:
+                raise KeyError("no attribute handle %d" % handle)
+            self.values[handle] = bytes.fromhex(data)
+            if ble is not None and ble._irq:
+                ble._irq(_IRQ_GATTS_WRITE, (int(conn), handle))
+            return
+        raise KeyError("ble has: adverts, count, resp, absent, clear, connect, write, disconnect")
 
     def get(self, quantity):
         if quantity == "adverts":
             return [list(a) for a in self.adverts]
         if quantity == "count":
             return self.count
-        if quantity == "resp":
-            return self.resp
         if quantity == "absent":
             return self.absent
-        raise KeyError("ble has: adverts, count, resp, absent")
+        if quantity == "resp":
+            return self.resp
+        if quantity == "services":
+            return self.services
+        if quantity.startswith("value."):
+            return _hex(self.values[int(quantity[6:])])
+        raise KeyError("ble has: adverts, count, resp, absent, services, value.HANDLE")
 
 
 _radio = _board.devices.setdefault("ble", _Radio())
@@ -53,6 +110,7 @@ class BLE:
     def __init__(self):
         self._active = False
         self._irq = None
+        _radio.ble = self
 
     def active(self, value=None):
         if value is None:
@@ -76,8 +134,50 @@ class BLE:
         if interval_us is None or adv_data is None:
             return
         _radio.count += 1
+        _radio.adverts.append((_board.ticks_ms, _hex(adv_data)))
         if resp_data is not None:
-            _radio.resp = "".join("%02x" % b for b in resp_data)
-        _radio.adverts.append((_board.ticks_ms, "".join("%02x" % b for b in adv_data)))
+            _radio.resp = _hex(resp_data)
         if len(_radio.adverts) > _Radio.KEEP:
             _radio.adverts.pop(0)
+        if not _radio.absent:
+            _push({"op": "adv", "data": _hex(adv_data), "resp": _radio.resp})
+
+    def gatts_register_services(self, services):
+        handles = []
+        table = []
+        handle = 0
+        for uuid, chars in services:
+            handle += 1
+            entry = {"uuid": str(uuid), "chars": []}
+            mine = []
+            for char in chars:
+                handle += 1
+                entry["chars"].append({"uuid": str(char[0]), "handle": handle, "flags": char[1]})
+                _radio.values[handle] = b""
+                mine.append(handle)
+            table.append(entry)
+            handles.append(tuple(mine))
+        _radio.services = table
+        return tuple(handles)
+
+    def gatts_read(self, handle):
+        return _radio.values[handle]
+
+    def gatts_write(self, handle, data, send_update=False):
+        _radio.values[handle] = bytes(data)
+
+    def gatts_notify(self, conn_handle, value_handle, data=None):
+        if data is not None:
+            _radio.values[value_handle] = bytes(data)
+        _push(
+            {
+                "op": "notify",
+                "conn": conn_handle,
+                "handle": value_handle,
+                "data": _hex(_radio.values[value_handle]),
+            }
+        )
+
+    def gap_disconnect(self, conn_handle):
+        _push({"op": "disconnect", "conn": conn_handle})
+        return True

@@ -1,0 +1,231 @@
+"""BLE source: BTHome v2 adverts heard through bleak, decoded, de-duplicated, into the same
+pipeline and durable queue as Modbus polls.
+
+Passive scanning (BlueZ needs an advertisement monitor pattern for that: BTHome's service
+data UUID). Each advert from a configured address is decoded with its bind key (when it has
+one); a repeated BTHome packet id is a duplicate (devices resend events, BLE has no
+acknowledgement) and an encrypted advert whose counter went backwards a replay: both are
+counted and dropped, as are adverts from unknown addresses, with a wrong key, truncated or
+with unknown objects. Button presses and alarms in trigger-based adverts become events;
+measurements become readings. A device silent for three of its intervals is offline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from polekit.gateway.config import BleConfig, BleDeviceConfig
+from polekit.protocols import bthome
+from polekit.protocols.errors import DecryptionError, ProtocolError
+
+log = logging.getLogger("polekit.gateway.ble")
+
+BTHOME_UUID = "0000fcd2-0000-1000-8000-00805f9b34fb"
+EVENT_OBJECTS = ("button", "dimmer")  # always events
+ALARM_OBJECTS = ("smoke", "water", "moisture_b", "gas", "co", "tamper", "problem", "safety")
+MISSED_INTERVALS = 3
+
+Readings = Callable[[str, list[tuple[str, Any, str | None]], float], Awaitable[None]]
+Events = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+@dataclass
+class Counters:
+    adverts: int = 0
+    decoded: int = 0
+    duplicates: int = 0
+    replays: int = 0
+    unknown_device: int = 0
+    bad_key: int = 0
+    malformed: int = 0
+    not_bthome: int = 0
+
+
+@dataclass
+class BleDeviceState:
+    config: BleDeviceConfig
+    online: bool = False
+    last_seen: float | None = None
+    rssi: int | None = None
+    packet_id: int | None = None
+    counter: int = -1
+    adverts: int = 0
+    last_values: dict[str, Any] = field(default_factory=dict)
+
+
+def unit_of(name: str) -> str | None:
+    rows = bthome.objects_named(name)
+    return rows[0][5] if rows else None
+
+
+def event_name(device_code: str, obj: str) -> str:
+    """SOS buttons' presses are "sos" events; other objects keep their BTHome name."""
+    return "sos" if obj == "button" and device_code[6:8] == "SO" else obj
+
+
+def scanner_kwargs(config: BleConfig) -> dict[str, Any]:
+    """bleak arguments: the virtual air's backend, or passive BlueZ scanning on the adapter."""
+    if config.air:
+        from polekit.hil.bleak_air import AirScanner
+
+        return {"backend": AirScanner, "air": config.air}
+    from bleak.args.bluez import OrPattern
+    from bleak.assigned_numbers import AdvertisementDataType
+
+    return {
+        "scanning_mode": "passive",
+        "bluez": {
+            "adapter": config.adapter,
+            "or_patterns": [OrPattern(0, AdvertisementDataType.SERVICE_DATA_UUID16, b"\xd2\xfc")],
+        },
+    }
+
+
+class BleSource:
+    def __init__(
+        self,
+        config: BleConfig,
+        devices: list[BleDeviceConfig],
+        on_readings: Readings,
+        on_event: Events,
+    ) -> None:
+        self.config = config
+        self.devices = {d.address.upper(): BleDeviceState(d) for d in devices}
+        self.on_readings = on_readings
+        self.on_event = on_event
+        self.counters = Counters()
+        self.scanning = False
+        self.last_error = ""
+        self._queue: asyncio.Queue[tuple[str, int | None, bytes, float]] = asyncio.Queue()
+
+    def _heard(self, device: Any, adv: Any) -> None:
+        # bleak's callback: cheap, no awaits; the work happens in run()
+        self.counters.adverts += 1
+        sd = adv.service_data.get(BTHOME_UUID)
+        if sd is None:
+            self.counters.not_bthome += 1
+            return
+        self._queue.put_nowait((device.address.upper(), adv.rssi, bytes(sd), time.time()))
+
+    async def handle(self, address: str, rssi: int | None, sd: bytes, t: float) -> None:
+        """One BTHome advert (service data after the UUID) from ``address``."""
+        st = self.devices.get(address)
+        if st is None:
+            self.counters.unknown_device += 1
+            return
+        cfg = st.config
+        mac = bytes.fromhex(address.replace(":", ""))
+        counter = None
+        try:
+            if sd and sd[0] & bthome.INFO_ENCRYPTED:
+                if cfg.bindkey is None:
+                    self.counters.bad_key += 1
+                    return
+                plain, counter = bthome.decrypt(sd, cfg.bindkey, mac)
+                values = bthome.decode(plain)
+            else:
+                if cfg.bindkey is not None:  # a keyed device sending in the clear: a spoof
+                    self.counters.bad_key += 1
+                    return
+                values = bthome.decode(sd)
+        except DecryptionError:  # wrong key, or forged
+            self.counters.bad_key += 1
+            return
+        except ProtocolError as exc:  # truncated, unknown object, bad version
+            self.counters.malformed += 1
+            log.debug("%s: advert dropped: %s", cfg.code, exc)
+            return
+        if counter is not None:
+            if counter <= st.counter:
+                self.counters.replays += 1
+                return
+            st.counter = counter
+        packet_id = values.pop("packet_id", None)
+        if packet_id is not None and packet_id == st.packet_id:
+            self.counters.duplicates += 1
+            return
+        st.packet_id = packet_id
+        self.counters.decoded += 1
+        st.adverts += 1
+        st.rssi = rssi
+        st.last_seen = t
+        if not st.online:
+            st.online = True
+            log.info("%s (%s) online", cfg.code, address)
+        trigger = bool(sd[0] & bthome.INFO_TRIGGER)
+        readings: list[tuple[str, Any, str | None]] = []
+        for name, value in values.items():
+            for v in value if isinstance(value, list) else [value]:
+                if name in EVENT_OBJECTS or (trigger and name in ALARM_OBJECTS):
+                    if name in EVENT_OBJECTS and v in (None, "none"):
+                        continue
+                    await self.on_event(
+                        cfg.code,
+                        {"event": event_name(cfg.code, name), "value": v, "t": t, "rssi": rssi},
+                    )
+                if name not in EVENT_OBJECTS and isinstance(v, (int, float, bool)):
+                    readings.append((name, v, unit_of(name)))
+        st.last_values.update(values)
+        if readings:
+            await self.on_readings(cfg.code, readings, t)
+
+    def _check_offline(self) -> None:
+        now = time.time()
+        for st in self.devices.values():
+            limit = st.config.interval_s * MISSED_INTERVALS
+            if st.online and st.last_seen is not None and now - st.last_seen > limit:
+                st.online = False
+                log.warning("%s silent for %.0f s: offline", st.config.code, now - st.last_seen)
+
+    async def run(self) -> None:
+        """Scan until cancelled; a lost adapter or air is retried every few seconds."""
+        from bleak import BleakScanner
+
+        while True:
+            scanner = None
+            try:
+                scanner = BleakScanner(self._heard, **scanner_kwargs(self.config))
+                await scanner.start()
+                self.scanning = True
+                self.last_error = ""
+                while True:
+                    try:
+                        item = await asyncio.wait_for(self._queue.get(), 1.0)
+                    except TimeoutError:
+                        self._check_offline()
+                        continue
+                    await self.handle(*item)
+                    self._check_offline()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - bleak/BlueZ errors: kept, retried
+                self.scanning = False
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.error("BLE scanning stopped: %s; retrying in 5 s", self.last_error)
+                await asyncio.sleep(5)
+            finally:
+                self.scanning = False
+                if scanner is not None:
+                    try:
+                        await scanner.stop()
+                    except Exception:  # noqa: BLE001, S110 - already failing; nothing to add
+                        pass
+
+    def health(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "code": st.config.code,
+                "address": addr,
+                "transport": "ble",
+                "online": st.online,
+                "rssi": st.rssi,
+                "last_seen": st.last_seen,
+                "adverts": st.adverts,
+            }
+            for addr, st in self.devices.items()
+        ]
