@@ -68,6 +68,17 @@ CONTROL = click.option(
     help="Also serve the serial port as rfc2217://127.0.0.1:PORT, with DTR/RTS wired to "
     "EN/IO0 like a dev board, so esptool's default reset enters the bootloader.",
 )
+@click.option(
+    "--air",
+    "air",
+    type=click.Path(dir_okay=False),
+    help="Put the board's radio on the virtual BLE air at this socket (polekit ble air).",
+)
+@click.option(
+    "--unique-id",
+    "unique_id",
+    help="The chip's id in hex (12 digits): its MAC. Boards of one kind need different ones.",
+)
 @click.pass_context
 def emulate(
     ctx: click.Context,
@@ -78,6 +89,8 @@ def emulate(
     bare: bool,
     bootloader: bool,
     rfc2217: bool,
+    air: str | None,
+    unique_id: str | None,
 ) -> None:
     """Start an emulated board and keep it running until Ctrl-C or SIGTERM.
 
@@ -103,7 +116,9 @@ def emulate(
     from polekit.hil.mpvm import MicroPythonNotFoundError
 
     try:
-        board = EmulatedBoard(board_name, fs_dir=fs_dir, bootloader=bootloader)
+        board = EmulatedBoard(
+            board_name, fs_dir=fs_dir, bootloader=bootloader, air=air, unique_id=unique_id
+        )
         if not bare and not bootloader:
             from polekit.firmware.install import install
 
@@ -119,6 +134,7 @@ def emulate(
         "uarts": board.uarts,
         "control": str(control),
         "fs": str(board.fs_dir),
+        "mac": board.mac,
     }
     if rfc2217:
         from polekit.hil.rfc2217 import Rfc2217Server

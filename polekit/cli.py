@@ -184,10 +184,12 @@ def boards_show(name: str) -> None:
 
 def _add_area_commands() -> None:
     from polekit.firmware.deploy.cli import COMMANDS
+    from polekit.gateway.ble_cli import ble
     from polekit.gateway.cli import gateway
     from polekit.hil.cli import emulate
 
     main.add_command(gateway)
+    main.add_command(ble)
     main.add_command(emulate)
     for command in COMMANDS:
         main.add_command(command)

@@ -254,3 +254,42 @@ def test_an_independently_built_advert_decodes_like_ours(
                     await task
 
     run(scenario())
+
+
+def test_ble_scan_lists_devices_with_codes_and_decoded_values(
+    street: Any, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    air, board = street
+    config = tmp_path / "gw.toml"
+    config.write_text(
+        f"""
+[gateway]
+id = "gw-scan"
+data_dir = "{tmp_path}"
+[mqtt]
+url = "mqtt://127.0.0.1:1"
+[ble]
+air = "{air.path}"
+[[device]]
+code = "{THERMO}"
+transport = "ble"
+address = "{THERMO_ADDR}"
+bindkey = "{KEY.hex()}"
+"""
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "polekit", "ble", "scan", "-d", "2.5", "--json", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = {r["address"]: r for r in json.loads(result.stdout)}
+    thermo = rows[THERMO_ADDR]
+    assert thermo["code"] == THERMO and thermo["rssi"] == -60
+    assert thermo["values"] == {"temperature": 22.5, "humidity": 41.0, "battery": 90}
+    node = rows[board.mac]
+    assert node["name"] == "polekit-sos" and node["values"]["battery"] == 82

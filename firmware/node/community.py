@@ -25,6 +25,8 @@ from .settings import check, load_json, save_json
 DEFAULTS = {"advert_s": 30, "repeat": 3, "long_press_ms": 2000, "name": "polekit"}
 LIMITS = {"advert_s": (1, 3600), "repeat": (1, 10), "long_press_ms": (100, 60000)}
 STATE_FILE = "/state.json"
+FAST_US = 20000  # event bursts: 20 ms advertising interval
+SLOW_US = 1000000  # steady state: one advert a second (a CR2032 lasts years at this rate)
 
 
 class CommunityNode:
@@ -39,6 +41,8 @@ class CommunityNode:
         self.key = None
         self.state = load_json(STATE_FILE, {})
         self._pending = None  # (conn, settings bytes) written by a central
+        self._steady = None  # the latest advert, resumed after a central disconnects
+        self._resume = False  # a central disconnected: advertising must restart
         key = self.config.get("bindkey")
         if key is not None:
             try:
@@ -99,6 +103,8 @@ class CommunityNode:
     def _irq(self, event, data):
         if event == 3 and data[1] == self.h_settings:  # _IRQ_GATTS_WRITE
             self._pending = (data[0], self.ble.gatts_read(self.h_settings))
+        elif event == 2:  # _IRQ_CENTRAL_DISCONNECT: the chip stopped advertising on connect
+            self._resume = True
 
     def _status(self):
         self.ble.gatts_write(
@@ -172,9 +178,14 @@ class CommunityNode:
             data = bthome.advert(sd, name)
         except bthome.BTHomeError:  # encrypted adverts leave no room: the name is in resp
             data = bthome.advert(sd)
-        for _ in range(self.config["repeat"] if trigger else 1):
-            self.ble.gap_advertise(100000, data, self.resp)
-            await asyncio.sleep_ms(50)
+        if trigger:  # an event: a burst at 20 ms so receivers catch it at once
+            for _ in range(self.config["repeat"]):
+                self.ble.gap_advertise(FAST_US, data, self.resp)
+                await asyncio.sleep_ms(50)
+        # then the radio repeats the latest advert at a coin cell's pace (same packet id:
+        # receivers drop the repeats)
+        self._steady = data
+        self.ble.gap_advertise(SLOW_US, data, self.resp)
 
     def measurements(self):
         volts, percent = self.battery()
@@ -190,6 +201,9 @@ class CommunityNode:
                 await self.advertise({"button": press}, trigger=True)
             if self.smoke.update():
                 await self.advertise({"smoke": self.smoke.active}, trigger=True)
+            if self._resume and self._steady is not None:
+                self._resume = False
+                self.ble.gap_advertise(SLOW_US, self._steady, self.resp)
             if self._pending is not None:
                 conn, raw = self._pending
                 self._pending = None
