@@ -256,9 +256,7 @@ def test_an_independently_built_advert_decodes_like_ours(
     run(scenario())
 
 
-def test_ble_scan_lists_devices_with_codes_and_decoded_values(
-    street: Any, tmp_path: Path
-) -> None:
+def test_ble_scan_lists_devices_with_codes_and_decoded_values(street: Any, tmp_path: Path) -> None:
     import subprocess
     import sys
 
