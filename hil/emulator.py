@@ -500,7 +500,10 @@ class EmulatedBoard:
                         continue
                     if data and self._ctl is not None:
                         msg = {"id": 0, "op": "uart-in", "uart": uart_of_fd[fd], "hex": data.hex()}
-                        self._ctl.sendall((json.dumps(msg) + "\n").encode())
+                        try:
+                            self._ctl.sendall((json.dumps(msg) + "\n").encode())
+                        except OSError:  # the board is being powered off
+                            return
                 elif fd == self._master:  # the host typed on the REPL
                     try:
                         proc.stdin.write(os.read(self._master, 4096))

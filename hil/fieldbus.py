@@ -16,6 +16,7 @@ from typing import Any
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
+from polekit.protocols import modbus
 from polekit.protocols.modbus import RegisterMap
 
 _FC = {"holding": 3, "input": 4, "coil": 1, "discrete": 2}
@@ -32,8 +33,12 @@ class SimulatedBus:
         baudrate: int = 9600,
         parity: str = "E",
         stopbits: int = 1,
+        shared: bool = False,
     ) -> None:
         self.maps = dict(maps)
+        # on a line with other slaves (emulated boards): listen like a slave does
+        self._shared = shared
+        self._rx = bytearray()
         self.port = serial_port  # the serial endpoint it answers on (None on TCP)
         self._absent: set[int] = set()
         self._serial = serial_port is not None
@@ -93,7 +98,34 @@ class SimulatedBus:
         """Put a removed device back on the line."""
         self._absent.discard(unit)
 
+    def _listen(self, data: bytes) -> bytes:
+        # On a shared line the server also hears other slaves' answers, which pymodbus's
+        # framer does not recover from. A real slave picks out the frames addressed to it:
+        # pass on only whole requests for our units with a good CRC, skip everything else.
+        rx = self._rx
+        rx.extend(data)
+        out = b""
+        i = 0
+        while i < len(rx):
+            if rx[i] not in self.maps:
+                i += 1
+                continue
+            n = modbus.request_length(rx[i:])
+            if n == 0 or (n > 0 and len(rx) - i < n):
+                break  # the rest of it is still on the wire
+            if n > 0 and modbus.crc16(rx[i : i + n - 2]) == rx[i + n - 2] | rx[i + n - 1] << 8:
+                out += bytes(rx[i : i + n])
+                i += n
+            else:
+                i += 1
+        del rx[:i]
+        if len(rx) > 512:  # nothing whole in it: noise
+            rx.clear()
+        return out
+
     def _silence_absent(self, sending: bool, data: bytes) -> bytes:
+        if not sending and self._serial and self._shared:
+            return self._listen(data)
         # pymodbus answers unknown units with exception 4; a real line is silent instead
         if sending and data:
             unit = data[0] if self._serial else (data[6] if len(data) > 6 else 0)

@@ -1,0 +1,380 @@
+"""The emulated street: poles on one RS-485 line, a third-party energy meter on the same
+line, community kits and a third-party thermometer on the virtual BLE air, the gateway,
+the broker and the platform, driven by a script of what happens in a day.
+
+Everything is a real part: the node firmware in the MicroPython VM, pymodbus on paced
+pseudo-terminals, bleak on the virtual air, the gateway's own code, an amqtt (or the given)
+broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from polekit.demo.platform import Platform
+from polekit.demo.relay import Relay
+from polekit.protocols import identity, modbus
+
+REGION = "371600"
+THERMO_ADDR = "A4:C1:38:00:00:01"
+
+
+@dataclass
+class Options:
+    poles: int = 3
+    community: int = 2
+    duration: float = 60.0
+    broker: str | None = None  # an existing broker's URL; default: an embedded amqtt
+
+
+@dataclass
+class Step:
+    at: float  # fraction of the run
+    what: str
+    action: Callable[[], Any]
+    done: bool = False
+
+
+@dataclass
+class Street:
+    options: Options
+    log: Callable[[str], None] = print
+    work: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="polekit-demo-")))
+    boards: list[Any] = field(default_factory=list)
+    poles: list[tuple[str, Any]] = field(default_factory=list)
+    community: list[tuple[str, Any]] = field(default_factory=list)
+    alarms_raised: dict[str, int] = field(default_factory=dict)
+    command_sent_at: float | None = None
+    outage: tuple[float, float] | None = None
+    queue_peak: int = 0
+    started: float = 0.0
+
+    # ---- the parts ----------------------------------------------------------------------
+
+    def codes(self) -> dict[str, str]:
+        n, m = self.options.poles, self.options.community
+        out = {identity.make(REGION, "PL", i): "modbus" for i in range(1, n + 1)}
+        out[identity.make(REGION, "EM", 1)] = "modbus"
+        out.update({identity.make(REGION, "SO", j): "ble" for j in range(1, m + 1)})
+        out[identity.make(REGION, "TH", 1)] = "ble"
+        return out
+
+    def _start_boards(self) -> None:
+        from polekit.firmware.install import install
+        from polekit.hil.air import SimulatedBTHomeDevice, VirtualAir
+        from polekit.hil.emulator import EmulatedBoard
+        from polekit.hil.line import VirtualLine
+
+        self.line = VirtualLine(baudrate=9600, bits_per_char=11)
+        for i in range(1, self.options.poles + 1):
+            code = identity.make(REGION, "PL", i)
+            flash = install(
+                self.work / f"pole{i}",
+                "pole-env-esp32",
+                {"device_code": code, "unit": i, "sample_ms": 500},
+            )
+            board = EmulatedBoard(
+                "pole-env-esp32", fs_dir=flash, rs485_line=self.line, unique_id=f"24a16000{i:04x}"
+            ).start()
+            self.boards.append(board)
+            self.poles.append((code, board))
+            self.log(f"pole {code} up on the RS-485 line, unit {i}")
+        self.air = VirtualAir(self.work / "air.sock")
+        for j in range(1, self.options.community + 1):
+            code = identity.make(REGION, "SO", j)
+            flash = install(
+                self.work / f"kit{j}",
+                "community-sos-esp32c3",
+                {"device_code": code, "advert_s": 2, "name": f"sos-{j}"},
+            )
+            board = EmulatedBoard(
+                "community-sos-esp32c3",
+                fs_dir=flash,
+                air=self.air.path,
+                unique_id=f"c0ffee00{j:04x}",
+            ).start()
+            board.set("battery.voltage", 3.7 + 0.1 * j)
+            self.boards.append(board)
+            self.community.append((code, board))
+            self.log(f"community kit {code} up on the virtual air, {board.mac}")
+        started = time.time()
+        self.thermo = SimulatedBTHomeDevice(
+            self.air.path,
+            THERMO_ADDR,
+            lambda: {
+                "temperature": round(21 + 1.5 * math.sin((time.time() - started) / 20), 2),
+                "humidity": 45.0,
+                "battery": 77,
+            },
+            every_s=2.0,
+        )
+        self.log(f"third-party BTHome thermometer {THERMO_ADDR} advertising")
+
+    async def _start_meter(self) -> None:
+        from polekit.hil.fieldbus import SimulatedBus
+
+        unit = self.options.poles + 1
+        self.meter = await SimulatedBus(
+            {unit: modbus.register_map("sdm120")},
+            serial_port=self.line.endpoint(),
+            baudrate=9600,
+            parity="N",
+            stopbits=2,
+            shared=True,
+        ).start()
+        for name, value in (("voltage", 231.2), ("current", 0.42), ("frequency", 50.0)):
+            await self.meter.set(unit, name, value)
+        self.meter_unit = unit
+        self.log(f"Eastron SDM120 energy meter on the same line, unit {unit}")
+
+    def _gateway_config(self, mqtt_port: int) -> Any:
+        from polekit.gateway.config import parse_config
+
+        devices: list[dict[str, Any]] = [
+            {
+                "code": code,
+                "bus": "street-485",
+                "unit": i,
+                "map": "pole-env",
+                "poll_interval": 2.0,
+            }
+            for i, (code, _) in enumerate(self.poles, start=1)
+        ]
+        devices.append(
+            {
+                "code": identity.make(REGION, "EM", 1),
+                "bus": "street-485",
+                "unit": self.meter_unit,
+                "map": "sdm120",
+                "poll_interval": 5.0,
+            }
+        )
+        for code, board in self.community:
+            devices.append({"code": code, "transport": "ble", "address": board.mac, "interval": 2})
+        devices.append(
+            {
+                "code": identity.make(REGION, "TH", 1),
+                "transport": "ble",
+                "address": THERMO_ADDR,
+                "interval": 2,
+            }
+        )
+        return parse_config(
+            {
+                "gateway": {"id": "demo-street", "data_dir": str(self.work / "gateway")},
+                "mqtt": {"url": f"mqtt://127.0.0.1:{mqtt_port}", "format": "senml+json"},
+                "bus": [
+                    {
+                        "name": "street-485",
+                        "type": "rtu",
+                        "port": self.line.endpoint(),
+                        "baudrate": 9600,
+                        "parity": "N",
+                        "timeout": 0.5,
+                    }
+                ],
+                "ble": {"air": self.air.path},
+                "device": devices,
+                "status": {"port": 0},
+            },
+            self.work / "gateway.toml",
+        )
+
+    # ---- the script ---------------------------------------------------------------------
+
+    def script(self, platform: Platform, broker: Any, relay: Relay) -> list[Step]:
+        pole1 = self.poles[0][1]
+        last_pole = self.poles[-1][1]
+        kit1 = self.community[0][1] if self.community else None
+        kit2 = self.community[-1][1] if self.community else None
+
+        def raise_(name: str) -> None:
+            self.alarms_raised[name] = self.alarms_raised.get(name, 0) + 1
+
+        def tilt() -> None:
+            pole1.set("adxl345.tilt", 28.0)
+            raise_("tilt")
+
+        def water() -> None:
+            last_pole.set("water.active", 1)
+            raise_("water")
+
+        def sos() -> None:
+            if kit1 is not None:
+                kit1.set("sos.press", 300)
+                raise_("sos")
+
+        def smoke() -> None:
+            if kit2 is not None:
+                kit2.set("smoke.active", 1)
+                raise_("smoke")
+
+        steps = [
+            Step(0.20, "a truck hits pole 1: it leans 28 degrees", tilt),
+            Step(0.30, "a resident presses the SOS button", sos),
+            Step(0.38, "water rises in the underpass by the last pole", water),
+            Step(0.44, "smoke in a community room", smoke),
+            Step(0.50, "the platform dims pole 1's lamp to 30 %", lambda: None),
+            Step(0.56, "the platform's broker goes down", lambda: None),
+            Step(0.74, "the broker is back", lambda: None),
+            Step(0.80, "another SOS press", sos),
+        ]
+        if self.options.broker is not None:
+            steps = [s for s in steps if "broker" not in s.what]
+        return steps
+
+    # ---- running ------------------------------------------------------------------------
+
+    async def run(self, render: Callable[[Street, Any, Any, str], None]) -> dict[str, Any]:
+        from polekit.gateway.app import Gateway
+        from polekit.hil.broker import LocalBroker
+
+        loop = asyncio.get_running_loop()
+        broker: Any = None
+        if self.options.broker:
+            url = urlsplit(self.options.broker)
+            host, port = url.hostname or "127.0.0.1", url.port or 1883
+        else:
+            broker = await asyncio.to_thread(LocalBroker(kind="amqtt").start)
+            host, port = broker.host, broker.port
+            self.log(f"embedded amqtt broker on {broker.url}")
+        relay = await Relay(host, port).start()
+        platform = Platform(host, port, "senml+json", self.codes())
+        subscribed = asyncio.Event()
+        platform_task = loop.create_task(platform.run(subscribed))
+        gw = None
+        gw_task = None
+        try:
+            await asyncio.wait_for(subscribed.wait(), 15)
+            await asyncio.to_thread(self._start_boards)
+            await self._start_meter()
+            gw = Gateway(self._gateway_config(relay.port))
+            gw_task = loop.create_task(gw.run())
+            self.log("gateway running: Modbus RTU + BLE in, SenML over MQTT out")
+            steps = self.script(platform, broker, relay)
+            self.started = time.monotonic()
+            duration = self.options.duration
+            note = "starting"
+            while (elapsed := time.monotonic() - self.started) < duration:
+                frac = elapsed / duration
+                await self._physics(frac)
+                for step in steps:
+                    if not step.done and frac >= step.at:
+                        step.done = True
+                        note = step.what
+                        self.log(f"[{elapsed:5.1f} s] {step.what}")
+                        await self._special(step, platform, broker, relay, subscribed, gw)
+                        await asyncio.to_thread(step.action)
+                self.queue_peak = max(self.queue_peak, gw.queue.depth)
+                render(self, gw, platform, note)
+                await asyncio.sleep(0.5)
+            return await self._finish(gw, platform, render)
+        finally:
+            if gw is not None and gw_task is not None:
+                gw.stop()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(gw_task, 15)
+            platform_task.cancel()
+            await asyncio.gather(platform_task, return_exceptions=True)
+            await relay.close()
+            await asyncio.to_thread(self._stop_boards)
+            await self._stop_meter()
+            for part in ("line", "air"):
+                if getattr(self, part, None) is not None:
+                    getattr(self, part).close()
+                    setattr(self, part, None)
+            if broker is not None:
+                await asyncio.to_thread(broker.stop)
+
+    async def _special(
+        self,
+        step: Step,
+        platform: Platform,
+        broker: Any,
+        relay: Relay,
+        subscribed: asyncio.Event,
+        gw: Any,
+    ) -> None:
+        if step.what.startswith("the platform dims"):
+            self.command_sent_at = time.monotonic()
+            await platform.publish(
+                gw.config.topic("cmd", self.poles[0][0]),
+                b'{"id": "demo-lamp", "set": {"lamp_level": 30}}',
+            )
+        elif step.what.endswith("goes down"):
+            relay.cut()
+            await asyncio.to_thread(broker.stop)
+            self.outage = (time.monotonic(), 0.0)
+        elif step.what.endswith("is back"):
+            await asyncio.to_thread(broker.start)
+            await asyncio.wait_for(subscribed.wait(), 15)  # the platform listens first
+            relay.up = True
+            if self.outage:
+                self.outage = (self.outage[0], time.monotonic())
+
+    async def _physics(self, frac: float) -> None:
+        # a day from 06:00 to 24:00 in the run: sunrise, noon, dusk
+        sun = max(0.0, math.sin(math.pi * min(1.0, frac * 1.2)))
+        for i, (_code, board) in enumerate(self.poles):
+            temp = round(12 + 14 * sun + 0.7 * i, 2)
+            lux = round(60000 * sun**2 + 5, 1)
+            await asyncio.to_thread(board.set, "sht3x.temperature", temp)
+            await asyncio.to_thread(board.set, "bh1750.illuminance", lux)
+
+    async def _finish(self, gw: Any, platform: Platform, render: Any) -> dict[str, Any]:
+        # the street goes quiet; everything the gateway produced must reach the platform
+        await asyncio.to_thread(self._stop_boards)
+        await self._stop_meter()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            render(self, gw, platform, "draining: the street is quiet")
+            if gw.queue.depth == 0 and platform.delivered >= gw.readings:
+                break
+            await asyncio.sleep(0.3)
+        result = platform.results.get("demo-lamp")
+        rtt = None
+        if result is not None and self.command_sent_at is not None:
+            rtt = round((result[1] - self.command_sent_at) * 1000, 1)
+        produced, delivered = gw.readings, platform.delivered
+        return {
+            "duration_s": self.options.duration,
+            "devices": [
+                {"code": d.code, "transport": d.transport, "readings_delivered": d.readings}
+                for d in platform.devices.values()
+            ],
+            "readings_produced": produced,
+            "readings_delivered": delivered,
+            "lost": max(0, produced - delivered),
+            "alarms_raised": dict(self.alarms_raised),
+            "alarms_seen": dict(platform.alarms),
+            "command_acknowledged": bool(result and result[0].get("ok")),
+            "command_rtt_ms": rtt,
+            "broker_outage_s": round(self.outage[1] - self.outage[0], 1)
+            if self.outage and self.outage[1]
+            else 0.0,
+            "queue_peak": self.queue_peak,
+        }
+
+    def _stop_boards(self) -> None:
+        for board in self.boards:
+            board.stop()
+        self.boards.clear()
+        thermo = getattr(self, "thermo", None)
+        if thermo is not None:
+            thermo.close()
+            self.thermo = None
+
+    async def _stop_meter(self) -> None:
+        meter = getattr(self, "meter", None)
+        if meter is not None:
+            self.meter = None
+            await meter.stop()
