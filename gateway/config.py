@@ -563,6 +563,28 @@ def _inline_points(r: _Reader, items: Any, where: str) -> modbus.RegisterMap | N
     return modbus.RegisterMap("inline", points)
 
 
+def _device_code(r: _Reader, d: dict[str, Any], where: str, taken: set[str]) -> str:
+    # a [[device]]'s code: checked (check character) and unique across all transports
+    code: str = r.get(
+        d,
+        where,
+        "code",
+        str,
+        "",
+        required=True,
+        allowed="a device code like 371600PL000001C (`polekit code make`)",
+    )
+    if code:
+        try:
+            identity.parse(code)
+        except identity.IdentityError as exc:
+            r.problem(f"{where}.code", code, str(exc))
+        if code in taken:
+            r.problem(f"{where}.code", code, "another device already has this code")
+        taken.add(code)
+    return code
+
+
 def _split_devices(r: _Reader, items: Any) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]]:
     # [[device]] tables by transport, each with its key path (device[3]) for messages
     modbus_items: list[tuple[str, Any]] = []
@@ -585,17 +607,7 @@ def _ble_devices(
     addresses: set[str] = set()
     for where, d in items:
         r.unknown_keys(d, where, _BLE_DEVICE_KEYS)
-        code = r.get(
-            d, where, "code", str, "", required=True, allowed="a device code (`polekit code make`)"
-        )
-        if code:
-            try:
-                identity.parse(code)
-            except identity.IdentityError as exc:
-                r.problem(f"{where}.code", code, str(exc))
-            if code in taken:
-                r.problem(f"{where}.code", code, "another device already has this code")
-            taken.add(code)
+        code = _device_code(r, d, where, taken)
         address = r.get(
             d,
             where,
@@ -645,23 +657,7 @@ def _devices(
     units: set[tuple[str, int]] = set()
     for where, d in items:
         r.unknown_keys(d, where, _DEVICE_KEYS)
-        code = r.get(
-            d,
-            where,
-            "code",
-            str,
-            "",
-            required=True,
-            allowed="a device code like 371600PL000001C (`polekit code make`)",
-        )
-        if code:
-            try:
-                identity.parse(code)
-            except identity.IdentityError as exc:
-                r.problem(f"{where}.code", code, str(exc))
-            if code in codes:
-                r.problem(f"{where}.code", code, "another device already has this code")
-            codes.add(code)
+        code = _device_code(r, d, where, codes)
         bus = r.get(d, where, "bus", str, "", required=True, allowed="the name of a [[bus]]")
         if bus and bus not in buses:
             r.problem(

@@ -169,17 +169,8 @@ class EmulatedBoard:
 
     def stop(self) -> None:
         """Power off: flash contents are saved to ``fs_dir`` first."""
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        self._stop_vm()
         self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=2)
         if self._rom_thread is not None and self._rom_thread is not threading.current_thread():
             self._rom_thread.join(timeout=2)
         self._save_spi_flash()
@@ -188,12 +179,6 @@ class EmulatedBoard:
                 os.close(fd)
         self._master = self._slave = -1
         self._uart_fds.clear()
-        if self._ctl is not None:
-            self._ctl.close()
-            self._ctl = None
-        if self._config_file:
-            os.unlink(self._config_file)
-            self._config_file = ""
         if self._air_link is not None:
             self._air_link.close()
             self._air_link = None

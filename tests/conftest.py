@@ -38,3 +38,24 @@ def from_tagged(v: Any, tag: Any = None) -> Any:
             return out
         return {k: from_tagged(x, tag) for k, x in v.items()}
     return v
+
+
+def ha_service_info(service_data: bytes, name: str, address: str) -> Any:
+    """An advert's BTHome service data as Home Assistant's Bluetooth stack hands it to its
+    parsers (bthome-ble), for checking our adverts with an independent decoder."""
+    from habluetooth import BluetoothServiceInfoBleak
+
+    return BluetoothServiceInfoBleak(
+        name=name,
+        address=address,
+        rssi=-60,
+        manufacturer_data={},
+        service_data={"0000fcd2-0000-1000-8000-00805f9b34fb": service_data},
+        service_uuids=["0000fcd2-0000-1000-8000-00805f9b34fb"],
+        source="local",
+        device=None,
+        advertisement=None,
+        connectable=False,
+        time=0.0,
+        tx_power=None,
+    )

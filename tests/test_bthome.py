@@ -6,18 +6,16 @@ import pytest
 from bluetooth_sensor_state_data import SensorUpdate
 from bthome_ble import BTHomeBluetoothDeviceData
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM
-from habluetooth import BluetoothServiceInfoBleak
 from hypothesis import given
 from hypothesis import strategies as st
 
 from polekit.protocols import bthome, ccm
 from polekit.protocols.errors import BTHomeError, DecryptionError
 
-from conftest import load_vectors
+from conftest import ha_service_info, load_vectors
 
 VECTORS = load_vectors("bthome")
 MAC = "54:48:E6:8F:80:A5"
-UUID = "0000fcd2-0000-1000-8000-00805f9b34fb"
 
 # our names -> what bthome-ble calls them (sensor key or binary-sensor key)
 HA_NAMES = {
@@ -41,20 +39,7 @@ HA_NAMES = {
 
 
 def _ha_parse(service_data: bytes, bindkey: bytes | None = None) -> tuple[dict, dict, list]:
-    info = BluetoothServiceInfoBleak(
-        name="polekit",
-        address=MAC,
-        rssi=-60,
-        manufacturer_data={},
-        service_data={UUID: service_data},
-        service_uuids=[UUID],
-        source="local",
-        device=None,
-        advertisement=None,
-        connectable=False,
-        time=0.0,
-        tx_power=None,
-    )
+    info = ha_service_info(service_data, "polekit", MAC)
     parser = BTHomeBluetoothDeviceData(bindkey=bindkey)
     update: SensorUpdate = parser.update(info)
     sensors = {k.key: v.native_value for k, v in update.entity_values.items()}

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 from bluetooth_sensor_state_data import SensorUpdate
 from bthome_ble import BTHomeBluetoothDeviceData
-from habluetooth import BluetoothServiceInfoBleak
 
 from polekit.firmware.install import install
 from polekit.hil.emulator import ControlError, EmulatedBoard
 from polekit.protocols import bthome, identity
 
+from conftest import ha_service_info
+
 CODE = identity.make("371600", "SO", 3)
-UUID = "0000fcd2-0000-1000-8000-00805f9b34fb"
 
 
 def service_data(adv: bytes) -> bytes:
@@ -74,20 +74,7 @@ def test_measurement_adverts_read_by_home_assistants_parser(node: EmulatedBoard)
     assert measured, adverts(node)
     values, sd = measured[-1]
     assert values["battery"] == 82 and values["smoke"] is False
-    info = BluetoothServiceInfoBleak(
-        name="polekit",
-        address="AA:BB:CC:DD:EE:FF",
-        rssi=-60,
-        manufacturer_data={},
-        service_data={UUID: sd},
-        service_uuids=[UUID],
-        source="local",
-        device=None,
-        advertisement=None,
-        connectable=False,
-        time=0.0,
-        tx_power=None,
-    )
+    info = ha_service_info(sd, "polekit", "AA:BB:CC:DD:EE:FF")
     update: SensorUpdate = BTHomeBluetoothDeviceData().update(info)
     sensors = {k.key: v.native_value for k, v in update.entity_values.items()}
     assert sensors["battery"] == 82 and sensors["voltage"] == pytest.approx(3.9, abs=0.01)
@@ -125,20 +112,7 @@ def test_encrypted_adverts_decrypt_with_the_bind_key_and_never_reuse_a_counter(
             counters.append(counter)
         # each start takes a new epoch (top 16 bits), so a reset never repeats a nonce
         assert counters[1] >> 16 == (counters[0] >> 16) + 1
-        info = BluetoothServiceInfoBleak(
-            name="polekit-sos",
-            address=":".join(f"{b:02X}" for b in mac),
-            rssi=-60,
-            manufacturer_data={},
-            service_data={UUID: sd},
-            service_uuids=[UUID],
-            source="local",
-            device=None,
-            advertisement=None,
-            connectable=False,
-            time=0.0,
-            tx_power=None,
-        )
+        info = ha_service_info(sd, "polekit-sos", ":".join(f"{b:02X}" for b in mac))
         parser = BTHomeBluetoothDeviceData(bindkey=bytes.fromhex(KEY))
         update: SensorUpdate = parser.update(info)
         sensors = {k.key: v.native_value for k, v in update.entity_values.items()}

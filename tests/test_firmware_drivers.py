@@ -8,18 +8,15 @@ import time
 
 import pytest
 
-from polekit.firmware.install import install
 from polekit.hil.emulator import EmulatedBoard
 
 from boardkit import board_exec as run
+from boardkit import library_board
 
 
 @pytest.fixture(scope="module")
 def board(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    flash = tmp_path_factory.mktemp("flash")
-    install(flash, "pole-env-esp32", start=False)
-    with EmulatedBoard("pole-env-esp32", fs_dir=flash) as b:
-        yield b
+    yield from library_board(tmp_path_factory)
 
 
 def run_async(board: EmulatedBoard, setup: str, expr: str, timeout_s: float = 5) -> str:

@@ -12,12 +12,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from polekit.firmware.install import install
 from polekit.firmware.node.policy import Policy, check_policy
 from polekit.hil.emulator import EmulatedBoard
 from polekit.hil.mpvm import run_script
 
-from boardkit import board_exec
+from boardkit import board_exec, library_board
 from conftest import ROOT
 
 # (sample, time in ms) in; what was reported out, as one line per sample
@@ -97,10 +96,7 @@ def test_policy_settings_are_checked_with_defaults_kept() -> None:
 
 @pytest.fixture(scope="module")
 def board(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    flash = tmp_path_factory.mktemp("flash")
-    install(flash, "pole-env-esp32", start=False)
-    with EmulatedBoard("pole-env-esp32", fs_dir=flash) as b:
-        yield b
+    yield from library_board(tmp_path_factory)
 
 
 def test_loop_watch_warns_about_a_task_that_blocks_the_loop(board: EmulatedBoard) -> None:
