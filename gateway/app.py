@@ -144,7 +144,11 @@ class Gateway:
                 }
                 for b in self.buses.values()
             ],
-            "devices": devices + (self.ble.health() if self.ble else []),
+            "devices": devices
+            + [
+                {**row, "seq": self.queue.last_seq(row["code"])}
+                for row in (self.ble.health() if self.ble else [])
+            ],
             "ble": None
             if self.ble is None
             else {

@@ -64,7 +64,7 @@ def setup_logging(level: str, fmt: str) -> None:
 
 @click.group()
 def gateway() -> None:
-    """Run the gateway: Modbus (and later BLE) devices in, SenML over MQTT out."""
+    """Run the gateway: Modbus and BLE devices in, SenML over MQTT out."""
 
 
 @gateway.command()
@@ -107,7 +107,7 @@ def check(config_path: Path, probe: bool) -> None:
     config = _load(config_path)
     click.echo(
         f"{config_path}: ok: {len(config.buses)} bus(es), {len(config.devices)} device(s), "
-        f"broker {config.mqtt.url}"
+        f"{len(config.ble_devices)} BLE device(s), broker {config.mqtt.url}"
     )
     if probe:
         ok = asyncio.run(_probe(config))

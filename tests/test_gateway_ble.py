@@ -17,6 +17,7 @@ from polekit.firmware.install import install
 from polekit.gateway.app import Gateway
 from polekit.gateway.config import BleConfig, BleDeviceConfig, parse_config
 from polekit.gateway.sources.ble import BleSource
+from polekit.gateway.status import metrics_text
 from polekit.hil.air import AirPeripheral, SimulatedBTHomeDevice, VirtualAir
 from polekit.hil.broker import LocalBroker
 from polekit.hil.emulator import EmulatedBoard
@@ -106,6 +107,14 @@ def test_sos_press_reaches_the_broker_as_an_event_within_a_second(
                 assert gw.ble is not None and gw.ble.counters.duplicates >= 1
                 pack = values_of(sub.packs(SOS, "senml+json")[-1])
                 assert pack["battery"] == (82, "%EL")
+                # BLE devices show in /health and /metrics like Modbus ones
+                health = gw.health()
+                row = next(d for d in health["devices"] if d["code"] == SOS)
+                assert row["bus"] == "ble" and row["online"] is True and row["polls"] > 0
+                assert row["seq"] >= 1 and health["ble"]["counters"]["decoded"] > 0
+                assert f'polekit_device_online{{device="{SOS}",bus="ble"}} 1' in metrics_text(
+                    health
+                )
                 return latency
             finally:
                 gw.stop()

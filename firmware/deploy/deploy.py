@@ -10,6 +10,7 @@ node to report itself up.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -153,8 +154,6 @@ def deploy(
         files["config.json"] = json.dumps(cfg, sort_keys=True).encode()
         files[MANIFEST] = bundle.manifest_bytes()
         on_board = link.hashes(sorted(files))
-        import hashlib
-
         todo = [p for p in sorted(files) if on_board.get(p) != hashlib.sha256(files[p]).hexdigest()]
         report.unchanged = len(files) - len(todo)
         total = sum(len(files[p]) for p in todo)

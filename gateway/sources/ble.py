@@ -217,15 +217,23 @@ class BleSource:
                         pass
 
     def health(self) -> list[dict[str, Any]]:
+        """Device rows shaped like the Modbus ones (bus "ble", the address as unit, adverts
+        as polls), so /health, /metrics and `gateway status` show both alike."""
+        now = time.time()
         return [
             {
                 "code": st.config.code,
-                "address": addr,
+                "bus": "ble",
+                "unit": addr,
                 "transport": "ble",
-                "online": st.online,
+                "online": st.online if st.last_seen is not None else None,
+                "polls": st.adverts,
+                "failures": 0,
+                "last_ok": st.last_seen,
+                "last_error": ""
+                if st.online or st.last_seen is None
+                else f"silent for {now - st.last_seen:.0f} s",
                 "rssi": st.rssi,
-                "last_seen": st.last_seen,
-                "adverts": st.adverts,
             }
             for addr, st in self.devices.items()
         ]

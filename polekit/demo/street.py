@@ -191,7 +191,9 @@ class Street:
 
     # ---- the script ---------------------------------------------------------------------
 
-    def script(self, platform: Platform, broker: Any, relay: Relay) -> list[Step]:
+    def script(self) -> list[Step]:
+        """What happens in the day; the platform's command and the broker's outage are
+        carried out by ``_special`` (they need the running parts)."""
         pole1 = self.poles[0][1]
         last_pole = self.poles[-1][1]
         kit1 = self.community[0][1] if self.community else None
@@ -260,7 +262,7 @@ class Street:
             gw = Gateway(self._gateway_config(relay.port))
             gw_task = loop.create_task(gw.run())
             self.log("gateway running: Modbus RTU + BLE in, SenML over MQTT out")
-            steps = self.script(platform, broker, relay)
+            steps = self.script()
             self.started = time.monotonic()
             duration = self.options.duration
             note = "starting"
