@@ -72,7 +72,8 @@ CONTROL = click.option(
     "--air",
     "air",
     type=click.Path(dir_okay=False),
-    help="Put the board's radio on the virtual BLE air at this socket (polekit ble air).",
+    help="Put the board's radio on the virtual BLE air at this socket; if nothing serves it "
+    "yet, this process starts the air there (for other boards and gateways to join).",
 )
 @click.option(
     "--unique-id",
@@ -115,6 +116,11 @@ def emulate(
     from polekit.hil.emulator import EmulatedBoard, EmulatorError
     from polekit.hil.mpvm import MicroPythonNotFoundError
 
+    hosted_air = None
+    if air is not None and not Path(air).exists():
+        from polekit.hil.air import VirtualAir
+
+        hosted_air = VirtualAir(air)
     try:
         board = EmulatedBoard(
             board_name, fs_dir=fs_dir, bootloader=bootloader, air=air, unique_id=unique_id
@@ -136,6 +142,8 @@ def emulate(
         "fs": str(board.fs_dir),
         "mac": board.mac,
     }
+    if air is not None:
+        ports["air"] = air
     if rfc2217:
         from polekit.hil.rfc2217 import Rfc2217Server
 
@@ -169,6 +177,8 @@ def emulate(
             bridge.close()
         server.close()
         board.stop()
+        if hosted_air is not None:
+            hosted_air.close()
 
 
 def _value(text: str) -> Any:

@@ -38,6 +38,9 @@ _BOARD_JS = Path(__file__).with_name("js") / "board.mjs"
 # chip they are in flash. The VM's heap is made this much larger so the firmware gets the
 # board's whole budget; the board's gc.mem_alloc()/mem_free() leave them out.
 ROM_ALLOWANCE_BYTES = 26 * 1024  # measured: 23,984 bytes with machine and _vdev loaded
+# The radio repeats its last advert at the advertising interval, but not more often than
+# this on the virtual air (a 20 ms event burst is already sent advert by advert)
+ADVERT_REPEAT_MIN_S = 0.5
 
 
 class EmulatorError(RuntimeError):
@@ -82,6 +85,7 @@ class EmulatedBoard:
         self.unique_id = unique_id or hashlib.sha256(self.board.name.encode()).hexdigest()[:12]
         self.air = air  # the virtual BLE air's socket (hil/air.py), for boards with a radio
         self._air_link: Any = None
+        self._last_adv: tuple[dict[str, Any], float] | None = None
         self._rom: Any = None
         self.rom_faults: dict[str, int] = {}  # handed to the ROM (hil.rom.RomBootloader.faults)
         self._rom_thread: threading.Thread | None = None
@@ -305,7 +309,20 @@ class EmulatedBoard:
             from polekit.hil.air import AirPeripheral
 
             self._air_link = AirPeripheral(self.air, self.mac, self._air_event)
-        self._air_link.send(json.loads(text))
+            threading.Thread(target=self._repeat_adverts, daemon=True).start()
+        msg = json.loads(text)
+        if msg.get("op") == "adv":
+            # the radio keeps sending the last advert at its interval, as the chip does
+            self._last_adv = (msg, max(ADVERT_REPEAT_MIN_S, msg.pop("every_us", 0) / 1e6))
+        self._air_link.send(msg)
+
+    def _repeat_adverts(self) -> None:
+        while not self._stop.wait(self._last_adv[1] if self._last_adv else 0.5):
+            link, last = self._air_link, self._last_adv
+            if link is None:
+                return
+            if last is not None and self._proc is not None:
+                link.send(last[0])
 
     def _air_event(self, msg: dict[str, Any]) -> dict[str, Any] | None:
         # a central on the air reaches the firmware's GATT server

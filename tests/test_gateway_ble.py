@@ -300,3 +300,58 @@ bindkey = "{KEY.hex()}"
     assert thermo["values"] == {"temperature": 22.5, "humidity": 41.0, "battery": 90}
     node = rows[board.mac]
     assert node["name"] == "polekit-sos" and node["values"]["battery"] == 82
+
+
+def test_polekit_emulate_hosts_the_air_and_a_late_scanner_still_hears_the_node(
+    tmp_path: Path,
+) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    air = tmp_path / "air.sock"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "polekit",
+            "emulate",
+            "--board",
+            "community-sos-esp32c3",
+            "--air",
+            str(air),
+            "--json",
+            "--fs",
+            str(tmp_path / "fs"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        ports = json.loads(proc.stdout.readline())
+        assert ports["air"] == str(air) and air.exists()
+        time.sleep(2)  # the node's first advert is long gone (advert_s is 30)
+        scan = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "polekit",
+                "ble",
+                "scan",
+                "-d",
+                "2",
+                "--json",
+                "--virtual",
+                str(air),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert scan.returncode == 0, scan.stderr
+        heard = {r["address"]: r for r in json.loads(scan.stdout)}
+        assert heard[ports["mac"]]["adverts"] >= 2  # the radio repeats its advert
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0

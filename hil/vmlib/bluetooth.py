@@ -140,7 +140,9 @@ class BLE:
         if len(_radio.adverts) > _Radio.KEEP:
             _radio.adverts.pop(0)
         if not _radio.absent:
-            _push({"op": "adv", "data": _hex(adv_data), "resp": _radio.resp})
+            _push(
+                {"op": "adv", "data": _hex(adv_data), "resp": _radio.resp, "every_us": interval_us}
+            )
 
     def gatts_register_services(self, services):
         handles = []
