@@ -169,6 +169,13 @@ def deploy(
             done += len(files[path])
             report.copied.append(path)
         report.bytes_copied = total
+        landed = link.hashes(todo)  # read back: what is on the flash, not what was sent
+        bad = [p for p in todo if landed.get(p) != hashlib.sha256(files[p]).hexdigest()]
+        if bad:
+            raise DeployError(
+                f"{port}: {len(bad)} file(s) did not land intact ({', '.join(bad[:3])}): "
+                "the flash may be full or failing; run the deploy again"
+            )
         for stale in sorted(set(link.files_under(OWNED)) - set(files)):
             link.remove(stale)
             report.removed.append(stale)

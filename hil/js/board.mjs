@@ -100,7 +100,7 @@ function boot({ raw = false, runMain = true, banner = "" } = {}) {
     else if (msg.type === "wdt-feed") { if (wdt) wdt.fedAt = Date.now(); }
     else if (msg.type === "reset-request") {
       if (msg.kind === "soft") softReset();
-      else { busySince = 0; withSnapshot(() => hardReset("machine.reset", RESET.HARD)); }
+      else { busySince = 0; hardReset("machine.reset", RESET.HARD); }  // the worker saved its files just before
     }
     else if (msg.type === "deepsleep") deepSleep(msg.ms);
   });

@@ -20,7 +20,12 @@ globalThis.polekitHw = {
   uartConfig: (id, baud, bits, parity, stop) => parentPort.postMessage({ type: "uart-config", id, baud, bits, parity, stop }),
   wdtStart: (ms) => parentPort.postMessage({ type: "wdt-start", ms }),
   wdtFeed: () => parentPort.postMessage({ type: "wdt-feed" }),
-  reset: (kind) => parentPort.postMessage({ type: "reset-request", kind }),
+  // machine.reset()/soft_reset(): what the firmware wrote and closed is on the flash first,
+  // as on the chip (the worker is busy running that very call, so it saves it now)
+  reset: (kind) => {
+    parentPort.postMessage({ type: "files", files: readTree("/", {}) });
+    parentPort.postMessage({ type: "reset-request", kind });
+  },
   deepsleep: (ms) => parentPort.postMessage({ type: "deepsleep", ms }),
   radio: (text) => parentPort.postMessage({ type: "radio", text }),  // adverts, notifications
 };
