@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -35,3 +38,27 @@ def library_board(tmp_path_factory: Any) -> Iterator[EmulatedBoard]:
     install(flash, "pole-env-esp32", start=False)
     with EmulatedBoard("pole-env-esp32", fs_dir=flash) as b:
         yield b
+
+
+def polekit(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``polekit ARGS`` as a user runs it; its exit status and output."""
+    return subprocess.run(
+        [sys.executable, "-m", "polekit", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+@contextlib.contextmanager
+def polekit_emulate(*args: str) -> Iterator[dict[str, Any]]:
+    """``polekit emulate ARGS --json`` in the background, as a user starts it: the ports it
+    prints; on leaving, SIGTERM, and the command must exit cleanly (0)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "polekit", "emulate", *args, "--json"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        yield json.loads(proc.stdout.readline())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0

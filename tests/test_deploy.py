@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,13 +16,9 @@ from polekit.hil.emulator import EmulatedBoard
 from polekit.hil.nodekit import NodeMaster
 from polekit.protocols import identity
 
+from boardkit import polekit
+
 CODE = identity.make("371600", "PL", 21)
-
-
-def polekit(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "polekit", *args], capture_output=True, text=True, timeout=timeout
-    )
 
 
 def test_build_is_deterministic_and_its_manifest_matches_the_files(tmp_path: Path) -> None:

@@ -13,6 +13,8 @@ import pytest
 
 from polekit.hil.emulator import EmulatedBoard
 
+from boardkit import polekit_emulate
+
 MPREMOTE = str(Path(sys.executable).with_name("mpremote"))
 
 
@@ -76,27 +78,8 @@ def test_flash_outlives_a_power_cycle(tmp_path: Path) -> None:
 
 
 def test_polekit_emulate_prints_its_ports_and_stops_on_sigterm(tmp_path: Path) -> None:
-    import json
-    import signal
 
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "polekit",
-            "emulate",
-            "--board",
-            "pole-env-esp32",
-            "--fs",
-            str(tmp_path / "flash"),
-            "--json",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        ports = json.loads(proc.stdout.readline())
+    with polekit_emulate("--board", "pole-env-esp32", "--fs", str(tmp_path / "flash")) as ports:
         result = subprocess.run(
             [MPREMOTE, "connect", ports["repl"], "exec", "print('alive')"],
             capture_output=True,
@@ -118,9 +101,6 @@ def test_polekit_emulate_prints_its_ports_and_stops_on_sigterm(tmp_path: Path) -
         assert bad.returncode == 1 and "sht3x has no 'temp'" in bad.stderr
         assert float(cli("get", *ctl, "lamp.level").stdout) == 0.0
         assert "alive" in cli("log", *ctl).stdout
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
 
 
 def test_pytest_embedded_drives_the_emulated_board(board: EmulatedBoard, tmp_path: Path) -> None:

@@ -15,6 +15,8 @@ from polekit.hil.emulator import EmulatedBoard
 from polekit.hil.nodekit import NodeMaster
 from polekit.protocols import identity, modbus
 
+from boardkit import polekit_emulate
+
 MPREMOTE = str(Path(sys.executable).with_name("mpremote"))
 POLE_ENV = modbus.register_map("pole-env")
 CODE = identity.make("371600", "PL", 7)
@@ -31,34 +33,12 @@ def master(board: EmulatedBoard) -> NodeMaster:
 
 
 def test_polekit_emulate_boots_the_firmware_and_answers_modbus_at_once(tmp_path: Path) -> None:
-    import signal
 
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "polekit",
-            "emulate",
-            "--board",
-            "pole-env-esp32",
-            "--fs",
-            str(tmp_path / "flash"),
-            "--json",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        ports = json.loads(proc.stdout.readline())
-
+    with polekit_emulate("--board", "pole-env-esp32", "--fs", str(tmp_path / "flash")) as ports:
         values = NodeMaster(ports["uarts"]["rs485"]).wait_for(
             lambda v: v["valid"] & modbus.VALID_SHT3X, timeout_s=20
         )
         assert values["temperature"] == 21.0 and values["valid"] & modbus.VALID_SHT3X
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
 
 
 def test_bad_config_values_are_logged_and_defaults_used(tmp_path: Path) -> None:

@@ -6,9 +6,7 @@ port and what to do."""
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -22,6 +20,8 @@ from polekit.hil.emulator import EmulatedBoard
 from polekit.hil.rfc2217 import Rfc2217Server
 from polekit.hil.rom import make_app_image
 
+from boardkit import polekit, polekit_emulate
+
 OFFSET = 0x1000  # where an ESP32 boots MicroPython from
 
 
@@ -31,12 +31,6 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("img") / "ESP32_GENERIC-test.bin"
     make_app_image(str(path), os.urandom(96 * 1024))
     return path
-
-
-def polekit(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "polekit", *args], capture_output=True, text=True, timeout=timeout
-    )
 
 
 def wait_booted(board: EmulatedBoard, timeout_s: float = 20) -> None:
@@ -200,24 +194,7 @@ def test_erase_wipes_the_filesystem_too(tmp_path: Path, image: Path) -> None:
 
 
 def test_polekit_emulate_bootloader_and_flash_read(tmp_path: Path, image: Path) -> None:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "polekit",
-            "emulate",
-            "--bootloader",
-            "--rfc2217",
-            "--json",
-            "--fs",
-            str(tmp_path / "fs"),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        ports = json.loads(proc.stdout.readline())
+    with polekit_emulate("--bootloader", "--rfc2217", "--fs", str(tmp_path / "fs")) as ports:
         assert ports["rfc2217"].startswith("rfc2217://127.0.0.1:")
         result = polekit(
             "flash", "--port", ports["repl"], "--image", str(image), "--board", "pole-env-esp32"
@@ -228,6 +205,3 @@ def test_polekit_emulate_bootloader_and_flash_read(tmp_path: Path, image: Path) 
         assert dump.stdout.startswith(
             "00001000  " + " ".join(f"{b:02x}" for b in image.read_bytes()[:16])
         )
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0

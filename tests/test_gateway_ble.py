@@ -23,6 +23,7 @@ from polekit.hil.broker import LocalBroker
 from polekit.hil.emulator import EmulatedBoard
 from polekit.protocols import bthome, identity
 
+from boardkit import polekit_emulate
 from gwkit import Collector, run, until, values_of
 
 SOS = identity.make("371600", "SO", 1)
@@ -305,31 +306,13 @@ bindkey = "{KEY.hex()}"
 def test_polekit_emulate_hosts_the_air_and_a_late_scanner_still_hears_the_node(
     tmp_path: Path,
 ) -> None:
-    import signal
     import subprocess
     import sys
 
     air = tmp_path / "air.sock"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "polekit",
-            "emulate",
-            "--board",
-            "community-sos-esp32c3",
-            "--air",
-            str(air),
-            "--json",
-            "--fs",
-            str(tmp_path / "fs"),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        ports = json.loads(proc.stdout.readline())
+    with polekit_emulate(
+        "--board", "community-sos-esp32c3", "--air", str(air), "--fs", str(tmp_path / "fs")
+    ) as ports:
         assert ports["air"] == str(air) and air.exists()
         time.sleep(2)  # the node's first advert is long gone (advert_s is 30)
         scan = subprocess.run(
@@ -352,6 +335,3 @@ def test_polekit_emulate_hosts_the_air_and_a_late_scanner_still_hears_the_node(
         assert scan.returncode == 0, scan.stderr
         heard = {r["address"]: r for r in json.loads(scan.stdout)}
         assert heard[ports["mac"]]["adverts"] >= 2  # the radio repeats its advert
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
