@@ -210,6 +210,24 @@ class EmulatedBoard:
             time.sleep(0.01)
         raise EmulatorError(f"no {name!r} from the emulated {self.board.name} within {timeout_s} s")
 
+    def wait_output(self, text: str | bytes, timeout_s: float = 10.0) -> str:
+        """Wait until the board has printed ``text``; returns the serial log so far, decoded.
+
+        The console and the board's events travel on different pipes, so a line printed at
+        boot may arrive just after ``start()`` returned: wait for it rather than look once.
+        """
+        want = text.encode() if isinstance(text, str) else text
+        deadline = time.monotonic() + timeout_s
+        while want not in self.serial_log:
+            if time.monotonic() > deadline:
+                tail = bytes(self.serial_log[-1500:]).decode(errors="replace")
+                raise EmulatorError(
+                    f"the emulated {self.board.name} did not print {want!r} within "
+                    f"{timeout_s} s; its last output:\n{tail}"
+                )
+            time.sleep(0.02)
+        return bytes(self.serial_log).decode(errors="replace")
+
     # ---- the board's hardware, from the host ------------------------------------------
 
     def request(self, op: str, timeout_s: float = 10.0, **args: Any) -> dict[str, Any]:

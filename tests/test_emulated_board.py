@@ -73,7 +73,7 @@ def test_flash_outlives_a_power_cycle(tmp_path: Path) -> None:
         (tmp_path / "main.py").write_text("print('main.py ran')\n")
         assert mpremote(board, "fs", "cp", str(tmp_path / "main.py"), ":main.py").returncode == 0
     with EmulatedBoard("pole-env-esp32", fs_dir=flash) as board:
-        assert b"main.py ran" in bytes(board.serial_log)  # main.py runs at boot
+        board.wait_output("main.py ran")  # main.py runs at boot
         assert "main.py" in mpremote(board, "fs", "ls").stdout
 
 
@@ -177,10 +177,7 @@ def test_asyncio_firmware_runs_in_the_background_and_ctrl_c_stops_it(tmp_path: P
         "asyncio.run(blink())\n"
     )
     with EmulatedBoard("pole-env-esp32", fs_dir=flash) as board:
-        deadline = time.monotonic() + 10
-        while b"tick 5" not in board.serial_log and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert b"tick 5" in board.serial_log  # main.py's asyncio loop runs after boot
+        board.wait_output("tick 5")  # main.py's asyncio loop runs after boot
         # mpremote interrupts it with Ctrl-C, as on a board, and the REPL answers
         result = mpremote(board, "resume", "exec", "print('repl ok')")
         assert result.stdout.strip() == "repl ok", result.stdout + result.stderr

@@ -39,9 +39,7 @@ def test_monitor_shows_the_log_with_timestamps_and_passes_keys(tmp_path: Path) -
         time.sleep(1.0)
         proc.stdin.write(b"print('hello', 6 * 7)\n")
         proc.stdin.flush()
-        deadline = time.monotonic() + 10
-        while b"hello 42" not in board.serial_log and time.monotonic() < deadline:
-            time.sleep(0.05)
+        board.wait_output("hello 42")
         time.sleep(0.5)
         proc.stdin.write(b"\x1d")  # Ctrl-]
         proc.stdin.flush()

@@ -37,10 +37,7 @@ def node(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-d
     install(flash, "community-sos-esp32c3", {"device_code": CODE, "advert_s": 1})
     with EmulatedBoard("community-sos-esp32c3", fs_dir=flash) as board:
         board.set("battery.voltage", 3.9)
-        deadline = time.monotonic() + 20
-        while b"community node" not in board.serial_log and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert b"BTHome over BLE" in board.serial_log, bytes(board.serial_log[-1500:])
+        assert "BTHome over BLE" in board.wait_output("community node", timeout_s=20)
         yield board
 
 
@@ -125,9 +122,7 @@ def test_a_malformed_bind_key_stops_the_node_instead_of_sending_in_the_clear(
     flash = tmp_path / "flash"
     install(flash, "community-sos-esp32c3", {"bindkey": "not-a-key", "advert_s": 1, "repeat": 99})
     with EmulatedBoard("community-sos-esp32c3", fs_dir=flash) as board:
-        deadline = time.monotonic() + 20
-        while b"start failed" not in board.serial_log and time.monotonic() < deadline:
-            time.sleep(0.05)
+        board.wait_output("start failed", timeout_s=20)
         time.sleep(1.5)
         log = bytes(board.serial_log).decode(errors="replace")
         assert "config: bindkey must be 32 hex digits (16 bytes)" in log

@@ -45,10 +45,7 @@ def test_bad_config_values_are_logged_and_defaults_used(tmp_path: Path) -> None:
     flash = tmp_path / "flash"
     install(flash, unit="x", sample_ms=5, colour="blue")
     with EmulatedBoard("pole-env-esp32", fs_dir=flash) as board:
-        deadline = time.monotonic() + 20
-        while b"up, unit 1" not in board.serial_log and time.monotonic() < deadline:
-            time.sleep(0.05)
-        log = bytes(board.serial_log).decode(errors="replace")
+        log = board.wait_output("up, unit 1", timeout_s=20)
     assert "config: unit = 'x' must be a number 1..247; using 1" in log
     assert "config: sample_ms = 5 must be a number 100..3600000; using 1000" in log
     assert "config: unknown key 'colour' ignored" in log
@@ -66,7 +63,7 @@ def test_repeated_start_crashes_end_in_safe_mode_with_the_repl_up(tmp_path: Path
             before = len(board.events)
             board.reset()
             board.wait_event("booted", timeout_s=20, after=before)
-        log = bytes(board.serial_log).decode(errors="replace")
+        log = board.wait_output("safe mode: the node crashed", timeout_s=20)
         assert "start failed (1/3 before safe mode)" in log
         assert "safe mode: the node crashed at start 3 times in a row" in log
         result = subprocess.run(
@@ -106,10 +103,7 @@ def test_report_policy_config_mistakes_are_logged(tmp_path: Path) -> None:
         report={"temprature": {"delta": 1}, "humidity": {"filter": "mode", "delta": -1}},
     )
     with EmulatedBoard("pole-env-esp32", fs_dir=flash) as board:
-        deadline = time.monotonic() + 20
-        while b"up, unit 1" not in board.serial_log and time.monotonic() < deadline:
-            time.sleep(0.05)
-        log = bytes(board.serial_log).decode(errors="replace")
+        log = board.wait_output("up, unit 1", timeout_s=20)
     assert "config: report.temprature: no such quantity (known: humidity, illuminance" in log
     assert "config: report.humidity.filter = 'mode' must be one of median/average/none" in log
     assert "config: report.humidity.delta = -1 must be a number 0..1000000; using 0.5" in log

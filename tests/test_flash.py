@@ -52,7 +52,7 @@ def test_polekit_flash_writes_verifies_and_the_board_boots(tmp_path: Path, image
         wait_booted(board)
         assert board.read_spi_flash(OFFSET, len(data)) == data
         assert board.read_spi_flash(0, OFFSET) == b"\xff" * OFFSET  # nothing else touched
-        assert b"SPI_FAST_FLASH_BOOT" in board.serial_log and b">>> " in board.serial_log
+        assert "SPI_FAST_FLASH_BOOT" in board.wait_output(">>> ")
     # the flash outlives the board: it is a file beside its filesystem folder
     assert board.spi_flash_path.read_bytes()[OFFSET : OFFSET + len(data)] == data
 
