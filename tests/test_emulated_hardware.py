@@ -12,7 +12,7 @@ import serial
 
 from polekit.hil.emulator import ControlError, EmulatedBoard
 
-from boardkit import MPREMOTE, board_exec
+from boardkit import MPREMOTE, board_exec, board_exec_until
 
 
 @pytest.fixture(scope="module")
@@ -96,18 +96,22 @@ print(i2c.scan())
 def test_pms5003_streams_frames_on_its_uart(board: EmulatedBoard) -> None:
     board.set("pms5003.pm2_5", 37)
     board.set("pms5003.pm10", 55)
-    time.sleep(1.2)  # the sensor streams a frame a second
-    out = board_exec(
+    # the sensor streams a frame a second: read what came until a frame has the new values
+    out = board_exec_until(
         board,
         """
 import machine
 u = machine.UART(1, 9600)
 buf = u.read() or b""
 i = buf.rfind(b"\\x42\\x4d")  # the newest frame
-f = buf[i:i + 32]
-assert len(f) == 32 and sum(f[:30]) == (f[30] << 8 | f[31]), "frame checksum"
-print(f[12] << 8 | f[13], f[14] << 8 | f[15])
+f = buf[i:i + 32] if i >= 0 else b""
+if len(f) == 32:
+    assert sum(f[:30]) == (f[30] << 8 | f[31]), "frame checksum"
+    print(f[12] << 8 | f[13], f[14] << 8 | f[15])
+else:
+    print("no whole frame yet")
 """,
+        "37 55",
     )
     assert out == "37 55"  # the atmospheric PM2.5 and PM10 words
 
@@ -221,12 +225,20 @@ print(len(machine.unique_id()), machine.freq())
 
 
 def test_ctrl_c_stops_code_that_never_yields(board: EmulatedBoard) -> None:
+    mark = f"spinning {time.monotonic()}"  # new each run: the board's log is shared
     hung = subprocess.Popen(
-        [MPREMOTE, "connect", board.repl, "resume", "exec", "while True:\n    pass\n"],
+        [
+            MPREMOTE,
+            "connect",
+            board.repl,
+            "resume",
+            "exec",
+            f"print({mark!r})\nwhile True:\n    pass\n",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    time.sleep(1.0)
+    board.wait_output(mark, timeout_s=20)  # the loop runs: a client left it spinning
     hung.kill()
     hung.wait()
     # the next client interrupts with Ctrl-C as on any board, and gets a working REPL
@@ -281,6 +293,7 @@ def test_friendly_ctrl_d_soft_reset_runs_boot_and_main(tmp_path: Path) -> None:
         EmulatedBoard("pole-env-esp32", fs_dir=flash) as board,
         serial.Serial(board.repl, 115200, timeout=0.2) as s,
     ):
+        board.wait_output("main.py here")  # the first boot has printed all it will
         s.write(b"\x02\r")
         time.sleep(0.3)
         s.reset_input_buffer()

@@ -86,7 +86,11 @@ function boot({ raw = false, runMain = true, banner = "" } = {}) {
   w.on("message", (msg) => {
     if (w !== worker) return;
     if (msg.type === "out") process.stdout.write(msg.data);
-    else if (msg.type === "idle") { busySince = 0; scheduleSnapshot(); }
+    else if (msg.type === "idle") {
+      busySince = 0;
+      if (interruptTimer) { clearTimeout(interruptTimer); interruptTimer = null; typedAfterInterrupt = null; }
+      scheduleSnapshot();
+    }
     else if (msg.type === "booted") { booted = true; event({ event: "booted", raw }); flush(); }
     else if (msg.type === "files") { persist(msg.files); if (afterSnapshot) afterSnapshot(); }
     else if (msg.type === "reset") softReset();
@@ -190,22 +194,55 @@ function fromHost(bytes) {
         if (probe.length === 3) { process.stdout.write("R\x00"); probe = []; }
         continue;
       }
-      pending.push(...probe);
+      probe.forEach(typeIn);
       probe = [];
       continue;
     }
     if (c === 0x01) rawMode = true;
     else if (c === 0x02) rawMode = false;
-    if (c === 0x03 && busySince && Date.now() - busySince > 300) {
-      // the VM is stuck in code that never yields: only a reset stops it
-      process.stdout.write("\r\nKeyboardInterrupt: the emulated VM was busy; restarted\r\n");
-      hardReset("ctrl-c on a busy VM");
-      pending = [];
+    if (c === 0x03 && busySince && Date.now() - busySince > BUSY_MS) {
+      interruptBusyVm();
       continue;
     }
-    pending.push(c);
+    if (c === 0x03 && busySince && !interruptTimer) {
+      // busy only a moment: the VM may take the Ctrl-C itself; if it is still in the same
+      // work a moment later, it never will (code that never yields). What the host types
+      // after the Ctrl-C (mpremote's Ctrl-A) goes to the restarted VM.
+      const session = busySince;
+      typedAfterInterrupt = [];
+      interruptTimer = setTimeout(() => {
+        const typed = typedAfterInterrupt;
+        interruptTimer = null;
+        typedAfterInterrupt = null;
+        if (busySince !== session) return;
+        interruptBusyVm();
+        pending = typed;
+        for (const t of typed) rawMode = t === 0x01 ? true : t === 0x02 ? false : rawMode;
+      }, BUSY_MS);
+      pending.push(c);
+      continue;
+    }
+    typeIn(c);
   }
   flush();
+}
+
+function typeIn(c) {  // a byte for the VM's REPL, sent on at the next flush()
+  pending.push(c);
+  if (typedAfterInterrupt) typedAfterInterrupt.push(c);
+}
+
+// A WebAssembly VM cannot take an interrupt while it runs Python code, as a chip would:
+// a Ctrl-C to a VM busy for longer than this restarts the board instead.
+const BUSY_MS = 300;
+let interruptTimer = null;
+let typedAfterInterrupt = null;
+function interruptBusyVm() {
+  if (interruptTimer) { clearTimeout(interruptTimer); interruptTimer = null; }
+  typedAfterInterrupt = null;
+  process.stdout.write("\r\nKeyboardInterrupt: the emulated VM was busy; restarted\r\n");
+  hardReset("ctrl-c on a busy VM");
+  pending = [];
 }
 
 function fromControl(req) {
@@ -234,7 +271,8 @@ function powerCycle(req) {  // power cut: everything not on flash is gone
 
 function toWorker(req) {
   if (!worker || !booted) { toHost({ reply: req.id, error: "the board is not running (booting or asleep)" }); return; }
-  if (req.op === "set" && !req.path.endsWith(".press")) physics.set(req.path, req.value);
+  // a press or a spike happens once: it is not a physical value to restore after a reboot
+  if (req.op === "set" && !/\.(press|spike)$/.test(req.path)) physics.set(req.path, req.value);
   waiting.set(req.id, true);
   worker.postMessage({ type: "control", ...req });
 }
