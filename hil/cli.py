@@ -206,7 +206,8 @@ def _call(control: str, request: dict[str, Any]) -> dict[str, Any]:
 @CONTROL
 @click.argument("assignments", nargs=-1, required=True, metavar="DEVICE.QUANTITY=VALUE...")
 def set_values(control: str, assignments: tuple[str, ...]) -> None:
-    """Set physical values (or faults: .absent=1, .stuck=1, .noise=0.5) on the board."""
+    """Set physical values (or faults: .absent=1, .stuck=1, .noise=0.5,
+    '.spike={"temperature": 45}' for one wild measurement) on the board."""
     values = {}
     for a in assignments:
         path, sep, value = a.partition("=")

@@ -5,7 +5,8 @@
 #   sht3x.temperature, sht3x.humidity, bh1750.illuminance, adxl345.tilt, pms5003.pm2_5,
 #   door.active, sos.press (ms), noise.voltage, battery.voltage, lamp.level (read back)...
 # Faults, on any device: .absent (1: no answer, I2C raises ENODEV), .stuck (1: the value
-# freezes), .noise (amplitude added at random to every reading).
+# freezes), .noise (amplitude added at random to every reading), .spike ({quantity: value}:
+# the next measurement only reads that wild value; reads back {} once it has been measured).
 import math
 import random
 
@@ -22,6 +23,7 @@ class Device:
         self.absent = False
         self.stuck = None  # frozen copy of the values while stuck
         self.noise = 0.0
+        self.spike = {}
 
     def set(self, quantity, value):
         if quantity == "absent":
@@ -30,20 +32,29 @@ class Device:
             self.stuck = dict(self.values) if value else None
         elif quantity == "noise":
             self.noise = float(value)
+        elif quantity == "spike":
+            if not isinstance(value, dict):
+                raise ValueError(
+                    "%s.spike takes {quantity: value}, e.g. %r" % (self.name, self.DEFAULTS)
+                )
+            for q in value:
+                if q not in self.values:
+                    raise KeyError("%s has no %r to spike" % (self.name, q))
+            self.spike = dict(value)
         elif quantity in self.values:
             self.values[quantity] = value
             self.changed(quantity)
         else:
             raise KeyError(
-                "%s has no %r; it has: %s, absent, stuck, noise"
+                "%s has no %r; it has: %s, absent, stuck, noise, spike"
                 % (self.name, quantity, ", ".join(sorted(self.values)))
             )
 
     def get(self, quantity):
-        if quantity in ("absent", "stuck", "noise"):
-            return {"absent": self.absent, "stuck": self.stuck is not None, "noise": self.noise}[
-                quantity
-            ]
+        if quantity in ("absent", "stuck", "noise", "spike"):
+            faults = {"absent": self.absent, "stuck": self.stuck is not None, "noise": self.noise}
+            faults["spike"] = self.spike
+            return faults[quantity]
         if quantity not in self.values:
             raise KeyError(
                 "%s has no %r; it has: %s" % (self.name, quantity, ", ".join(sorted(self.values)))
@@ -52,6 +63,8 @@ class Device:
 
     def reading(self, quantity):
         # what the sensor measures now: the physical value, frozen or noisy if faulted
+        if quantity in self.spike:
+            return self.spike.pop(quantity)
         v = (self.stuck or self.values)[quantity]
         if self.noise:
             v += random.uniform(-self.noise, self.noise)
