@@ -319,7 +319,7 @@ class Street:
         elif step.what.endswith("is back"):
             await asyncio.to_thread(broker.start)
             await asyncio.wait_for(subscribed.wait(), 15)  # the platform listens first
-            relay.up = True
+            await relay.restore()
             if self.outage:
                 self.outage = (self.outage[0], time.monotonic())
 
