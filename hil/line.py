@@ -103,6 +103,11 @@ class VirtualLine:
         """Flip bits in the next ``n`` bytes on the wire (``sender`` as in ``drop_next``)."""
         self._corrupt, self._corrupt_from = n, sender
 
+    @property
+    def faults_pending(self) -> int:
+        """Bytes still to be dropped or corrupted: 0 once armed faults have hit the wire."""
+        return self._drop + self._corrupt
+
     def close(self) -> None:
         """Stop the pump and close every endpoint."""
         if self._closed:

@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,18 @@ def board_exec(board: EmulatedBoard, code: str, timeout_s: float = 60) -> str:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout.strip()
+
+
+def board_exec_until(board: EmulatedBoard, code: str, want: str, timeout_s: float = 10) -> str:
+    """Run ``code`` on the board until it prints ``want``: for what the board's hardware
+    makes on its own schedule (a sensor streaming a frame a second), which a fixed sleep
+    would miss on a busy machine. Its last output, for the caller to assert on."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        out = board_exec(board, code)
+        if out == want or time.monotonic() > deadline:
+            return out
+        time.sleep(0.2)
 
 
 def library_board(tmp_path_factory: Any) -> Iterator[EmulatedBoard]:

@@ -69,7 +69,10 @@ class Collector:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         if self._client:
-            await self._client.__aexit__(None, None, None)
+            try:
+                await self._client.__aexit__(None, None, None)
+            except aiomqtt.MqttError:  # the broker was stopped under it: nothing to close
+                pass
 
     async def _collect(self) -> None:
         assert self._client is not None

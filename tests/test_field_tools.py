@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -33,20 +34,27 @@ def test_monitor_shows_the_log_with_timestamps_and_passes_keys(tmp_path: Path) -
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env={**os.environ, "COLUMNS": "200"},
+            env={**os.environ, "COLUMNS": "200"},  # piped, as into `tee`: lines still come at once
         )
-        assert proc.stdin is not None
-        time.sleep(1.0)
-        proc.stdin.write(b"print('hello', 6 * 7)\n")
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        out = bytearray()
+        chunks = iter(lambda: proc.stdout.read1(4096), b"")  # as it comes, until the end
+        reader = threading.Thread(target=lambda: [out.extend(c) for c in chunks], daemon=True)
+        reader.start()
+        proc.stdin.write(b"print('hello', 6 * 7)\n")  # typed keys wait until the port is open
         proc.stdin.flush()
         board.wait_output("hello 42")
-        time.sleep(0.5)
+        stamped = re.compile(rb"^\d\d:\d\d:\d\d\.\d{3} hello 42$", re.M)
+        deadline = time.monotonic() + 10
+        while not stamped.search(out) and time.monotonic() < deadline:
+            time.sleep(0.05)
         proc.stdin.write(b"\x1d")  # Ctrl-]
         proc.stdin.flush()
-        out, err = proc.communicate(timeout=10)
+        proc.wait(timeout=10)
+        reader.join(timeout=10)
     text = out.decode()
-    assert proc.returncode == 0, err.decode()
-    assert re.search(r"^\d\d:\d\d:\d\d\.\d{3} hello 42$", text, re.M), text
+    assert proc.returncode == 0, proc.stderr.read().decode()
+    assert stamped.search(out), text
     assert "Ctrl-] quits" in text and "monitor closed" in text
 
 

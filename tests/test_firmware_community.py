@@ -66,8 +66,13 @@ def test_sos_press_is_an_immediate_trigger_event(node: EmulatedBoard) -> None:
 
 
 def test_measurement_adverts_read_by_home_assistants_parser(node: EmulatedBoard) -> None:
-    time.sleep(1.2)
-    measured = [(values, sd) for info, values, sd in adverts(node) if "battery" in values]
+    # the boot advert was built before the fixture set the battery: wait for a newer one
+    deadline = time.monotonic() + 5
+    while True:
+        measured = [(v, sd) for _info, v, sd in adverts(node) if v.get("battery") == 82]
+        if measured or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert measured, adverts(node)
     values, sd = measured[-1]
     assert values["battery"] == 82 and values["smoke"] is False

@@ -11,7 +11,7 @@ import pytest
 from polekit.hil.emulator import EmulatedBoard
 
 from boardkit import board_exec as run
-from boardkit import library_board
+from boardkit import board_exec_until, library_board
 
 
 @pytest.fixture(scope="module")
@@ -94,12 +94,12 @@ def test_absent_sensor_is_an_oserror_the_firmware_can_catch(board: EmulatedBoard
 def test_pms5003_parser_keeps_the_newest_good_frame(board: EmulatedBoard) -> None:
     board.set("pms5003.pm2_5", 42)
     board.set("pms5003.pm10", 64)
-    time.sleep(1.2)
-    out = run(
+    out = board_exec_until(  # the sensor streams a frame a second
         board,
         "import machine\nfrom node.drivers.pms5003 import PMS5003, decode\n"
         "p = PMS5003(machine.UART(1, 9600))\nprint(p.poll())\n"
         "print(decode(b'\\x42\\x4d' + bytes(30)))",
+        "(5, 42, 64)\nNone",
     )
     assert out.splitlines() == ["(5, 42, 64)", "None"]
 

@@ -34,8 +34,14 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def wait_booted(board: EmulatedBoard, timeout_s: float = 20) -> None:
+    """Wait until MicroPython has booted since the board last entered its bootloader (a
+    board running before esptool reset it has an older ``booted`` event)."""
     deadline = time.monotonic() + timeout_s
-    while board.in_bootloader or not any(e.get("event") == "booted" for e in board.events):
+    while True:
+        names = [e.get("event") for e in board.events]
+        rom = max((i for i, n in enumerate(names) if n == "bootloader"), default=-1)
+        if not board.in_bootloader and "booted" in names[rom + 1 :]:
+            return
         assert time.monotonic() < deadline, board.events[-5:]
         time.sleep(0.05)
 

@@ -71,7 +71,10 @@ def test_status_command_shows_a_running_gateway(tmp_path: Path) -> None:
         with LocalBroker() as broker:
             gw = meter_gateway(tmp_path, broker.url, port, 0.2)
             task = asyncio.create_task(gw.run())
-            await until(lambda: gw.buses["meters"].devices[METER].online is True, what="online")
+            await until(
+                lambda: gw.buses["meters"].devices[METER].online is True and gw.uplink.connected,
+                what="the meter online and the broker connected",
+            )
             code, out = await _cli(
                 "gateway", "status", "--url", f"http://127.0.0.1:{gw.status.port}"
             )
@@ -85,5 +88,5 @@ def test_status_command_shows_a_running_gateway(tmp_path: Path) -> None:
 
     code, out, down_code, down = run(scenario())
     assert code == 0, out
-    assert METER in out and "online" in out and "connected" in out
+    assert METER in out and "online" in out and "broker connected" in out
     assert down_code == 1 and "Is it running?" in down

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import urllib.request
 
 import pytest
 
+from polekit.demo.relay import Relay
 from polekit.gateway.app import Gateway
 from polekit.hil.broker import LocalBroker, free_port
 from polekit.hil.fieldbus import SimulatedBus
@@ -83,6 +85,10 @@ def test_values_and_units_arrive_as_senml(broker: LocalBroker, tmp_path) -> None
                 await until(lambda: len(sub.packs(POLE_1)) >= 3, what="three packs")
                 gw.stop()
                 await task
+                await until(  # the broker took it before the gateway stopped: it is on its way
+                    lambda: any(b'"offline"' in m.payload for m in sub.on("/gw-test/state")),
+                    what="the gateway's offline state",
+                )
                 await sim.stop()
         pack = sub.packs(POLE_1)[0]
         values = values_of(pack)
@@ -138,19 +144,37 @@ def test_dead_device_does_not_stall_the_bus(broker: LocalBroker, tmp_path) -> No
             async with Collector(broker.host, broker.port) as sub:
                 task = asyncio.create_task(gw.run())
                 await until(lambda: len(sub.packs(POLE_1)) >= 1, what="first pack")
-                start = len(sub.packs(POLE_1))
-                await asyncio.sleep(3.0)
-                got = len(sub.packs(POLE_1)) - start
                 bus = gw.buses["cabinet-485"]
-                dead = bus.devices[POLE_2]
-                assert dead.online is False
-                # backoff: the dead unit was tried a few times, not every 0.2 s
-                assert dead.polls <= 8, dead.polls
-                # the live device kept its rate: 15 polls in 3 s at best, one 0.3 s timeout
-                # per backoff period at worst
-                assert got >= 10, f"only {got} packs from the live device in 3 s"
-                health = gw.health()
-                assert health["buses"][0]["counters"]["no_response"] >= 3
+                live, dead = bus.devices[POLE_1], bus.devices[POLE_2]
+                counters = bus.counters
+                await until(
+                    lambda: dead.online is False and counters.no_response >= 3,
+                    timeout_s=15,
+                    what="unit 2 marked offline after 3 timeouts",
+                )
+                # over a few seconds, by the gateway's own counts (not wall-clock rates, which
+                # a loaded machine slows): the dead unit is tried on a backoff, not every 0.2 s,
+                # and the live one has the bus for all the time the dead one's timeouts leave
+                t0, live0, dead0, silent0 = (
+                    time.monotonic(),
+                    live.polls,
+                    dead.polls,
+                    counters.no_response,
+                )
+                packs0 = len(sub.packs(POLE_1))
+                await asyncio.sleep(4.0)
+                took = time.monotonic() - t0
+                live_polls, dead_polls = live.polls - live0, dead.polls - dead0
+                assert dead_polls <= 3, f"the dead unit was tried {dead_polls} times in {took} s"
+                free_s = took - (counters.no_response - silent0) * 0.3  # the line's timeout
+                assert live_polls >= 0.6 * free_s / 0.2, (
+                    f"the live unit was polled {live_polls} times in {took:.1f} s "
+                    f"({free_s:.1f} s not spent waiting on the dead one, polling every 0.2 s)"
+                )
+                await until(
+                    lambda: len(sub.packs(POLE_1)) - packs0 >= live_polls // 2,
+                    what="the live unit's packs at the broker",
+                )
                 sim.restore(2)
                 await until(
                     lambda: bus.devices[POLE_2].online is True, timeout_s=70, what="unit 2 back"
@@ -200,27 +224,35 @@ def test_serial_port_unplugged_and_back_reconnects(broker: LocalBroker, tmp_path
 def test_broker_down_then_back_loses_nothing_and_keeps_order(tmp_path) -> None:  # type: ignore[no-untyped-def]
     async def scenario() -> None:
         broker = LocalBroker().start()
+        # the gateway reaches the broker through a link the test holds down until the test
+        # has subscribed to the restarted broker (which keeps no sessions): every pack the
+        # broker takes is then seen, and a gap can only be the gateway's
+        wan = await Relay(broker.host, broker.port).start()
         try:
             with VirtualLine() as line:
                 gw_port, sim = await start_poles(line, [1, 2])
                 gw = Gateway(
                     gateway_config(
                         tmp_path,
-                        broker.url,
+                        f"mqtt://127.0.0.1:{wan.port}",
                         [rtu_bus(gw_port)],
                         [pole(POLE_1, 1, 0.1), pole(POLE_2, 2, 0.1)],
                     )
                 )
                 task = asyncio.create_task(gw.run())
+                # subscribed until the broker dies: every pack it took is seen by the test
                 async with Collector(broker.host, broker.port) as sub:
                     await until(lambda: len(sub.packs(POLE_1)) >= 3, what="packs before the outage")
-                broker.stop()
-                await until(lambda: not gw.uplink.connected, what="the uplink to notice")
+                    broker.stop()
+                    wan.cut()
+                    await until(lambda: not gw.uplink.connected, what="the uplink to notice")
                 depth_before = gw.queue.depth
-                await asyncio.sleep(2.0)  # the platform is away: packs wait on disk
-                assert gw.queue.depth >= depth_before + 10
+                await until(  # the platform is away: packs wait on disk
+                    lambda: gw.queue.depth >= depth_before + 20, what="packs queued on disk"
+                )
                 broker.start()
                 async with Collector(broker.host, broker.port) as sub2:
+                    await wan.restore()
                     took = await until(lambda: gw.uplink.connected, timeout_s=10, what="reconnect")
                     assert took < 2.0, f"reconnected {took:.2f} s after the broker came back"
                     await until(
@@ -237,8 +269,9 @@ def test_broker_down_then_back_loses_nothing_and_keeps_order(tmp_path) -> None: 
             for code in (POLE_1, POLE_2):
                 seqs = sub.seqs(code) + sub2.seqs(code)
                 assert seqs == list(range(1, len(seqs) + 1)), f"{code}: gap or reorder in {seqs}"
-                assert len(seqs) >= 20
+                assert len(seqs) >= 10
         finally:
+            await wan.close()
             broker.stop()
 
     run(scenario(), timeout_s=90)
@@ -323,19 +356,20 @@ def test_corrupt_and_truncated_answers_are_counted_not_fatal(broker: LocalBroker
             async with Collector(broker.host, broker.port) as sub:
                 task = asyncio.create_task(gw.run())
                 await until(lambda: len(sub.packs(POLE_1)) >= 2, what="packs")
+                # one fault at a time, each hitting an answer, with a good poll between them
+                # (back to back, they would push the unit into its offline backoff)
                 for _ in range(5):
-                    line.corrupt_next(3, sender=sim.port)  # the next answer gets garbled
-                    await asyncio.sleep(0.4)
-                    line.drop_next(4, sender=sim.port)  # or loses its start
-                    await asyncio.sleep(0.4)
-                before = len(sub.packs(POLE_1))
-                await until(lambda: len(sub.packs(POLE_1)) >= before + 3, what="recovery")
+                    for damage, what in ((line.corrupt_next, "garbled"), (line.drop_next, "cut")):
+                        damage(4, sender=sim.port)
+                        await until(lambda: line.faults_pending == 0, what=f"a {what} answer")
+                        before = len(sub.packs(POLE_1))
+                        await until(lambda n=before: len(sub.packs(POLE_1)) > n, what="a good poll")
                 health = gw.health()
                 gw.stop()
                 await task
                 await sim.stop()
         counters = health["buses"][0]["counters"]
-        assert counters["bad_response"] + counters["no_response"] >= 5, counters
+        assert counters["bad_response"] + counters["no_response"] >= 10, counters
         assert counters["bad_response"] >= 1, counters
         assert sub.seqs(POLE_1) == list(range(1, len(sub.seqs(POLE_1)) + 1))
 
@@ -348,7 +382,10 @@ def test_health_and_metrics_endpoints(broker: LocalBroker, tmp_path) -> None:  #
         sim = await start_meter(port)
         gw = meter_gateway(tmp_path, broker.url, port, 0.2)
         task = asyncio.create_task(gw.run())
-        await until(lambda: gw.buses["meters"].devices[METER].online is True, what="meter online")
+        await until(
+            lambda: gw.buses["meters"].devices[METER].online is True and gw.uplink.connected,
+            what="meter online and the uplink connected",
+        )
         url = f"http://127.0.0.1:{gw.status.port}"
         health = await asyncio.to_thread(lambda: json.load(urllib.request.urlopen(url + "/health")))
         metrics = await asyncio.to_thread(
