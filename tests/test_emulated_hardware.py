@@ -158,7 +158,7 @@ machine.Timer(0).init(period=5, callback=echo)
     )
     with serial.Serial(port, 9600, timeout=0.1) as host:
         host.reset_input_buffer()
-        payload = bytes(range(256)) * 2
+        payload = bytes(range(256)) * 4  # about 1.2 s on the line: a late read is a few %
         host.write(payload)
         got = bytearray()
         first = last = 0.0
@@ -174,7 +174,9 @@ machine.Timer(0).init(period=5, callback=echo)
     rate = (len(got) - 1) / (last - first)
     expected = 9600 / 11
     print(f"UART bridge at 9600 baud: {rate:.1f} chars/s, line maximum {expected:.1f}")
-    assert abs(rate - expected) / expected < 0.05
+    # paced at the line's rate (unpaced bytes would come many times faster); 10 %: a busy
+    # machine may read the first or last chunk a few tens of milliseconds late
+    assert abs(rate - expected) / expected < 0.10
 
 
 def test_watchdog_resets_a_hung_board_and_it_recovers(tmp_path: Path) -> None:
