@@ -5,8 +5,9 @@ hope)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,19 @@ class Collector:
     def on(self, suffix: str) -> list[Received]:
         """Messages whose topic ends with ``suffix``."""
         return [m for m in self.messages if m.topic.endswith(suffix)]
+
+
+@contextlib.asynccontextmanager
+async def gateway_running(gw: Gateway, host: str, port: int) -> AsyncIterator[Collector]:
+    """A collector subscribed at ``host:port`` with ``gw`` running; stops the gateway on
+    the way out, whatever the test asserted."""
+    async with Collector(host, port) as sub:
+        task = asyncio.create_task(gw.run())
+        try:
+            yield sub
+        finally:
+            gw.stop()
+            await task
 
 
 def gateway_config(

@@ -41,11 +41,16 @@ def test_polekit_emulate_boots_the_firmware_and_answers_modbus_at_once(tmp_path:
         assert values["temperature"] == 21.0 and values["valid"] & modbus.VALID_SHT3X
 
 
-def test_bad_config_values_are_logged_and_defaults_used(tmp_path: Path) -> None:
+def boot_log(tmp_path: Path, **config: object) -> str:
+    """The console of a pole node booted with ``config``, up to its "up" line."""
     flash = tmp_path / "flash"
-    install(flash, unit="x", sample_ms=5, colour="blue")
+    install(flash, **config)
     with EmulatedBoard("pole-env-esp32", fs_dir=flash) as board:
-        log = board.wait_output("up, unit 1", timeout_s=20)
+        return board.wait_output("up, unit 1", timeout_s=20)
+
+
+def test_bad_config_values_are_logged_and_defaults_used(tmp_path: Path) -> None:
+    log = boot_log(tmp_path, unit="x", sample_ms=5, colour="blue")
     assert "config: unit = 'x' must be a number 1..247; using 1" in log
     assert "config: sample_ms = 5 must be a number 100..3600000; using 1000" in log
     assert "config: unknown key 'colour' ignored" in log
@@ -102,13 +107,10 @@ def test_report_policy_filters_spikes_and_reports_on_change(tmp_path: Path) -> N
 
 
 def test_report_policy_config_mistakes_are_logged(tmp_path: Path) -> None:
-    flash = tmp_path / "flash"
-    install(
-        flash,
+    log = boot_log(
+        tmp_path,
         report={"temprature": {"delta": 1}, "humidity": {"filter": "mode", "delta": -1}},
     )
-    with EmulatedBoard("pole-env-esp32", fs_dir=flash) as board:
-        log = board.wait_output("up, unit 1", timeout_s=20)
     assert "config: report.temprature: no such quantity (known: humidity, illuminance" in log
     assert "config: report.humidity.filter = 'mode' must be one of median/average/none" in log
     assert "config: report.humidity.delta = -1 must be a number 0..1000000; using 0.5" in log

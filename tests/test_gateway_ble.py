@@ -24,7 +24,7 @@ from polekit.hil.emulator import EmulatedBoard
 from polekit.protocols import bthome, identity
 
 from boardkit import polekit_emulate
-from gwkit import Collector, run, until, values_of
+from gwkit import Collector, gateway_running, run, until, values_of
 
 SOS = identity.make("371600", "SO", 1)
 THERMO = identity.make("371600", "TH", 1)
@@ -91,39 +91,30 @@ def test_sos_press_reaches_the_broker_as_an_event_within_a_second(
 
     async def scenario() -> float:
         gw = gateway_for(tmp_path, broker, air, board)
-        async with Collector(broker.host, broker.port) as sub:
-            task = asyncio.create_task(gw.run())
-            try:
-                await until(lambda: gw.ble is not None and gw.ble.scanning, what="scanning")
-                await until(lambda: sub.packs(SOS, "senml+json"), what="the node's adverts")
-                pressed = time.monotonic()
-                await asyncio.to_thread(board.set, "sos.press", 200)
-                await until(lambda: sub.on(f"/event/{SOS}"), timeout_s=5, what="the SOS event")
-                latency = time.monotonic() - pressed
-                event = json.loads(sub.on(f"/event/{SOS}")[0].payload)
-                assert event["event"] == "sos" and event["value"] == "press"
-                # the node repeats the event advert; the gateway publishes it once
-                await asyncio.sleep(1.0)
-                assert len(sub.on(f"/event/{SOS}")) == 1
-                assert gw.ble is not None and gw.ble.counters.duplicates >= 1
-                await until(  # a measurement advert after the test set the battery
-                    lambda: (
-                        values_of(sub.packs(SOS, "senml+json")[-1]).get("battery") == (82, "%EL")
-                    ),
-                    what="the battery reading",
-                )
-                # BLE devices show in /health and /metrics like Modbus ones
-                health = gw.health()
-                row = next(d for d in health["devices"] if d["code"] == SOS)
-                assert row["bus"] == "ble" and row["online"] is True and row["polls"] > 0
-                assert row["seq"] >= 1 and health["ble"]["counters"]["decoded"] > 0
-                assert f'polekit_device_online{{device="{SOS}",bus="ble"}} 1' in metrics_text(
-                    health
-                )
-                return latency
-            finally:
-                gw.stop()
-                await task
+        async with gateway_running(gw, broker.host, broker.port) as sub:
+            await until(lambda: gw.ble is not None and gw.ble.scanning, what="scanning")
+            await until(lambda: sub.packs(SOS, "senml+json"), what="the node's adverts")
+            pressed = time.monotonic()
+            await asyncio.to_thread(board.set, "sos.press", 200)
+            await until(lambda: sub.on(f"/event/{SOS}"), timeout_s=5, what="the SOS event")
+            latency = time.monotonic() - pressed
+            event = json.loads(sub.on(f"/event/{SOS}")[0].payload)
+            assert event["event"] == "sos" and event["value"] == "press"
+            # the node repeats the event advert; the gateway publishes it once
+            await asyncio.sleep(1.0)
+            assert len(sub.on(f"/event/{SOS}")) == 1
+            assert gw.ble is not None and gw.ble.counters.duplicates >= 1
+            await until(  # a measurement advert after the test set the battery
+                lambda: values_of(sub.packs(SOS, "senml+json")[-1]).get("battery") == (82, "%EL"),
+                what="the battery reading",
+            )
+            # BLE devices show in /health and /metrics like Modbus ones
+            health = gw.health()
+            row = next(d for d in health["devices"] if d["code"] == SOS)
+            assert row["bus"] == "ble" and row["online"] is True and row["polls"] > 0
+            assert row["seq"] >= 1 and health["ble"]["counters"]["decoded"] > 0
+            assert f'polekit_device_online{{device="{SOS}",bus="ble"}} 1' in metrics_text(health)
+            return latency
 
     latency = run(scenario())
     print(f"SOS press to the broker: {latency:.2f} s (the press itself lasts 0.2 s)")
@@ -137,30 +128,24 @@ def test_encrypted_third_party_readings_and_a_lamp_command_over_gatt(
 
     async def scenario() -> None:
         gw = gateway_for(tmp_path, broker, air, board)
-        async with Collector(broker.host, broker.port) as sub:
-            task = asyncio.create_task(gw.run())
-            try:
-                await until(lambda: sub.packs(THERMO, "senml+json"), what="thermometer packs")
-                values = values_of(sub.packs(THERMO, "senml+json")[-1])
-                assert values["temperature"] == (22.5, "Cel") and values["humidity"] == (
-                    41.0,
-                    "%RH",
-                )
-                cmd = gw.config.topic("cmd", SOS)
-                await sub.publish(cmd, b'{"id": 7, "set": {"lamp_level": 40}}')
-                await sub.publish(cmd, b'{"id": 8, "set": {"lamp_level": 400}}')
-                await until(lambda: len(sub.on(f"/cmd-result/{SOS}")) == 2, what="2 results")
-                results = {
-                    r["id"]: r
-                    for r in (json.loads(m.payload) for m in sub.on(f"/cmd-result/{SOS}"))
-                }
-                assert results[7] == {"id": 7, "ok": True, "set": {"lamp_level": 40}}
-                assert results[8]["ok"] is False and "out of range" in results[8]["error"]
-                assert await asyncio.to_thread(board.get, "lamp.level") == 40.0
-                assert gw.commands.last_rtt_ms is not None
-            finally:
-                gw.stop()
-                await task
+        async with gateway_running(gw, broker.host, broker.port) as sub:
+            await until(lambda: sub.packs(THERMO, "senml+json"), what="thermometer packs")
+            values = values_of(sub.packs(THERMO, "senml+json")[-1])
+            assert values["temperature"] == (22.5, "Cel") and values["humidity"] == (
+                41.0,
+                "%RH",
+            )
+            cmd = gw.config.topic("cmd", SOS)
+            await sub.publish(cmd, b'{"id": 7, "set": {"lamp_level": 40}}')
+            await sub.publish(cmd, b'{"id": 8, "set": {"lamp_level": 400}}')
+            await until(lambda: len(sub.on(f"/cmd-result/{SOS}")) == 2, what="2 results")
+            results = {
+                r["id"]: r for r in (json.loads(m.payload) for m in sub.on(f"/cmd-result/{SOS}"))
+            }
+            assert results[7] == {"id": 7, "ok": True, "set": {"lamp_level": 40}}
+            assert results[8]["ok"] is False and "out of range" in results[8]["error"]
+            assert await asyncio.to_thread(board.get, "lamp.level") == 40.0
+            assert gw.commands.last_rtt_ms is not None
 
     run(scenario())
 
