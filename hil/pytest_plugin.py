@@ -16,10 +16,15 @@ The emulated board boots with the node firmware and the board's reference config
 With ``--embedded-services serial`` and no ``--port``, pytest-embedded's ``dut`` is given
 the emulated board's port, so ``dut.expect(...)`` works the same on both. Each board's
 serial log is saved next to the JUnit report (``--junitxml``), or in ``.polekit-hil/``.
+Wrong --hil-* options stop the run with one line. pytest-embedded's logs and cache go into
+the run's own pytest base temp (see pytest_fixture_setup).
 """
 
 from __future__ import annotations
 
+import difflib
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -29,6 +34,7 @@ from typing import Any
 import pytest
 
 _KEY = pytest.StashKey[Any]()
+_FLASH_KEY = pytest.StashKey[str]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -148,29 +154,106 @@ def _start(config: pytest.Config) -> Any:
         if not config.getoption("hil_bare"):
             from polekit.firmware.install import install
 
-            flash = install(tempfile.mkdtemp(prefix="polekit-hil-flash-"), name)
+            folder = tempfile.mkdtemp(prefix="polekit-hil-flash-")
+            config.stash[_FLASH_KEY] = folder  # removed when the run ends
+            flash = install(folder, name)
         target = EmulatedBoard(name, fs_dir=flash).start()
     config.stash[_KEY] = target
     return target
 
 
+# pytest-embedded's session fixtures that read a folder option, and the option each reads
+_EMBEDDED_FOLDER_OPTIONS = {"session_root_logdir": "root_logdir", "cache_dir": "cache_dir"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_fixture_setup(
+    fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
+) -> None:
+    """pytest-embedded, loaded for every test, keeps its logs and cache in
+    ``<system temp>/pytest-embedded`` unless told otherwise: one folder for all users, owned
+    by whoever ran first (everyone else then gets PermissionError on every test), with one
+    folder left behind per run. Unless ``--root-logdir``/``--cache-dir`` are given, they go
+    into this run's pytest base temp instead: per user, per run, and removed with the old runs
+    by pytest (it keeps the last three). Set just before the fixture that reads the option
+    runs: a fixture of our own could not be ordered before pytest-embedded's reliably."""
+    option = _EMBEDDED_FOLDER_OPTIONS.get(fixturedef.argname)
+    if (
+        option is None
+        or not fixturedef.func.__module__.startswith("pytest_embedded")
+        or request.config.getoption(option, None)
+    ):
+        return
+    factory = request.getfixturevalue("tmp_path_factory")
+    if factory is not None:  # None under --setup-plan, where no fixture runs
+        setattr(request.config.option, option, str(factory.getbasetemp()))
+
+
+def _check_options(config: pytest.Config) -> None:
+    """Stop a run with wrong --hil-* options before any test or board starts, with one line
+    saying what is wrong and what to give instead (pytest prints a UsageError as
+    ``ERROR: ...``, without a traceback)."""
+    from polekit.boards import BoardError, load, names
+
+    board = config.getoption("hil_board")
+    try:
+        load(board)
+    except BoardError as exc:
+        if board.endswith(".toml"):
+            raise pytest.UsageError(f"--hil-board {exc}") from None
+        near = difflib.get_close_matches(board, names(), n=1)
+        hint = f"did you mean {near[0]}? " if near else ""
+        raise pytest.UsageError(
+            f"--hil-board {board}: no such board; {hint}(known boards: {', '.join(names())})"
+        ) from None
+    port, line = config.getoption("hil_port"), config.getoption("hil_line")
+    if not port:
+        if line:
+            raise pytest.UsageError(
+                f"--hil-line {line}: only for a real board (give its --hil-port too); the "
+                "emulated board brings its own RS-485 line"
+            )
+        return
+    if config.getoption("hil_bare"):
+        raise pytest.UsageError(
+            "--hil-bare: only for the emulated board; a real board runs what is deployed on it"
+        )
+    for option, path in (("--hil-port", port), ("--hil-line", line)):
+        if path and "://" not in path and not os.path.exists(path):
+            from serial.tools import list_ports
+
+            present = ", ".join(p.device for p in list_ports.comports()) or "none"
+            raise pytest.UsageError(
+                f"{option} {path}: no such port (ports here: {present}; `polekit doctor` "
+                "checks them)"
+            )
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    _check_options(config)
     services = config.getoption("embedded_services", default=None) or ""
     if "serial" in str(services) and not config.getoption("port", default=None):
+        from polekit.hil.mpvm import MicroPythonNotFoundError
+
         # pytest-embedded will open --port: give it the board's
-        config.option.port = _start(config).repl
+        try:
+            config.option.port = _start(config).repl
+        except MicroPythonNotFoundError as exc:
+            raise pytest.UsageError(f"cannot start the emulated board: {exc}") from None
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     target = config.stash.get(_KEY, None)
-    if target is None:
-        return
-    junit = config.getoption("xmlpath", default=None)
-    folder = Path(junit).resolve().parent if junit else Path(".polekit-hil")
-    folder.mkdir(parents=True, exist_ok=True)
-    if not isinstance(target, RealBoard):
-        (folder / f"{target.board.name}-serial.log").write_bytes(bytes(target.serial_log))
-    target.stop()
+    if target is not None:
+        junit = config.getoption("xmlpath", default=None)
+        folder = Path(junit).resolve().parent if junit else Path(".polekit-hil")
+        folder.mkdir(parents=True, exist_ok=True)
+        if not isinstance(target, RealBoard):
+            (folder / f"{target.board.name}-serial.log").write_bytes(bytes(target.serial_log))
+        target.stop()
+    flash = config.stash.get(_FLASH_KEY, None)
+    if flash is not None:
+        shutil.rmtree(flash)
 
 
 @pytest.fixture(scope="session")

@@ -353,15 +353,11 @@ def doctor() -> None:
     console = Console()
     table = Table("check", "status", "detail", "fix")
     bad = 0
+    colours = {"ok": "green", "note": "cyan", "warn": "yellow", "FAIL": "red"}
     for c in run_checks():
-        if c.ok:
-            status = "[green]ok[/green]"
-        elif c.required:
-            status = "[red]FAIL[/red]"
-            bad += 1
-        else:
-            status = "[yellow]warn[/yellow]"
-        table.add_row(c.name, status, c.detail, "" if c.ok else c.fix)
+        bad += c.status == "FAIL"
+        status = f"[{colours[c.status]}]{c.status}[/{colours[c.status]}]"
+        table.add_row(c.name, status, c.detail, "" if c.status == "ok" else c.fix)
     console.print(table)
     if bad:
         console.print(f"[red]{bad} problem(s) to fix before field work.[/red]")
