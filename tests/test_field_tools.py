@@ -1,18 +1,25 @@
-"""`polekit monitor` on an emulated board (timestamps, keys to the REPL, Ctrl-] quits, reset
-causes explained) and `polekit doctor` (each problem with its fix)."""
+"""`polekit monitor` on an emulated board (timestamps, keys to the REPL, Ctrl-C to the board
+and Ctrl-] quits on a real terminal, reset causes explained) and `polekit doctor` (each
+problem with its fix)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
+import select
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 from pathlib import Path
 
 from polekit.firmware.deploy.monitor import annotate
 from polekit.hil.emulator import EmulatedBoard
+
+from boardkit import polekit_emulate
 
 
 def test_reset_causes_and_levels_are_explained() -> None:
@@ -56,6 +63,112 @@ def test_monitor_shows_the_log_with_timestamps_and_passes_keys(tmp_path: Path) -
     assert proc.returncode == 0, proc.stderr.read().decode()
     assert stamped.search(out), text
     assert "Ctrl-] quits" in text and "monitor closed" in text
+
+
+class Terminal:
+    """``polekit ARGS`` on a pseudo-terminal that is its controlling terminal, as in a
+    person's shell: with the terminal's line discipline in force, a 0x03 typed there is
+    SIGINT for the command unless the command turned signals off."""
+
+    def __init__(self, *args: str) -> None:
+        self.master, self.slave = os.openpty()
+        fcntl.ioctl(self.slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
+        self.cooked = termios.tcgetattr(self.slave)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "polekit", *args],
+            stdin=self.slave,
+            stdout=self.slave,
+            stderr=self.slave,
+            start_new_session=True,  # its own session, with this terminal as its own
+            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+            env={**os.environ, "TERM": "xterm"},
+        )
+        self.out = bytearray()
+        self._reading = True
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while self._reading:
+            ready, _, _ = select.select([self.master], [], [], 0.05)
+            if ready:
+                try:
+                    self.out.extend(os.read(self.master, 4096))
+                except OSError:  # EIO: nobody has the terminal open any more
+                    return
+
+    def text(self) -> str:
+        text = bytes(self.out).decode(errors="replace").replace("\r\n", "\n")
+        return re.sub(r"\x1b\[[0-9;]*m", "", text)  # colours off: the words are checked
+
+    def wait_for(self, pattern: str, timeout_s: float = 20) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not re.search(pattern, self.text(), re.M):
+            assert time.monotonic() < deadline, f"no {pattern!r} in:\n{self.text()[-2000:]}"
+            time.sleep(0.05)
+
+    def type(self, keys: bytes) -> None:
+        os.write(self.master, keys)
+
+    def wait(self, timeout_s: float = 10) -> int:
+        code = self.proc.wait(timeout=timeout_s)
+        self._reading = False
+        self._reader.join(timeout=5)
+        return code
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._reading = False
+        os.close(self.master)
+        os.close(self.slave)
+
+
+def test_ctrl_c_in_the_monitor_stops_the_node_and_ctrl_bracket_quits(tmp_path: Path) -> None:
+    fs = tmp_path / "fs"
+    fs.mkdir()
+    # the node's watchdog would reset the board 5 s after Ctrl-C (as a real ESP32's does):
+    # off here, so a slow machine has the REPL for as long as the test needs it
+    (fs / "config.json").write_text('{"unit": 1, "watchdog_ms": 0}')
+    with polekit_emulate("--fs", str(fs)) as ports:
+        term = Terminal("monitor", "--port", ports["repl"])
+        try:
+            term.wait_for("Ctrl-] quits")
+            term.type(b"\x03")  # Ctrl-C: for the board, not for the monitor
+            term.wait_for("KeyboardInterrupt")  # the node's loop was interrupted...
+            term.wait_for(r"^\d\d:\d\d:\d\d\.\d{3} >>> ")  # ...and the REPL prompt shows
+            assert term.proc.poll() is None, term.text()
+            term.type(b"print(6 * 7)\r")
+            term.wait_for(r"^\d\d:\d\d:\d\d\.\d{3} 42$")
+            assert termios.tcgetattr(term.slave)[3] & termios.ISIG == 0  # raw while it runs
+            term.type(b"\x1d")  # Ctrl-]
+            assert term.wait() == 0, term.text()
+            assert termios.tcgetattr(term.slave) == term.cooked  # the terminal as it was
+            lines = term.text().splitlines()
+            assert lines[-1] == "--- monitor closed ---"
+            # every other line is the board's, stamped: nothing of the monitor's own (the
+            # board's KeyboardInterrupt traceback is the board's)
+            unstamped = [ln for ln in lines[1:-1] if not re.match(r"\d\d:\d\d:\d\d\.\d{3} ", ln)]
+            assert not unstamped, term.text()
+        finally:
+            term.close()
+
+
+def test_the_monitor_restores_the_terminal_when_the_board_goes_away(tmp_path: Path) -> None:
+    with polekit_emulate("--fs", str(tmp_path / "fs")) as ports:
+        term = Terminal("monitor", "--port", ports["repl"])
+        term.wait_for("Ctrl-] quits")
+        assert termios.tcgetattr(term.slave)[3] & termios.ISIG == 0
+    try:  # the board is gone (its emulator stopped): the port fails under the monitor
+        code = term.wait()
+        text = term.text()
+        assert code == 1, text
+        assert f"{ports['repl']}:" in text and "polekit doctor" in text
+        assert "Traceback" not in text
+        assert termios.tcgetattr(term.slave) == term.cooked
+    finally:
+        term.close()
 
 
 def test_doctor_lists_each_check_and_the_fix_for_what_is_missing() -> None:

@@ -327,7 +327,8 @@ COMMANDS.append(flash)
 def monitor(port: str, baud: int) -> None:
     """Watch a board's serial console: timestamps, errors in red and warnings in yellow,
     ESP32 reset causes explained (brownout, watchdog, power on). What you type goes to the
-    board (its REPL). Ctrl-] quits.
+    board, Ctrl-C too: it stops the node and leaves you at its REPL (machine.reset() starts
+    it again). Ctrl-] quits.
 
     \b
     Example:
@@ -337,6 +338,8 @@ def monitor(port: str, baud: int) -> None:
 
     try:
         run_monitor(port, baud)
+    except KeyboardInterrupt:  # only when keys come from a pipe: a terminal sends Ctrl-C on
+        sys.exit(130)
     except OSError as exc:
         raise click.ClickException(
             f"{port}: {exc}. Is the board plugged in and the port free (`polekit doctor`)?"
