@@ -4,11 +4,8 @@ problem with its fix)."""
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
-import select
-import struct
 import subprocess
 import sys
 import termios
@@ -19,7 +16,7 @@ from pathlib import Path
 from polekit.firmware.deploy.monitor import annotate
 from polekit.hil.emulator import EmulatedBoard
 
-from boardkit import polekit_emulate
+from boardkit import Terminal, polekit_emulate
 
 
 def test_reset_causes_and_levels_are_explained() -> None:
@@ -63,66 +60,6 @@ def test_monitor_shows_the_log_with_timestamps_and_passes_keys(tmp_path: Path) -
     assert proc.returncode == 0, proc.stderr.read().decode()
     assert stamped.search(out), text
     assert "Ctrl-] quits" in text and "monitor closed" in text
-
-
-class Terminal:
-    """``polekit ARGS`` on a pseudo-terminal that is its controlling terminal, as in a
-    person's shell: with the terminal's line discipline in force, a 0x03 typed there is
-    SIGINT for the command unless the command turned signals off."""
-
-    def __init__(self, *args: str) -> None:
-        self.master, self.slave = os.openpty()
-        fcntl.ioctl(self.slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
-        self.cooked = termios.tcgetattr(self.slave)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "polekit", *args],
-            stdin=self.slave,
-            stdout=self.slave,
-            stderr=self.slave,
-            start_new_session=True,  # its own session, with this terminal as its own
-            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
-            env={**os.environ, "TERM": "xterm"},
-        )
-        self.out = bytearray()
-        self._reading = True
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        while self._reading:
-            ready, _, _ = select.select([self.master], [], [], 0.05)
-            if ready:
-                try:
-                    self.out.extend(os.read(self.master, 4096))
-                except OSError:  # EIO: nobody has the terminal open any more
-                    return
-
-    def text(self) -> str:
-        text = bytes(self.out).decode(errors="replace").replace("\r\n", "\n")
-        return re.sub(r"\x1b\[[0-9;]*m", "", text)  # colours off: the words are checked
-
-    def wait_for(self, pattern: str, timeout_s: float = 20) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not re.search(pattern, self.text(), re.M):
-            assert time.monotonic() < deadline, f"no {pattern!r} in:\n{self.text()[-2000:]}"
-            time.sleep(0.05)
-
-    def type(self, keys: bytes) -> None:
-        os.write(self.master, keys)
-
-    def wait(self, timeout_s: float = 10) -> int:
-        code = self.proc.wait(timeout=timeout_s)
-        self._reading = False
-        self._reader.join(timeout=5)
-        return code
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._reading = False
-        os.close(self.master)
-        os.close(self.slave)
 
 
 def test_ctrl_c_in_the_monitor_stops_the_node_and_ctrl_bracket_quits(tmp_path: Path) -> None:
