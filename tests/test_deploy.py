@@ -149,3 +149,45 @@ def test_ctrl_c_stops_a_deploy_at_once_and_says_how_to_resume(tmp_path: Path) ->
         assert again.returncode == 0, again.stdout + again.stderr
         copied = int(re.search(r"(\d+) files copied", again.stdout).group(1))  # type: ignore[union-attr]
         assert 0 < copied < 31, again.stdout  # only what the first run had not sent
+
+
+def test_wrong_settings_are_refused_before_anything_is_written(tmp_path: Path) -> None:
+    with EmulatedBoard("pole-env-esp32", fs_dir=tmp_path / "fs") as fresh:
+        before = sorted(p.relative_to(fresh.fs_dir) for p in Path(fresh.fs_dir).rglob("*"))
+        result = polekit(
+            "deploy",
+            "--port",
+            fresh.repl,
+            "--board",
+            "pole-env-esp32",
+            "-c",
+            CODE,
+            "--set",
+            "unti=3",
+            "--set",
+            "lamp_default=150",
+            "--set",
+            'report={"temperature": {"filter": "mean"}}',
+        )
+        after = sorted(p.relative_to(fresh.fs_dir) for p in Path(fresh.fs_dir).rglob("*"))
+        log = fresh.serial_log
+    assert result.returncode == 1, result.stdout + result.stderr
+    err = result.stderr
+    assert "setting unti=3: pole-env-esp32 has no setting 'unti'; did you mean 'unit'?" in err
+    assert "setting lamp_default=150: lamp_default = 150 must be a number 0..100" in err
+    assert "report.temperature.filter = 'mean' must be one of median/average/none" in err
+    assert "Traceback" not in err
+    assert after == before  # nothing written to the flash
+    assert b"raw REPL" not in log  # the board was not even spoken to
+
+
+def test_every_board_reference_config_passes_the_node_schema() -> None:
+    from polekit.boards import load, names
+    from polekit.firmware.deploy.deploy import settings_problems
+
+    for name in names():
+        board = load(name)
+        assert settings_problems(board, dict(board.config)) == {}, name
+    community = load("community-sos-esp32c3")  # each kind of node has its own settings
+    assert "did you mean 'advert_s'?" in settings_problems(community, {"advert": 5})["advert"]
+    assert "has no setting 'unit'" in settings_problems(community, {"unit": 3})["unit"]

@@ -196,3 +196,47 @@ def test_ctrl_c_stops_a_batch_at_once_and_the_same_command_finishes_it(tmp_path:
         again = polekit(*shlex.split(resume)[1:], timeout=300)  # the resume finishes the batch
         assert again.returncode == 0, again.stdout + again.stderr
         assert "3 passed, 0 failed" in again.stdout
+
+
+def test_settings_and_images_are_checked_before_any_board_is_touched(tmp_path: Path) -> None:
+    from polekit.hil.rom import make_app_image
+
+    good = tmp_path / "ESP32_GENERIC.bin"
+    make_app_image(str(good), os.urandom(4096))
+    junk = tmp_path / "notes.txt"
+    junk.write_text("not an image\n")
+    manifest = tmp_path / "street.csv"
+    manifest.write_text(
+        "port,board,device_code,image,config.unti,config.unit,config.advert_s\n"
+        f"/dev/ttyUSB0,pole-env-esp32,{CODES[0]},{good},3,,\n"
+        f"/dev/ttyUSB1,pole-env-esp32,{CODES[1]},{tmp_path / 'missing.bin'},,300,\n"
+        f"/dev/ttyUSB2,pole-env-esp32,{CODES[2]},{junk},,2,\n"
+        f"/dev/ttyUSB3,community-sos-esp32c3,{identity.make('371600', 'SO', 1)},{good},,,x\n"
+    )
+    with pytest.raises(ManifestError) as err:
+        read_manifest(manifest)
+    lines = str(err.value).splitlines()
+    assert lines == [
+        f"{manifest}:2: config.unti: pole-env-esp32 has no setting 'unti'; did you mean "
+        "'unit'? Its settings: baudrate, board, device_code, lamp_default, report, report_s, "
+        "sample_ms, tilt_hysteresis, tilt_ms, tilt_threshold, unit, watchdog_ms "
+        "(docs/firmware.md)",
+        f"{manifest}:3: config.unit: unit = 300 must be a number 1..247",
+        f"{manifest}:3: image {tmp_path / 'missing.bin'}: no such file. Get MicroPython for "
+        "ESP32 on a machine with internet: https://micropython.org/download/ESP32_GENERIC/ "
+        "(the .bin file, v1.22 or later), copy it to this laptop and give its path in the "
+        "image column.",
+        f"{manifest}:4: image {junk}: not an ESP firmware image (it starts 6e6f7420, an image "
+        "starts e9). Get MicroPython for ESP32 on a machine with internet: "
+        "https://micropython.org/download/ESP32_GENERIC/ (the .bin file, v1.22 or later), "
+        "copy it to this laptop and give its path in the image column.",
+        f"{manifest}:5: config.advert_s: advert_s = 'x' must be a number 1..3600",
+        f"{manifest}:5: image {good}: this image is for ESP32, but community-sos-esp32c3 is an "
+        "ESP32C3. Get MicroPython for ESP32C3 on a machine with internet: "
+        "https://micropython.org/download/ESP32_GENERIC_C3/ (the .bin file, v1.22 or later), "
+        "copy it to this laptop and give its path in the image column.",
+    ]
+    result = run(manifest)  # the command stops there: no report, no board
+    assert result.returncode == 1 and "did you mean 'unit'?" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "street-report.json").exists()

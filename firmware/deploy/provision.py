@@ -103,11 +103,42 @@ def read_manifest(path: Path) -> list[Row]:
                 config,
             )
         )
+    problems += settings_and_image_problems(path, rows)
     if problems:
         raise ManifestError("\n".join(problems))
     if not rows:
         raise ManifestError(f"{path}: no boards listed under the header")
     return rows
+
+
+def settings_and_image_problems(path: Path, rows: list[Row]) -> list[str]:
+    """Each row's config.* settings (the node's own schema, as ``deploy --set``) and its
+    image (an ESP image for the board's chip that fits its flash), checked before any
+    board is touched: one line per problem, with the file and line. Rows whose board is
+    unknown are skipped (that is reported on its own)."""
+    from polekit.boards import BoardError, load
+    from polekit.firmware.deploy.deploy import settings_problems
+    from polekit.firmware.deploy.flash import FlashError, check_image
+
+    problems: list[str] = []
+    images: dict[tuple[str, str], str | None] = {}  # (image, board) -> problem: read once
+    for row in rows:
+        try:
+            board = load(row.board)
+        except BoardError:
+            continue
+        for key, why in settings_problems(board, row.config).items():
+            problems.append(f"{path}:{row.line}: config.{key}: {why}")
+        if row.image:
+            if (row.image, board.name) not in images:
+                try:
+                    check_image(Path(row.image), board, "in the image column")
+                    images[row.image, board.name] = None
+                except FlashError as exc:
+                    images[row.image, board.name] = str(exc)
+            if images[row.image, board.name]:
+                problems.append(f"{path}:{row.line}: image {images[row.image, board.name]}")
+    return problems
 
 
 @dataclass
