@@ -135,7 +135,7 @@ def deploy(
 
     \b
     Example:
-      polekit deploy --port /dev/ttyUSB0 --board pole-env-esp32 -c 371600PL000001F --set unit=3
+      polekit deploy --port /dev/ttyUSB0 --board pole-env-esp32 -c 371600PL000001C --set unit=3
     """
     from polekit.firmware.deploy.deploy import DeployError
     from polekit.firmware.deploy.deploy import deploy as run_deploy
