@@ -151,10 +151,11 @@ def deploy(
         transient=True,
     ) as bar:
         task = bar.add_task(f"{port}: connecting", total=None)
-        step = ["connect", 0, 0]  # what deploy is doing: (step, done, total) for Ctrl-C
+        step: tuple[str, int, int] = ("connect", 0, 0)  # what deploy is doing, for Ctrl-C
 
         def note(what: str, done: int, total: int) -> None:
-            step[:] = [what, done, total]
+            nonlocal step
+            step = (what, done, total)
             bar.update(task, description=f"{port}: {what}", completed=done, total=total or None)
 
         try:
