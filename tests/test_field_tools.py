@@ -1,6 +1,5 @@
-"""`polekit monitor` on an emulated board (timestamps, keys to the REPL, Ctrl-C to the board
-and Ctrl-] quits on a real terminal, reset causes explained) and `polekit doctor` (each
-problem with its fix)."""
+"""`polekit monitor` on an emulated board (timestamps, keys to the REPL, Ctrl-] quits, reset
+causes explained); `polekit doctor` is tested in test_doctor.py."""
 
 from __future__ import annotations
 
@@ -106,22 +105,3 @@ def test_the_monitor_restores_the_terminal_when_the_board_goes_away(tmp_path: Pa
         assert termios.tcgetattr(term.slave) == term.cooked
     finally:
         term.close()
-
-
-def test_doctor_lists_each_check_and_the_fix_for_what_is_missing() -> None:
-    ok = subprocess.run(
-        [sys.executable, "-m", "polekit", "doctor"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "COLUMNS": "200"},
-    )
-    assert ok.returncode == 0, ok.stdout + ok.stderr
-    for name in ("python", "esptool", "mpy-cross", "mpremote", "node (emulator)"):
-        assert name in ok.stdout
-    no_node = subprocess.run(
-        [sys.executable, "-m", "polekit", "doctor"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "COLUMNS": "200", "PATH": str(Path(sys.executable).parent)},
-    )
-    assert "sudo apt install nodejs" in no_node.stdout  # a warning: only the emulator needs it
