@@ -30,37 +30,6 @@ def test_reset_causes_and_levels_are_explained() -> None:
     assert annotate("plain text") == ("", "plain text")
 
 
-def test_monitor_shows_the_log_with_timestamps_and_passes_keys(tmp_path: Path) -> None:
-    with EmulatedBoard("pole-env-esp32", fs_dir=tmp_path / "fs") as board:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "polekit", "monitor", "--port", board.repl],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env={**os.environ, "COLUMNS": "200"},  # piped, as into `tee`: lines still come at once
-        )
-        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-        out = bytearray()
-        chunks = iter(lambda: proc.stdout.read1(4096), b"")  # as it comes, until the end
-        reader = threading.Thread(target=lambda: [out.extend(c) for c in chunks], daemon=True)
-        reader.start()
-        proc.stdin.write(b"print('hello', 6 * 7)\n")  # typed keys wait until the port is open
-        proc.stdin.flush()
-        board.wait_output("hello 42")
-        stamped = re.compile(rb"^\d\d:\d\d:\d\d\.\d{3} hello 42$", re.M)
-        deadline = time.monotonic() + 10
-        while not stamped.search(out) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        proc.stdin.write(b"\x1d")  # Ctrl-]
-        proc.stdin.flush()
-        proc.wait(timeout=10)
-        reader.join(timeout=10)
-    text = out.decode()
-    assert proc.returncode == 0, proc.stderr.read().decode()
-    assert stamped.search(out), text
-    assert "Ctrl-] quits" in text and "monitor closed" in text
-
-
 def test_ctrl_c_in_the_monitor_stops_the_node_and_ctrl_bracket_quits(tmp_path: Path) -> None:
     fs = tmp_path / "fs"
     fs.mkdir()
@@ -105,3 +74,34 @@ def test_the_monitor_restores_the_terminal_when_the_board_goes_away(tmp_path: Pa
         assert termios.tcgetattr(term.slave) == term.cooked
     finally:
         term.close()
+
+
+def test_monitor_shows_the_log_with_timestamps_and_passes_keys(tmp_path: Path) -> None:
+    with EmulatedBoard("pole-env-esp32", fs_dir=tmp_path / "fs") as board:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "polekit", "monitor", "--port", board.repl],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "COLUMNS": "200"},  # piped, as into `tee`: lines still come at once
+        )
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        out = bytearray()
+        chunks = iter(lambda: proc.stdout.read1(4096), b"")  # as it comes, until the end
+        reader = threading.Thread(target=lambda: [out.extend(c) for c in chunks], daemon=True)
+        reader.start()
+        proc.stdin.write(b"print('hello', 6 * 7)\n")  # typed keys wait until the port is open
+        proc.stdin.flush()
+        board.wait_output("hello 42")
+        stamped = re.compile(rb"^\d\d:\d\d:\d\d\.\d{3} hello 42$", re.M)
+        deadline = time.monotonic() + 10
+        while not stamped.search(out) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.stdin.write(b"\x1d")  # Ctrl-]
+        proc.stdin.flush()
+        proc.wait(timeout=10)
+        reader.join(timeout=10)
+    text = out.decode()
+    assert proc.returncode == 0, proc.stderr.read().decode()
+    assert stamped.search(out), text
+    assert "Ctrl-] quits" in text and "monitor closed" in text
