@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import os
+import re
+import select
 import signal
+import struct
 import subprocess
 import sys
+import termios
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,3 +82,63 @@ def polekit_emulate(*args: str) -> Iterator[dict[str, Any]]:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
+
+
+class Terminal:
+    """``polekit ARGS`` on a pseudo-terminal that is its controlling terminal, as in a
+    person's shell: with the terminal's line discipline in force, a 0x03 typed there is
+    SIGINT for the command unless the command turned signals off."""
+
+    def __init__(self, *args: str) -> None:
+        self.master, self.slave = os.openpty()
+        fcntl.ioctl(self.slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
+        self.cooked = termios.tcgetattr(self.slave)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "polekit", *args],
+            stdin=self.slave,
+            stdout=self.slave,
+            stderr=self.slave,
+            start_new_session=True,  # its own session, with this terminal as its own
+            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+            env={**os.environ, "TERM": "xterm"},
+        )
+        self.out = bytearray()
+        self._reading = True
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while self._reading:
+            ready, _, _ = select.select([self.master], [], [], 0.05)
+            if ready:
+                try:
+                    self.out.extend(os.read(self.master, 4096))
+                except OSError:  # EIO: nobody has the terminal open any more
+                    return
+
+    def text(self) -> str:
+        text = bytes(self.out).decode(errors="replace").replace("\r\n", "\n")
+        return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)  # colours and cursor moves off
+
+    def wait_for(self, pattern: str, timeout_s: float = 20) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not re.search(pattern, self.text(), re.M):
+            assert time.monotonic() < deadline, f"no {pattern!r} in:\n{self.text()[-2000:]}"
+            time.sleep(0.05)
+
+    def type(self, keys: bytes) -> None:
+        os.write(self.master, keys)
+
+    def wait(self, timeout_s: float = 10) -> int:
+        code = self.proc.wait(timeout=timeout_s)
+        self._reading = False
+        self._reader.join(timeout=5)
+        return code
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._reading = False
+        os.close(self.master)
+        os.close(self.slave)

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import shlex
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +19,7 @@ from polekit.hil.emulator import EmulatedBoard
 from polekit.hil.nodekit import NodeMaster
 from polekit.protocols import identity
 
-from boardkit import polekit
+from boardkit import Terminal, polekit
 
 CODE = identity.make("371600", "PL", 21)
 
@@ -120,3 +123,71 @@ def test_a_bad_device_code_is_refused_before_anything_is_written(board: Emulated
         and "device code '371600PL000001X': check character" in err
         and "polekit code make" in err
     )
+
+
+def test_ctrl_c_stops_a_deploy_at_once_and_says_how_to_resume(tmp_path: Path) -> None:
+    with EmulatedBoard("pole-env-esp32", fs_dir=tmp_path / "fs") as fresh:
+        args = ["deploy", "--port", fresh.repl, "--board", "pole-env-esp32", "-c", CODE]
+        term = Terminal(*args, "--set", "unit=3")
+        try:
+            term.wait_for(r": copy .*[1-9]\.\d/", timeout_s=60)  # some bytes are on the board
+            pressed = time.monotonic()
+            term.type(b"\x03")  # Ctrl-C at the terminal: SIGINT for the deploy
+            code = term.wait(timeout_s=30)
+            took = time.monotonic() - pressed
+        finally:
+            term.close()
+        text = term.text()
+        assert code == 130, text
+        print(f"stopped {took:.2f} s after Ctrl-C")
+        assert took < 2.5, f"stopped {took:.1f} s after Ctrl-C"
+        assert "Traceback" not in text
+        assert re.search(r"stopped while copying files, \d+ of \d+ bytes sent", text), text
+        resume = text.split("To resume, run: ", 1)[1].splitlines()[0]
+        assert shlex.split(resume) == ["polekit", *args, "--set", "unit=3"]
+        again = polekit(*shlex.split(resume)[1:])  # the resume finishes the job
+        assert again.returncode == 0, again.stdout + again.stderr
+        copied = int(re.search(r"(\d+) files copied", again.stdout).group(1))  # type: ignore[union-attr]
+        assert 0 < copied < 31, again.stdout  # only what the first run had not sent
+
+
+def test_wrong_settings_are_refused_before_anything_is_written(tmp_path: Path) -> None:
+    with EmulatedBoard("pole-env-esp32", fs_dir=tmp_path / "fs") as fresh:
+        before = sorted(p.relative_to(fresh.fs_dir) for p in Path(fresh.fs_dir).rglob("*"))
+        result = polekit(
+            "deploy",
+            "--port",
+            fresh.repl,
+            "--board",
+            "pole-env-esp32",
+            "-c",
+            CODE,
+            "--set",
+            "unti=3",
+            "--set",
+            "lamp_default=150",
+            "--set",
+            'report={"temperature": {"filter": "mean"}}',
+        )
+        after = sorted(p.relative_to(fresh.fs_dir) for p in Path(fresh.fs_dir).rglob("*"))
+        log = fresh.serial_log
+    assert result.returncode == 1, result.stdout + result.stderr
+    err = result.stderr
+    assert "setting unti=3: pole-env-esp32 has no setting 'unti'; did you mean 'unit'?" in err
+    assert "setting lamp_default=150: lamp_default = 150 must be a number 0..100" in err
+    assert "report.temperature.filter = 'mean' must be one of median/average/none" in err
+    assert "Traceback" not in err
+    assert after == before  # nothing written to the flash
+    assert b"raw REPL" not in log  # the board was not even spoken to
+
+
+def test_every_board_reference_config_passes_the_node_schema() -> None:
+    from polekit.boards import load, names
+    from polekit.firmware.deploy.deploy import settings_problems
+
+    for name in names():
+        board = load(name)
+        assert settings_problems(board, dict(board.config)) == {}, name
+    community = load("community-sos-esp32c3")  # each kind of node has its own settings
+    assert "did you mean 'advert_s'?" in settings_problems(community, {"advert": 5})["advert"]
+    assert "has no setting 'unit'" in settings_problems(community, {"unit": 3})["unit"]

@@ -7,12 +7,15 @@ import os
 import re
 import subprocess
 import sys
+import termios
 import threading
 import time
 from pathlib import Path
 
 from polekit.firmware.deploy.monitor import annotate
 from polekit.hil.emulator import EmulatedBoard
+
+from boardkit import Terminal, polekit_emulate
 
 
 def test_reset_causes_and_levels_are_explained() -> None:
@@ -25,6 +28,52 @@ def test_reset_causes_and_levels_are_explained() -> None:
     assert annotate("polekit: warning: the loop was blocked for 120 ms")[0] == "yellow"
     assert annotate("polekit node 371600PL000001C up, unit 1")[0] == "green"
     assert annotate("plain text") == ("", "plain text")
+
+
+def test_ctrl_c_in_the_monitor_stops_the_node_and_ctrl_bracket_quits(tmp_path: Path) -> None:
+    fs = tmp_path / "fs"
+    fs.mkdir()
+    # the node's watchdog would reset the board 5 s after Ctrl-C (as a real ESP32's does):
+    # off here, so a slow machine has the REPL for as long as the test needs it
+    (fs / "config.json").write_text('{"unit": 1, "watchdog_ms": 0}')
+    with polekit_emulate("--fs", str(fs)) as ports:
+        term = Terminal("monitor", "--port", ports["repl"])
+        try:
+            term.wait_for("Ctrl-] quits")
+            term.type(b"\x03")  # Ctrl-C: for the board, not for the monitor
+            term.wait_for("KeyboardInterrupt")  # the node's loop was interrupted...
+            term.wait_for(r"^\d\d:\d\d:\d\d\.\d{3} >>> ")  # ...and the REPL prompt shows
+            assert term.proc.poll() is None, term.text()
+            term.type(b"print(6 * 7)\r")
+            term.wait_for(r"^\d\d:\d\d:\d\d\.\d{3} 42$")
+            assert termios.tcgetattr(term.slave)[3] & termios.ISIG == 0  # raw while it runs
+            term.type(b"\x1d")  # Ctrl-]
+            assert term.wait() == 0, term.text()
+            assert termios.tcgetattr(term.slave) == term.cooked  # the terminal as it was
+            lines = term.text().splitlines()
+            assert lines[-1] == "--- monitor closed ---"
+            # every other line is the board's, stamped: nothing of the monitor's own (the
+            # board's KeyboardInterrupt traceback is the board's)
+            unstamped = [ln for ln in lines[1:-1] if not re.match(r"\d\d:\d\d:\d\d\.\d{3} ", ln)]
+            assert not unstamped, term.text()
+        finally:
+            term.close()
+
+
+def test_the_monitor_restores_the_terminal_when_the_board_goes_away(tmp_path: Path) -> None:
+    with polekit_emulate("--fs", str(tmp_path / "fs")) as ports:
+        term = Terminal("monitor", "--port", ports["repl"])
+        term.wait_for("Ctrl-] quits")
+        assert termios.tcgetattr(term.slave)[3] & termios.ISIG == 0
+    try:  # the board is gone (its emulator stopped): the port fails under the monitor
+        code = term.wait()
+        text = term.text()
+        assert code == 1, text
+        assert f"{ports['repl']}:" in text and "polekit doctor" in text
+        assert "Traceback" not in text
+        assert termios.tcgetattr(term.slave) == term.cooked
+    finally:
+        term.close()
 
 
 def test_monitor_shows_the_log_with_timestamps_and_passes_keys(tmp_path: Path) -> None:

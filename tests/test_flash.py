@@ -7,6 +7,8 @@ port and what to do."""
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -20,7 +22,7 @@ from polekit.hil.emulator import EmulatedBoard
 from polekit.hil.rfc2217 import Rfc2217Server
 from polekit.hil.rom import make_app_image
 
-from boardkit import polekit, polekit_emulate
+from boardkit import Terminal, polekit, polekit_emulate
 
 OFFSET = 0x1000  # where an ESP32 boots MicroPython from
 
@@ -211,3 +213,35 @@ def test_polekit_emulate_bootloader_and_flash_read(tmp_path: Path, image: Path) 
         assert dump.stdout.startswith(
             "00001000  " + " ".join(f"{b:02x}" for b in image.read_bytes()[:16])
         )
+
+
+def test_ctrl_c_stops_a_flash_at_once_and_the_same_command_finishes_it(
+    tmp_path: Path, image: Path
+) -> None:
+    with EmulatedBoard("pole-env-esp32", fs_dir=tmp_path / "fs", bootloader=True) as board:
+        args = ["flash", "--port", board.repl, "--image", str(image), "--board", "pole-env-esp32"]
+        term = Terminal(*args)
+        try:
+            term.wait_for(r"writing \S+ .* ([1-9]\d?)%", timeout_s=60)  # part of it is written
+            pressed = time.monotonic()
+            term.type(b"\x03")  # Ctrl-C at the terminal: SIGINT for the flash
+            code = term.wait(timeout_s=30)
+            took = time.monotonic() - pressed
+        finally:
+            term.close()
+        text = term.text()
+        assert code == 130, text
+        print(f"stopped {took:.2f} s after Ctrl-C")
+        assert took < 2.5, f"stopped {took:.1f} s after Ctrl-C"
+        assert "Traceback" not in text
+        assert re.search(
+            rf"stopped while writing {image.name} at \d+%: the board holds a partial", text
+        )
+        resume = text.split("To resume, run: ", 1)[1].splitlines()[0]
+        assert shlex.split(resume) == ["polekit", *args]
+        assert board.in_bootloader  # the partial image was never started
+        again = polekit(*shlex.split(resume)[1:])
+        assert again.returncode == 0, again.stdout + again.stderr
+        wait_booted(board)
+        data = image.read_bytes()
+        assert board.read_spi_flash(OFFSET, len(data)) == data

@@ -8,6 +8,8 @@ import contextlib
 import csv
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -19,6 +21,8 @@ import pytest
 from polekit.firmware.deploy.provision import ManifestError, read_manifest
 from polekit.hil.emulator import EmulatedBoard
 from polekit.protocols import identity
+
+from boardkit import Terminal, polekit
 
 CODES = [identity.make("371600", "PL", n) for n in range(31, 35)]
 
@@ -156,3 +160,83 @@ def test_nobody_plugs_a_board_in_and_the_row_fails_with_the_reason(tmp_path: Pat
     results, _, _ = provision(manifest, list_ports=set, plug_timeout_s=1)
     assert results[0]["result"] == "fail"
     assert results[0]["error"] == "no new board was plugged in within 1 s"
+
+
+def test_ctrl_c_stops_a_batch_at_once_and_the_same_command_finishes_it(tmp_path: Path) -> None:
+    with contextlib.ExitStack() as stack:
+        boards = [
+            stack.enter_context(EmulatedBoard("pole-env-esp32", fs_dir=tmp_path / f"flash{i}"))
+            for i in range(3)
+        ]
+        manifest = tmp_path / "poles.csv"
+        manifest.write_text(
+            "port,board,device_code\n"
+            + "".join(f"{b.repl},pole-env-esp32,{c}\n" for b, c in zip(boards, CODES, strict=False))
+        )
+        args = ["provision", "-m", str(manifest), "--jobs", "2"]
+        term = Terminal(*args)
+        try:
+            term.wait_for(r"copy ", timeout_s=120)  # a board is being written to
+            pressed = time.monotonic()
+            term.type(b"\x03")  # Ctrl-C at the terminal: SIGINT for the batch
+            code = term.wait(timeout_s=30)
+            took = time.monotonic() - pressed
+        finally:
+            term.close()
+        text = term.text()
+        print(f"stopped {took:.2f} s after Ctrl-C")
+        assert code == 130, text
+        assert took < 2.5, f"stopped {took:.1f} s after Ctrl-C"
+        assert "Traceback" not in text
+        summary = text.split("Stopped (Ctrl-C): ", 1)[1]
+        assert re.search(r"finished in this run.*, \d cut off mid-way \(.+ in \w+", summary)
+        assert re.search(r", 1 not started\. Report: ", summary), summary
+        resume = text.split("To resume, run: ", 1)[1].splitlines()[0]
+        assert shlex.split(resume) == ["polekit", *args]
+        again = polekit(*shlex.split(resume)[1:], timeout=300)  # the resume finishes the batch
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "3 passed, 0 failed" in again.stdout
+
+
+def test_settings_and_images_are_checked_before_any_board_is_touched(tmp_path: Path) -> None:
+    from polekit.hil.rom import make_app_image
+
+    good = tmp_path / "ESP32_GENERIC.bin"
+    make_app_image(str(good), os.urandom(4096))
+    junk = tmp_path / "notes.txt"
+    junk.write_text("not an image\n")
+    manifest = tmp_path / "street.csv"
+    manifest.write_text(
+        "port,board,device_code,image,config.unti,config.unit,config.advert_s\n"
+        f"/dev/ttyUSB0,pole-env-esp32,{CODES[0]},{good},3,,\n"
+        f"/dev/ttyUSB1,pole-env-esp32,{CODES[1]},{tmp_path / 'missing.bin'},,300,\n"
+        f"/dev/ttyUSB2,pole-env-esp32,{CODES[2]},{junk},,2,\n"
+        f"/dev/ttyUSB3,community-sos-esp32c3,{identity.make('371600', 'SO', 1)},{good},,,x\n"
+    )
+    with pytest.raises(ManifestError) as err:
+        read_manifest(manifest)
+    lines = str(err.value).splitlines()
+    assert lines == [
+        f"{manifest}:2: config.unti: pole-env-esp32 has no setting 'unti'; did you mean "
+        "'unit'? Its settings: baudrate, board, device_code, lamp_default, report, report_s, "
+        "sample_ms, tilt_hysteresis, tilt_ms, tilt_threshold, unit, watchdog_ms "
+        "(docs/firmware.md)",
+        f"{manifest}:3: config.unit: unit = 300 must be a number 1..247",
+        f"{manifest}:3: image {tmp_path / 'missing.bin'}: no such file. Get MicroPython for "
+        "ESP32 on a machine with internet: https://micropython.org/download/ESP32_GENERIC/ "
+        "(the .bin file, v1.22 or later), copy it to this laptop and give its path in the "
+        "image column.",
+        f"{manifest}:4: image {junk}: not an ESP firmware image (it starts 6e6f7420, an image "
+        "starts e9). Get MicroPython for ESP32 on a machine with internet: "
+        "https://micropython.org/download/ESP32_GENERIC/ (the .bin file, v1.22 or later), "
+        "copy it to this laptop and give its path in the image column.",
+        f"{manifest}:5: config.advert_s: advert_s = 'x' must be a number 1..3600",
+        f"{manifest}:5: image {good}: this image is for ESP32, but community-sos-esp32c3 is an "
+        "ESP32C3. Get MicroPython for ESP32C3 on a machine with internet: "
+        "https://micropython.org/download/ESP32_GENERIC_C3/ (the .bin file, v1.22 or later), "
+        "copy it to this laptop and give its path in the image column.",
+    ]
+    result = run(manifest)  # the command stops there: no report, no board
+    assert result.returncode == 1 and "did you mean 'unit'?" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "street-report.json").exists()

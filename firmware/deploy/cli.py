@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import json
+import shlex
+import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -40,6 +43,20 @@ def _config_option(value: tuple[str, ...]) -> dict[str, Any]:
         except ValueError:
             out[key] = raw
     return out
+
+
+def stopped(console: Console, what_was_done: str, resume: list[str] | None = None) -> NoReturn:
+    """Ctrl-C: say what was done and the command that carries on (each field command is
+    safe to run again: deploy copies only what differs, flash writes the whole image,
+    provision skips the boards its report has as passed), and exit 130, the shell's status
+    for an interrupt, without a traceback. ``resume``: the arguments that carry on, when
+    they are not the ones given."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the summary
+    command = shlex.join(["polekit", *(sys.argv[1:] if resume is None else resume)])
+    # soft wrap: the command must stay one line to be copied, however narrow the terminal
+    console.print(f"[yellow]Stopped (Ctrl-C):[/yellow] {escape(what_was_done)}", soft_wrap=True)
+    console.print(f"To resume, run: {command}", markup=False, soft_wrap=True)
+    sys.exit(130)
 
 
 def print_selftest(console: Console, report: Any) -> None:
@@ -118,7 +135,7 @@ def deploy(
 
     \b
     Example:
-      polekit deploy --port /dev/ttyUSB0 --board pole-env-esp32 -c 371600PL000001F --set unit=3
+      polekit deploy --port /dev/ttyUSB0 --board pole-env-esp32 -c 371600PL000001C --set unit=3
     """
     from polekit.firmware.deploy.deploy import DeployError
     from polekit.firmware.deploy.deploy import deploy as run_deploy
@@ -134,8 +151,11 @@ def deploy(
         transient=True,
     ) as bar:
         task = bar.add_task(f"{port}: connecting", total=None)
+        step: tuple[str, int, int] = ("connect", 0, 0)  # what deploy is doing, for Ctrl-C
 
         def note(what: str, done: int, total: int) -> None:
+            nonlocal step
+            step = (what, done, total)
             bar.update(task, description=f"{port}: {what}", completed=done, total=total or None)
 
         try:
@@ -149,6 +169,9 @@ def deploy(
             )
         except (BoardError, DeployError, LinkError) as exc:
             raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            bar.stop()
+            stopped(console, _deploy_stopped(port, *step))
     if as_json:
         click.echo(json.dumps({**report.as_dict(), "passed": report.passed}))
     else:
@@ -162,6 +185,18 @@ def deploy(
         print_selftest(console, report)
     if not report.passed:
         sys.exit(1)
+
+
+def _deploy_stopped(port: str, what: str, done: int, total: int) -> str:
+    """What an interrupted deploy had done, from the last step it reported."""
+    if what == "connect":
+        return f"{port}: stopped while connecting to the board; nothing was copied."
+    kept = "the node stays stopped (its /maintenance flag) until a deploy finishes."
+    if what == "copy":
+        return f"{port}: stopped while copying files, {done} of {total} bytes sent; {kept}"
+    if what == "selftest":
+        return f"{port}: stopped during the self-test; the files are on the board; {kept}"
+    return f"{port}: stopped while the node was starting; the files and config are on the board."
 
 
 COMMANDS = [build, deploy]
@@ -199,6 +234,7 @@ def provision(manifest: Path, jobs: int, report: Path | None, retry_passed: bool
       polekit provision --manifest poles.csv --jobs 4     # -> poles-report.json and .csv
     """
     from polekit.firmware.deploy.provision import (
+        BatchInterrupted,
         ManifestError,
         load_report,
         read_manifest,
@@ -236,7 +272,43 @@ def provision(manifest: Path, jobs: int, report: Path | None, retry_passed: bool
         for code, task in tasks.items():
             if earlier.get(code, {}).get("result") == "pass":
                 bar.update(task, description="[green]passed earlier[/green]", completed=1)
-        results, ran, skipped = run(manifest, jobs, report, step, retry_passed)
+        try:
+            results, ran, skipped = run(manifest, jobs, report, step, retry_passed)
+        except BatchInterrupted as stop:
+            bar.stop()
+            cut = stop.cut_off
+            if stop.finished:
+                _print_boards(console, stop.finished)
+            passed = sum(r["result"] == "pass" for r in stop.finished)
+            stopped(
+                console,
+                (
+                    f"{len(stop.finished)} board(s) finished in this run ({passed} passed, "
+                    f"{len(stop.finished) - passed} failed)"
+                    if stop.finished
+                    else "no board finished in this run"
+                )
+                + f", {len(cut)} cut off mid-way"
+                + (f" ({', '.join(f'{c} in {what}' for c, what in cut.items())})" if cut else "")
+                + f", {len(stop.not_started)} not started. Report: {stop.report[0]}, "
+                f"{stop.report[1]}. The boards not passed are done by the next run.",
+                resume=[a for a in sys.argv[1:] if a != "--retry-passed"],
+            )
+        except KeyboardInterrupt:  # before any board was started
+            bar.stop()
+            stopped(console, "no board was started.")
+    _print_boards(console, results)
+    json_path, csv_path = report_paths(manifest, report)
+    failed = sum(r["result"] != "pass" for r in results)
+    console.print(
+        f"{len(results) - failed} passed, {failed} failed ({ran} run now, {skipped} already "
+        f"passed). Report: {json_path}, {csv_path}"
+    )
+    if failed:
+        sys.exit(1)
+
+
+def _print_boards(console: Console, results: list[dict[str, Any]]) -> None:
     table = Table("device code", "port", "result", "chip MAC", "firmware", "s", "error")
     for r in results:
         ok = r["result"] == "pass"
@@ -250,14 +322,6 @@ def provision(manifest: Path, jobs: int, report: Path | None, retry_passed: bool
             r["error"],
         )
     console.print(table)
-    json_path, csv_path = report_paths(manifest, report)
-    failed = sum(r["result"] != "pass" for r in results)
-    console.print(
-        f"{len(results) - failed} passed, {failed} failed ({ran} run now, {skipped} already "
-        f"passed). Report: {json_path}, {csv_path}"
-    )
-    if failed:
-        sys.exit(1)
 
 
 COMMANDS.append(provision)
@@ -301,17 +365,32 @@ def flash(port: str, image: Path, board_name: str, erase: bool, baud: int) -> No
         transient=True,
     ) as bar:
         task = bar.add_task("write", total=100)
+        written = [0, 0]  # (done, total) blocks of the write, for Ctrl-C
+
+        def note(done: int, total: int) -> None:
+            written[:] = [done, total]
+            bar.update(task, completed=done, total=total)
+
         try:
-            report = flash_image(
-                port,
-                image,
-                board_name,
-                erase=erase,
-                baud=baud,
-                progress=lambda done, total: bar.update(task, completed=done, total=total),
-            )
+            report = flash_image(port, image, board_name, erase=erase, baud=baud, progress=note)
         except (BoardError, FlashError) as exc:
             raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            bar.stop()
+            done, total = written
+            stopped(
+                console,
+                f"{port}: stopped while writing {image.name} at {100 * done // total}%: the "
+                "board holds a partial image and will not start MicroPython until it is "
+                "flashed whole."
+                if total
+                else f"{port}: stopped before writing {image.name}"
+                + (
+                    ": --erase may have wiped the flash already."
+                    if erase
+                    else ": nothing was written."
+                ),
+            )
     console.print(
         f"{port}: {report.chip} {report.mac}: {report.size} bytes written and verified (MD5) "
         f"in {report.seconds:.1f} s; the board is starting MicroPython. Next: polekit deploy"
@@ -327,7 +406,8 @@ COMMANDS.append(flash)
 def monitor(port: str, baud: int) -> None:
     """Watch a board's serial console: timestamps, errors in red and warnings in yellow,
     ESP32 reset causes explained (brownout, watchdog, power on). What you type goes to the
-    board (its REPL). Ctrl-] quits.
+    board, Ctrl-C too: it stops the node and leaves you at its REPL (machine.reset() starts
+    it again). Ctrl-] quits.
 
     \b
     Example:
@@ -337,6 +417,8 @@ def monitor(port: str, baud: int) -> None:
 
     try:
         run_monitor(port, baud)
+    except KeyboardInterrupt:  # only when keys come from a pipe: a terminal sends Ctrl-C on
+        sys.exit(130)
     except OSError as exc:
         raise click.ClickException(
             f"{port}: {exc}. Is the board plugged in and the port free (`polekit doctor`)?"

@@ -10,8 +10,10 @@ node to report itself up.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ from typing import Any
 from polekit.boards import Board, load
 from polekit.firmware.deploy.bundle import MANIFEST, MPY_CROSS, Bundle, build, mpy_of
 from polekit.firmware.deploy.link import BoardLink, LinkError
+from polekit.firmware.node import settings as node_settings
 from polekit.protocols import identity
 
 MAINTENANCE = "maintenance"  # the flag file: main.py leaves the node stopped while it exists
@@ -86,6 +89,32 @@ def node_config(
     return config
 
 
+def settings_problems(board: Board, settings: dict[str, Any]) -> dict[str, str]:
+    """What is wrong with each setting a deployment lays over the board's reference config,
+    by key (nothing: all good). Checked against the node's own tables (node/settings.py),
+    on the host, so a typo is refused before anything is written to a board; an unknown
+    key gets the nearest known one (``unti``: did you mean ``unit``?)."""
+    known = node_settings.known_keys(board.uplink)
+    out: dict[str, str] = {}
+    for key, value in settings.items():
+        if key not in known:
+            near = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else "."
+            out[key] = (
+                f"{board.name} has no setting {key!r}{hint} Its settings: "
+                f"{', '.join(sorted(known))} (docs/firmware.md)"
+            )
+            continue
+        problems = node_settings.validate({key: value}, board.uplink)[1]
+        if problems:
+            # the node's words, without what the node would do about it ("; using 1")
+            out[key] = "; ".join(
+                re.sub(r"(; using .*|;? ignored)$", "", p.removeprefix("config: "))
+                for p in problems
+            )
+    return out
+
+
 def _enter_maintenance(link: BoardLink) -> None:
     # the node's watchdog may be armed: only a reset stops it, and main.py then sees the flag
     has_main = link.hashes(["main.py"])["main.py"] is not None
@@ -128,6 +157,14 @@ def deploy(
     board = board if isinstance(board, Board) else load(board)
     report = DeployReport(port, board.name, device_code)
     node_config(Bundle(board, None, {}), device_code, config)  # refuse a bad code up front
+    wrong = settings_problems(board, config or {})
+    if wrong:
+        raise DeployError(
+            "\n".join(
+                f"setting {key}={json.dumps((config or {})[key])}: {why}"
+                for key, why in wrong.items()
+            )
+        )
     note = progress or (lambda what, done, total: None)
     with BoardLink(port) as link:
         note("connect", 0, 1)

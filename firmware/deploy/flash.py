@@ -35,34 +35,35 @@ class FlashError(RuntimeError):
     """Flashing failed or cannot start; the message names the port or file and the fix."""
 
 
-def where_to_get(chip: str) -> str:
+def where_to_get(chip: str, given: str = "with --image") -> str:
     name = DOWNLOADS.get(chip, chip.upper())
     return (
         f"Get MicroPython for {chip.upper()} on a machine with internet: "
         f"https://micropython.org/download/{name}/ (the .bin file, v1.22 or later), copy it "
-        "to this laptop and give its path with --image."
+        f"to this laptop and give its path {given}."
     )
 
 
-def check_image(image: Path, board: Board) -> bytes:
-    """The image's bytes, or FlashError saying what is wrong and where to get a good one."""
+def check_image(image: Path, board: Board, given: str = "with --image") -> bytes:
+    """The image's bytes, or FlashError saying what is wrong and where to get a good one
+    (``given``: where the person gives the path, for the hint)."""
     try:
         data = image.read_bytes()
     except FileNotFoundError:
-        raise FlashError(f"{image}: no such file. {where_to_get(board.chip)}") from None
+        raise FlashError(f"{image}: no such file. {where_to_get(board.chip, given)}") from None
     except OSError as exc:
         raise FlashError(f"{image}: {exc.strerror}") from None
     if len(data) < 24 or data[0] != 0xE9:
         raise FlashError(
             f"{image}: not an ESP firmware image (it starts {data[:4].hex() or 'empty'}, "
-            f"an image starts e9). {where_to_get(board.chip)}"
+            f"an image starts e9). {where_to_get(board.chip, given)}"
         )
     chip_id = int.from_bytes(data[12:14], "little")
     if chip_id != CHIP_IDS[board.chip]:
         other = next((c for c, i in CHIP_IDS.items() if i == chip_id), f"chip id {chip_id}")
         raise FlashError(
             f"{image}: this image is for {other.upper()}, but {board.name} is an "
-            f"{board.chip.upper()}. {where_to_get(board.chip)}"
+            f"{board.chip.upper()}. {where_to_get(board.chip, given)}"
         )
     room = board.flash_size_mb * 1024 * 1024 - board.firmware_offset
     if len(data) > room:

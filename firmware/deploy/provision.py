@@ -16,7 +16,6 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,11 +103,42 @@ def read_manifest(path: Path) -> list[Row]:
                 config,
             )
         )
+    problems += settings_and_image_problems(path, rows)
     if problems:
         raise ManifestError("\n".join(problems))
     if not rows:
         raise ManifestError(f"{path}: no boards listed under the header")
     return rows
+
+
+def settings_and_image_problems(path: Path, rows: list[Row]) -> list[str]:
+    """Each row's config.* settings (the node's own schema, as ``deploy --set``) and its
+    image (an ESP image for the board's chip that fits its flash), checked before any
+    board is touched: one line per problem, with the file and line. Rows whose board is
+    unknown are skipped (that is reported on its own)."""
+    from polekit.boards import BoardError, load
+    from polekit.firmware.deploy.deploy import settings_problems
+    from polekit.firmware.deploy.flash import FlashError, check_image
+
+    problems: list[str] = []
+    images: dict[tuple[str, str], str | None] = {}  # (image, board) -> problem: read once
+    for row in rows:
+        try:
+            board = load(row.board)
+        except BoardError:
+            continue
+        for key, why in settings_problems(board, row.config).items():
+            problems.append(f"{path}:{row.line}: config.{key}: {why}")
+        if row.image:
+            if (row.image, board.name) not in images:
+                try:
+                    check_image(Path(row.image), board, "in the image column")
+                    images[row.image, board.name] = None
+                except FlashError as exc:
+                    images[row.image, board.name] = str(exc)
+            if images[row.image, board.name]:
+                problems.append(f"{path}:{row.line}: image {images[row.image, board.name]}")
+    return problems
 
 
 @dataclass
@@ -260,14 +290,22 @@ def provision(
     lock = threading.Lock()
     bundles: dict[Any, Any] = {}
     note = step or (lambda row, what, done, total: None)
+    stop = threading.Event()
+    doing: dict[str, str] = {}  # device code -> the step it is in
+
+    def track(row: Row, what: str, done: int, total: int) -> None:
+        if stop.is_set():
+            raise _StopWork  # Ctrl-C: leave the board at the next step
+        doing[row.device_code] = what
+        note(row, what, done, total)
 
     def save() -> None:
         ordered = [results[r.device_code] for r in rows if r.device_code in results]
         write_report(json_path, csv_path, ordered)
 
     def work(row: Row) -> None:
-        outcome = provision_one(row, note, bundles)
-        note(row, outcome.result, 1, 1)
+        outcome = provision_one(row, track, bundles)
+        track(row, outcome.result, 1, 1)
         with lock:
             results[row.device_code] = asdict(outcome)
             save()
@@ -275,37 +313,96 @@ def provision(
     def work_failed(row: Row, why: str) -> None:
         out = Outcome(row.device_code, row.board, row.port, row.site, error=why)
         out.finished_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        note(row, "fail", 1, 1)
+        track(row, "fail", 1, 1)
         with lock:
             results[row.device_code] = asdict(out)
             save()
 
+    slots = threading.Semaphore(max(1, jobs))
+
     def work_chain(chain: list[Row]) -> None:
-        for row in chain:
-            work(row)
+        with slots:
+            for row in chain:
+                work(row)
+
+    # Daemon threads, not a pool: Ctrl-C ends the batch at once, whatever a board is in
+    # the middle of (a deploy cut off is redone by the next run); a pool would be waited for.
+    threads: list[threading.Thread] = []
+    crashed: list[BaseException] = []
+
+    def spawn(target: Callable[..., None], *args: Any) -> None:
+        def body() -> None:
+            try:
+                target(*args)
+            except _StopWork:
+                pass
+            except BaseException as exc:  # noqa: BLE001 - raised again by the main thread
+                crashed.append(exc)
+
+        thread = threading.Thread(target=body, daemon=True)
+        threads.append(thread)  # before it starts: the main thread waits for every one
+        thread.start()
 
     # one port, one job at a time: rows sharing a port run in order
     by_port: dict[str, list[Row]] = {}
     for row in todo:
         by_port.setdefault(row.port, []).append(row)
     plugged = by_port.pop(NEXT, [])
-    with ThreadPoolExecutor(max_workers=max(1, jobs) + (1 if plugged else 0)) as pool:
-        futures = [pool.submit(work_chain, chain) for chain in by_port.values()]
+    try:
+        for chain in by_port.values():
+            spawn(work_chain, chain)
         if plugged:
-            futures.append(
-                pool.submit(
-                    _next_boards,
-                    plugged,
-                    list_ports or _serial_ports,
-                    plug_timeout_s,
-                    note,
-                    lambda row: futures.append(pool.submit(work, row)),
-                    work_failed,
-                )
+            spawn(
+                _next_boards,
+                plugged,
+                list_ports or _serial_ports,
+                plug_timeout_s,
+                track,
+                lambda row: spawn(work_chain, [row]),
+                work_failed,
             )
-        done = 0
-        while done < len(futures):  # the plug-in waiter adds jobs as boards arrive
-            futures[done].result()
-            done += 1
+        waited = 0
+        while waited < len(threads):  # the plug-in waiter adds threads as boards arrive
+            threads[waited].join()
+            waited += 1
+    except KeyboardInterrupt:
+        stop.set()
+        lock.acquire()  # held to the end: no board is recorded after this report
+        save()
+        raise BatchInterrupted(
+            [results[r.device_code] for r in todo if r.device_code in results],
+            {
+                r.device_code: doing[r.device_code]
+                for r in todo
+                if r.device_code in doing and r.device_code not in results
+            },
+            [r.device_code for r in todo if r.device_code not in doing],
+            (json_path, csv_path),
+        ) from None
+    if crashed:
+        raise crashed[0]
     save()
     return [results[r.device_code] for r in rows], len(todo), len(rows) - len(todo)
+
+
+class _StopWork(BaseException):
+    """Raised in a worker at its next step once the batch is interrupted."""
+
+
+class BatchInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a batch. ``finished``: report rows of the boards done in this run (in
+    the report already); ``cut_off``: device code -> the step it was in (redone by the next
+    run); ``not_started``: device codes; ``report``: the report's JSON and CSV paths."""
+
+    def __init__(
+        self,
+        finished: list[dict[str, Any]],
+        cut_off: dict[str, str],
+        not_started: list[str],
+        report: tuple[Path, Path],
+    ) -> None:
+        super().__init__(f"{len(finished)} boards finished")
+        self.finished = finished
+        self.cut_off = cut_off
+        self.not_started = not_started
+        self.report = report

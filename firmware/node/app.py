@@ -1,9 +1,9 @@
 # The pole node: sensors sampled on their own schedules, values into the Modbus register
 # file, alarms raised at once, the watchdog fed while the loop is healthy.
 #
-# Config (/config.json, merged over DEFAULTS) and the board's hardware map (/board.json,
-# written from boards/*.toml at deploy time) are read at start. A failing sensor marks
-# only its own values invalid (the "valid" bits) and is retried with backoff.
+# Config (/config.json, checked against settings.POLE_*) and the board's hardware map
+# (/board.json, written from boards/*.toml at deploy time) are read at start. A failing
+# sensor marks only its own values invalid (the "valid" bits) and is retried with backoff.
 import asyncio
 import gc
 import time
@@ -14,79 +14,18 @@ from protocols import modbus
 from protocols.modbus import register_map
 
 from .loopwatch import LoopWatch
-from .policy import Policy, check_policy
+from .policy import Policy
 from .registers import RegisterFile
-from .settings import check, load_json, save_json
+from .settings import REPORTED, load_json, save_json, validate
 from .uplinks.modbus_slave import ModbusSlave
 
 VERSION = (0, 1)
-DEFAULTS = {
-    "unit": 1,
-    "baudrate": 9600,
-    "sample_ms": 1000,
-    "tilt_ms": 200,
-    "tilt_threshold": 10.0,
-    "tilt_hysteresis": 2.0,
-    "lamp_default": 100,
-    "watchdog_ms": 5000,
-    "report_s": 300,
-}
-# Report policy defaults per quantity: (filter, window, delta in the register's unit).
-# Any of them can be changed per node: "report": {"temperature": {"delta": 0.5}}.
-REPORTED = {
-    "temperature": ("median", 5, 0.1),
-    "humidity": ("median", 5, 0.5),
-    "illuminance": ("median", 5, 1.0),
-    "pm1": ("average", 5, 1),
-    "pm2_5": ("average", 5, 1),
-    "pm10": ("average", 5, 1),
-    "noise": ("average", 3, 0.5),
-    "tilt": ("median", 3, 0.2),
-}
-# key: (low, high) accepted; device_code and board are text
-LIMITS = {
-    "unit": (1, 247),
-    "baudrate": (1200, 115200),
-    "sample_ms": (100, 3600000),
-    "tilt_ms": (20, 60000),
-    "tilt_threshold": (0, 90),
-    "tilt_hysteresis": (0, 30),
-    "lamp_default": (0, 100),
-    "watchdog_ms": (0, 60000),
-    "report_s": (1, 3600),
-}
 STATE_FILE = "/state.json"  # survives resets: the lamp level a master set
-
-
-# The config merged over DEFAULTS, with one log line per problem (settings.check).
-def validate_config(config):
-    rest = {k: v for k, v in config.items() if k != "report"}
-    good, problems = check(rest, DEFAULTS, LIMITS)
-    good["report"], more = _check_report(config.get("report", {}))
-    return good, problems + more
-
-
-def _check_report(given):
-    if not isinstance(given, dict):
-        return {}, ['config: report must be an object like {"temperature": {"delta": 0.2}}']
-    good, problems = {}, []
-    for name, settings in given.items():
-        if name not in REPORTED:
-            problems.append(
-                "config: report.%s: no such quantity (known: %s) ignored"
-                % (name, ", ".join(sorted(REPORTED)))
-            )
-            continue
-        f, window, delta = REPORTED[name]
-        defaults = {"filter": f, "window": window, "delta": delta, "max_s": None}
-        good[name], more = check_policy(name, settings, defaults)
-        problems += more
-    return good, problems
 
 
 class PoleNode:
     def __init__(self, config, board):
-        self.config, self.problems = validate_config(config)
+        self.config, self.problems = validate(config, "modbus")
         for line in self.problems:
             print(line)
         self.board = board

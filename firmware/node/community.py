@@ -20,10 +20,8 @@ import machine
 from protocols import bthome, cbor
 
 from .drivers.contact import Contact
-from .settings import check, load_json, save_json
+from .settings import load_json, save_json, validate
 
-DEFAULTS = {"advert_s": 30, "repeat": 3, "long_press_ms": 2000, "name": "polekit"}
-LIMITS = {"advert_s": (1, 3600), "repeat": (1, 10), "long_press_ms": (100, 60000)}
 STATE_FILE = "/state.json"
 FAST_US = 20000  # event bursts: 20 ms advertising interval
 SLOW_US = 1000000  # steady state: one advert a second (a CR2032 lasts years at this rate)
@@ -31,9 +29,7 @@ SLOW_US = 1000000  # steady state: one advert a second (a CR2032 lasts years at 
 
 class CommunityNode:
     def __init__(self, config, board):
-        self.config, problems = check(
-            config, DEFAULTS, LIMITS, ("device_code", "board", "name", "bindkey")
-        )
+        self.config, problems = validate(config, "ble")
         for line in problems:
             print(line)
         self.board = board

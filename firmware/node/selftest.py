@@ -64,15 +64,9 @@ async def run():
     if board is None or not isinstance(config, dict):
         RESULT = [["files", False, "/board.json or /config.json missing or not JSON"]]
         return RESULT
-    if board.get("uplink") == "ble":
-        from .community import DEFAULTS, LIMITS
-        from .settings import check
+    from .settings import validate
 
-        problems = check(config, DEFAULTS, LIMITS, ("device_code", "board", "name", "bindkey"))[1]
-    else:
-        from .app import validate_config
-
-        problems = validate_config(config)[1]
+    problems = validate(config, board.get("uplink"))[1]
     rows.append(["config", not problems, "; ".join(problems) or "valid"])
     buses = {b["name"]: b["params"] for b in board["buses"]}
     for s in board["sensors"]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -32,6 +33,28 @@ log = logging.getLogger("polekit.gateway.modbus")
 OFFLINE_AFTER_MISSES = 3
 MAX_BACKOFF_S = 60.0
 RECONNECT_MAX_S = 1.0  # a port that comes back is reopened within about a second
+
+OPEN_LOG_EVERY_S = 60.0  # a bus that stays shut is logged again this often
+# what to try, by the OS's reason a port does not open
+_OPEN_HINTS = {
+    "No such file or directory": " (is the adapter plugged in, and the path right?)",
+    "Permission denied": " (the gateway's user must be in the port's group, e.g. dialout)",
+    "Device or resource busy": " (another program has the port open)",
+    "Invalid argument": " (the port refuses these settings; a pseudo-terminal refuses parity: "
+    'parity = "N")',
+}
+
+
+def _reason(exc: BaseException) -> str:
+    """The OS's words for an error (``Permission denied``), without errno and path
+    (termios.error carries its errno in ``args`` only)."""
+    errno = getattr(exc, "errno", None)
+    if errno is None and exc.args and isinstance(exc.args[0], int):
+        errno = exc.args[0]
+    if isinstance(errno, int) and errno > 0:
+        return os.strerror(errno)
+    return " ".join(str(exc).split()) or type(exc).__name__
+
 
 # device code, [(point, value)], wall-clock time of the poll
 Sink = Callable[[DeviceConfig, list[tuple[Point, Any]], float], Awaitable[None]]
@@ -148,15 +171,20 @@ class ModbusBus:
         )
 
     async def connect(self) -> None:
-        """Open the port, retrying with a short capped backoff until it opens."""
+        """Open the port, retrying with a short capped backoff until it opens. A port that
+        will not open is logged at the first attempt, with the OS's reason, then again only
+        when the reason changes or every OPEN_LOG_EVERY_S while it stays shut; the other
+        buses, each in its own task, carry on meanwhile."""
         delay = 0.05
+        failed = 0
+        logged: tuple[str, float] | None = None  # (reason, when) of the last line logged
         while True:
             client = self._make_client()
+            why: str | None = None
             try:
                 ok = await client.connect()
             except Exception as exc:  # noqa: BLE001 - pyserial/OS errors vary by platform
-                ok = False
-                self.last_error = f"cannot open {self.config.describe()}: {exc}"
+                ok, why = False, _reason(exc)
             if ok:
                 self._client = client
                 if self.connected is False and self.counters.transactions:
@@ -165,9 +193,54 @@ class ModbusBus:
                 log.info("bus %s connected (%s)", self.config.name, self.config.describe())
                 return
             client.close()
-            self.last_error = self.last_error or f"cannot open {self.config.describe()}"
+            failed += 1
+            why = why or await self._why_not_open()  # pymodbus keeps the reason to itself
+            self.last_error = f"cannot open {self._where()}: {why}"
+            now = self.clock()
+            if logged is None or logged[0] != why or now - logged[1] >= OPEN_LOG_EVERY_S:
+                log.error(
+                    "bus %s: cannot open %s: %s%s; retrying%s",
+                    self.config.name,
+                    self._where(),
+                    why,
+                    _OPEN_HINTS.get(why, ""),
+                    f" ({failed} attempts so far)" if failed > 1 else "",
+                )
+                logged = (why, now)
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX_S)
+
+    def _where(self) -> str:
+        b = self.config
+        return f"serial port {b.port}" if b.type == "rtu" else f"{b.host}:{b.tcp_port}"
+
+    async def _why_not_open(self) -> str:
+        """The OS's reason the port does not open (``No such file or directory``,
+        ``Permission denied``, ``Connection refused``), asked again directly."""
+        b = self.config
+        try:
+            if b.type == "rtu":
+                import serial
+
+                # opening a serial port returns at once (it does not wait for a carrier)
+                serial.Serial(
+                    b.port,
+                    baudrate=b.baudrate,
+                    parity=b.parity,
+                    stopbits=b.stopbits,
+                    bytesize=b.bytesize,
+                    timeout=0,
+                ).close()
+            else:
+                _reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(b.host, b.tcp_port), b.timeout_s
+                )
+                writer.close()
+        except TimeoutError:
+            return f"no answer within {b.timeout_s} s"
+        except Exception as exc:  # noqa: BLE001 - OSError, termios.error, ValueError by platform
+            return _reason(exc)
+        return "it opened on a second try (a flaky adapter or a busy peer?)"
 
     def close(self) -> None:
         """Close the port (the gateway is stopping)."""
