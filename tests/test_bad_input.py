@@ -22,7 +22,6 @@ from typing import Any
 
 import click
 import pytest
-from forkrun import TIMED_OUT, ForkServer
 
 from polekit.cli import main
 from polekit.hil.broker import free_port
@@ -30,10 +29,12 @@ from polekit.hil.rom import make_app_image
 from polekit.protocols import identity
 
 from boardkit import polekit_emulate
+from forkrun import TIMED_OUT, ForkServer
 
 CODE = identity.make("371600", "PL", 1)
-CASE_TIMEOUT_S = 60  # a command waiting for hardware that is not there fails the case (a busy
-# machine may take seconds to run a command that needs a fraction of one)
+# a case still running after this waits for hardware that is not there; generous, because a
+# busy machine takes seconds for what needs a fraction of one
+CASE_TIMEOUT_S = 60
 WORKERS = 3
 NO_PORT = "/dev/polekit-no-such-port"
 
