@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import sqlite3
 import time
 from typing import Any
 
@@ -29,12 +31,23 @@ from polekit.protocols.modbus import Point
 log = logging.getLogger("polekit.gateway")
 
 
+class StartError(RuntimeError):
+    """The gateway cannot start: something it must own is taken or out of reach (the
+    queue's folder, the status port). The message says which, and what to do."""
+
+
 class Gateway:
     """One gateway: owns its queue file, bus connections, broker session and status port."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.queue = DurableQueue(config.data_dir / "queue.sqlite3", config.queue_max_bytes)
+        try:
+            self.queue = DurableQueue(config.queue_path, config.queue_max_bytes)
+        except (OSError, sqlite3.Error) as exc:  # `polekit gateway check` says why, in full
+            raise StartError(
+                f"cannot open the queue {config.queue_path}: {exc}; check gateway.data_dir "
+                "with `polekit gateway check`"
+            ) from None
         self.encoder = PackEncoder(config.mqtt.format, config.mqtt.secondary_units)
         self.buses: dict[str, ModbusBus] = {}
         for name, bus in config.buses.items():
@@ -169,9 +182,9 @@ class Gateway:
     async def run(self) -> None:
         """Run until ``stop()``; then shut down in order and close the queue."""
         self._stopping = asyncio.Event()
-        if self.config.status.enabled:
-            await self.status.start()
         try:
+            if self.config.status.enabled:
+                await self._start_status()
             async with asyncio.TaskGroup() as tg:
                 sources = [tg.create_task(b.run(), name=f"bus-{n}") for n, b in self.buses.items()]
                 if self.ble is not None:
@@ -190,6 +203,16 @@ class Gateway:
                 bus.close()
             self.queue.close()
             log.info("stopped")
+
+    async def _start_status(self) -> None:
+        try:
+            await self.status.start()
+        except OSError as exc:
+            st = self.config.status
+            raise StartError(
+                f"[status] cannot listen on {st.host}:{st.port}: {os.strerror(exc.errno or 0)}; "
+                "is another gateway running? Set [status] port to a free port, or enabled = false"
+            ) from None
 
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT stop the gateway cleanly."""

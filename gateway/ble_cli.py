@@ -67,7 +67,14 @@ async def _scan(
 
 
 @ble.command()
-@click.option("--duration", "-d", default=10.0, show_default=True, help="Seconds to listen.")
+@click.option(
+    "--duration",
+    "-d",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds to listen.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON list on stdout.")
 @click.option(
     "--virtual",
@@ -108,10 +115,13 @@ def scan(
     try:
         rows = asyncio.run(_scan(duration, scanner_kwargs(BleConfig(adapter, air)), keys))
     except Exception as exc:  # noqa: BLE001 - bleak/BlueZ/D-Bus errors, said plainly
-        raise click.ClickException(
-            f"cannot scan on {air or adapter}: {exc}. Is Bluetooth on (bluetoothctl power on) "
-            "and may you use it (member of the bluetooth group)?"
-        ) from None
+        hint = (
+            f"Is a virtual air running there (polekit ble air --socket {air})?"
+            if air
+            else "Is Bluetooth on (bluetoothctl power on) and may you use it (member of the "
+            "bluetooth group)?"
+        )
+        raise click.ClickException(f"cannot scan on {air or adapter}: {exc}. {hint}") from None
     if as_json:
         click.echo(json.dumps(rows))
         return
@@ -149,9 +159,15 @@ def air(path: str) -> None:
     processes. Ctrl-C stops it."""
     from polekit.hil.air import VirtualAir
 
+    try:
+        the_air = VirtualAir(path)
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot put the air at {path}: {exc.strerror}; give a path for a new socket"
+        ) from None
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
-    with VirtualAir(path) as the_air:
+    with the_air:
         click.echo(f"virtual air on {path}")
         try:
             while not done.wait(1.0):

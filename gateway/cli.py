@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -15,7 +16,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from polekit.gateway.config import Config, ConfigError, load_config
+from polekit.gateway.config import BusConfig, Config, ConfigError, data_dir_problem, load_config
 
 CONFIG_OPTION = click.option(
     "-c",
@@ -85,9 +86,10 @@ def gateway() -> None:
 def run(config_path: Path, log_level: str, log_format: str) -> None:
     """Run in the foreground until SIGTERM or Ctrl-C, then stop cleanly (queue flushed,
     offline state published). Readings wait on disk while the broker is away."""
-    from polekit.gateway.app import Gateway
+    from polekit.gateway.app import Gateway, StartError
 
     config = _load(config_path)
+    _exit_if_data_dir_unusable(config)
     setup_logging(log_level, log_format)
 
     async def main() -> None:
@@ -95,7 +97,18 @@ def run(config_path: Path, log_level: str, log_format: str) -> None:
         gw.install_signal_handlers()
         await gw.run()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except StartError as exc:
+        click.echo(f"{config_path}: {exc}", err=True)
+        sys.exit(2)
+
+
+def _exit_if_data_dir_unusable(config: Config) -> None:
+    problem = data_dir_problem(config)
+    if problem is not None:
+        click.echo(f"{config.path}: {problem}", err=True)
+        sys.exit(2)
 
 
 @gateway.command()
@@ -105,6 +118,7 @@ def check(config_path: Path, probe: bool) -> None:
     """Validate a config file; exit status 2 and every problem (file, key, value, what is
     allowed) if it is wrong. With --probe, try each device once and print a table."""
     config = _load(config_path)
+    _exit_if_data_dir_unusable(config)
     click.echo(
         f"{config_path}: ok: {len(config.buses)} bus(es), {len(config.devices)} device(s), "
         f"{len(config.ble_devices)} BLE device(s), broker {config.mqtt.url}"
@@ -120,6 +134,7 @@ async def _probe(config: Config) -> bool:
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     table = Table("device", "bus", "unit", "result", "values", title="probe")
     all_ok = True
+    silent: list[BusConfig] = []  # buses with a device that did not answer at all
     for name, bus_config in config.buses.items():
         devices = [d for d in config.devices if d.bus == name]
 
@@ -137,6 +152,7 @@ async def _probe(config: Config) -> bool:
             all_ok = False
             continue
         for state in bus.devices.values():
+            unanswered = bus.counters.no_response
             try:
                 values = await bus.poll(state)
             except Exception as exc:  # noqa: BLE001 - every failure is a table row
@@ -144,6 +160,8 @@ async def _probe(config: Config) -> bool:
                     state.config.code, name, str(state.config.unit), f"[red]{exc}[/red]", ""
                 )
                 all_ok = False
+                if bus.counters.no_response > unanswered and bus_config not in silent:
+                    silent.append(bus_config)
                 continue
             shown = ", ".join(
                 f"{p.name}={v}{' ' + p.unit if p.unit else ''}" for p, v in values[:6]
@@ -153,8 +171,37 @@ async def _probe(config: Config) -> bool:
                 state.config.code, name, str(state.config.unit), "[green]ok[/green]", shown + more
             )
         bus.close()
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for hint in _no_answer_hints(silent):
+        console.print(hint, highlight=False)
     return all_ok
+
+
+def _no_answer_hints(silent: list[BusConfig]) -> list[str]:
+    """What to check when a device stayed silent. On a pseudo-terminal the other end is
+    most likely an emulated board (polekit emulate), whose firmware stops the moment
+    mpremote or a Ctrl-C in its REPL takes the board over, exactly as a real board's
+    does: the usual reason it is silent after the quickstart's mpremote step."""
+    if not silent:
+        return []
+    hints = [
+        "No answer: check each device's unit id, the bus's baud rate and parity, and the "
+        "wiring (A/B swapped? terminated?)."
+    ]
+    for bus in silent:
+        if bus.type == "rtu" and bus.port and _is_pseudo_terminal(bus.port):
+            hints.append(
+                f"{bus.port} is a pseudo-terminal, as an emulated board's RS-485 port is: its "
+                "firmware answers only while it runs, and mpremote (exec, run, repl) or Ctrl-C "
+                "in its REPL stops it. Restart it with `polekit emulate reset --control "
+                "SOCKET` (or `mpremote connect REPL-PORT reset`), then probe again."
+            )
+    return hints
+
+
+def _is_pseudo_terminal(port: str) -> bool:
+    return os.path.realpath(port).startswith("/dev/pts/")
 
 
 @gateway.command()
@@ -170,6 +217,11 @@ def status(url: str, as_json: bool) -> None:
     try:
         with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=5) as resp:
             health = json.load(resp)
+    except ValueError as exc:  # not a URL (or not JSON: something else answers there)
+        click.echo(
+            f"{url}: {exc}; give the gateway's status URL, e.g. http://127.0.0.1:8463", err=True
+        )
+        sys.exit(1)
     except (urllib.error.URLError, OSError) as exc:
         click.echo(
             f"cannot reach the gateway at {url}: {exc}. Is it running? Is [status] enabled?",

@@ -9,6 +9,9 @@ ignored is a device polled at the wrong rate for months.
 from __future__ import annotations
 
 import difflib
+import os
+import pwd
+import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,6 +134,11 @@ class Config:
     ble_devices: list[BleDeviceConfig] = field(default_factory=list)
     ble: BleConfig = field(default_factory=BleConfig)
 
+    @property
+    def queue_path(self) -> Path:
+        """The durable queue's SQLite file, in ``data_dir``."""
+        return self.data_dir / "queue.sqlite3"
+
     def topic(self, kind: str, device_code: str | None = None) -> str:
         """``{prefix}/{gateway id}/{kind}[/{device code}]``: the one place topics are made."""
         base = f"{self.mqtt.topic_prefix}/{self.gateway_id}/{kind}"
@@ -235,14 +243,84 @@ def load_config(path: Path | str) -> Config:
     """Read and validate the TOML file at ``path``; raises ConfigError listing every problem."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(
             path, ["file not found (give the path of the gateway's TOML config)"]
         ) from None
+    except OSError as exc:
+        raise ConfigError(path, [f"cannot read it: {exc.strerror}"]) from None
+    try:
+        text = data.decode("utf-8-sig")  # Windows editors may start it with a BOM
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            path,
+            [
+                f"line {line}: byte {data[exc.start]:#04x} is not UTF-8 text; TOML files are "
+                "UTF-8: save it as UTF-8 in your editor"
+            ],
+        ) from None
+    try:
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, [f"not valid TOML: {exc}"]) from None
     return parse_config(raw, path)
+
+
+_SQLITE_SUFFIXES = ("", "-wal", "-shm")  # the queue file, its write-ahead log, its index
+
+
+def data_dir_problem(config: Config) -> str | None:
+    """Why this user could not keep the gateway's queue in ``gateway.data_dir`` (None when
+    it can), as one line with the fix. A permission problem is found by ``gateway check``
+    at install time instead of stopping ``gateway run``; the check really tries (a
+    temporary file or folder, removed at once), because a permission bit does not tell
+    the whole story (root, read-only mounts, /proc)."""
+    data_dir = config.data_dir
+    user = _user()
+    other = f"set gateway.data_dir to a folder {user} can write"
+    if data_dir.is_dir():
+        # the folder (SQLite makes files beside the queue), then the queue's own files
+        files = [config.queue_path.with_name(config.queue_path.name + s) for s in _SQLITE_SUFFIXES]
+        for target in [data_dir, *(f for f in files if f.exists())]:
+            try:
+                if target == data_dir:
+                    tempfile.TemporaryFile(dir=data_dir).close()
+                else:
+                    target.open("r+b").close()
+            except OSError as exc:
+                return (
+                    f"gateway.data_dir: user {user} cannot write {target} ({exc.strerror}): "
+                    f"give it to {user} with `sudo chown -R {user} {data_dir}`, or {other}"
+                )
+        return None
+    if os.path.lexists(data_dir):
+        return f"gateway.data_dir = '{data_dir}' is a file, not a folder; {other}"
+    existing = data_dir.parent
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return (
+            f"gateway.data_dir = '{data_dir}' cannot be made: {existing} is a file, not a "
+            f"folder; {other}"
+        )
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".polekit-check-"))
+    except OSError as exc:
+        return (
+            f"gateway.data_dir = '{data_dir}' does not exist and user {user} cannot create "
+            f"it in {existing} ({exc.strerror}): create it with `sudo install -d -o {user} "
+            f"{data_dir}`, or {other}"
+        )
+    return None
+
+
+def _user() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:  # a uid with no passwd entry (containers)
+        return str(os.geteuid())
 
 
 def parse_config(raw: dict[str, Any], path: Path | str = "<config>") -> Config:

@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from polekit.hil import socket_path
+
 REPLY_TIMEOUT_S = 5.0
 
 
@@ -56,8 +58,7 @@ class VirtualAir:
 
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
-        if os.path.exists(self.path):
-            os.unlink(self.path)
+        socket_path.claim(self.path)  # OSError when a file or a live air is there
         self.clients: list[_Client] = []
         self.peripherals: dict[str, _Client] = {}
         self.conns: dict[int, tuple[_Client, _Client]] = {}  # conn -> (central, peripheral)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import string
 import sys
 import tempfile
 import threading
@@ -13,6 +14,7 @@ from typing import Any
 import click
 
 from polekit.boards import BoardError, names
+from polekit.hil import socket_path
 
 CONTROL = click.option(
     "--control",
@@ -21,6 +23,16 @@ CONTROL = click.option(
     type=click.Path(dir_okay=False),
     help="The board's control socket (printed by `polekit emulate`).",
 )
+
+
+def _unique_id(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if len(value) != 12 or any(c not in string.hexdigits for c in value):
+        raise click.BadParameter(
+            f"{value!r}: give 12 hex digits (the MAC), e.g. 24a1600c0001", param_hint="--unique-id"
+        )
+    return value.lower()
 
 
 @click.group(invoke_without_command=True)
@@ -78,6 +90,7 @@ CONTROL = click.option(
 @click.option(
     "--unique-id",
     "unique_id",
+    callback=lambda ctx, param, value: _unique_id(value),
     help="The chip's id in hex (12 digits): its MAC. Boards of one kind need different ones.",
 )
 @click.pass_context
@@ -117,10 +130,30 @@ def emulate(
     from polekit.hil.mpvm import MicroPythonNotFoundError
 
     hosted_air = None
-    if air is not None and not Path(air).exists():
+    if air is not None:
         from polekit.hil.air import VirtualAir
 
-        hosted_air = VirtualAir(air)
+        try:  # join the air served there, or start one
+            hosted_air = None if socket_path.serving(air) else VirtualAir(air)
+        except OSError as exc:
+            raise click.ClickException(
+                f"--air {air}: {exc.strerror}; give the socket of a running air (polekit ble "
+                "air), or a new path to start an air there"
+            ) from None
+    if fs_dir is not None:
+        try:
+            fs_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise click.ClickException(
+                f"--fs {fs_dir}: {exc.strerror}; give a folder for the board's flash"
+            ) from None
+    if control_path is not None:
+        try:
+            socket_path.claim(control_path)
+        except OSError as exc:
+            raise click.ClickException(
+                f"--control {control_path}: {exc.strerror}; give a path for a new socket"
+            ) from None
     try:
         board = EmulatedBoard(
             board_name, fs_dir=fs_dir, bootloader=bootloader, air=air, unique_id=unique_id
@@ -133,7 +166,13 @@ def emulate(
     except (BoardError, EmulatorError, MicroPythonNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
     control = control_path or Path(tempfile.mkdtemp(prefix="polekit-board-")) / "control.sock"
-    server = ControlServer(board, control)
+    try:
+        server = ControlServer(board, control)
+    except OSError as exc:
+        board.stop()
+        raise click.ClickException(
+            f"--control {control}: {exc.strerror}; give a path for a new socket"
+        ) from None
     bridge = None
     ports: dict[str, Any] = {
         "repl": board.repl,
@@ -232,7 +271,13 @@ def get_values(control: str, paths: tuple[str, ...]) -> None:
 
 @emulate.command("log")
 @CONTROL
-@click.option("--tail", default=4000, show_default=True, help="Bytes from the end of the log.")
+@click.option(
+    "--tail",
+    default=4000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Bytes from the end of the log.",
+)
 def serial_log(control: str, tail: int) -> None:
     """Print what the board wrote on its serial port (REPL and prints)."""
     click.echo(_call(control, {"op": "log", "tail": tail})["text"])
@@ -243,7 +288,7 @@ def serial_log(control: str, tail: int) -> None:
 @click.option(
     "--power-cycle",
     "off_s",
-    type=float,
+    type=click.FloatRange(min=0, min_open=True),
     default=None,
     help="Cut the power for this many seconds instead of pressing reset.",
 )
@@ -277,7 +322,10 @@ def flash_read(control: str, offset: int, length: int, out: Path | None) -> None
         _call(control, {"op": "flash-read", "offset": offset, "length": length})["hex"]
     )
     if out is not None:
-        out.write_bytes(data)
+        try:
+            out.write_bytes(data)
+        except OSError as exc:
+            raise click.ClickException(f"cannot write {out}: {exc.strerror}") from None
         return
     for i in range(0, len(data), 16):
         row = data[i : i + 16]

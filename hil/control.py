@@ -26,6 +26,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from polekit.hil import socket_path
 from polekit.hil.emulator import ControlError, EmulatedBoard
 
 
@@ -35,8 +36,7 @@ class ControlServer:
     def __init__(self, board: EmulatedBoard, path: Path | str) -> None:
         self.board = board
         self.path = str(path)
-        if os.path.exists(self.path):
-            os.unlink(self.path)
+        socket_path.claim(self.path)  # OSError when a file or a live board is there
         handler = self._handler()
         self._server = socketserver.ThreadingUnixStreamServer(self.path, handler)
         self._server.daemon_threads = True

@@ -54,6 +54,8 @@ def demo(poles: int, community: int, duration: float, broker: str | None, as_jso
 
     if not 1 <= poles <= 8 or not 0 <= community <= 4 or duration < 10:
         raise click.UsageError("--poles 1..8, --community 0..4, --duration at least 10 s")
+    if broker is not None:
+        _check_broker(broker)
     console = Console(stderr=as_json)
     live_ok = console.is_terminal and not as_json
     live = None
@@ -113,6 +115,31 @@ def demo(poles: int, community: int, duration: float, broker: str | None, as_jso
     )
 
 
+def _check_broker(url: str) -> None:
+    """Refuse a --broker the demo cannot use, at once rather than after its 15 s wait for
+    the platform's subscription: a plain MQTT URL of a broker that accepts connections."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    try:
+        port = parts.port or 1883
+    except ValueError:
+        port = 0
+    if parts.scheme != "mqtt" or not parts.hostname or not port:
+        raise click.BadParameter(
+            f"{url!r}: give a plain MQTT broker URL, e.g. mqtt://127.0.0.1:1883",
+            param_hint="--broker",
+        )
+    try:
+        socket.create_connection((parts.hostname, port), timeout=3).close()
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot reach the broker at {url}: {exc.strerror or exc}; start it, or leave "
+            "--broker out to use the embedded one"
+        ) from None
+
+
 def _demo_logging(log: Callable[[str], None]) -> None:
     # the gateway's own warnings (broker unreachable, device offline) are part of the show;
     # the libraries' chatter (pymodbus frame dumps, MQTT client noise) is not
@@ -142,7 +169,14 @@ def code() -> None:
 @click.argument("region")
 @click.argument("dtype", metavar="TYPE")
 @click.argument("serial", type=int)
-@click.option("-n", "--count", default=1, show_default=True, help="Codes for this many serials.")
+@click.option(
+    "-n",
+    "--count",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Codes for this many serials.",
+)
 def code_make(region: str, dtype: str, serial: int, count: int) -> None:
     """Print the device code(s) for REGION (6 digits, e.g. 371600), TYPE (e.g. PL) and
     SERIAL, one a line; with --count, for SERIAL, SERIAL+1, ... (labels for a batch)."""

@@ -324,3 +324,34 @@ def test_polekit_emulate_hosts_the_air_and_a_late_scanner_still_hears_the_node(
         assert scan.returncode == 0, scan.stderr
         heard = {r["address"]: r for r in json.loads(scan.stdout)}
         assert heard[ports["mac"]]["adverts"] >= 2  # the radio repeats its advert
+
+
+def test_an_air_left_by_a_dead_process_is_taken_over_and_a_file_is_never_replaced(
+    tmp_path: Path,
+) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    def polekit(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "polekit", *args], capture_output=True, text=True, timeout=60
+        )
+
+    notes = tmp_path / "site-notes.csv"  # given by mistake: it must survive
+    notes.write_text("pole,rssi\n")
+    refused = polekit("ble", "air", "--socket", str(notes))
+    assert refused.returncode == 1 and "is a file, not a socket" in refused.stderr
+    assert notes.read_text() == "pole,rssi\n"
+
+    air = tmp_path / "air.sock"
+    with socket.socket(socket.AF_UNIX) as dead:  # what an air killed with -9 leaves behind
+        dead.bind(str(air))
+    with polekit_emulate(
+        "--board", "community-sos-esp32c3", "--air", str(air), "--fs", str(tmp_path / "fs")
+    ) as ports:
+        taken = polekit("ble", "air", "--socket", str(air))
+        assert taken.returncode == 1 and "another process serves this socket" in taken.stderr
+        scan = polekit("ble", "scan", "-d", "4", "--json", "--virtual", str(air))
+        assert scan.returncode == 0, scan.stderr
+        assert ports["mac"] in {r["address"] for r in json.loads(scan.stdout)}

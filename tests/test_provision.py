@@ -96,6 +96,78 @@ def test_manifest_problems_name_the_file_line_and_fix(tmp_path: Path) -> None:
     assert result.returncode == 1 and "no column device_code" in result.stderr
 
 
+def test_manifest_as_excel_writes_it_utf8_with_a_byte_order_mark_and_crlf(tmp_path: Path) -> None:
+    manifest = tmp_path / "poles.csv"
+    text = (
+        f"port,board,device_code,site\r\n/dev/ttyUSB0,pole-env-esp32,{CODES[0]},Hauptstraße 1\r\n"
+    )
+    manifest.write_bytes(text.encode("utf-8-sig"))  # Excel: Save As "CSV UTF-8"
+    rows = read_manifest(manifest)
+    assert [(r.line, r.port, r.device_code, r.site) for r in rows] == [
+        (2, "/dev/ttyUSB0", CODES[0], "Hauptstraße 1")
+    ]
+
+
+def test_manifest_in_another_encoding_says_which_line_and_how_to_save_it(tmp_path: Path) -> None:
+    latin1 = tmp_path / "latin1.csv"  # Excel's plain "CSV" on a Western European PC
+    latin1.write_bytes(
+        f"port,board,device_code,site\n/dev/ttyUSB0,pole-env-esp32,{CODES[0]},Main St\n"
+        f"/dev/ttyUSB1,pole-env-esp32,{CODES[1]},Hauptstraße 1\n".encode("cp1252")
+    )
+    result = run(latin1)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip() == (
+        f"Error: {latin1}:3: byte 0xdf is not UTF-8 (the file is in another encoding, e.g. "
+        'Latin-1 or Windows-1252); save it from Excel as "CSV UTF-8 (Comma delimited)", or as '
+        "UTF-8 in your editor"
+    )
+    utf16 = tmp_path / "utf16.csv"  # Excel's "Unicode Text"
+    utf16.write_bytes(
+        f"port,board,device_code\n/dev/ttyUSB0,pole-env-esp32,{CODES[0]}\n".encode("utf-16")
+    )
+    with pytest.raises(ManifestError, match='this is UTF-16 .* save it from Excel as "CSV UTF-8'):
+        read_manifest(utf16)
+
+
+def test_manifest_with_an_unclosed_quote_is_a_csv_syntax_error_at_its_line(tmp_path: Path) -> None:
+    manifest = tmp_path / "poles.csv"
+    manifest.write_text(
+        "port,board,device_code,site\n"
+        f"/dev/ttyUSB0,pole-env-esp32,{CODES[0]},Main St 1\n"
+        f'/dev/ttyUSB1,pole-env-esp32,{CODES[1]},"Main St 3\n'
+        f"/dev/ttyUSB2,pole-env-esp32,{CODES[2]},Main St 5\n"
+    )
+    result = run(manifest)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.strip() == (
+        f'Error: {manifest}:3: CSV syntax error: the quote (") opened on line 3 is never '
+        "closed; close it or remove it"
+    )
+    stray = tmp_path / "stray.csv"
+    stray.write_text(f'port,board,device_code\n/dev/ttyUSB0,"pole"-env-esp32,{CODES[0]}\n')
+    with pytest.raises(ManifestError, match=f"{stray}:2: CSV syntax error: ',' expected after"):
+        read_manifest(stray)
+
+
+def test_manifest_rows_keep_their_line_numbers_past_a_quoted_line_break(tmp_path: Path) -> None:
+    manifest = tmp_path / "poles.csv"
+    manifest.write_text(
+        "port,board,device_code,site\n"
+        f'/dev/ttyUSB0,pole-env-esp32,{CODES[0]},"Main St 1\nback door"\n'
+        f"/dev/ttyUSB1,pole-env-esp33,{CODES[1]},Main St 3\n"
+        f"/dev/ttyUSB2,pole-env-esp32,{CODES[2]},Main St 5,extra\n"
+    )
+    with pytest.raises(ManifestError) as err:
+        read_manifest(manifest)
+    assert str(err.value).splitlines() == [
+        f"{manifest}:5: 5 fields but the header has 4: put a value that holds a comma in "
+        'quotes ("Main St, 1")'
+    ]
+    manifest.write_text(manifest.read_text().replace(",extra", ""))
+    with pytest.raises(ManifestError, match=f"{manifest}:4: no board 'pole-env-esp33'"):
+        read_manifest(manifest)
+
+
 def test_a_row_with_an_image_is_flashed_then_deployed(tmp_path: Path) -> None:
     from polekit.hil.rom import make_app_image
 

@@ -97,7 +97,14 @@ def build(board_name: str, out: Path | None, mpy: str, source: bool) -> None:
         bundle = build_bundle(board_name, None if source else mpy)
     except (BoardError, BundleError) as exc:
         raise click.ClickException(str(exc)) from None
-    folder = bundle.write(out or Path("build") / board_name)
+    target = out or Path("build") / board_name
+    try:
+        folder = bundle.write(target)
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot write the bundle to {target}: {exc.strerror} ({exc.filename}); give "
+            "--out a folder you can write"
+        ) from None
     m = bundle.manifest
     click.echo(
         f"{folder}: {len(bundle.files)} files, {bundle.size()} bytes, firmware "
@@ -247,6 +254,8 @@ def provision(manifest: Path, jobs: int, report: Path | None, retry_passed: bool
         rows = read_manifest(manifest)
     except ManifestError as exc:
         raise click.ClickException(str(exc)) from None
+    for out in report_paths(manifest, report):
+        _check_writable(out, "--report")
     with Progress(
         TextColumn("{task.fields[code]} {task.fields[port]}"),
         TextColumn("{task.description:<9}"),
@@ -327,6 +336,23 @@ def _print_boards(console: Console, results: list[dict[str, Any]]) -> None:
 COMMANDS.append(provision)
 
 
+def _check_writable(path: Path, option: str) -> None:
+    """Refuse, before any board is touched, a file the command could not write at the end
+    (a folder in its place, a parent that is a file, no permission): the boards' work would
+    be lost with it. Tries for real, changing nothing."""
+    import tempfile
+
+    try:
+        if path.exists():
+            path.open("a").close()
+        else:
+            tempfile.TemporaryFile(dir=path.parent).close()
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot write {path}: {exc.strerror}; give {option} a path in a folder you can write"
+        ) from None
+
+
 @click.command()
 @PORT
 @click.option(
@@ -339,7 +365,11 @@ COMMANDS.append(provision)
 @BOARD
 @click.option("--erase", is_flag=True, help="Erase the whole flash first (files on it too).")
 @click.option(
-    "--baud", default=460800, show_default=True, help="Baud rate while writing the image."
+    "--baud",
+    default=460800,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Baud rate while writing the image.",
 )
 def flash(port: str, image: Path, board_name: str, erase: bool, baud: int) -> None:
     """Write MicroPython to a board with esptool, at the board's offset, verified by MD5.
@@ -402,7 +432,13 @@ COMMANDS.append(flash)
 
 @click.command()
 @PORT
-@click.option("--baud", default=115200, show_default=True, help="The board's console rate.")
+@click.option(
+    "--baud",
+    default=115200,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="The board's console rate.",
+)
 def monitor(port: str, baud: int) -> None:
     """Watch a board's serial console: timestamps, errors in red and warnings in yellow,
     ESP32 reset causes explained (brownout, watchdog, power on). What you type goes to the

@@ -12,6 +12,7 @@ report skips the boards it records as passed.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import threading
 import time
@@ -51,16 +52,89 @@ class Row:
     config: dict[str, Any] = field(default_factory=dict)
 
 
+SAVE_AS = 'save it from Excel as "CSV UTF-8 (Comma delimited)", or as UTF-8 in your editor'
+
+
+def _manifest_text(path: Path) -> str:
+    """The manifest's text. Excel writes CSV as UTF-8 with a byte order mark ("CSV UTF-8")
+    or in the PC's code page ("CSV"); editors write plain UTF-8. The two UTF-8 forms are
+    read; anything else is refused with the line of the first byte that is not UTF-8,
+    because guessing a code page turns a street name into mojibake on the label."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ManifestError(f"{path}: {exc.strerror}") from None
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ManifestError(f'{path}: this is UTF-16 (Excel\'s "Unicode Text"); {SAVE_AS}')
+    if b"\0" in data:
+        raise ManifestError(f"{path}: not a CSV text file (it holds binary data); {SAVE_AS}")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ManifestError(
+            f"{path}:{line}: byte {data[exc.start]:#04x} is not UTF-8 (the file is in another "
+            f"encoding, e.g. Latin-1 or Windows-1252); {SAVE_AS}"
+        ) from None
+
+
+def _manifest_records(path: Path, text: str) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """The header and each row as (line number where the row starts, column -> value).
+    CSV syntax errors (a quote never closed, text after a closing quote) and rows with
+    more fields than the header are reported at the line a person finds them on."""
+    lines = text.splitlines()
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    header: list[str] = []
+    records: list[tuple[int, dict[str, str]]] = []
+    problems: list[str] = []
+    start = 1
+    try:
+        for fields in reader:
+            if not header:
+                header = [f.strip() for f in fields]
+            elif any(f.strip() for f in fields):
+                if len(fields) > len(header):
+                    problems.append(
+                        f"{path}:{start}: {len(fields)} fields but the header has "
+                        f'{len(header)}: put a value that holds a comma in quotes ("Main St, 1")'
+                    )
+                padded = fields + [""] * (len(header) - len(fields))
+                records.append((start, dict(zip(header, padded, strict=False))))
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        if "end of data" in str(exc):
+            opened = _opening_quote_line(lines, start)
+            raise ManifestError(
+                f'{path}:{opened}: CSV syntax error: the quote (") opened on line {opened} is '
+                "never closed; close it or remove it"
+            ) from None
+        raise ManifestError(
+            f"{path}:{reader.line_num}: CSV syntax error: {exc} (quote whole values only: "
+            '"Main St 1")'
+        ) from None
+    if problems:
+        raise ManifestError("\n".join(problems))
+    return header, records
+
+
+def _opening_quote_line(lines: list[str], start: int) -> int:
+    # the line of the quote that is still open at the end of the file ("" is a quote inside
+    # a quoted value and toggles twice)
+    opened, inside = start, False
+    for n, line in enumerate(lines[start - 1 :], start):
+        for ch in line:
+            if ch == '"':
+                inside = not inside
+                opened = n if inside else opened
+    return opened
+
+
 def read_manifest(path: Path) -> list[Row]:
     from polekit.boards import BoardError, load
     from polekit.protocols import identity
 
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ManifestError(f"{path}: {exc.strerror}") from None
-    reader = csv.DictReader(text.splitlines())
-    missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
+    header, records = _manifest_records(path, _manifest_text(path))
+    missing = [c for c in REQUIRED if c not in header]
     if missing:
         raise ManifestError(
             f"{path}: no column {', '.join(missing)}; the header must name at least "
@@ -69,8 +143,8 @@ def read_manifest(path: Path) -> list[Row]:
     rows: list[Row] = []
     problems: list[str] = []
     seen: dict[str, int] = {}
-    for n, raw in enumerate(reader, start=2):
-        values = {k: (v or "").strip() for k, v in raw.items() if k}
+    for n, raw in records:
+        values = {k: v.strip() for k, v in raw.items() if k}
         code = values["device_code"]
         try:
             identity.parse(code)

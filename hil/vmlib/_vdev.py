@@ -42,6 +42,10 @@ class Device:
                     raise KeyError("%s has no %r to spike" % (self.name, q))
             self.spike = dict(value)
         elif quantity in self.values:
+            if isinstance(self.values[quantity], (int, float)) and not isinstance(
+                value, (int, float)
+            ):  # a physical value is a number; "abc" would fail later, inside a driver
+                raise ValueError("%s.%s takes a number, not %r" % (self.name, quantity, value))
             self.values[quantity] = value
             self.changed(quantity)
         else:
