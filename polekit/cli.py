@@ -261,10 +261,16 @@ def boards_show(name: str) -> None:
     console.print(buses)
     sensors = Table("sensor", "type", "bus", "settings")
     for s in b.sensors.values():
-        sensors.add_row(
-            s.name, s.type, s.bus or "", ", ".join(f"{k}={v}" for k, v in s.params.items())
-        )
+        sensors.add_row(s.name, s.type, s.bus or "", ", ".join(map(_setting, s.params.items())))
     console.print(sensors)
+
+
+def _setting(item: tuple[str, object]) -> str:
+    # I2C addresses as datasheets and i2cdetect print them: 0x44, not 68
+    key, value = item
+    if key == "address" and isinstance(value, int):
+        return f"{key}={value:#04x}"
+    return f"{key}={value}"
 
 
 def _add_area_commands() -> None:
