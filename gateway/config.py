@@ -194,6 +194,7 @@ def _kind_words(kinds: tuple[type, ...]) -> str:
         return "a number"
     return " or ".join(_KIND_WORDS[k] for k in kinds)
 
+
 _GATEWAY_KEYS = ("id", "data_dir", "queue_max_mb")
 _MQTT_KEYS = (
     "url",
