@@ -150,7 +150,7 @@ def code_make(region: str, dtype: str, serial: int, count: int) -> None:
         for n in range(serial, serial + count):
             click.echo(identity.make(region, dtype.upper(), n))
     except IdentityError as exc:
-        raise click.UsageError(f"{exc}. Device types: `polekit code types`.") from None
+        raise click.UsageError(f"{exc} (`polekit code types` says what each is)") from None
 
 
 @code.command("check")
