@@ -11,7 +11,7 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from polekit.boards import BoardError, names
 
@@ -237,7 +237,16 @@ def provision(manifest: Path, jobs: int, report: Path | None, retry_passed: bool
             if earlier.get(code, {}).get("result") == "pass":
                 bar.update(task, description="[green]passed earlier[/green]", completed=1)
         results, ran, skipped = run(manifest, jobs, report, step, retry_passed)
-    table = Table("device code", "port", "result", "chip MAC", "firmware", "s", "error")
+    # the code is never cut; a port or MAC too long for its column folds, whole
+    table = Table(
+        Column("device code", no_wrap=True),
+        Column("port", overflow="fold"),
+        "result",
+        Column("chip MAC", overflow="fold"),
+        "firmware",
+        "s",
+        Column("error", overflow="fold"),
+    )
     for r in results:
         ok = r["result"] == "pass"
         table.add_row(
