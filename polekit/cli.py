@@ -278,10 +278,12 @@ def _add_area_commands() -> None:
     from polekit.gateway.ble_cli import ble
     from polekit.gateway.cli import gateway
     from polekit.hil.cli import emulate
+    from polekit.hil.simulate_cli import simulate
 
     main.add_command(gateway)
     main.add_command(ble)
     main.add_command(emulate)
+    main.add_command(simulate)
     for command in COMMANDS:
         main.add_command(command)
 
