@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 
 @click.group()
@@ -125,7 +125,15 @@ def scan(
     if as_json:
         click.echo(json.dumps(rows))
         return
-    table = Table("address", "device code", "RSSI", "adverts", "name", "values")
+    # codes and addresses are never cut: the other columns wrap first
+    table = Table(
+        Column("address", no_wrap=True),
+        Column("device code", no_wrap=True),
+        "RSSI",
+        "adverts",
+        Column("name", overflow="fold"),
+        Column("values", overflow="fold"),
+    )
     for r in rows:
         values = r.get("values", "")
         shown = (

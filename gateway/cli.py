@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from polekit.gateway.config import BusConfig, Config, ConfigError, data_dir_problem, load_config
 
@@ -132,7 +132,16 @@ async def _probe(config: Config) -> bool:
     from polekit.gateway.sources.modbus_bus import ModbusBus
 
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-    table = Table("device", "bus", "unit", "result", "values", title="probe")
+    # device codes are never cut: the other columns wrap first (80 columns and up), and a
+    # word too long for its column folds rather than losing its end
+    table = Table(
+        Column("device", no_wrap=True),
+        Column("bus", overflow="fold"),
+        "unit",
+        Column("result", overflow="fold"),
+        Column("values", overflow="fold"),
+        title="probe",
+    )
     all_ok = True
     silent: list[BusConfig] = []  # buses with a device that did not answer at all
     for name, bus_config in config.buses.items():
@@ -254,7 +263,16 @@ def status(url: str, as_json: bool) -> None:
             b["last_error"] or "",
         )
     console.print(buses)
-    devices = Table("device", "bus", "unit", "state", "polls", "failures", "seq", "last error")
+    devices = Table(
+        Column("device", no_wrap=True),
+        Column("bus", overflow="fold"),
+        "unit",
+        Column("state", no_wrap=True),
+        "polls",
+        "failures",
+        "seq",
+        Column("last error", overflow="fold"),
+    )
     for d in health["devices"]:
         state = {True: "[green]online", False: "[red]offline", None: "waiting"}[d["online"]]
         devices.add_row(

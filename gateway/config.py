@@ -182,7 +182,7 @@ class _Reader:
             return default
         kinds = kind if isinstance(kind, tuple) else (kind,)
         if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-            names = " or ".join(k.__name__ for k in kinds)
+            names = _kind_words(kinds)
             self.problem(full, value, f"must be {names}{'; ' + allowed if allowed else ''}")
             return default
         if check is not None and not check(value):
@@ -192,6 +192,16 @@ class _Reader:
 
 
 _MISSING = object()
+
+# A value's kind as the person editing the TOML file calls it (not Python's type names)
+_KIND_WORDS = {str: 'text in quotes ("...")', int: "a whole number", bool: "true or false"}
+
+
+def _kind_words(kinds: tuple[type, ...]) -> str:
+    if float in kinds:
+        return "a number"
+    return " or ".join(_KIND_WORDS[k] for k in kinds)
+
 
 _GATEWAY_KEYS = ("id", "data_dir", "queue_max_mb")
 _MQTT_KEYS = (
@@ -351,7 +361,8 @@ def parse_config(raw: dict[str, Any], path: Path | str = "<config>") -> Config:
         allowed="megabytes, 1..1000000",
     )
 
-    mqtt = _mqtt(r, _table(r, raw, "mqtt"), path.parent)
+    # every [mqtt] key has a default (a broker on this machine), so the table may be left out
+    mqtt = _mqtt(r, _table(r, raw, "mqtt", required=False), path.parent)
     buses = _buses(r, raw.get("bus", []))
     modbus_items, ble_items = _split_devices(r, raw.get("device", []))
     devices = _devices(r, modbus_items, buses)

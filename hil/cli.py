@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import string
 import sys
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +47,8 @@ def _unique_id(value: str | None) -> str | None:
     "--fs",
     "fs_dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Host folder that holds the board's flash (kept across runs). Default: a fresh "
-    "temporary folder.",
+    help="Host folder that holds the board's flash (kept across runs, and with it the "
+    "board's MAC). Default: a temporary folder, removed when the board powers off.",
 )
 @click.option(
     "--control",
@@ -91,7 +91,9 @@ def _unique_id(value: str | None) -> str | None:
     "--unique-id",
     "unique_id",
     callback=lambda ctx, param, value: _unique_id(value),
-    help="The chip's id in hex (12 digits): its MAC. Boards of one kind need different ones.",
+    help="The chip's id, 12 hex digits: its base MAC, as machine.unique_id() and esptool "
+    "read-mac give it (Wi-Fi uses it, Bluetooth it + 2). Default: one of the board's own, "
+    "locally administered (02:...), the same again with the same --fs.",
 )
 @click.pass_context
 def emulate(
@@ -129,17 +131,13 @@ def emulate(
     from polekit.hil.emulator import EmulatedBoard, EmulatorError
     from polekit.hil.mpvm import MicroPythonNotFoundError
 
-    hosted_air = None
-    if air is not None:
-        from polekit.hil.air import VirtualAir
-
-        try:  # join the air served there, or start one
-            hosted_air = None if socket_path.serving(air) else VirtualAir(air)
-        except OSError as exc:
-            raise click.ClickException(
-                f"--air {air}: {exc.strerror}; give the socket of a running air (polekit ble "
-                "air), or a new path to start an air there"
-            ) from None
+    try:  # join the air served there, or start one (a stale socket is taken over)
+        start_air = air is not None and not socket_path.serving(air)
+    except OSError as exc:
+        raise click.ClickException(
+            f"--air {air}: {exc.strerror}; give the socket of a running air (polekit ble "
+            "air), or a new path to start an air there"
+        ) from None
     if fs_dir is not None:
         try:
             fs_dir.mkdir(parents=True, exist_ok=True)
@@ -154,41 +152,89 @@ def emulate(
             raise click.ClickException(
                 f"--control {control_path}: {exc.strerror}; give a path for a new socket"
             ) from None
+    # SIGTERM and a closed terminal stop the board as Ctrl-C does, from the first moment:
+    # every way out powers it off and removes what it made in the temporary folder
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
+    board = server = bridge = hosted_air = None
+    control_dir = None
     try:
-        board = EmulatedBoard(
-            board_name, fs_dir=fs_dir, bootloader=bootloader, air=air, unique_id=unique_id
-        )
-        if not bare and not bootloader:
-            from polekit.firmware.install import install
+        if start_air:
+            from polekit.hil.air import VirtualAir
 
-            install(board.fs_dir, board.board)  # the node firmware; its config is kept if present
-        board.start()
-    except (BoardError, EmulatorError, MicroPythonNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from None
-    control = control_path or Path(tempfile.mkdtemp(prefix="polekit-board-")) / "control.sock"
-    try:
-        server = ControlServer(board, control)
-    except OSError as exc:
-        board.stop()
-        raise click.ClickException(
-            f"--control {control}: {exc.strerror}; give a path for a new socket"
-        ) from None
-    bridge = None
-    ports: dict[str, Any] = {
-        "repl": board.repl,
-        "uarts": board.uarts,
-        "control": str(control),
-        "fs": str(board.fs_dir),
-        "mac": board.mac,
-    }
-    if air is not None:
-        ports["air"] = air
-    if rfc2217:
-        from polekit.hil.rfc2217 import Rfc2217Server
+            try:
+                hosted_air = VirtualAir(air)
+            except OSError as exc:
+                raise click.ClickException(
+                    f"--air {air}: {exc.strerror}; give the socket of a running air (polekit "
+                    "ble air), or a new path to start an air there"
+                ) from None
+        try:
+            board = EmulatedBoard(
+                board_name, fs_dir=fs_dir, bootloader=bootloader, air=air, unique_id=unique_id
+            )
+            if not bare and not bootloader:
+                from polekit.firmware.install import install
 
-        bridge = Rfc2217Server(board)
-        ports["rfc2217"] = bridge.url
+                install(board.fs_dir, board.board)  # the node firmware; its config is kept
+            board.start()
+        except (BoardError, EmulatorError, MicroPythonNotFoundError) as exc:
+            raise click.ClickException(str(exc)) from None
+        if control_path is None:
+            control_dir = Path(tempfile.mkdtemp(prefix="polekit-control-"))
+            control = control_dir / "control.sock"
+        else:
+            control = control_path
+        try:
+            server = ControlServer(board, control)
+        except OSError as exc:
+            raise click.ClickException(
+                f"--control {control}: {exc.strerror}; give a path for a new socket"
+            ) from None
+        if rfc2217:
+            from polekit.hil.rfc2217 import Rfc2217Server
+
+            bridge = Rfc2217Server(board)
+        _print_ports(board, control, air, bridge.url if bridge else None, bootloader, as_json)
+        while True:
+            signal.pause()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)  # a second Ctrl-C must not stop the cleanup
+        if bridge is not None:
+            bridge.close()
+        if server is not None:
+            server.close()
+        if board is not None:
+            board.stop()
+        if hosted_air is not None:
+            hosted_air.close()
+        if control_dir is not None:
+            shutil.rmtree(control_dir)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _print_ports(
+    board: Any, control: Path, air: str | None, rfc2217: str | None, bootloader: bool, as_json: bool
+) -> None:
     if as_json:
+        ports: dict[str, Any] = {
+            "repl": board.repl,
+            "uarts": board.uarts,
+            "control": str(control),
+            "fs": str(board.fs_dir),
+            "mac": board.mac,
+            "base_mac": board.base_mac,
+        }
+        if air is not None:
+            ports["air"] = air
+        if rfc2217 is not None:
+            ports["rfc2217"] = rfc2217
         click.echo(json.dumps(ports))
     else:
         click.echo(
@@ -196,28 +242,15 @@ def emulate(
         )
         state = "  (in its ROM bootloader)" if bootloader else ""
         click.echo(f"  REPL     {board.repl}    (mpremote connect {board.repl}){state}")
-        if bridge is not None:
-            click.echo(f"  rfc2217  {bridge.url}    (esptool/mpremote --port; DTR/RTS reset)")
+        if rfc2217 is not None:
+            click.echo(f"  rfc2217  {rfc2217}    (esptool/mpremote --port; DTR/RTS reset)")
         for role, port in board.uarts.items():
             click.echo(f"  {role:<8} {port}")
         click.echo(f"  control  {control}")
         click.echo(f"  flash    {board.fs_dir}")
+        click.echo(f"  MAC      {board.base_mac}    (Bluetooth {board.mac})")
         click.echo("Ctrl-C to power it off.")
     sys.stdout.flush()
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    try:
-        while not done.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if bridge is not None:
-            bridge.close()
-        server.close()
-        board.stop()
-        if hosted_air is not None:
-            hosted_air.close()
 
 
 def _value(text: str) -> Any:

@@ -4,7 +4,8 @@
 runs in a worker thread, one per boot) and bridges its serial bytes to a pseudo-terminal,
 so mpremote, pyserial and pytest-embedded open ``board.repl`` exactly like /dev/ttyUSB0.
 The flash persists across soft resets for the board's lifetime, and in ``fs_dir`` on the
-host if one is given. Everything the board printed is kept in ``serial_log``.
+host if one is given; without one, the board keeps its flash in a temporary folder that
+``stop()`` removes. Everything the board printed is kept in ``serial_log``.
 
 Virtual peripherals (hil/vmlib/_vdev.py) are attached from the board definition; ``set``
 and ``get`` reach their physical values and actuator states. UARTs without a virtual
@@ -14,7 +15,6 @@ UART's baud rate.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import os
@@ -30,6 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from polekit.boards import Board, load
+from polekit.hil.chip_id import (
+    default_unique_id,
+    interface_mac,
+    mac_text,
+    parse_unique_id,
+)
 from polekit.hil.line import VirtualLine
 from polekit.hil.mpvm import VMLIB, MicroPythonNotFoundError, find_micropython
 
@@ -57,6 +63,8 @@ class EmulatedBoard:
     ``uarts`` maps each bridged UART's role (``rs485``) to the pseudo-terminal a host
     program opens; bytes cross it at the UART's baud rate (11-bit characters on RS-485).
     Pass ``rs485_line`` to put several boards (and a gateway) on one shared virtual line.
+    ``unique_id`` is the chip's base MAC in hex (hil/chip_id.py); by default each board has
+    one of its own, kept with its ``fs_dir``.
     """
 
     def __init__(
@@ -70,19 +78,31 @@ class EmulatedBoard:
         unique_id: str | None = None,
     ) -> None:
         self.board = board if isinstance(board, Board) else load(board)
-        self.fs_dir = Path(fs_dir) if fs_dir else Path(tempfile.mkdtemp(prefix="polekit-flash-"))
+        # a folder of our own for what would otherwise be left behind: the flash of a board
+        # given no fs_dir, the VM's start-up file; stop() removes it
+        self._scratch = Path(tempfile.mkdtemp(prefix="polekit-board-"))
+        self.fs_dir = Path(fs_dir) if fs_dir else self._scratch / "flash"
         self.fs_dir.mkdir(parents=True, exist_ok=True)
         # the raw SPI flash the ROM bootloader writes (the MicroPython image); the VM's
-        # filesystem stays in fs_dir
-        self.spi_flash_path = (
-            Path(spi_flash)
-            if spi_flash
-            else self.fs_dir.with_name(self.fs_dir.name + ".spi-flash.bin")
-        )
+        # filesystem stays in fs_dir. Beside a given fs_dir it is kept, as the flash is.
+        if spi_flash:
+            self.spi_flash_path = Path(spi_flash)
+        elif fs_dir:
+            self.spi_flash_path = self.fs_dir.with_name(self.fs_dir.name + ".spi-flash.bin")
+        else:
+            self.spi_flash_path = self._scratch / "spi-flash.bin"
         self.in_bootloader = False
         self._start_in_rom = bootloader
-        # the chip's id (hex, 6+ bytes): its MAC on the air; boards of one kind differ by it
-        self.unique_id = unique_id or hashlib.sha256(self.board.name.encode()).hexdigest()[:12]
+        try:
+            chip = (
+                parse_unique_id(unique_id)
+                if unique_id
+                else default_unique_id(self.fs_dir if fs_dir else None)
+            )
+        except ValueError as exc:
+            self._remove_scratch()
+            raise EmulatorError(str(exc)) from None
+        self.unique_id = chip.hex()  # the eFuse base MAC: machine.unique_id(), esptool read-mac
         self.air = air  # the virtual BLE air's socket (hil/air.py), for boards with a radio
         self._air_link: Any = None
         self._last_adv: tuple[dict[str, Any], float] | None = None
@@ -119,6 +139,8 @@ class EmulatedBoard:
     def start(self, timeout_s: float = 30.0) -> EmulatedBoard:
         """Boot the board; returns when its REPL is ready on ``self.repl`` (or, made with
         ``bootloader=True``, when its ROM bootloader waits for esptool there)."""
+        self._scratch.mkdir(exist_ok=True)  # started again after a stop(): a fresh board
+        self.fs_dir.mkdir(parents=True, exist_ok=True)
         self._master, self._slave = os.openpty()
         tty.setraw(self._master)
         tty.setraw(self._slave)  # no echo, no line editing: a serial port passes bytes as they are
@@ -148,7 +170,7 @@ class EmulatedBoard:
             "controlFd": child.fileno(),
             "boardDef": self._definition(),
         }
-        fd, self._config_file = tempfile.mkstemp(suffix=".json", prefix="polekit-board-")
+        fd, self._config_file = tempfile.mkstemp(suffix=".json", dir=self._scratch)
         with os.fdopen(fd, "w") as f:
             json.dump(config, f)
         if not self._uart_fds:
@@ -160,6 +182,9 @@ class EmulatedBoard:
             stderr=subprocess.PIPE,
             bufsize=0,
             pass_fds=(child.fileno(),),
+            # not in the terminal's process group: Ctrl-C reaches us, and we power the board
+            # off with SIGTERM, which saves its flash first (SIGINT would kill it unsaved)
+            start_new_session=True,
         )
         child.close()
         self._thread = threading.Thread(
@@ -172,7 +197,8 @@ class EmulatedBoard:
         return self
 
     def stop(self) -> None:
-        """Power off: flash contents are saved to ``fs_dir`` first."""
+        """Power off: flash contents are saved to ``fs_dir`` first; a temporary flash (no
+        ``fs_dir`` given) is removed."""
         self._stop_vm()
         self._stop.set()
         if self._rom_thread is not None and self._rom_thread is not threading.current_thread():
@@ -192,6 +218,11 @@ class EmulatedBoard:
         if self._own_line and self._line is not None:
             self._line.close()
             self._line = None
+        self._remove_scratch()
+
+    def _remove_scratch(self) -> None:
+        if self._scratch.exists():
+            shutil.rmtree(self._scratch)
 
     def wait_event(self, name: str, timeout_s: float = 10.0, after: int = 0) -> dict[str, Any]:
         """Wait for board event ``name`` (booted, wdt-reset...) after index ``after``."""
@@ -316,9 +347,14 @@ class EmulatedBoard:
     # ---- the radio on the virtual air ---------------------------------------------------
 
     @property
+    def base_mac(self) -> str:
+        """The chip's base MAC (its unique id), as esptool read-mac prints it."""
+        return mac_text(bytes.fromhex(self.unique_id))
+
+    @property
     def mac(self) -> str:
-        """The board's Bluetooth address (its unique id's first six bytes)."""
-        return ":".join(self.unique_id[i : i + 2] for i in range(0, 12, 2)).upper()
+        """The board's Bluetooth address, on the air: the base MAC + 2 (ESP-IDF's scheme)."""
+        return mac_text(interface_mac(bytes.fromhex(self.unique_id), "bt"))
 
     def _radio_out(self, text: str) -> None:
         if self.air is None:
@@ -387,7 +423,7 @@ class EmulatedBoard:
         self._rom = RomBootloader(
             self.board.chip,
             self._load_spi_flash(),
-            bytes.fromhex(self._definition()["unique_id"])[:6],
+            bytes.fromhex(self.unique_id),
             send=lambda data: _write_all(self._master, data),
             on_boot=self._rom_boot.set,
             on_erase=erase_filesystem,
@@ -442,9 +478,14 @@ class EmulatedBoard:
     def _definition(self) -> dict[str, Any]:
         from polekit.firmware.install import board_map
 
+        chip = bytes.fromhex(self.unique_id)
         return {
             **board_map(self.board),
             "unique_id": self.unique_id,
+            # what network and bluetooth report: derived here, in one place (hil/chip_id.py)
+            "macs": {
+                name: interface_mac(chip, name).hex() for name in ("wifi_sta", "wifi_ap", "bt")
+            },
         }
 
     def _bridge_uarts(self) -> None:

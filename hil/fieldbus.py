@@ -11,6 +11,9 @@ on a real line does.
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
+import time
 from typing import Any
 
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
@@ -40,6 +43,7 @@ class SimulatedBus:
         self._shared = shared
         self._rx = bytearray()
         self.port = serial_port  # the serial endpoint it answers on (None on TCP)
+        self.where = serial_port or (f"{tcp[0]}:{tcp[1]}" if tcp else "")
         self._absent: set[int] = set()
         self._serial = serial_port is not None
         devices = [self._device(unit) for unit in maps]
@@ -74,18 +78,37 @@ class SimulatedBus:
             ),
         )
 
-    async def start(self) -> SimulatedBus:
-        """Start serving (returns once listening)."""
-        self._task = asyncio.get_running_loop().create_task(self._server.serve_forever())
-        for _ in range(100):
-            if self._server.transport is not None:
-                break
-            await asyncio.sleep(0.02)
+    async def start(self, timeout_s: float = 5.0) -> SimulatedBus:
+        """Start serving; returns once listening. OSError with the reason (address in use,
+        no such serial port) if it cannot."""
+        # pymodbus logs why it could not listen and raises a RuntimeError without it
+        why = _Reason()
+        log = logging.getLogger("pymodbus.logging")
+        log.addHandler(why)
+        try:
+            self._task = asyncio.get_running_loop().create_task(self._server.serve_forever())
+            deadline = time.monotonic() + timeout_s
+            while self._server.transport is None and not self._task.done():
+                if time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            log.removeHandler(why)
+        if self._server.transport is None:
+            await self.stop()
+            raise OSError(f"cannot serve on {self.where}: {why.text or 'no reason given'}")
         return self
+
+    @property
+    def tcp_port(self) -> int | None:
+        """The TCP port it listens on (the one the system chose for port 0); None on serial."""
+        sockets = getattr(self._server.transport, "sockets", None)
+        return sockets[0].getsockname()[1] if sockets else None
 
     async def stop(self) -> None:
         """Stop serving and close the port."""
-        await self._server.shutdown()
+        if self._server.transport is not None:
+            await self._server.shutdown()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -150,3 +173,16 @@ class SimulatedBus:
         if not isinstance(regs, list):
             raise KeyError(f"unit {unit} has no {point.table} register {point.address}: {regs}")
         return point.decode(regs) if point.table in ("holding", "input") else bool(regs[0])
+
+
+class _Reason(logging.Handler):
+    # keeps pymodbus's "Failed to start server <OSError>" as "<OSError>"
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.text = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "Failed to start server" in message:
+            reason = message.split("Failed to start server", 1)[1]
+            self.text = re.sub(r"\[Errno -?\d+\] ", "", reason).strip()

@@ -184,7 +184,7 @@ def code_make(region: str, dtype: str, serial: int, count: int) -> None:
         for n in range(serial, serial + count):
             click.echo(identity.make(region, dtype.upper(), n))
     except IdentityError as exc:
-        raise click.UsageError(f"{exc}. Device types: `polekit code types`.") from None
+        raise click.UsageError(f"{exc} (`polekit code types` says what each is)") from None
 
 
 @code.command("check")
@@ -295,10 +295,16 @@ def boards_show(name: str) -> None:
     console.print(buses)
     sensors = Table("sensor", "type", "bus", "settings")
     for s in b.sensors.values():
-        sensors.add_row(
-            s.name, s.type, s.bus or "", ", ".join(f"{k}={v}" for k, v in s.params.items())
-        )
+        sensors.add_row(s.name, s.type, s.bus or "", ", ".join(map(_setting, s.params.items())))
     console.print(sensors)
+
+
+def _setting(item: tuple[str, object]) -> str:
+    # I2C addresses as datasheets and i2cdetect print them: 0x44, not 68
+    key, value = item
+    if key == "address" and isinstance(value, int):
+        return f"{key}={value:#04x}"
+    return f"{key}={value}"
 
 
 def _add_area_commands() -> None:
@@ -306,10 +312,12 @@ def _add_area_commands() -> None:
     from polekit.gateway.ble_cli import ble
     from polekit.gateway.cli import gateway
     from polekit.hil.cli import emulate
+    from polekit.hil.simulate_cli import simulate
 
     main.add_command(gateway)
     main.add_command(ble)
     main.add_command(emulate)
+    main.add_command(simulate)
     for command in COMMANDS:
         main.add_command(command)
 

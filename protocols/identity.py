@@ -33,6 +33,11 @@ GW gateway
 """
 
 
+# The device type letters, for messages: "PL, EN, LM, ..."
+def type_list():
+    return ", ".join(line[:2] for line in DEVICE_TYPES.split("\n") if line)
+
+
 # The ISO/IEC 7064 MOD 37-36 check character of ``body`` (digits and capitals).
 def check_char(body):
     p = 36
@@ -51,7 +56,7 @@ def _check_parts(region, dtype, serial):
     if not 11 <= int(region[:2]) <= 82:
         raise IdentityError("region %r: the first two digits (province) must be 11..82" % region)
     if not (isinstance(dtype, str) and len(dtype) == 2 and ("\n" + dtype + " ") in DEVICE_TYPES):
-        raise IdentityError("device type %r is unknown; see DEVICE_TYPES" % (dtype,))
+        raise IdentityError("device type %r is unknown; known types: %s" % (dtype, type_list()))
     if not (isinstance(serial, int) and 1 <= serial <= SERIAL_MAX):
         raise IdentityError("serial must be an integer 1..%d, got %r" % (SERIAL_MAX, serial))
 

@@ -66,5 +66,9 @@ def test_boards_cli() -> None:
     assert listed.exit_code == 0 and "pole-env-esp32" in listed.output
     shown = CliRunner().invoke(main, ["boards", "show", "pole-env-esp32"])
     assert shown.exit_code == 0 and "sht3x" in shown.output and "0x1000" in shown.output
+    # I2C addresses as on the datasheet: SHT3x 0x44, BH1750 0x23, ADXL345 0x53
+    for address in ("address=0x44", "address=0x23", "address=0x53"):
+        assert address in shown.output, shown.output
+    assert "address=68" not in shown.output
     missing = CliRunner().invoke(main, ["boards", "show", "nope"])
     assert missing.exit_code == 2 and "known boards" in missing.output

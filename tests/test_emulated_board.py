@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -101,6 +103,47 @@ def test_polekit_emulate_prints_its_ports_and_stops_on_sigterm(tmp_path: Path) -
         assert bad.returncode == 1 and "sht3x has no 'temp'" in bad.stderr
         assert float(cli("get", *ctl, "lamp.level").stdout) == 0.0
         assert "alive" in cli("log", *ctl).stdout
+
+
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM", "SIGHUP"])
+def test_polekit_emulate_leaves_no_temporary_files_behind(tmp_path: Path, stop: str) -> None:
+    scratch = tmp_path / "tmp"  # the system's temporary folder, for this run alone
+    scratch.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "polekit", "emulate", "--bare", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TMPDIR": str(scratch)},
+    )
+    try:
+        assert proc.stdout is not None
+        ports = json.loads(proc.stdout.readline())
+        made = sorted(p.relative_to(scratch).as_posix() for p in scratch.rglob("*"))
+        assert Path(ports["fs"]).is_relative_to(scratch), made  # its flash, its control socket
+        assert Path(ports["control"]).is_relative_to(scratch), made
+        proc.send_signal(getattr(signal, stop))
+        assert proc.wait(timeout=30) == 0, proc.stderr.read() if proc.stderr else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    left = sorted(p.relative_to(scratch).as_posix() for p in scratch.rglob("*"))
+    assert left == [], f"made {made}, left {left}"
+
+
+def test_polekit_emulate_that_cannot_start_leaves_no_temporary_files(tmp_path: Path) -> None:
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "polekit", "emulate", "--bare"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "TMPDIR": str(scratch), "PATH": str(tmp_path)},  # no Node.js
+    )
+    assert result.returncode == 1 and "Node.js is needed" in result.stderr, result.stderr
+    assert list(scratch.iterdir()) == []
 
 
 def test_pytest_embedded_drives_the_emulated_board(board: EmulatedBoard, tmp_path: Path) -> None:

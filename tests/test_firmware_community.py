@@ -4,7 +4,6 @@ the adverts the firmware builds."""
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 
@@ -90,8 +89,8 @@ def test_encrypted_adverts_decrypt_with_the_bind_key_and_never_reuse_a_counter(
 ) -> None:
     flash = tmp_path / "flash"
     install(flash, "community-sos-esp32c3", {"device_code": CODE, "advert_s": 1, "bindkey": KEY})
-    mac = hashlib.sha256(b"community-sos-esp32c3").digest()[:6]  # the emulated radio's MAC
     with EmulatedBoard("community-sos-esp32c3", fs_dir=flash) as board:
+        mac = bytes.fromhex(board.mac.replace(":", ""))  # the emulated radio's address
         counters = []
         for _ in range(2):
             before = len(board.events)

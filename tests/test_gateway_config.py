@@ -96,7 +96,7 @@ BAD = [
     ("map", 'map = "pole-env"', 'map = "pole-envv"', "known maps: pole-env, sdm120"),
     ("code", 'code = "371600PL000001C"', 'code = "371600PL000001D"', "expected 'C'"),
     ("poll", "poll_interval = 5.0", "poll_interval = -1", "seconds, 0.05..86400"),
-    ("type of value", "poll_interval = 5.0", 'poll_interval = "5"', "must be int or float"),
+    ("type of value", "poll_interval = 5.0", 'poll_interval = "5"', "must be a number"),
     ("point type", 'type = "f32"', 'type = "float"', "bad type 'float'"),
     (
         "point overlap",
@@ -182,3 +182,35 @@ def test_entries_that_are_not_tables_are_problems_not_crashes(tmp_path: Path) ->
         load_config(write(tmp_path, text))
     assert "bus[0] = 1: must be a table ([[bus]])" in str(err.value)
     assert "device = 3: must be an array of tables ([[device]])" in str(err.value)
+
+
+def test_a_config_without_mqtt_checks_out_with_the_local_broker(tmp_path: Path) -> None:
+    # every [mqtt] key has a default: leaving the table out is not a mistake
+    text = GOOD.format(data=tmp_path)
+    without = text.split("[mqtt]")[0] + "[[bus]]" + text.split("[[bus]]", 1)[1]
+    assert "[mqtt]" not in without
+    result = CliRunner().invoke(main, ["gateway", "check", "-c", str(write(tmp_path, without))])
+    assert result.exit_code == 0, result.output
+    assert "broker mqtt://127.0.0.1:1883" in result.output
+    config = load_config(tmp_path / "gateway.toml")
+    assert config.mqtt.topic_prefix == "polekit/v1" and config.mqtt.format == "senml+cbor"
+
+
+KINDS = [
+    ("whole number", "unit = 1\nmap", 'unit = "1"\nmap', "must be a whole number"),
+    ("true or false", "writable = true", "writable = 1", "must be true or false"),
+    ("text", 'map = "pole-env"', "map = 5", 'must be text in quotes ("...")'),
+]
+
+
+@pytest.mark.parametrize("name,old,new,expected", KINDS, ids=[k[0] for k in KINDS])
+def test_a_value_of_the_wrong_kind_is_named_in_toml_words(
+    tmp_path: Path, name: str, old: str, new: str, expected: str
+) -> None:
+    path = write(tmp_path, GOOD.format(data=tmp_path).replace(old, new, 1))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert expected in message, message
+    for python_name in ("str", "int", "float", "bool"):
+        assert f"be {python_name}" not in message and f"or {python_name}" not in message

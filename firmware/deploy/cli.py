@@ -14,7 +14,7 @@ import click
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from polekit.boards import BoardError, names
 
@@ -318,7 +318,16 @@ def provision(manifest: Path, jobs: int, report: Path | None, retry_passed: bool
 
 
 def _print_boards(console: Console, results: list[dict[str, Any]]) -> None:
-    table = Table("device code", "port", "result", "chip MAC", "firmware", "s", "error")
+    # the code is never cut; a port or MAC too long for its column folds, whole
+    table = Table(
+        Column("device code", no_wrap=True),
+        Column("port", overflow="fold"),
+        "result",
+        Column("chip MAC", overflow="fold"),
+        "firmware",
+        "s",
+        Column("error", overflow="fold"),
+    )
     for r in results:
         ok = r["result"] == "pass"
         table.add_row(

@@ -119,10 +119,10 @@ class BLE:
         return self._active
 
     def config(self, *names, **kw):
-        if names and names[0] == "mac":
-            import machine
-
-            return (0, machine.unique_id()[:6])
+        if names and names[0] == "mac":  # a public address: the base MAC + 2
+            if not self._active:
+                raise OSError(1)  # as the chip: EPERM (ERRNO_BLUETOOTH_NOT_ACTIVE)
+            return (0, bytes.fromhex(_board.DEFINITION["macs"]["bt"]))
         return None
 
     def irq(self, handler):

@@ -41,10 +41,11 @@ class WLAN:
         return ("127.0.0.1", "255.0.0.0", "127.0.0.1", "127.0.0.1")
 
     def config(self, name=None, **kw):
-        if name == "mac":
-            import machine
+        if name == "mac":  # the station has the base MAC, the soft-AP the next one
+            import _board
 
-            return machine.unique_id()[:6]
+            macs = _board.DEFINITION["macs"]
+            return bytes.fromhex(macs["wifi_ap" if self.id == AP_IF else "wifi_sta"])
         return None
 
     def scan(self):
