@@ -90,6 +90,8 @@ def simulate(
     if (tcp is None) == (rtu is None):
         raise click.UsageError("give --tcp HOST:PORT or --rtu PORT|pty, e.g. --tcp 127.0.0.1:5020")
     devices = _devices(maps, units)
+    if rtu is not None and not rtu.strip():
+        raise click.UsageError("--rtu: give a serial port (e.g. /dev/ttyUSB0) or pty")
     address = _tcp_address(tcp) if tcp is not None else None
     if link is not None and rtu != "pty":
         raise click.UsageError("--link names a pseudo-terminal: use it with --rtu pty")

@@ -66,6 +66,7 @@ class Inputs:
     def __init__(self, tmp: Path, taken_port: int, board: dict[str, Any] | None = None) -> None:
         self.tmp = tmp
         self.board = board
+        self.taken_port = taken_port
         tmp.mkdir(exist_ok=True)
         self.missing = tmp / "missing.txt"
         self.folder = tmp / "a-folder"
@@ -154,6 +155,7 @@ map = "pole-env"
             "paths": "lamp.level",
             "offset": "0x1000",
             "length": "16",
+            "maps": "sdm120",
         }.get(name)
 
     def bad(self, path: tuple[str, ...], param: click.Parameter) -> list[str]:
@@ -193,6 +195,8 @@ map = "pole-env"
             ],
             "settings": ["unit", "=3"],
             "mpy": ["9.9", "six"],
+            "maps": ["sdm12", "é", ""],
+            "tcp": ["127.0.0.1", "127.0.0.1:99999", "no host:1", f"127.0.0.1:{self.taken_port}"],
             "unique_id": ["zz", "123", "é"],
             "adapter": ["hci99"],
             # where a command makes a socket or a folder, a missing path is fine
