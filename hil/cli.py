@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import string
 import sys
 import tempfile
 from pathlib import Path
@@ -26,13 +25,15 @@ CONTROL = click.option(
 
 
 def _unique_id(value: str | None) -> str | None:
+    """--unique-id checked as the chip would have it (12 hex digits, not multicast)."""
     if value is None:
         return None
-    if len(value) != 12 or any(c not in string.hexdigits for c in value):
-        raise click.BadParameter(
-            f"{value!r}: give 12 hex digits (the MAC), e.g. 24a1600c0001", param_hint="--unique-id"
-        )
-    return value.lower()
+    from polekit.hil.chip_id import parse_unique_id
+
+    try:
+        return parse_unique_id(value).hex()
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--unique-id") from None
 
 
 @click.group(invoke_without_command=True)

@@ -95,5 +95,5 @@ def test_esptool_reads_the_unique_id_from_the_rom_bootloader(tmp_path: Path) -> 
 def test_a_unique_id_the_chip_cannot_have_is_refused_in_one_line() -> None:
     for bad, says in (("zz", "12 hex digits"), ("03:00:00:00:00:01", "multicast")):
         result = polekit("emulate", "--bare", "--unique-id", bad)
-        assert result.returncode == 1, result.stdout + result.stderr
+        assert result.returncode == 2, result.stdout + result.stderr  # click's usage error
         assert says in result.stderr and "Traceback" not in result.stderr, result.stderr
