@@ -20,7 +20,7 @@ from polekit.gateway.ble_commands import BleCommander
 from polekit.gateway.commands import CommandRouter
 from polekit.gateway.config import Config, DeviceConfig
 from polekit.gateway.pipeline import PackEncoder, encode_body
-from polekit.gateway.queue import DurableQueue
+from polekit.gateway.queue import DurableQueue, Payload, QueueWriteError
 from polekit.gateway.sources.ble import BleSource
 from polekit.gateway.sources.modbus_bus import ModbusBus
 from polekit.gateway.status import StatusServer
@@ -62,14 +62,42 @@ class Gateway:
             )
             commander = BleCommander(config.ble)
             ble_owners = {d.code: (d, commander) for d in config.ble_devices}
-        self.commands = CommandRouter(owners, self._on_result, ble_owners)
+        self.commands = CommandRouter(
+            owners,
+            self._on_result,
+            ble_owners,
+            limits=config.commands,
+            encode=lambda body: encode_body(body, config.mqtt.format),
+        )
         self.uplink = MqttUplink(config, self.queue, self.commands.handle)
         self.status = StatusServer(self.health, config.status.host, config.status.port)
         self.readings = 0
         self.events = 0
         self.pipeline_errors = 0
+        self.queue_errors = 0  # messages the queue could not store (QueueWriteError)
+        self._queue_failing = False
         self.started = time.time()
         self._stopping: asyncio.Event | None = None
+
+    async def _store(self, topic: str, payload: Payload, device: str | None = None) -> bool:
+        # a message the queue refuses (its database failed the batch) is counted and logged
+        # once per episode; the producer (a bus, the BLE scanner) goes on
+        try:
+            await self.queue.append(topic, payload, device=device)
+        except ProtocolError as exc:  # the pack could not be encoded: this message alone
+            self.pipeline_errors += 1
+            log.error("%s: message dropped: %s", topic, exc)
+            return False
+        except QueueWriteError as exc:
+            self.queue_errors += 1
+            if not self._queue_failing:
+                log.error("%s; counting the messages lost until it works again", exc)
+            self._queue_failing = True
+            return False
+        if self._queue_failing:
+            log.warning("the queue stores messages again (%d lost)", self.queue_errors)
+        self._queue_failing = False
+        return True
 
     async def _on_poll(
         self, device: DeviceConfig, values: list[tuple[Point, Any]], t: float
@@ -81,8 +109,8 @@ class Gateway:
             self.pipeline_errors += 1
             log.error("device %s: poll dropped: %s", device.code, exc)
             return
-        await self.queue.append(self.config.topic("data", device.code), packer, device=device.code)
-        self.readings += len(readings)
+        if await self._store(self.config.topic("data", device.code), packer, device.code):
+            self.readings += len(readings)
 
     async def _on_ble_readings(
         self, device_code: str, readings: list[tuple[str, Any, str | None]], t: float
@@ -93,22 +121,23 @@ class Gateway:
             self.pipeline_errors += 1
             log.error("device %s: advert dropped: %s", device_code, exc)
             return
-        await self.queue.append(self.config.topic("data", device_code), packer, device=device_code)
-        self.readings += len(readings)
+        if await self._store(self.config.topic("data", device_code), packer, device_code):
+            self.readings += len(readings)
 
     async def _on_event(self, device_code: str, body: dict[str, Any]) -> None:
-        # events (an SOS press, a smoke alarm) go through the same durable queue
+        # events (an SOS press, a smoke alarm) go through the same durable queue, encoded
+        # before they are queued so a bad one fails alone
         self.events += 1
-        await self.queue.append(
-            self.config.topic("event", device_code),
-            lambda _seq: encode_body(body, self.config.mqtt.format),
-        )
+        try:
+            payload = encode_body(body, self.config.mqtt.format)
+        except (ValueError, TypeError) as exc:
+            self.pipeline_errors += 1
+            log.error("device %s: event dropped: %s", device_code, exc)
+            return
+        await self._store(self.config.topic("event", device_code), payload)
 
-    async def _on_result(self, device_code: str, body: dict[str, Any]) -> None:
-        await self.queue.append(
-            self.config.topic("cmd-result", device_code),
-            lambda _seq: encode_body(body, self.config.mqtt.format),
-        )
+    async def _on_result(self, device_code: str, payload: bytes) -> None:
+        await self._store(self.config.topic("cmd-result", device_code), payload)
 
     def health(self) -> dict[str, Any]:
         """A snapshot for /health, /metrics and ``polekit gateway status``."""
@@ -146,6 +175,7 @@ class Gateway:
                 "bytes": self.queue.size_bytes,
                 "dropped": self.queue.dropped,
                 "max_bytes": self.queue.max_bytes,
+                "write_errors": self.queue_errors,
             },
             "buses": [
                 {
@@ -171,7 +201,7 @@ class Gateway:
                 "counters": vars(self.ble.counters),
             },
             "events": self.events,
-            "commands": {"handled": self.commands.handled, "failed": self.commands.failed},
+            "commands": dict(vars(self.commands.counters)),
         }
 
     def stop(self) -> None:

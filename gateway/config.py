@@ -120,6 +120,56 @@ class StatusConfig:
 
 
 @dataclass(frozen=True)
+class CommandsConfig:
+    """Limits on the command path (``[commands]``): the biggest payload taken, and a token
+    bucket per device (``rate_per_s`` commands a second on average, ``burst`` at once), so
+    a flood from the platform cannot hammer a device or wear out its flash."""
+
+    max_bytes: int = 64 * 1024
+    rate_per_s: float = 5.0
+    burst: int = 10
+
+
+_COMMANDS_KEYS = ("max_bytes", "rate", "burst")
+
+
+def _commands(r: _Reader, c: dict[str, Any]) -> CommandsConfig:
+    r.unknown_keys(c, "commands", _COMMANDS_KEYS)
+    default = CommandsConfig()
+    return CommandsConfig(
+        max_bytes=r.get(
+            c,
+            "commands",
+            "max_bytes",
+            int,
+            default.max_bytes,
+            check=lambda v: 256 <= v <= 16 * 1024 * 1024,
+            allowed="bytes, 256..16777216 (a command payload; results echo its id)",
+        ),
+        rate_per_s=float(
+            r.get(
+                c,
+                "commands",
+                "rate",
+                (int, float),
+                default.rate_per_s,
+                check=lambda v: 0.01 <= v <= 10_000,
+                allowed="commands a second per device, 0.01..10000",
+            )
+        ),
+        burst=r.get(
+            c,
+            "commands",
+            "burst",
+            int,
+            default.burst,
+            check=lambda v: 1 <= v <= 100_000,
+            allowed="commands a device may take at once, 1..100000",
+        ),
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole, validated gateway configuration."""
 
@@ -133,6 +183,7 @@ class Config:
     status: StatusConfig = field(default_factory=StatusConfig)
     ble_devices: list[BleDeviceConfig] = field(default_factory=list)
     ble: BleConfig = field(default_factory=BleConfig)
+    commands: CommandsConfig = field(default_factory=CommandsConfig)
 
     @property
     def queue_path(self) -> Path:
@@ -337,7 +388,7 @@ def parse_config(raw: dict[str, Any], path: Path | str = "<config>") -> Config:
     """Validate an already-parsed TOML document (see ``load_config``)."""
     path = Path(path)
     r = _Reader(path)
-    r.unknown_keys(raw, "", ("gateway", "mqtt", "bus", "device", "status", "ble"))
+    r.unknown_keys(raw, "", ("gateway", "mqtt", "bus", "device", "status", "ble", "commands"))
     gw = _table(r, raw, "gateway")
     r.unknown_keys(gw, "gateway", _GATEWAY_KEYS)
     gateway_id = r.get(
@@ -388,6 +439,7 @@ def parse_config(raw: dict[str, Any], path: Path | str = "<config>") -> Config:
         ),
         enabled=r.get(st, "status", "enabled", bool, True),
     )
+    commands = _commands(r, _table(r, raw, "commands", required=False))
     if r.problems:
         raise ConfigError(path, r.problems)
     return Config(
@@ -401,6 +453,7 @@ def parse_config(raw: dict[str, Any], path: Path | str = "<config>") -> Config:
         status,
         ble_devices,
         ble,
+        commands,
     )
 
 

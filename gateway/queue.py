@@ -10,17 +10,24 @@ counted across restarts.
 
 Each device's pack sequence number is assigned in the same transaction that stores the
 pack, so ``seq`` has no gaps and no repeats across restarts.
+
+No producer ever waits on a future nobody resolves: a payload that cannot be built fails
+only its own ``append`` (the rest of its batch commits), a failed batch fails each of its
+producers with ``QueueWriteError``, and the writer goes on serving later appends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger("polekit.gateway.queue")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS message (
@@ -47,8 +54,15 @@ class Message:
     seq: int | None
 
 
-# (device, topic, make_payload(seq) -> bytes); device None = a message with no sequence
-_Pending = tuple[str | None, str, Callable[[int], bytes], asyncio.Future]
+class QueueWriteError(Exception):
+    """A batch of appends could not be stored (the database refused the transaction);
+    the message it was raised for is not in the queue."""
+
+
+# a payload, or make_payload(seq) for a message that carries the device's next number
+Payload = bytes | Callable[[int], bytes]
+# (device, topic, payload, future); device None = a message with no sequence
+_Pending = tuple[str | None, str, Payload, asyncio.Future]
 
 
 class DurableQueue:
@@ -104,74 +118,94 @@ class DurableQueue:
             self._changed = asyncio.Event()
         return self._changed
 
-    async def append(
-        self, topic: str, make_payload: Callable[[int], bytes], device: str | None = None
-    ) -> int:
-        """Store one message and return once it is on disk. ``make_payload(seq)`` builds
-        the payload for the device's next sequence number (called in the writer thread);
-        returns that number (0 for messages without a device)."""
+    async def append(self, topic: str, payload: Payload, device: str | None = None) -> int:
+        """Store one message and return once it is on disk; returns the device's sequence
+        number given to it (0 for messages without a device).
+
+        ``payload`` is the encoded message, or ``make_payload(seq)`` building it for the
+        device's next number (called in the writer thread). Encode what can fail before
+        calling: an exception from ``make_payload`` fails this append alone (raised here,
+        no number used); QueueWriteError when the database refused the whole batch."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[int] = loop.create_future()
-        self._pending.append((device, topic, make_payload, done))
+        self._pending.append((device, topic, payload, done))
         if not self._flushing:
             self._flushing = True
             self._flush_task = loop.create_task(self._flush())
         return await done
 
     async def _flush(self) -> None:
+        # Serves until nothing is pending. Every future of every batch taken is resolved,
+        # whatever happens to the batch: a producer never waits on a batch that is gone.
         loop = asyncio.get_running_loop()
         try:
             while self._pending:
                 batch, self._pending = self._pending, []
                 try:
-                    seqs = await loop.run_in_executor(self._executor, self._write, batch)
-                except BaseException as exc:  # the batch failed whole: tell every producer
-                    for *_, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(
-                                exc if isinstance(exc, Exception) else RuntimeError(str(exc))
-                            )
+                    outcomes = await loop.run_in_executor(self._executor, self._write, batch)
+                except Exception as exc:  # the database refused the transaction
+                    log.error("queue: %d message(s) not stored: %s", len(batch), exc)
+                    failed = QueueWriteError(f"the queue could not store the message: {exc}")
+                    outcomes = [failed] * len(batch)
+                except BaseException:  # cancelled (the loop is closing): no one may hang
+                    for *_, fut in batch + self._pending:
+                        fut.cancel()
+                    self._pending = []
                     raise
-                for (*_, fut), seq in zip(batch, seqs, strict=True):
-                    if not fut.done():
-                        fut.set_result(seq)
+                for (*_, fut), outcome in zip(batch, outcomes, strict=True):
+                    if fut.done():  # its producer was cancelled meanwhile
+                        continue
+                    if isinstance(outcome, Exception):
+                        fut.set_exception(outcome)
+                    else:
+                        fut.set_result(outcome)
                 self.changed().set()
         finally:
             self._flushing = False
 
-    def _write(self, batch: list[_Pending]) -> list[int]:
-        seqs: list[int] = []
+    def _write(self, batch: list[_Pending]) -> list[int | Exception]:
+        # one transaction; a payload that cannot be built is left out (its outcome is its
+        # exception) and uses no sequence number
+        outcomes: list[int | Exception] = []
         new_seq = dict(self._seq)
+        stored = 0
         with self._db_lock:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
                 added = 0
-                for device, topic, make_payload, _ in batch:
-                    seq = 0
+                for device, topic, payload, _ in batch:
+                    seq = new_seq.get(device, 0) + 1 if device is not None else 0
+                    try:
+                        data = payload(seq) if callable(payload) else payload
+                        if not isinstance(data, bytes):
+                            raise TypeError(f"a payload must be bytes, not {type(data).__name__}")
+                    except Exception as exc:  # noqa: BLE001 - handed to this message's producer
+                        outcomes.append(exc)
+                        continue
                     if device is not None:
-                        seq = new_seq.get(device, 0) + 1
                         new_seq[device] = seq
                         db.execute("INSERT OR REPLACE INTO device_seq VALUES (?, ?)", (device, seq))
-                    payload = make_payload(seq)
-                    size = len(payload) + len(topic)
+                    size = len(data) + len(topic)
                     db.execute(
                         "INSERT INTO message (topic, payload, device, seq, size)"
                         " VALUES (?, ?, ?, ?, ?)",
-                        (topic, payload, device, seq or None, size),
+                        (topic, data, device, seq or None, size),
                     )
                     added += size
-                    seqs.append(seq)
+                    stored += 1
+                    outcomes.append(seq)
                 dropped, freed, dropped_count = self._trim(self._bytes + added)
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:  # a failed COMMIT may have rolled back already
+                    db.execute("ROLLBACK")
                 raise
         self._seq = new_seq
         self._bytes += added - freed
-        self._depth += len(batch) - dropped_count
+        self._depth += stored - dropped_count
         self.dropped = dropped
-        return seqs
+        return outcomes
 
     def _trim(self, total: int) -> tuple[int, int, int]:
         # called inside the write transaction: oldest first until under the cap

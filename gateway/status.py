@@ -44,6 +44,19 @@ def metrics_text(health: dict[str, Any]) -> str:
         label = f'device="{dev["code"]}",bus="{dev["bus"]}"'
         lines.append(f"polekit_device_online{{{label}}} {int(bool(dev['online']))}")
         lines.append(f"polekit_device_polls_total{{{label}}} {dev['polls']}")
+    commands = health["commands"]
+    lines += [
+        "# HELP polekit_commands_handled_total Commands received; each got a result.",
+        "# TYPE polekit_commands_handled_total counter",
+        f"polekit_commands_handled_total {commands['handled']}",
+        "# HELP polekit_commands_failed_total Commands answered with an error, for any reason.",
+        "# TYPE polekit_commands_failed_total counter",
+        f"polekit_commands_failed_total {commands['failed']}",
+        "# HELP polekit_commands_rejected_total Commands refused before reaching a device.",
+        "# TYPE polekit_commands_rejected_total counter",
+    ]
+    for reason in ("malformed", "too_large", "rate_limited"):
+        lines.append(f'polekit_commands_rejected_total{{reason="{reason}"}} {commands[reason]}')
     return "\n".join(lines) + "\n"
 
 

@@ -7,13 +7,15 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
-from polekit.gateway.queue import DurableQueue
+from polekit.gateway.queue import DurableQueue, QueueWriteError
 from polekit.hil.broker import LocalBroker
 from polekit.hil.fieldbus import SimulatedBus
 from polekit.hil.line import VirtualLine
 from polekit.protocols import modbus
+from polekit.protocols.errors import ProtocolError
 
 from gwkit import POLE_1, POLE_2, Collector, run, until
 
@@ -166,5 +168,78 @@ def test_queue_is_a_fifo_that_acks_by_id(tmp_path: Path) -> None:
         await q.ack([m.id for m in batch[:5]])
         assert q.depth == 25 and (await q.peek(1))[0].id == batch[5].id
         q.close()
+
+    run(scenario())
+
+
+def test_a_poisoned_batch_fails_only_the_bad_message_and_later_appends_complete(
+    tmp_path: Path,
+) -> None:
+    # issue 13 item 1: one payload that cannot be encoded, in a group commit with good
+    # ones, while another append waits for the next batch
+    async def scenario() -> None:
+        q = DurableQueue(tmp_path / "q.sqlite3")
+        entered, release = threading.Event(), threading.Event()
+
+        def poisoned(seq: int) -> bytes:
+            entered.set()
+            release.wait(10)  # hold the batch until a later append is pending
+            raise ProtocolError("nesting deeper than 32")
+
+        try:
+            first = [
+                asyncio.create_task(q.append("t/data/x", lambda s: b"x%d" % s, device="x")),
+                asyncio.create_task(q.append("t/cmd-result/x", poisoned)),
+                asyncio.create_task(q.append("t/data/x", lambda s: b"x%d" % s, device="x")),
+                asyncio.create_task(q.append("t/event/x", b"an event")),
+            ]
+            await until(entered.is_set, what="the poisoned batch in the writer")
+            later = asyncio.create_task(q.append("t/data/x", lambda s: b"x%d" % s, device="x"))
+            await asyncio.sleep(0)  # `later` is pending behind the batch in the writer
+            release.set()
+            outcomes = await asyncio.wait_for(
+                asyncio.gather(*first, return_exceptions=True), timeout=10
+            )
+            assert outcomes[0] == 1 and outcomes[2] == 2 and outcomes[3] == 0
+            assert isinstance(outcomes[1], ProtocolError)
+            assert await asyncio.wait_for(later, timeout=10) == 3  # no number was skipped
+            stored = await q.peek()
+            assert [m.payload for m in stored] == [b"x1", b"x2", b"an event", b"x3"]
+            assert q.depth == 4
+        finally:
+            release.set()
+            q.close()
+
+    run(scenario())
+
+
+def test_a_batch_the_database_refuses_fails_its_producers_and_the_writer_serves_on(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        q = DurableQueue(tmp_path / "q.sqlite3")
+        try:
+            # a real SQLITE_FULL: the connection may not grow the file past its size now
+            pages = q._db.execute("PRAGMA page_count").fetchone()[0]
+            q._db.execute(f"PRAGMA max_page_count = {pages + 2}")
+            big = b"\xff" * 1_000_000
+            outcomes = await asyncio.wait_for(
+                asyncio.gather(
+                    q.append("t/data/x", lambda s: big, device="x"),
+                    q.append("t/data/x", lambda s: b"small", device="x"),
+                    return_exceptions=True,
+                ),
+                timeout=10,
+            )
+            assert all(isinstance(o, QueueWriteError) for o in outcomes), outcomes
+            assert "full" in str(outcomes[0])
+            assert q.depth == 0 and q.last_seq("x") == 0
+            q._db.execute("PRAGMA max_page_count = 1073741823")
+            assert (
+                await asyncio.wait_for(q.append("t/data/x", lambda s: b"ok", device="x"), 10) == 1
+            )
+            assert [m.payload for m in await q.peek()] == [b"ok"]
+        finally:
+            q.close()
 
     run(scenario())
