@@ -14,6 +14,7 @@ import os
 import signal
 import sqlite3
 import time
+from collections import deque
 from typing import Any
 
 from polekit.gateway.ble_commands import BleCommander
@@ -34,6 +35,30 @@ log = logging.getLogger("polekit.gateway")
 class StartError(RuntimeError):
     """The gateway cannot start: something it must own is taken or out of reach (the
     queue's folder, the status port). The message says which, and what to do."""
+
+
+class Latencies:
+    """The last few thousand answer-to-commit times of polls: a read answered by its device
+    and not yet committed is what a kill -9 or a power cut can lose, so this is the window
+    (p50 and p99 on /health and /metrics)."""
+
+    def __init__(self, keep: int = 4096) -> None:
+        self._times: deque[float] = deque(maxlen=keep)
+
+    def add(self, seconds: float) -> None:
+        """One poll's answer-to-commit time."""
+        self._times.append(seconds)
+
+    def summary_ms(self) -> dict[str, float | None]:
+        """p50, p99 and max of the kept times, in milliseconds (None before any poll)."""
+        if not self._times:
+            return {"p50": None, "p99": None, "max": None}
+        ordered = sorted(self._times)
+
+        def at(q: float) -> float:
+            return round(ordered[min(int(q * len(ordered)), len(ordered) - 1)] * 1000, 2)
+
+        return {"p50": at(0.5), "p99": at(0.99), "max": at(1.0)}
 
 
 class Gateway:
@@ -76,6 +101,7 @@ class Gateway:
         self.pipeline_errors = 0
         self.queue_errors = 0  # messages the queue could not store (QueueWriteError)
         self._queue_failing = False
+        self.commit_latency = Latencies()
         self.started = time.time()
         self._stopping: asyncio.Event | None = None
 
@@ -102,6 +128,7 @@ class Gateway:
     async def _on_poll(
         self, device: DeviceConfig, values: list[tuple[Point, Any]], t: float
     ) -> None:
+        answered = time.monotonic()  # the device's answer is in hand: the loss window opens
         try:
             readings = self.encoder.readings(values)
             packer = self.encoder.packer(device.code, readings, t)
@@ -111,6 +138,7 @@ class Gateway:
             return
         if await self._store(self.config.topic("data", device.code), packer, device.code):
             self.readings += len(readings)
+            self.commit_latency.add(time.monotonic() - answered)
 
     async def _on_ble_readings(
         self, device_code: str, readings: list[tuple[str, Any, str | None]], t: float
@@ -176,6 +204,10 @@ class Gateway:
                 "dropped": self.queue.dropped,
                 "max_bytes": self.queue.max_bytes,
                 "write_errors": self.queue_errors,
+                "disk_bytes": self.queue.disk_bytes(),
+                "budget_bytes": self.queue.budget_bytes,
+                "disk_full": self.queue.full,
+                "commit_latency_ms": self.commit_latency.summary_ms(),
             },
             "buses": [
                 {
@@ -221,7 +253,11 @@ class Gateway:
                     sources.append(tg.create_task(self.ble.run(), name="ble"))
                 uplink = tg.create_task(self.uplink.run(), name="uplink")
                 await self._stopping.wait()
-                log.info("stopping: %d messages queued", self.queue.depth)
+                log.info(
+                    "stopping: %d messages queued; answer-to-commit ms %s",
+                    self.queue.depth,
+                    self.commit_latency.summary_ms(),
+                )
                 for task in sources:
                     task.cancel()
                 await asyncio.gather(*sources, return_exceptions=True)

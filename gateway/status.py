@@ -23,9 +23,25 @@ def metrics_text(health: dict[str, Any]) -> str:
         f"polekit_queue_depth {health['queue']['depth']}",
         "# TYPE polekit_queue_bytes gauge",
         f"polekit_queue_bytes {health['queue']['bytes']}",
-        "# HELP polekit_queue_dropped_total Messages dropped because the queue hit its size cap.",
+        "# HELP polekit_queue_dropped_total Oldest messages dropped: size cap or disk full.",
         "# TYPE polekit_queue_dropped_total counter",
         f"polekit_queue_dropped_total {health['queue']['dropped']}",
+        "# HELP polekit_queue_disk_bytes The queue's files on disk (database, WAL, index).",
+        "# TYPE polekit_queue_disk_bytes gauge",
+        f"polekit_queue_disk_bytes {health['queue']['disk_bytes']}",
+        "# HELP polekit_queue_disk_full 1 while the disk is full and the oldest are dropped.",
+        "# TYPE polekit_queue_disk_full gauge",
+        f"polekit_queue_disk_full {int(health['queue']['disk_full'])}",
+        "# HELP polekit_queue_write_errors_total Messages the queue could not store.",
+        "# TYPE polekit_queue_write_errors_total counter",
+        f"polekit_queue_write_errors_total {health['queue']['write_errors']}",
+        "# HELP polekit_commit_latency_ms From a device's answer to its pack on disk.",
+        "# TYPE polekit_commit_latency_ms gauge",
+        *(
+            f'polekit_commit_latency_ms{{quantile="{q}"}} {health["queue"]["commit_latency_ms"][k]}'
+            for k, q in (("p50", "0.5"), ("p99", "0.99"))
+            if health["queue"]["commit_latency_ms"][k] is not None
+        ),
         "# TYPE polekit_mqtt_connected gauge",
         f"polekit_mqtt_connected {int(health['mqtt']['connected'])}",
         "# TYPE polekit_mqtt_published_total counter",
