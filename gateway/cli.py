@@ -121,7 +121,7 @@ def check(config_path: Path, probe: bool) -> None:
     _exit_if_data_dir_unusable(config)
     click.echo(
         f"{config_path}: ok: {len(config.buses)} bus(es), {len(config.devices)} device(s), "
-        f"{len(config.ble_devices)} BLE device(s), broker {config.mqtt.url}"
+        f"{len(config.ble_devices)} BLE device(s), broker {config.mqtt.shown_url}"
     )
     if probe:
         ok = asyncio.run(_probe(config))

@@ -117,7 +117,7 @@ class MqttUplink:
                     self.queue.depth,
                 )
             else:
-                log.info("connected to %s", self.config.mqtt.url)
+                log.info("connected to %s", self.config.mqtt.shown_url)
             await client.publish(
                 self.config.topic("state"), self._state("online"), qos=1, retain=True
             )

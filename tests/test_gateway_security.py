@@ -1,0 +1,174 @@
+"""Issue 13 items 5, 6, 7, 11: secrets, TLS, file modes and the status endpoint, tried on
+the real ``polekit gateway`` commands, a real mosquitto and real files."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from polekit.hil.broker import LocalBroker
+from polekit.protocols import identity
+
+from boardkit import polekit
+
+BLE_NODE = identity.make("371600", "TH", 1)
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Wait until ``predicate()`` holds; fail after the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.05)
+
+
+class GatewayProcess:
+    """``polekit gateway run`` in a subprocess; its log lines as they come, its status port."""
+
+    def __init__(self, config: Path, *extra: str) -> None:
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "polekit", "gateway", "run", "-c", str(config), *extra],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def status_port(self) -> int:
+        """The status port the gateway logged (config port 0: any free port)."""
+        found: list[int] = []
+
+        def logged() -> bool:
+            found[:] = [int(m) for m in re.findall(r"http://[^:/]+:(\d+)/health", self.log)]
+            return bool(found) or self.proc.poll() is not None
+
+        wait_for(logged, 30, "the status endpoint's log line")
+        assert found, self.log
+        return found[0]
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=20)
+        self._reader.join(timeout=5)
+        return code
+
+
+@contextlib.contextmanager
+def gateway_process(config: Path, *extra: str) -> Iterator[GatewayProcess]:
+    gw = GatewayProcess(config, *extra)
+    try:
+        yield gw
+    finally:
+        gw.stop()
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def runs_of(secret: str, n: int) -> list[str]:
+    """Every ``n``-character run of ``secret``, both cases (a key may be shown either way)."""
+    runs = [secret[i : i + n] for i in range(len(secret) - n + 1)]
+    return runs + [r.upper() for r in runs] + [r.lower() for r in runs]
+
+
+def leaks(text: str, password: str, key: str) -> list[str]:
+    found = [password] if password in text else []
+    return found + [r for r in runs_of(key, 8) if r in text]
+
+
+# ---- item 5: secrets are never shown --------------------------------------------------
+
+
+def _secret_config(tmp: Path, url: str, bindkey: str, status_port: int = 0) -> Path:
+    config = tmp / "gateway.toml"
+    config.write_text(f"""
+[gateway]
+id = "gw-secret"
+data_dir = "{tmp / "data"}"
+[mqtt]
+url = "{url}"
+[ble]
+air = "{tmp / "no-air.sock"}"
+[[device]]
+code = "{BLE_NODE}"
+transport = "ble"
+address = "AA:BB:CC:DD:EE:01"
+bindkey = "{bindkey}"
+[status]
+port = {status_port}
+""")
+    config.chmod(0o600)
+    return config
+
+
+def test_password_and_bind_key_appear_in_no_output(tmp_path: Path) -> None:
+    password = "Pw-" + secrets.token_hex(8)
+    key = secrets.token_hex(16)
+    outputs: dict[str, str] = {}
+    with LocalBroker() as broker:
+        url = f"mqtt://gw:{password}@127.0.0.1:{broker.port}"
+        # a mistyped bind key (a digit left out, a letter that is no hex digit): check and run
+        for name, bad in [("short", key[:31]), ("non-hex", key[:9] + "g" + key[10:])]:
+            config = _secret_config(tmp_path, url, bad)
+            for command in ("check", "run"):
+                result = polekit("gateway", command, "-c", str(config))
+                out = result.stdout + result.stderr
+                assert result.returncode == 2, out
+                outputs[f"{command} {name} key"] = out
+        assert "has 31 characters" in outputs["check short key"]
+        assert "character 10 is not a hex digit" in outputs["check non-hex key"]
+        # a URL that does not parse (a '/' in the unencoded password) is refused, redacted
+        broken = _secret_config(tmp_path, f"mqtt://gw:{password}/x@127.0.0.1:1883", key)
+        result = polekit("gateway", "check", "-c", str(broken))
+        assert result.returncode == 2
+        outputs["check broken url"] = result.stdout + result.stderr
+        assert "mqtt://gw:***@127.0.0.1:1883" in outputs["check broken url"]
+        # the good config: check, then run with its log, /health and /metrics
+        config = _secret_config(tmp_path, url, key)
+        result = polekit("gateway", "check", "-c", str(config))
+        outputs["check"] = result.stdout + result.stderr
+        assert result.returncode == 0, outputs["check"]
+        assert f"mqtt://gw:***@127.0.0.1:{broker.port}" in outputs["check"]
+        with gateway_process(config, "--log-level", "debug", "--log-format", "text") as gw:
+            port = gw.status_port()
+            wait_for(lambda: "connected to" in gw.log, 30, "the broker connection")
+            code, outputs["/health"] = http_get(port, "/health")
+            assert code == 200 and '"connected": true' in outputs["/health"]
+            assert f"mqtt://gw:***@127.0.0.1:{broker.port}" in outputs["/health"]
+            code, outputs["/metrics"] = http_get(port, "/metrics")
+            assert code == 200
+            status = polekit("gateway", "status", "--url", f"http://127.0.0.1:{port}")
+            outputs["status"] = status.stdout + status.stderr
+            assert status.returncode == 0, outputs["status"]
+        outputs["run log"] = gw.log
+        assert f"connected to mqtt://gw:***@127.0.0.1:{broker.port}" in gw.log
+    for name, text in outputs.items():
+        assert "Traceback" not in text, (name, text)
+        assert leaks(text, password, key) == [], (name, text)
