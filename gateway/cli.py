@@ -16,7 +16,14 @@ import click
 from rich.console import Console
 from rich.table import Column, Table
 
-from polekit.gateway.config import BusConfig, Config, ConfigError, data_dir_problem, load_config
+from polekit.gateway.config import (
+    BusConfig,
+    Config,
+    ConfigError,
+    config_mode_problem,
+    data_dir_problem,
+    load_config,
+)
 
 CONFIG_OPTION = click.option(
     "-c",
@@ -91,6 +98,8 @@ def run(config_path: Path, log_level: str, log_format: str) -> None:
     config = _load(config_path)
     _exit_if_data_dir_unusable(config)
     setup_logging(log_level, log_format)
+    for warning in _warnings(config):
+        logging.getLogger("polekit.gateway").warning("%s", warning)
 
     async def main() -> None:
         gw = Gateway(config)
@@ -102,6 +111,11 @@ def run(config_path: Path, log_level: str, log_format: str) -> None:
     except StartError as exc:
         click.echo(f"{config_path}: {exc}", err=True)
         sys.exit(2)
+
+
+def _warnings(config: Config) -> list[str]:
+    """What is unsafe but works: said by ``check`` and logged by ``run`` at start."""
+    return [w for w in (config_mode_problem(config.path),) if w is not None]
 
 
 def _exit_if_data_dir_unusable(config: Config) -> None:
@@ -123,6 +137,8 @@ def check(config_path: Path, probe: bool) -> None:
         f"{config_path}: ok: {len(config.buses)} bus(es), {len(config.devices)} device(s), "
         f"{len(config.ble_devices)} BLE device(s), broker {config.mqtt.shown_url}"
     )
+    for warning in _warnings(config):
+        click.echo(f"warning: {warning}", err=True)
     if probe:
         ok = asyncio.run(_probe(config))
         sys.exit(0 if ok else 1)

@@ -385,6 +385,26 @@ def data_dir_problem(config: Config) -> str | None:
     return None
 
 
+def config_mode_problem(path: Path) -> str | None:
+    """Why the config file at ``path`` is readable by people it should not be (None when
+    it is not): it holds the broker password and the BLE bind keys. Readable by others
+    is always too much; readable by its group is fine only when the group is this
+    user's own (the service's group, as the documented install sets it)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None  # load_config has said why it cannot be read
+    mode = st.st_mode & 0o777
+    group_reads = bool(mode & 0o040) and st.st_gid != os.getegid()
+    if not (mode & 0o004 or group_reads):
+        return None
+    who = "every local user" if mode & 0o004 else "its group"
+    return (
+        f"{path} is readable by {who} (mode {mode:04o}) and holds the broker password and "
+        f"bind keys: `chmod 600 {path}` (or `chmod 640` with the service's group)"
+    )
+
+
 def _user() -> str:
     try:
         return pwd.getpwuid(os.geteuid()).pw_name

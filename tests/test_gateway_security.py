@@ -42,6 +42,7 @@ class GatewayProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            umask=0o022,  # a login shell's: what the gateway writes must not rely on it
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -172,3 +173,68 @@ def test_password_and_bind_key_appear_in_no_output(tmp_path: Path) -> None:
     for name, text in outputs.items():
         assert "Traceback" not in text, (name, text)
         assert leaks(text, password, key) == [], (name, text)
+
+
+# ---- item 7: what the gateway writes is for its user alone ------------------------------
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def _plain_config(tmp: Path, data_dir: Path, broker_url: str, **status: object) -> Path:
+    config = tmp / "gateway.toml"
+    lines = [f'[gateway]\nid = "gw-sec"\ndata_dir = "{data_dir}"', f'[mqtt]\nurl = "{broker_url}"']
+    lines.append("[status]\n" + "\n".join(f"{k} = {v!r}" for k, v in {"port": 0, **status}.items()))
+    config.write_text("\n".join(lines).replace("'", '"') + "\n")
+    config.chmod(0o600)
+    return config
+
+
+def test_data_folder_and_queue_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    data_dir = tmp_path / "var" / "polekit"
+    old = tmp_path / "old"  # a queue an older version left world-readable
+    old.mkdir()
+    (old / "queue.sqlite3").touch(mode=0o644)
+    (old / "queue.sqlite3").chmod(0o644)
+    with LocalBroker() as broker:
+        for folder in (data_dir, old):
+            config = _plain_config(tmp_path, folder, broker.url)
+            gw = GatewayProcess(config, "--log-format", "text")  # umask 022, as a shell's
+            try:
+                gw.status_port()
+                files = [folder / f"queue.sqlite3{s}" for s in ("", "-wal", "-shm")]
+                wait_for(lambda fs=files: all(f.exists() for f in fs), 20, "the queue and its WAL")
+                modes = {f.name: _mode(f) for f in [folder, *files]}
+            finally:
+                assert gw.stop() == 0, gw.log
+            expected = {f.name: 0o600 for f in files}
+            if folder == data_dir:
+                expected[folder.name] = 0o700
+            else:
+                expected[folder.name] = _mode(folder)  # a folder it did not make is left alone
+            assert modes == expected, {k: oct(v) for k, v in modes.items()}
+
+
+def test_check_warns_about_a_config_others_can_read(tmp_path: Path) -> None:
+    config = _plain_config(tmp_path, tmp_path / "data", "mqtt://gw:pw@127.0.0.1:1883")
+    said = {}
+    for mode in (0o644, 0o604, 0o640, 0o600):
+        config.chmod(mode)
+        result = polekit("gateway", "check", "-c", str(config))
+        assert result.returncode == 0, result.stderr  # a warning, not a refusal
+        said[mode] = result.stderr.strip()
+    assert said[0o644] == (
+        f"warning: {config} is readable by every local user (mode 0644) and holds the broker "
+        f"password and bind keys: `chmod 600 {config}` (or `chmod 640` with the service's group)"
+    )
+    assert "readable by every local user (mode 0604)" in said[0o604]
+    # group-readable by this user's own group (the documented install): fine; 0600: fine
+    assert said[0o640] == "" and said[0o600] == ""
+
+
+def test_service_unit_keeps_what_the_gateway_writes_private() -> None:
+    unit = (Path(__file__).parent.parent / "docs" / "polekit-gateway.service").read_text()
+    service = unit.split("[Service]", 1)[1].split("[Install]", 1)[0].splitlines()
+    assert "UMask=0077" in service and "StateDirectoryMode=0700" in service
+    assert "install -m 0640 -o root -g polekit gateway.toml /etc/polekit/" in unit
