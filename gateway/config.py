@@ -522,6 +522,16 @@ def _mqtt(r: _Reader, m: dict[str, Any], base: Path) -> MqttConfig:
         return p
 
     ca, cert, key = file_key("ca_file"), file_key("cert_file"), file_key("key_file")
+    if not tls and parts.scheme == "mqtt":
+        # TLS files with a clear-text URL would be ignored, and the password sent in clear
+        for name in ("ca_file", "cert_file", "key_file"):
+            if name in m:
+                r.problem(
+                    f"mqtt.{name}",
+                    m[name],
+                    f"TLS is set up but mqtt.url = '{redact_url(url)}' is clear text (the "
+                    "password would travel unencrypted): use mqtts://host:8883",
+                )
     if (cert is None) != (key is None):
         r.problem(
             "mqtt.cert_file/key_file",

@@ -4,6 +4,9 @@ the real ``polekit gateway`` commands, a real mosquitto and real files."""
 from __future__ import annotations
 
 import contextlib
+import datetime
+import ipaddress
+import json
 import re
 import secrets
 import signal
@@ -15,7 +18,12 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from polekit.hil.broker import LocalBroker
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from polekit.hil.broker import BrokerTls, LocalBroker
 from polekit.protocols import identity
 
 from boardkit import polekit
@@ -238,3 +246,113 @@ def test_service_unit_keeps_what_the_gateway_writes_private() -> None:
     service = unit.split("[Service]", 1)[1].split("[Install]", 1)[0].splitlines()
     assert "UMask=0077" in service and "StateDirectoryMode=0700" in service
     assert "install -m 0640 -o root -g polekit gateway.toml /etc/polekit/" in unit
+
+
+# ---- item 6: TLS settings are never ignored; a refused certificate says why -------------
+
+
+def _issue(
+    folder: Path,
+    name: str,
+    issuer: tuple[ec.EllipticCurvePrivateKey, x509.Name] | None,
+    ca: bool = False,
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Name]:
+    """A key and certificate (``name``.key, ``name``.crt in ``folder``), signed by
+    ``issuer`` (self-signed when None); valid for 127.0.0.1."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    signer_key, signer_name = issuer or (key, subject)
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(signer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(signer_key, hashes.SHA256())
+    )
+    (folder / f"{name}.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    (folder / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key, subject
+
+
+def _tls_config(tmp: Path, url: str, client: str) -> Path:
+    config = tmp / f"gateway-{client}.toml"
+    config.write_text(f"""
+[gateway]
+id = "gw-tls"
+data_dir = "{tmp / client}"
+[mqtt]
+url = "{url}"
+username = "gw"
+password = "not-in-clear"
+ca_file = "certs/ca.crt"
+cert_file = "certs/{client}.crt"
+key_file = "certs/{client}.key"
+[status]
+port = 0
+""")
+    config.chmod(0o600)
+    return config
+
+
+def test_tls_files_with_a_clear_text_url_are_a_config_error(tmp_path: Path) -> None:
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    ca = _issue(certs, "ca", None, ca=True)
+    _issue(certs, "client", ca)
+    config = _tls_config(tmp_path, "mqtt://gw:pw@127.0.0.1:1883", "client")
+    result = polekit("gateway", "check", "-c", str(config))
+    out = result.stdout + result.stderr
+    assert result.returncode == 2 and "Traceback" not in out, out
+    for key, value in [
+        ("ca_file", "ca.crt"),
+        ("cert_file", "client.crt"),
+        ("key_file", "client.key"),
+    ]:
+        assert (
+            f"mqtt.{key} = 'certs/{value}': TLS is set up but mqtt.url = "
+            "'mqtt://gw:***@127.0.0.1:1883' is clear text (the password would travel "
+            "unencrypted): use mqtts://host:8883"
+        ) in out, out
+    config.write_text(config.read_text().replace("mqtt://", "mqtts://"))
+    assert polekit("gateway", "check", "-c", str(config)).returncode == 0
+
+
+def test_refused_client_certificate_shows_the_tls_reason_on_health(tmp_path: Path) -> None:
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    ca = _issue(certs, "ca", None, ca=True)
+    _issue(certs, "server", ca)
+    _issue(certs, "client", ca)
+    _issue(certs, "stranger", _issue(certs, "other-ca", None, ca=True))  # another CA's
+    tls = BrokerTls(certs / "ca.crt", certs / "server.crt", certs / "server.key")
+    health = {}
+    with LocalBroker(tls=tls) as broker:
+        for client in ("client", "stranger"):
+            with gateway_process(_tls_config(tmp_path, broker.url, client)) as gw:
+                port = gw.status_port()
+
+                def settled(port: int = port, client: str = client) -> bool:
+                    health[client] = json.loads(http_get(port, "/health")[1])["mqtt"]
+                    return bool(health[client]["connected"] or health[client]["last_error"])
+
+                wait_for(settled, 30, f"the {client} certificate's session or its error")
+    assert health["client"]["connected"] is True, health  # the broker takes our CA's client
+    refused = health["stranger"]
+    assert refused["connected"] is False
+    assert "alert unknown ca" in refused["last_error"].lower(), refused
+    assert "timed out" not in refused["last_error"], refused
