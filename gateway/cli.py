@@ -24,6 +24,7 @@ from polekit.gateway.config import (
     data_dir_problem,
     load_config,
 )
+from polekit.gateway.status import exposure_warning
 
 CONFIG_OPTION = click.option(
     "-c",
@@ -98,7 +99,7 @@ def run(config_path: Path, log_level: str, log_format: str) -> None:
     config = _load(config_path)
     _exit_if_data_dir_unusable(config)
     setup_logging(log_level, log_format)
-    for warning in _warnings(config):
+    for warning in _warnings(config, listening=False):
         logging.getLogger("polekit.gateway").warning("%s", warning)
 
     async def main() -> None:
@@ -113,9 +114,13 @@ def run(config_path: Path, log_level: str, log_format: str) -> None:
         sys.exit(2)
 
 
-def _warnings(config: Config) -> list[str]:
-    """What is unsafe but works: said by ``check`` and logged by ``run`` at start."""
-    return [w for w in (config_mode_problem(config.path),) if w is not None]
+def _warnings(config: Config, listening: bool = True) -> list[str]:
+    """What is unsafe but works: said by ``check`` and logged by ``run`` at start (where
+    the status server says itself where it listens: ``listening=False``)."""
+    found = [config_mode_problem(config.path)]
+    if listening and config.status.enabled:
+        found.append(exposure_warning(config.status.host))
+    return [w for w in found if w is not None]
 
 
 def _exit_if_data_dir_unusable(config: Config) -> None:

@@ -8,8 +8,10 @@ import datetime
 import ipaddress
 import json
 import re
+import resource
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -43,14 +45,20 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None
 class GatewayProcess:
     """``polekit gateway run`` in a subprocess; its log lines as they come, its status port."""
 
-    def __init__(self, config: Path, *extra: str) -> None:
+    def __init__(self, config: Path, *extra: str, max_fds: int | None = None) -> None:
         self.lines: list[str] = []
+
+        def limit_fds() -> None:  # in the child, before exec
+            if max_fds is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (max_fds, max_fds))
+
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "polekit", "gateway", "run", "-c", str(config), *extra],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
             umask=0o022,  # a login shell's: what the gateway writes must not rely on it
+            preexec_fn=limit_fds,  # noqa: PLW1509 - the child runs no threads before exec
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -85,8 +93,10 @@ class GatewayProcess:
 
 
 @contextlib.contextmanager
-def gateway_process(config: Path, *extra: str) -> Iterator[GatewayProcess]:
-    gw = GatewayProcess(config, *extra)
+def gateway_process(
+    config: Path, *extra: str, max_fds: int | None = None
+) -> Iterator[GatewayProcess]:
+    gw = GatewayProcess(config, *extra, max_fds=max_fds)
     try:
         yield gw
     finally:
@@ -356,3 +366,103 @@ def test_refused_client_certificate_shows_the_tls_reason_on_health(tmp_path: Pat
     assert refused["connected"] is False
     assert "alert unknown ca" in refused["last_error"].lower(), refused
     assert "timed out" not in refused["last_error"], refused
+
+
+# ---- item 11: the status endpoint is bounded ----------------------------------------
+
+
+def _raw_request(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(data)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_oversized_requests_get_4xx_and_no_traceback(tmp_path: Path) -> None:
+    with LocalBroker() as broker:
+        config = _plain_config(tmp_path, tmp_path / "data", broker.url)
+        with gateway_process(config, "--log-format", "text") as gw:
+            port = gw.status_port()
+            line = _raw_request(port, b"GET /" + b"a" * 100_000 + b" HTTP/1.0\r\n\r\n")
+            headers = _raw_request(
+                port,
+                b"GET /health HTTP/1.0\r\n"
+                + b"X-Pad: "
+                + b"b" * 4000
+                + b"\r\n" * 1
+                + b"".join(b"X-%d: %s\r\n" % (i, b"c" * 1000) for i in range(10))
+                + b"\r\n",
+            )
+            garbage = _raw_request(port, b"\x16\x03\x01\x00\xff" + b"\xff" * 50 + b"\r\n\r\n")
+            code, body = http_get(port, "/health")
+    assert line.startswith(b"HTTP/1.0 414 "), line[:100]
+    assert headers.startswith(b"HTTP/1.0 431 "), headers[:100]
+    assert garbage.startswith(b"HTTP/1.0 400 "), garbage[:100]
+    assert code == 200 and '"gateway": "gw-sec"' in body
+    assert "Traceback" not in gw.log and "ERROR" not in gw.log, gw.log
+
+
+def _flood(port: int, n: int) -> list[socket.socket]:
+    """``n`` connections that send nothing (non-blocking: a full backlog does not stall)."""
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", port))
+        socks.append(s)
+    return socks
+
+
+def _answered_503(socks: list[socket.socket]) -> int:
+    count = 0
+    for s in socks:
+        try:
+            count += s.recv(64).startswith(b"HTTP/1.0 503 ")
+        except OSError:
+            pass  # not answered (yet): held open, or still in the backlog
+    return count
+
+
+def test_connection_flood_is_bounded_and_logged_in_a_few_lines(tmp_path: Path) -> None:
+    with LocalBroker() as broker:
+        # at the connection cap (fds to spare), then out of file descriptors (fds scarce)
+        for max_fds, sign in [(256, "most it serves"), (40, "cannot accept")]:
+            config = _plain_config(tmp_path, tmp_path / f"data-{max_fds}", broker.url)
+            with gateway_process(config, "--log-format", "text", max_fds=max_fds) as gw:
+                port = gw.status_port()
+                wait_for(lambda: "connected to" in gw.log, 30, "the broker connection")
+                before = len(gw.lines)
+                socks = _flood(port, 400)
+                try:
+                    wait_for(lambda s=sign: s in gw.log, 30, f"the log line {sign!r}")
+                    if max_fds == 256:
+                        wait_for(lambda s=socks: _answered_503(s) > 0, 30, "a 503 answer")
+                        fds = len(list(Path(f"/proc/{gw.proc.pid}/fd").iterdir()))
+                        assert fds < 32 + 30, fds  # the cap and the gateway's own files
+                finally:
+                    for s in socks:
+                        s.close()
+                code, body = http_get(port, "/health")  # the flood gone, it answers
+                assert code == 200 and '"connected": true' in body
+                flood_log = gw.lines[before:]
+            assert "Traceback" not in gw.log, gw.log
+            assert len(flood_log) <= 4, "\n".join(flood_log)
+
+
+def test_check_warns_when_the_status_endpoint_is_not_on_loopback(tmp_path: Path) -> None:
+    said = {}
+    for host in ("0.0.0.0", "192.0.2.7", "gateway.example", "127.0.0.1", "::1", "localhost"):
+        config = _plain_config(tmp_path, tmp_path / "data", "mqtt://127.0.0.1:1883", listen=host)
+        result = polekit("gateway", "check", "-c", str(config))
+        assert result.returncode == 0, result.stderr
+        said[host] = result.stderr.strip()
+    assert said["0.0.0.0"] == (
+        "warning: [status] listen = '0.0.0.0' is reachable from other machines, and /health "
+        "and /metrics have no authentication (they show devices, queue and broker): keep "
+        "127.0.0.1, or let only the monitoring host reach the port (firewall)"
+    )
+    assert "listen = '192.0.2.7' is reachable" in said["192.0.2.7"]
+    assert "listen = 'gateway.example' is reachable" in said["gateway.example"]
+    assert said["127.0.0.1"] == said["::1"] == said["localhost"] == ""
