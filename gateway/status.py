@@ -156,8 +156,13 @@ class StatusServer:
 
     async def start(self) -> None:
         """Listen; ``port`` holds the bound port afterwards."""
+        # backlog: asyncio accepts up to that many at once before serving any, each an fd
         self._server = await asyncio.start_server(
-            self._serve, self.host, self.port, limit=MAX_LINE_BYTES
+            self._serve,
+            self.host,
+            self.port,
+            limit=MAX_LINE_BYTES,
+            backlog=self.max_connections,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._loop = asyncio.get_running_loop()

@@ -439,13 +439,22 @@ def test_connection_flood_is_bounded_and_logged_in_a_few_lines(tmp_path: Path) -
                     wait_for(lambda s=sign: s in gw.log, 30, f"the log line {sign!r}")
                     if max_fds == 256:
                         wait_for(lambda s=socks: _answered_503(s) > 0, 30, "a 503 answer")
-                        fds = len(list(Path(f"/proc/{gw.proc.pid}/fd").iterdir()))
-                        assert fds < 32 + 30, fds  # the cap and the gateway's own files
+                        # while the 400 stay open: the cap's 32 held, the rest closed (an
+                        # accept burst may hold more for a moment)
+                        fds = Path(f"/proc/{gw.proc.pid}/fd")
+                        wait_for(lambda f=fds: len(list(f.iterdir())) < 62, 4, "excess closed")
                 finally:
                     for s in socks:
                         s.close()
-                code, body = http_get(port, "/health")  # the flood gone, it answers
-                assert code == 200 and '"connected": true' in body
+                # the flood gone, it answers as soon as it has closed the flood's connections
+                answer: list[tuple[int, str]] = []
+
+                def answers(port: int = port, answer: list[tuple[int, str]] = answer) -> bool:
+                    answer[:] = [http_get(port, "/health")]
+                    return answer[0][0] == 200
+
+                wait_for(answers, 10, "/health after the flood")
+                assert '"connected": true' in answer[0][1]
                 flood_log = gw.lines[before:]
             assert "Traceback" not in gw.log, gw.log
             assert len(flood_log) <= 4, "\n".join(flood_log)
