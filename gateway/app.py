@@ -192,7 +192,7 @@ class Gateway:
             "pipeline_errors": self.pipeline_errors,
             "mqtt": {
                 "connected": self.uplink.connected,
-                "url": self.config.mqtt.url,
+                "url": self.config.mqtt.shown_url,
                 "published": self.uplink.published,
                 "connects": self.uplink.connects,
                 "last_error": self.uplink.last_error,

@@ -16,7 +16,15 @@ import click
 from rich.console import Console
 from rich.table import Column, Table
 
-from polekit.gateway.config import BusConfig, Config, ConfigError, data_dir_problem, load_config
+from polekit.gateway.config import (
+    BusConfig,
+    Config,
+    ConfigError,
+    config_mode_problem,
+    data_dir_problem,
+    load_config,
+)
+from polekit.gateway.status import exposure_warning
 
 CONFIG_OPTION = click.option(
     "-c",
@@ -91,6 +99,8 @@ def run(config_path: Path, log_level: str, log_format: str) -> None:
     config = _load(config_path)
     _exit_if_data_dir_unusable(config)
     setup_logging(log_level, log_format)
+    for warning in _warnings(config, listening=False):
+        logging.getLogger("polekit.gateway").warning("%s", warning)
 
     async def main() -> None:
         gw = Gateway(config)
@@ -102,6 +112,15 @@ def run(config_path: Path, log_level: str, log_format: str) -> None:
     except StartError as exc:
         click.echo(f"{config_path}: {exc}", err=True)
         sys.exit(2)
+
+
+def _warnings(config: Config, listening: bool = True) -> list[str]:
+    """What is unsafe but works: said by ``check`` and logged by ``run`` at start (where
+    the status server says itself where it listens: ``listening=False``)."""
+    found = [config_mode_problem(config.path)]
+    if listening and config.status.enabled:
+        found.append(exposure_warning(config.status.host))
+    return [w for w in found if w is not None]
 
 
 def _exit_if_data_dir_unusable(config: Config) -> None:
@@ -121,8 +140,10 @@ def check(config_path: Path, probe: bool) -> None:
     _exit_if_data_dir_unusable(config)
     click.echo(
         f"{config_path}: ok: {len(config.buses)} bus(es), {len(config.devices)} device(s), "
-        f"{len(config.ble_devices)} BLE device(s), broker {config.mqtt.url}"
+        f"{len(config.ble_devices)} BLE device(s), broker {config.mqtt.shown_url}"
     )
+    for warning in _warnings(config):
+        click.echo(f"warning: {warning}", err=True)
     if probe:
         ok = asyncio.run(_probe(config))
         sys.exit(0 if ok else 1)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from polekit.gateway.redact import HIDDEN, bindkey_problem, redact_url
 from polekit.protocols import identity, modbus
 
 FORMATS = ("senml+cbor", "senml+json")
@@ -51,6 +52,11 @@ class MqttConfig:
     secondary_units: bool
     keepalive_s: int
     url: str
+
+    @property
+    def shown_url(self) -> str:
+        """The broker URL as logs, ``/health`` and ``gateway check`` show it: no password."""
+        return redact_url(self.url)
 
 
 @dataclass(frozen=True)
@@ -203,8 +209,9 @@ class _Reader:
         self.path = path
         self.problems: list[str] = []
 
-    def problem(self, key: str, value: Any, allowed: str) -> None:
-        shown = "(missing)" if value is _MISSING else repr(value)
+    def problem(self, key: str, value: Any, allowed: str, secret: bool = False) -> None:
+        # a secret's value is never shown (config errors end up in logs and tickets)
+        shown = "(missing)" if value is _MISSING else HIDDEN if secret else repr(value)
         self.problems.append(f"{key} = {shown}: {allowed}")
 
     def unknown_keys(self, table: dict[str, Any], where: str, known: tuple[str, ...]) -> None:
@@ -224,6 +231,7 @@ class _Reader:
         required: bool = False,
         check: Any = None,
         allowed: str = "",
+        secret: bool = False,
     ) -> Any:
         value = table.get(key, _MISSING)
         full = f"{where}.{key}" if where else key
@@ -234,10 +242,10 @@ class _Reader:
         kinds = kind if isinstance(kind, tuple) else (kind,)
         if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
             names = _kind_words(kinds)
-            self.problem(full, value, f"must be {names}{'; ' + allowed if allowed else ''}")
+            self.problem(full, value, f"must be {names}{'; ' + allowed if allowed else ''}", secret)
             return default
         if check is not None and not check(value):
-            self.problem(full, value, allowed)
+            self.problem(full, value, allowed, secret)
             return default
         return value
 
@@ -377,6 +385,26 @@ def data_dir_problem(config: Config) -> str | None:
     return None
 
 
+def config_mode_problem(path: Path) -> str | None:
+    """Why the config file at ``path`` is readable by people it should not be (None when
+    it is not): it holds the broker password and the BLE bind keys. Readable by others
+    is always too much; readable by its group is fine only when the group is this
+    user's own (the service's group, as the documented install sets it)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None  # load_config has said why it cannot be read
+    mode = st.st_mode & 0o777
+    group_reads = bool(mode & 0o040) and st.st_gid != os.getegid()
+    if not (mode & 0o004 or group_reads):
+        return None
+    who = "every local user" if mode & 0o004 else "its group"
+    return (
+        f"{path} is readable by {who} (mode {mode:04o}) and holds the broker password and "
+        f"bind keys: `chmod 600 {path}` (or `chmod 640` with the service's group)"
+    )
+
+
 def _user() -> str:
     try:
         return pwd.getpwuid(os.geteuid()).pw_name
@@ -474,12 +502,14 @@ def _mqtt(r: _Reader, m: dict[str, Any], base: Path) -> MqttConfig:
     url = r.get(m, "mqtt", "url", str, "mqtt://127.0.0.1:1883")
     parts = urlsplit(url)
     if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        r.problem("mqtt.url", url, "must look like mqtt://host:1883 or mqtts://host:8883")
+        r.problem(
+            "mqtt.url", redact_url(url), "must look like mqtt://host:1883 or mqtts://host:8883"
+        )
     tls = parts.scheme == "mqtts"
     try:
         port = parts.port or (8883 if tls else 1883)
     except ValueError:
-        r.problem("mqtt.url", url, "the port must be a number 1..65535")
+        r.problem("mqtt.url", redact_url(url), "the port must be a number 1..65535")
         port = 1883
 
     def file_key(key: str) -> Path | None:
@@ -492,6 +522,16 @@ def _mqtt(r: _Reader, m: dict[str, Any], base: Path) -> MqttConfig:
         return p
 
     ca, cert, key = file_key("ca_file"), file_key("cert_file"), file_key("key_file")
+    if not tls and parts.scheme == "mqtt":
+        # TLS files with a clear-text URL would be ignored, and the password sent in clear
+        for name in ("ca_file", "cert_file", "key_file"):
+            if name in m:
+                r.problem(
+                    f"mqtt.{name}",
+                    m[name],
+                    f"TLS is set up but mqtt.url = '{redact_url(url)}' is clear text (the "
+                    "password would travel unencrypted): use mqtts://host:8883",
+                )
     if (cert is None) != (key is None):
         r.problem(
             "mqtt.cert_file/key_file",
@@ -515,7 +555,7 @@ def _mqtt(r: _Reader, m: dict[str, Any], base: Path) -> MqttConfig:
         cert_file=cert,
         key_file=key,
         username=r.get(m, "mqtt", "username", str) or parts.username,
-        password=r.get(m, "mqtt", "password", str) or parts.password,
+        password=r.get(m, "mqtt", "password", str, secret=True) or parts.password,
         topic_prefix=prefix,
         format=r.get(
             m,
@@ -773,9 +813,12 @@ def _ble_devices(
             "bindkey",
             str,
             None,
-            check=lambda v: len(v) == 32 and all(c in "0123456789abcdefABCDEF" for c in v),
             allowed="the BTHome bind key: 32 hex digits",
+            secret=True,
         )
+        if key_text is not None and (why := bindkey_problem(key_text)) is not None:
+            r.problem(f"{where}.bindkey", key_text, f"{why}; copy it again from the node", True)
+            key_text = None
         interval = r.get(
             d,
             where,

@@ -28,6 +28,7 @@ producers with ``QueueWriteError``, and the writer goes on serving later appends
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -93,6 +94,20 @@ Payload = bytes | Callable[[int], bytes]
 _Pending = tuple[str | None, str, Payload, asyncio.Future]
 
 
+def _private_file(path: Path) -> None:
+    """Make ``path`` (and its folder, when missing) readable by this user alone: the queue
+    holds every reading and command result. SQLite gives its -wal and -shm files the mode
+    of the database file, so making that one 0600 before SQLite opens it covers all three;
+    a file an older version left 0644 is tightened."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            f = path.with_name(path.name + suffix)
+            if f.stat().st_mode & 0o077:
+                f.chmod(0o600)
+
+
 class DurableQueue:
     """A size-capped, crash-safe FIFO of MQTT messages in one SQLite file.
 
@@ -108,7 +123,7 @@ class DurableQueue:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _private_file(self.path)
         self.max_bytes = max_bytes
         self.clock = clock
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-writer")

@@ -32,6 +32,24 @@ RETRY_MAX_S = 1.0
 CommandHandler = Callable[[str, bytes], Awaitable[None]]
 
 
+class _PahoErrors(logging.Handler):
+    """Keeps the last error paho logged. A broker that refuses our client certificate
+    sends a TLS alert after the handshake; paho logs it ("failed to receive on socket:
+    [SSL: TLSV1_ALERT_UNKNOWN_CA] ...") and aiomqtt reports only "Operation timed out".
+    The uplink shows the real reason instead. Lesser paho messages go to our debug log:
+    the uplink says once per outage what is wrong, not once a retry."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.last: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.ERROR:
+            self.last = record.getMessage()
+        else:
+            log.debug("paho: %s", record.getMessage())
+
+
 class MqttUplink:
     """Publishes queued messages and receives commands; one broker session at a time."""
 
@@ -53,6 +71,9 @@ class MqttUplink:
         self.disconnected_at: float | None = None
         self.reconnect_s: float | None = None  # how long the last outage took to recover from
         self._client: aiomqtt.Client | None = None
+        self._paho_errors = _PahoErrors()
+        self._paho_log = logging.Logger("polekit.gateway.mqtt.paho")  # not propagated
+        self._paho_log.addHandler(self._paho_errors)
 
     def _state(self, state: str) -> bytes:
         return json.dumps({"state": state, "gateway": self.config.gateway_id}).encode()
@@ -75,6 +96,7 @@ class MqttUplink:
                 self.config.topic("state"), self._state("offline"), qos=1, retain=True
             ),
             tls_context=tls,
+            logger=self._paho_log,
             timeout=5,
             max_inflight_messages=BATCH,
             clean_session=True,
@@ -84,10 +106,12 @@ class MqttUplink:
         """Stay connected and drain the queue, forever (until cancelled)."""
         delay = 0.05
         while True:
+            self._paho_errors.last = None
             try:
                 await self._session()
             except aiomqtt.MqttError as exc:
-                self.last_error = str(exc)
+                # paho's socket error says why (a TLS alert); aiomqtt's may only say "timed out"
+                self.last_error = self._paho_errors.last or str(exc)
             finally:
                 self._client = None
                 if self.connected:
@@ -117,7 +141,7 @@ class MqttUplink:
                     self.queue.depth,
                 )
             else:
-                log.info("connected to %s", self.config.mqtt.url)
+                log.info("connected to %s", self.config.mqtt.shown_url)
             await client.publish(
                 self.config.topic("state"), self._state("online"), qos=1, retain=True
             )

@@ -8,6 +8,7 @@ let tests take the platform away and bring it back.
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 _AMQTT = """
@@ -44,22 +46,39 @@ def mosquitto_path() -> str | None:
     )
 
 
-class LocalBroker:
-    """One broker process on ``127.0.0.1:port``; ``kind`` is "mosquitto" or "amqtt"."""
+@dataclass(frozen=True)
+class BrokerTls:
+    """A TLS listener (mosquitto only): the broker's certificate and key, and the CA it
+    trusts for client certificates; ``require_certificate`` refuses clients without one."""
 
-    def __init__(self, port: int | None = None, kind: str | None = None) -> None:
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    require_certificate: bool = True
+
+
+class LocalBroker:
+    """One broker process on ``127.0.0.1:port``; ``kind`` is "mosquitto" or "amqtt";
+    ``tls`` makes the listener TLS (mosquitto only; clear text when None, the default)."""
+
+    def __init__(
+        self, port: int | None = None, kind: str | None = None, tls: BrokerTls | None = None
+    ) -> None:
         self.host = "127.0.0.1"
         self.port = port or free_port()
         exe = mosquitto_path()
         self.kind = kind or ("mosquitto" if exe else "amqtt")
+        if tls is not None and self.kind != "mosquitto":
+            raise RuntimeError("a TLS test broker needs mosquitto (apt-get install mosquitto)")
+        self.tls = tls
         self._exe = exe
         self._dir = Path(tempfile.mkdtemp(prefix="polekit-broker-"))
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        """``mqtt://127.0.0.1:port``."""
-        return f"mqtt://{self.host}:{self.port}"
+        """``mqtt://127.0.0.1:port`` (``mqtts://`` with TLS)."""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
     def start(self, timeout_s: float = 10.0) -> LocalBroker:
         """Start the broker and wait until it accepts connections."""
@@ -68,10 +87,20 @@ class LocalBroker:
             if self._exe is None:
                 raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
             conf = self._dir / "mosquitto.conf"
-            conf.write_text(
+            text = (
                 f"listener {self.port} {self.host}\nallow_anonymous true\npersistence false\n"
                 "max_inflight_messages 0\nmax_queued_messages 0\n"
             )
+            if self.tls is not None:
+                # mosquitto started as root drops to the user "mosquitto" before it loads the
+                # certificates, which a test keeps in its own (private) folder: stay this user
+                text += (
+                    f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
+                    f"cafile {self.tls.ca_file}\ncertfile {self.tls.cert_file}\n"
+                    f"keyfile {self.tls.key_file}\n"
+                    f"require_certificate {str(self.tls.require_certificate).lower()}\n"
+                )
+            conf.write_text(text)
             cmd = [self._exe, "-c", str(conf)]
         else:
             cmd = [sys.executable, "-c", _AMQTT % self.port]
