@@ -115,6 +115,13 @@ def demo(
             summary = asyncio.run(street.run(render))
     except KeyboardInterrupt:
         raise click.ClickException("interrupted") from None
+    except TimeoutError:
+        raise click.ClickException(
+            "the demo stopped: the platform could not subscribe to the broker in time; the "
+            "machine may be too busy: run it again"
+        ) from None
+    except (RuntimeError, OSError) as exc:  # a part would not start (broker, board, VM)
+        raise click.ClickException(f"the demo stopped: {exc}") from None
     passed = summary["verdict"] == "PASS"
     if as_json:
         click.echo(json_module.dumps(summary))

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import select
+import socket
 import struct
 import subprocess
 import sys
@@ -80,6 +81,19 @@ def test_a_street_broken_on_purpose_fails_and_says_what_went_wrong() -> None:
     assert summary["lost"] == 0 and summary["command_acknowledged"] is False
 
 
+def test_a_broker_that_is_not_there_is_one_line_not_a_traceback() -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = demo("--broker", f"mqtt://127.0.0.1:{port}", "--duration", "10")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"Error: the demo stopped: cannot reach the broker mqtt://127.0.0.1:{port} (")
+    )
+
+
 def test_the_terminal_shows_the_dashboard_and_ends_with_the_verdict() -> None:
     # as a person runs it: on a terminal (a real pty, 160 columns), the live dashboard, the
     # scripted events with their time and no developer's source path, the summary in words
@@ -112,8 +126,9 @@ def test_the_terminal_shows_the_dashboard_and_ends_with_the_verdict() -> None:
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.decode(errors="replace"))
     assert "the platform dims pole 1's lamp to 30 %" in text
     assert ".py:" not in text  # rich's log path (cli.py:72) on every line
-    assert re.search(r"illuminance \d+(\.\d)? klx", text)
-    assert "lamp 30 %" in text and "tilt alarm at " + POLE in text and "SOS at " + KIT in text
+    # values with their units (which values, on a busy machine, is up to the polls)
+    assert re.search(r"illuminance \d+(\.\d+)? k?lx", text) and re.search(r"lamp \d+ %", text)
+    assert "tilt alarm at " + POLE in text and "SOS at " + KIT in text
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     assert lines[-1] == "PASS"
     assert any(line.startswith("Readings: ") and "none lost" in line for line in lines)

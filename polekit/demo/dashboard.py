@@ -118,9 +118,9 @@ def summary_text(summary: dict[str, Any]) -> str:
         )
     for c in summary["commands"]:
         if c["acknowledged"]:
-            lines.append(
-                f"Command: {c['what']} on {c['device']}: acknowledged in {number(c['rtt_ms'])} ms."
-            )
+            rtt = c["rtt_ms"]
+            took = f"{number(rtt)} ms" if rtt < 1000 else f"{number(rtt / 1000)} s"
+            lines.append(f"Command: {c['what']} on {c['device']}: acknowledged in {took}.")
         else:
             lines.append(
                 f"Command: {c['what']} on {c['device']}: NOT acknowledged ({c['reason']})."

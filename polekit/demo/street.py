@@ -27,6 +27,9 @@ from polekit.protocols import identity, modbus
 
 REGION = "371600"
 OVERTIME_S = 30.0  # the longest the street runs on after its day for late alarms and results
+# how long the broker may take to (re)start and the platform to subscribe: amqtt loads its
+# plugins in seconds on a busy machine, not in the tenth of a second it takes on an idle one
+START_S = 60.0
 THERMO_ADDR = "A4:C1:38:00:00:01"
 
 
@@ -262,8 +265,16 @@ class Street:
         if self.options.broker:
             url = urlsplit(self.options.broker)
             host, port = url.hostname or "127.0.0.1", url.port or 1883
+            try:  # a typo in --broker is said at once, not after the platform gave up
+                _reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
+                writer.close()
+            except (OSError, TimeoutError) as exc:
+                raise RuntimeError(
+                    f"cannot reach the broker {self.options.broker} "
+                    f"({exc or 'no answer in 10 s'}); is it running?"
+                ) from None
         else:
-            broker = await asyncio.to_thread(LocalBroker(kind="amqtt").start)
+            broker = await asyncio.to_thread(LocalBroker(kind="amqtt").start, START_S)
             host, port = broker.host, broker.port
             self.log(f"embedded amqtt broker on {broker.url}")
         relay = await Relay(host, port).start()
@@ -273,7 +284,7 @@ class Street:
         gw = None
         gw_task = None
         try:
-            await asyncio.wait_for(subscribed.wait(), 15)
+            await asyncio.wait_for(subscribed.wait(), START_S)
             await asyncio.to_thread(self._start_boards)
             await self._start_meter()
             gw = Gateway(self._gateway_config(relay.port))
@@ -341,8 +352,8 @@ class Street:
             await asyncio.to_thread(broker.stop)
             self.outage = (time.monotonic(), 0.0)
         elif step.what.endswith("is back"):
-            await asyncio.to_thread(broker.start)
-            await asyncio.wait_for(subscribed.wait(), 15)  # the platform listens first
+            await asyncio.to_thread(broker.start, START_S)
+            await asyncio.wait_for(subscribed.wait(), START_S)  # the platform listens first
             await relay.restore()
             if self.outage:
                 self.outage = (self.outage[0], time.monotonic())
