@@ -41,7 +41,14 @@ def one_run(args: argparse.Namespace) -> tuple[str, float, dict[str, object]]:
     started = time.monotonic()
     command = [sys.executable, "-m", "polekit", "demo", "--json"]
     command += ["--duration", str(args.duration), "--poles", str(args.poles)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=args.duration + 300)
+    demo = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = demo.communicate(timeout=args.duration + 300)
+    except BaseException:  # Ctrl-C or a hung run: the demo stops its own boards and broker
+        demo.send_signal(signal.SIGINT)
+        demo.communicate(timeout=60)
+        raise
+    result = subprocess.CompletedProcess(command, demo.returncode, stdout, stderr)
     seconds = time.monotonic() - started
     try:
         summary = json.loads(result.stdout)
