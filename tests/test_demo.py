@@ -81,6 +81,34 @@ def test_a_street_broken_on_purpose_fails_and_says_what_went_wrong() -> None:
     assert summary["lost"] == 0 and summary["command_acknowledged"] is False
 
 
+def test_the_broker_comes_back_even_when_its_old_port_was_taken() -> None:
+    # on a busy machine another program's connection can get the stopped broker's port
+    # (outgoing connections take their ports from the same free range): the broker that
+    # comes back must not need it
+    import asyncio
+
+    from polekit.demo.street import Options, Street
+
+    taken: list[socket.socket] = []
+
+    def render(street: Street, gw: object, platform: object, note: str) -> None:
+        if note.endswith("goes down") and not taken and street.broker is not None:
+            squatter = socket.socket()
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT
+            squatter.bind(("127.0.0.1", street.broker.port))
+            squatter.listen()
+            taken.append(squatter)
+
+    street = Street(Options(poles=1, community=1, duration=10), log=lambda text: None)
+    try:
+        summary = asyncio.run(street.run(render))
+    finally:
+        for squatter in taken:
+            squatter.close()
+    assert taken and summary["broker_outage_s"] > 0
+    assert summary["verdict"] == "PASS", summary["failures"]
+
+
 def test_a_broker_that_is_not_there_is_one_line_not_a_traceback() -> None:
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))

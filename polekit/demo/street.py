@@ -65,6 +65,7 @@ class Street:
     queue_peak: int = 0
     overtime_s: float = 0.0  # how long the street ran on for the platform to see it all
     started: float = 0.0
+    broker: Any = None  # the embedded broker (a new one after the outage), None with --broker
 
     # ---- the parts ----------------------------------------------------------------------
 
@@ -258,10 +259,8 @@ class Street:
 
     async def run(self, render: Callable[[Street, Any, Any, str], None]) -> dict[str, Any]:
         from polekit.gateway.app import Gateway
-        from polekit.hil.broker import LocalBroker
 
         loop = asyncio.get_running_loop()
-        broker: Any = None
         if self.options.broker:
             url = urlsplit(self.options.broker)
             host, port = url.hostname or "127.0.0.1", url.port or 1883
@@ -274,9 +273,9 @@ class Street:
                     f"({exc or 'no answer in 10 s'}); is it running?"
                 ) from None
         else:
-            broker = await asyncio.to_thread(LocalBroker(kind="amqtt").start, START_S)
-            host, port = broker.host, broker.port
-            self.log(f"embedded amqtt broker on {broker.url}")
+            self.broker = await self._start_broker()
+            host, port = self.broker.host, self.broker.port
+            self.log(f"embedded amqtt broker on {self.broker.url}")
         relay = await Relay(host, port).start()
         platform = Platform(host, port, "senml+json", self.codes())
         subscribed = asyncio.Event()
@@ -302,7 +301,7 @@ class Street:
                         step.done = True
                         note = step.what
                         self.log(f"{elapsed:5.1f} s  {step.what}")
-                        await self._special(step, platform, broker, relay, subscribed, gw)
+                        await self._special(step, platform, relay, subscribed, gw)
                         await asyncio.to_thread(step.action)
                 self.queue_peak = max(self.queue_peak, gw.queue.depth)
                 render(self, gw, platform, note)
@@ -322,15 +321,14 @@ class Street:
                 if getattr(self, part, None) is not None:
                     getattr(self, part).close()
                     setattr(self, part, None)
-            if broker is not None:
-                await asyncio.to_thread(broker.stop)
+            if self.broker is not None:
+                await asyncio.to_thread(self.broker.stop)
             shutil.rmtree(self.work, ignore_errors=True)  # flash images, air socket, queue
 
     async def _special(
         self,
         step: Step,
         platform: Platform,
-        broker: Any,
         relay: Relay,
         subscribed: asyncio.Event,
         gw: Any,
@@ -349,14 +347,32 @@ class Street:
             )
         elif step.what.endswith("goes down"):
             relay.cut()
-            await asyncio.to_thread(broker.stop)
+            await asyncio.to_thread(self.broker.stop)
             self.outage = (time.monotonic(), 0.0)
         elif step.what.endswith("is back"):
-            await asyncio.to_thread(broker.start, START_S)
+            # a new broker on a new port: the old one's may be taken meanwhile (a busy
+            # machine's outgoing connections get their ports from the same free range)
+            self.broker = await self._start_broker()
+            platform.port = self.broker.port
+            relay.upstream = (self.broker.host, self.broker.port)
             await asyncio.wait_for(subscribed.wait(), START_S)  # the platform listens first
             await relay.restore()
             if self.outage:
                 self.outage = (self.outage[0], time.monotonic())
+
+    async def _start_broker(self) -> Any:
+        """An embedded amqtt broker on a free port; three tries, since another program can
+        take the port between its choice and the broker's bind."""
+        from polekit.hil.broker import LocalBroker
+
+        tries = 3
+        while True:
+            try:
+                return await asyncio.to_thread(LocalBroker(kind="amqtt").start, START_S)
+            except RuntimeError:
+                tries -= 1
+                if not tries:
+                    raise
 
     async def _physics(self, frac: float) -> None:
         # a day from 06:00 to 24:00 in the run: sunrise, noon, dusk
@@ -379,8 +395,8 @@ class Street:
             await asyncio.sleep(0.3)
         self.overtime_s = round(time.monotonic() - overtime, 1)
         # the street goes quiet; everything the gateway produced must reach the platform:
-        # readings, events and command results (nothing more is waited for, so a run
-        # where something never happened ends at once and says so)
+        # readings, events and command results (only what the gateway produced is waited
+        # for here: what never reached it is already counted)
         await asyncio.to_thread(self._stop_boards)
         await self._stop_meter()
         deadline = time.monotonic() + 30
