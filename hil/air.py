@@ -15,6 +15,10 @@ JSON lines. A client says who it is first: ``{"op": "hello", "role": "peripheral
 A connect to an address nobody advertises gets ``{"reply": id, "error": ...}`` at once; a
 peripheral that does not answer within ``REPLY_TIMEOUT_S`` the same, so a dead device never
 stalls a central.
+
+``loss`` makes a busy or distant scanner: each advert reaches each central with probability
+``1 - loss``, drawn from a generator seeded with ``seed`` (a test's losses are the same at
+every run). GATT traffic is never lost (the link layer retransmits it).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import random
 import socket
 import socketserver
 import threading
@@ -56,15 +61,19 @@ class VirtualAir:
     """The relay; ``path`` is its Unix socket. Runs in a thread of the process that made it
     (the demo, a test, ``polekit ble air``)."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, loss: float = 0.0, seed: int | None = None) -> None:
+        if not 0.0 <= loss < 1.0:
+            raise ValueError(f"loss must be 0 <= loss < 1, not {loss}")
         self.path = str(path)
+        self.loss = loss
+        self._chance = random.Random(seed)
         socket_path.claim(self.path)  # OSError when a file or a live air is there
         self.clients: list[_Client] = []
         self.peripherals: dict[str, _Client] = {}
         self.conns: dict[int, tuple[_Client, _Client]] = {}  # conn -> (central, peripheral)
         self.pending: dict[int, tuple[_Client, Any, float]] = {}  # air id -> (central, id, t)
         self.ids = itertools.count(1)
-        self.counters = {"adverts": 0, "connects": 0, "errors": 0}
+        self.counters = {"adverts": 0, "lost": 0, "connects": 0, "errors": 0}
         self.lock = threading.Lock()
         air = self
 
@@ -125,7 +134,9 @@ class VirtualAir:
             }
             with self.lock:
                 centrals = [c for c in self.clients if c.role == "central"]
-            for c in centrals:
+                heard = [c for c in centrals if self._chance.random() >= self.loss]
+                self.counters["lost"] += len(centrals) - len(heard)
+            for c in heard:
                 c.send(ev)
             return
         if op == "connect":

@@ -45,8 +45,8 @@ _BOARD_JS = Path(__file__).with_name("js") / "board.mjs"
 # board's whole budget; the board's gc.mem_alloc()/mem_free() leave them out.
 ROM_ALLOWANCE_BYTES = 26 * 1024  # measured: 23,984 bytes with machine and _vdev loaded
 # The radio repeats its last advert at the advertising interval, but not more often than
-# this on the virtual air (a 20 ms event burst is already sent advert by advert)
-ADVERT_REPEAT_MIN_S = 0.5
+# this on the virtual air (a node's event pace, 100 ms, is kept; faster ones are slowed)
+ADVERT_REPEAT_MIN_S = 0.1
 
 
 class EmulatorError(RuntimeError):
@@ -106,6 +106,10 @@ class EmulatedBoard:
         self.air = air  # the virtual BLE air's socket (hil/air.py), for boards with a radio
         self._air_link: Any = None
         self._last_adv: tuple[dict[str, Any], float] | None = None
+        # a new advert restarts the repeats' schedule; the lock keeps a repeat of the old
+        # advert from going out after the new one (a chip never sends them out of order)
+        self._new_adv = threading.Event()
+        self._adv_lock = threading.Lock()
         self._rom: Any = None
         self.rom_faults: dict[str, int] = {}  # handed to the ROM (hil.rom.RomBootloader.faults)
         self._rom_thread: threading.Thread | None = None
@@ -201,6 +205,7 @@ class EmulatedBoard:
         ``fs_dir`` given) is removed."""
         self._stop_vm()
         self._stop.set()
+        self._new_adv.set()  # the advert repeater sees the stop at once
         if self._rom_thread is not None and self._rom_thread is not threading.current_thread():
             self._rom_thread.join(timeout=2)
         self._save_spi_flash()
@@ -365,18 +370,25 @@ class EmulatedBoard:
             self._air_link = AirPeripheral(self.air, self.mac, self._air_event)
             threading.Thread(target=self._repeat_adverts, daemon=True).start()
         msg = json.loads(text)
-        if msg.get("op") == "adv":
-            # the radio keeps sending the last advert at its interval, as the chip does
-            self._last_adv = (msg, max(ADVERT_REPEAT_MIN_S, msg.pop("every_us", 0) / 1e6))
-        self._air_link.send(msg)
+        with self._adv_lock:
+            if msg.get("op") == "adv":
+                # the radio keeps sending the last advert at its interval, as the chip does
+                self._last_adv = (msg, max(ADVERT_REPEAT_MIN_S, msg.pop("every_us", 0) / 1e6))
+                self._new_adv.set()
+            self._air_link.send(msg)
 
     def _repeat_adverts(self) -> None:
-        while not self._stop.wait(self._last_adv[1] if self._last_adv else 0.5):
-            link, last = self._air_link, self._last_adv
-            if link is None:
-                return
-            if last is not None and self._proc is not None:
-                link.send(last[0])
+        while not self._stop.is_set():
+            last = self._last_adv
+            if self._new_adv.wait(last[1] if last else 0.5):
+                self._new_adv.clear()  # just sent: its repeats start from now
+                continue
+            with self._adv_lock:
+                link, last = self._air_link, self._last_adv
+                if link is None:
+                    return
+                if last is not None and self._proc is not None and not self._new_adv.is_set():
+                    link.send(last[0])
 
     def _air_event(self, msg: dict[str, Any]) -> dict[str, Any] | None:
         # a central on the air reaches the firmware's GATT server

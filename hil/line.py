@@ -21,6 +21,10 @@ from dataclasses import dataclass, field
 
 from polekit.protocols import modbus
 
+# characters a receiver gets at once at most: a UART's receive FIFO or a USB adapter's
+# packet (64 bytes on an FTDI); a Modbus request fits, a long answer comes in a few bursts
+RX_BURST_CHARS = 64
+
 
 @dataclass
 class _Endpoint:
@@ -156,19 +160,21 @@ class VirtualLine:
         char_s: float,
         line_free_at: float,
     ) -> float:
-        # each character is delivered once the wire has carried it whole; characters due by
-        # now go out together, so pacing costs one write per wake-up, not one per byte
+        # characters reach the receivers once the wire has carried them whole, a burst at a
+        # time (RX_BURST_CHARS at most): as a UART hands its FIFO over at the end of a burst
+        # and a USB adapter sends a packet. A frame thus arrives whole, as on the chip; sent
+        # byte by byte, a busy host would put gaps into it that the wire never had, and the
+        # receiver would rightly take them for the end of a broken frame
         gap = self.frame_gap_s if sender is not self._last_sender else 0.0
         self._last_sender = sender
         start = max(line_free_at + gap, time.monotonic())
         sent = 0
         while sent < len(data):
-            due = min(len(data), int((time.monotonic() - start) / char_s))
-            if due > sent:
-                self._deliver(eps, sender, data[sent:due])
-                sent = due
-            else:
-                time.sleep(max(0.0, start + (sent + 1) * char_s - time.monotonic()))
+            end = min(len(data), sent + RX_BURST_CHARS)
+            time.sleep(max(0.0, start + end * char_s - time.monotonic()))
+            due = min(len(data), int((time.monotonic() - start) / char_s))  # late: more is due
+            self._deliver(eps, sender, data[sent : max(end, due)])
+            sent = max(end, due)
         return start + len(data) * char_s
 
     def _damage(self, data: bytes, sender: _Endpoint) -> bytes:

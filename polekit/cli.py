@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from polekit import __version__
+from polekit.demo.faults import FAULTS
 from polekit.protocols import identity, modbus, model
 from polekit.protocols.errors import IdentityError
 
@@ -38,25 +39,49 @@ def main() -> None:
 )
 @click.option("--duration", default=60.0, show_default=True, help="Seconds the day lasts.")
 @click.option("--broker", help="An MQTT broker URL to use instead of the embedded amqtt one.")
+@click.option(
+    "--fault",
+    "faults",
+    multiple=True,
+    type=click.Choice(list(FAULTS)),
+    help="Break something on purpose and see the verdict catch it (repeatable): "
+    + "; ".join(f"{name}: {what}" for name, what in FAULTS.items())
+    + ".",
+)
 @click.option("--json", "as_json", is_flag=True, help="Only the summary, as one JSON object.")
-def demo(poles: int, community: int, duration: float, broker: str | None, as_json: bool) -> None:
+def demo(
+    poles: int,
+    community: int,
+    duration: float,
+    broker: str | None,
+    faults: tuple[str, ...],
+    as_json: bool,
+) -> None:
     """Run a whole emulated street for a minute: pole boards with the real firmware on one
     RS-485 line with a third-party energy meter, community SOS kits and a third-party
     thermometer on a virtual BLE air, the gateway, a broker and the city platform. A truck
     tilts a pole, water rises, a resident presses SOS, smoke fills a room, the platform dims
     a lamp, and the broker dies for a while: watch the queue fill and drain, nothing lost.
-    Ends with a summary (--json: one JSON object on stdout, for scripts and tests).
+
+    Ends with a summary whose last line is the verdict: PASS, or FAIL and what went wrong
+    (a reading lost, an alarm not seen at the platform, a command not acknowledged); the
+    exit status is 0 or 1 to match. --json: the summary as one JSON object on stdout, the
+    verdict in "verdict".
     """
     import asyncio
     import json as json_module
 
+    from polekit.demo.dashboard import summary_text
     from polekit.demo.street import Options, Street
 
     if not 1 <= poles <= 8 or not 0 <= community <= 4 or duration < 10:
         raise click.UsageError("--poles 1..8, --community 0..4, --duration at least 10 s")
+    if "dead-radio" in faults and community == 0:
+        raise click.UsageError("--fault dead-radio needs a community kit (--community 1 or more)")
     if broker is not None:
         _check_broker(broker)
-    console = Console(stderr=as_json)
+    # log_path=False: rich's log() would end every line with its caller (cli.py:NN)
+    console = Console(stderr=as_json, log_path=False)
     live_ok = console.is_terminal and not as_json
     live = None
     if live_ok:
@@ -71,7 +96,7 @@ def demo(poles: int, community: int, duration: float, broker: str | None, as_jso
             live.update(view(street, gw, platform, note))
 
         def log(text: str) -> None:
-            live.console.log(text) if live is not None else None
+            live.console.log(text, markup=False, highlight=False) if live is not None else None
 
     else:
 
@@ -80,10 +105,10 @@ def demo(poles: int, community: int, duration: float, broker: str | None, as_jso
 
         def log(text: str) -> None:
             if not as_json:
-                console.print(text)
+                console.print(text, markup=False, highlight=False)
 
     _demo_logging(log)
-    street = Street(Options(poles, community, duration, broker), log=log)
+    street = Street(Options(poles, community, duration, broker, faults), log=log)
     try:
         if live is not None:
             with live:
@@ -92,27 +117,30 @@ def demo(poles: int, community: int, duration: float, broker: str | None, as_jso
             summary = asyncio.run(street.run(render))
     except KeyboardInterrupt:
         raise click.ClickException("interrupted") from None
+    except TimeoutError:
+        raise click.ClickException(
+            "the demo stopped: the platform could not subscribe to the broker in time; the "
+            "machine may be too busy: run it again"
+        ) from None
+    except (RuntimeError, OSError) as exc:  # a part would not start (broker, board, VM)
+        raise click.ClickException(f"the demo stopped: {exc}") from None
+    passed = summary["verdict"] == "PASS"
     if as_json:
         click.echo(json_module.dumps(summary))
-        return
-    table = Table("summary", "value", title="the demo street")
-    for key in (
-        "readings_produced",
-        "readings_delivered",
-        "lost",
-        "alarms_raised",
-        "alarms_seen",
-        "command_acknowledged",
-        "command_rtt_ms",
-        "broker_outage_s",
-        "queue_peak",
-    ):
-        table.add_row(key, str(summary[key]))
-    console.print(table)
-    console.print(
-        "Next: docs/quickstart.md walks from here to a gateway on a real bus "
-        "(polekit gateway check, polekit emulate, polekit ble scan)."
-    )
+    else:
+        body, verdict = summary_text(summary).rsplit("\n", 1)
+        console.print()
+        console.print(body, markup=False, highlight=False, soft_wrap=True)
+        console.print(
+            "Next: docs/quickstart.md walks from here to a gateway on a real bus "
+            "(polekit gateway check, polekit emulate, polekit ble scan).",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        style = "bold green" if passed else "bold red"
+        console.print(verdict, style=style, markup=False, soft_wrap=True)
+    sys.exit(0 if passed else 1)
 
 
 def _check_broker(url: str) -> None:

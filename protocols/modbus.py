@@ -90,6 +90,24 @@ def check(adu):
     return adu[0], bytes(adu[1:-2])
 
 
+# The lengths the frame at the start of ``buf`` can have on a shared line: (as a request,
+# as an answer of a slave), since every drop hears both; None when more bytes are needed
+# to tell, () for an unknown function (such a frame ends at a silence).
+def frame_lengths(buf):
+    if len(buf) < 2:
+        return None
+    fc = buf[1]
+    if fc & 0x80:  # an exception answer
+        return (0, 5)
+    if fc == READ_HOLDING or fc == READ_INPUT:
+        return None if len(buf) < 3 else (8, 5 + buf[2])
+    if fc == WRITE_SINGLE:
+        return (8, 8)
+    if fc == WRITE_MULTIPLE:
+        return None if len(buf) < 7 else (9 + buf[6], 8)
+    return ()
+
+
 # Total length of the request at the start of ``buf``: 0 = need more bytes, -1 = unknown function.
 def request_length(buf):
     if len(buf) < 2:

@@ -62,6 +62,16 @@ min s 60 0
 h s 3600 0
 """
 
+# How a person writes a unit (dashboards, summaries): SenML unit, symbol, and "k" when
+# large values read better with a kilo prefix (24900 lx: 24.9 klx). Others print as they are.
+SYMBOLS = """
+Cel °C -
+/100 % -
+%EL % -
+lx lx k
+W W k
+"""
+
 
 def _line(table, key):
     at = table.find("\n" + key + " ")
@@ -94,3 +104,10 @@ def convert(value, from_unit, to_unit):
     value = (value * float(f[2]) + float(f[3]) - float(t[3])) / float(t[2])
     # factors like 1e-9 leave float noise in the last bits; 15 digits keep every real one
     return float("%.15g" % value)
+
+
+# (symbol, kilo) of ``unit`` for a person: how it is written, and whether thousands of it
+# read as k<symbol>.
+def symbol(unit):
+    f = _line(SYMBOLS, unit)
+    return (unit, False) if f is None else (f[1], f[2] == "k")

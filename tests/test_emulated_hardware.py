@@ -11,6 +11,7 @@ import pytest
 import serial
 
 from polekit.hil.emulator import ControlError, EmulatedBoard
+from polekit.hil.line import RX_BURST_CHARS, VirtualLine
 
 from boardkit import MPREMOTE, board_exec, board_exec_until
 
@@ -177,6 +178,56 @@ machine.Timer(0).init(period=5, callback=echo)
     # paced at the line's rate (unpaced bytes would come many times faster); 10 %: a busy
     # machine may read the first or last chunk a few tens of milliseconds late
     assert abs(rate - expected) / expected < 0.10
+
+
+BUTTON_UNDER_A_BUSY_HOST = """
+import _board
+sos = _board.devices["sos"]
+_board.set("sos.press", 300)
+t = _board.ticks_ms + 1000  # the host starved the VM for a second after the press
+ticks = [t] + [t + 10 * i for i in range(1, 11)] + [t + 2100]  # and for 2 s more later
+ticks += [t + 2100 + 10 * i for i in range(1, 30)]
+held = []
+for now in ticks:
+    _board.tick(now)
+    held.append(sos.get("active"))
+print(held.index(0))
+"""
+
+
+def test_a_button_press_outlasts_a_host_that_starves_the_board() -> None:
+    # a 0.3 s press runs out on the board's running time: on a busy host the firmware must
+    # still see it pressed for 0.3 s of its own loop (a stall counts 20 ms, as one tick)
+    with EmulatedBoard("community-sos-esp32c3") as board:
+        released_at = int(board_exec(board, BUTTON_UNDER_A_BUSY_HOST))
+    # ticks after the first: 10 x 10 ms, the stall (20 ms), then 10 ms each: 300 ms
+    # are used up by the 18th 10-ms tick after the stall, tick index 1 + 10 + 1 + 17
+    assert released_at == 29
+
+
+def test_the_line_hands_a_frame_over_whole_as_a_uart_fifo_does() -> None:
+    # a receiver gets a short frame in one piece at its end (as the chip's UART hands its
+    # FIFO over, or a USB adapter sends a packet), a long one in bursts of RX_BURST_CHARS:
+    # bytes handed over one by one let a busy host put gaps into a frame that the wire never
+    # had, and a Modbus slave rightly drops a frame with a gap in it
+    with VirtualLine(baudrate=1200) as line:  # 9.2 ms a character: pieces would show
+        sender, receiver = line.endpoint(), line.endpoint()
+        with serial.Serial(sender) as tx, serial.Serial(receiver, timeout=0) as rx:
+            for frame, bursts in ((bytes(range(1, 9)), 1), (bytes(100), 2)):
+                started = time.monotonic()
+                tx.write(frame)
+                chunks: list[bytes] = []
+                while sum(map(len, chunks)) < len(frame):
+                    assert time.monotonic() - started < 5, chunks
+                    if chunk := rx.read(4096):
+                        chunks.append(chunk)
+                    time.sleep(0.001)
+                took = time.monotonic() - started
+                assert b"".join(chunks) == frame
+                assert [len(c) for c in chunks] == (
+                    [len(frame)] if bursts == 1 else [RX_BURST_CHARS, len(frame) - RX_BURST_CHARS]
+                )
+                assert took >= len(frame) * 11 / 1200 * 0.95  # still paced at the line's rate
 
 
 def test_watchdog_resets_a_hung_board_and_it_recovers(tmp_path: Path) -> None:

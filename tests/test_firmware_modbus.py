@@ -107,6 +107,30 @@ def test_exceptions_and_silence_as_the_spec_says(board: EmulatedBoard) -> None:
     assert ask(bytes([6, 0, 9, 0, 1])) == modbus.exception_response(1, 6, modbus.ILLEGAL_ADDRESS)
 
 
+def test_a_request_read_together_with_other_traffic_is_still_answered(
+    board: EmulatedBoard,
+) -> None:
+    # a late read (a GC pause on the chip, a busy host for the emulator) finds the master's
+    # request in the UART's buffer in one piece with what the line carried before it:
+    # another slave's answer, a request to another unit; frames are told by their CRC
+    import serial
+
+    rng = __import__("random").Random(12)
+    ours = modbus.frame(1, bytes([4, 0, 0, 0, 24]))
+    with serial.Serial(board.uarts["rs485"], 9600, timeout=1) as line:
+        for _ in range(8):
+            others = (
+                modbus.frame(2, bytes([4, 0, 0, 0, 24]))
+                + modbus.read_response(2, 4, [rng.randrange(65536) for _ in range(24)])
+                + modbus.write_response(3, 6, 0, rng.randrange(101))
+                + modbus.exception_response(4, 3, modbus.ILLEGAL_ADDRESS)
+            )
+            line.reset_input_buffer()
+            line.write(others + ours)
+            answer = line.read(53)
+            assert answer[:3] == bytes([1, 4, 48]) and len(answer) == 53, answer.hex()
+
+
 def test_random_frames_never_crash_the_slave(board: EmulatedBoard) -> None:
     import serial
 

@@ -346,6 +346,43 @@ def test_commands_write_points_and_report_every_error(broker: LocalBroker, tmp_p
     run(scenario(), timeout_s=60)
 
 
+def test_a_command_whose_answer_is_lost_is_written_again_and_acknowledged(
+    broker: LocalBroker, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    # one frame lost on the wire (noise, a busy device) must not fail the platform's command:
+    # setting a register twice is harmless, so the gateway writes again
+    async def scenario() -> None:
+        with VirtualLine() as line:
+            gw_port, dev_port = line.endpoint(), line.endpoint()
+            sim = await SimulatedBus(
+                {1: POLE_ENV}, serial_port=dev_port, baudrate=19200, parity="N", stopbits=2
+            ).start()
+            config = gateway_config(
+                tmp_path, broker.url, [rtu_bus(gw_port)], [pole(POLE_1, 1, 60.0)]
+            )
+            gw = Gateway(config)
+            bus = gw.buses["cabinet-485"]
+            async with Collector(broker.host, broker.port) as sub:
+                task = asyncio.create_task(gw.run())
+                try:
+                    await until(lambda: gw.uplink.connected and sub.packs(POLE_1), what="a poll")
+                    line.drop_next(8, sender=dev_port)  # the write's echo: 8 bytes
+                    await sub.publish(
+                        config.topic("cmd", POLE_1), b'{"id": 1, "set": {"lamp_level": 40}}'
+                    )
+                    await until(lambda: sub.on("/cmd-result/" + POLE_1), what="the result")
+                finally:
+                    gw.stop()
+                    await task
+                    await sim.stop()
+            result = __import__("cbor2").loads(sub.on("/cmd-result/" + POLE_1)[0].payload)
+            assert result == {"id": 1, "ok": True, "set": {"lamp_level": 40}}
+            assert bus.counters.no_response == 1 and bus.counters.writes == 1
+            assert line.faults_pending == 0
+
+    run(scenario(), timeout_s=60)
+
+
 def test_corrupt_and_truncated_answers_are_counted_not_fatal(broker: LocalBroker, tmp_path) -> None:  # type: ignore[no-untyped-def]
     async def scenario() -> None:
         with VirtualLine() as line:

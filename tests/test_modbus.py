@@ -20,6 +20,34 @@ def test_crc_of_the_spec_example() -> None:
     assert modbus.crc16(b"\x01\x03\x00\x00\x00\x0a") == 0xCDC5
 
 
+# Simply Modbus's worked examples (simplymodbus.ca, FC03 and FC16 pages): a request and
+# the slave's answer each; a drop on a shared line hears both and tells them by the CRC
+# at the lengths frame_lengths gives (as a request, as an answer)
+@pytest.mark.parametrize(
+    ("hexdata", "lengths", "size"),
+    [
+        ("1103006B00037687", (8, 5), 8),  # read holding registers 107..109 of unit 17
+        ("110306AE415652434049AD", (8, 11), 11),  # its answer: 3 registers
+        ("11100001000204000A0102C6F0", (13, 8), 13),  # write 2 registers from 1
+        ("1110000100021298", (27, 8), 8),  # its answer
+    ],
+)
+def test_frame_lengths_tell_requests_from_answers(
+    hexdata: str, lengths: tuple[int, int], size: int
+) -> None:
+    frame = bytes.fromhex(hexdata)
+    assert modbus.frame_lengths(frame) == lengths
+    valid = [
+        n
+        for n in lengths
+        if n <= len(frame)
+        and modbus.crc16(frame[: n - 2]) == int.from_bytes(frame[n - 2 : n], "little")
+    ]
+    assert valid == [size]
+    assert modbus.frame_lengths(frame[:2]) is None  # its length byte has not come yet
+    assert modbus.frame_lengths(bytes([17, 43])) == ()  # unknown function: a silence ends it
+
+
 @given(st.binary(max_size=256))
 def test_crc_matches_pymodbus(data: bytes) -> None:
     assert FramerRTU.compute_CRC(data) == int.from_bytes(

@@ -1,9 +1,11 @@
 # The community node: SOS button, smoke alarm, battery; BTHome v2 adverts over BLE.
 #
 # Measurements (battery, smoke state) go out every `advert_s`; an SOS press or a smoke
-# alarm goes out at once, flagged trigger-based, with a new packet id so receivers that
-# de-duplicate by packet id see each event once. Adverts are repeated a few times (BLE
-# has no acknowledgement).
+# alarm goes out at once, flagged trigger-based, with a new packet id, so receivers that
+# de-duplicate by packet id see each event once. BLE has no acknowledgement, so an event
+# holds the air for `event_s` at a fast pace (no measurement advert replaces it meanwhile)
+# and events that come while one is on the air wait their turn: a busy scanner that misses
+# most adverts still hears every press (docs/firmware.md states the odds).
 #
 # The gateway writes settings through the polekit GATT service (protocols.bthome.GATT):
 # a CBOR map such as {"lamp_level": 40} on SETTINGS; the result goes back on RESULT (read
@@ -23,8 +25,9 @@ from .drivers.contact import Contact
 from .settings import load_json, save_json, validate
 
 STATE_FILE = "/state.json"
-FAST_US = 20000  # event bursts: 20 ms advertising interval
+EVENT_US = 100000  # an event on the air: ten adverts a second for event_s
 SLOW_US = 1000000  # steady state: one advert a second (a CR2032 lasts years at this rate)
+EVENTS_WAITING = 8  # events queued behind the one on the air; more are dropped, and said so
 
 
 class CommunityNode:
@@ -39,6 +42,8 @@ class CommunityNode:
         self._pending = None  # (conn, settings bytes) written by a central
         self._steady = None  # the latest advert, resumed after a central disconnects
         self._resume = False  # a central disconnected: advertising must restart
+        self._events = []  # events waiting for the air, oldest first
+        self._held_until = None  # ticks_ms until which the event on the air holds it
         key = self.config.get("bindkey")
         if key is not None:
             try:
@@ -174,14 +179,21 @@ class CommunityNode:
             data = bthome.advert(sd, name)
         except bthome.BTHomeError:  # encrypted adverts leave no room: the name is in resp
             data = bthome.advert(sd)
-        if trigger:  # an event: a burst at 20 ms so receivers catch it at once
-            for _ in range(self.config["repeat"]):
-                self.ble.gap_advertise(FAST_US, data, self.resp)
-                await asyncio.sleep_ms(50)
-        # then the radio repeats the latest advert at a coin cell's pace (same packet id:
-        # receivers drop the repeats)
+        # the radio repeats the advert at its interval until told otherwise (same packet
+        # id: receivers drop the repeats); an event at the fast pace for event_s
         self._steady = data
-        self.ble.gap_advertise(SLOW_US, data, self.resp)
+        self._held_until = (
+            time.ticks_add(time.ticks_ms(), self.config["event_s"] * 1000) if trigger else None
+        )
+        self.ble.gap_advertise(EVENT_US if trigger else SLOW_US, data, self.resp)
+
+    def event(self, values):
+        """Queue an event (a press, an alarm) for the air; it goes out once the one on the
+        air has had its time."""
+        if len(self._events) >= EVENTS_WAITING:
+            print("events: %d waiting; %r dropped" % (len(self._events), values))
+            return
+        self._events.append(values)
 
     def measurements(self):
         volts, percent = self.battery()
@@ -194,18 +206,26 @@ class CommunityNode:
                 press = (
                     "long_press" if self.sos.press_ms >= self.config["long_press_ms"] else "press"
                 )
-                await self.advertise({"button": press}, trigger=True)
+                self.event({"button": press})
             if self.smoke.update():
-                await self.advertise({"smoke": self.smoke.active}, trigger=True)
+                self.event({"smoke": self.smoke.active})
+            held = self._held_until is not None
             if self._resume and self._steady is not None:
                 self._resume = False
-                self.ble.gap_advertise(SLOW_US, self._steady, self.resp)
+                self.ble.gap_advertise(EVENT_US if held else SLOW_US, self._steady, self.resp)
             if self._pending is not None:
                 conn, raw = self._pending
                 self._pending = None
                 self._apply(conn, raw)
             now = time.ticks_ms()
-            if last < 0 or time.ticks_diff(now, last) >= self.config["advert_s"] * 1000:
+            if held and time.ticks_diff(self._held_until, now) > 0:
+                pass  # the event on the air keeps it
+            elif self._events:
+                await self.advertise(self._events.pop(0), trigger=True)
+            elif last < 0 or time.ticks_diff(now, last) >= self.config["advert_s"] * 1000:
                 last = now
                 await self.advertise(self.measurements())
+            elif held:  # the event has had its time: a coin cell's pace again, same advert
+                self._held_until = None
+                self.ble.gap_advertise(SLOW_US, self._steady, self.resp)
             await asyncio.sleep_ms(10)

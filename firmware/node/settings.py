@@ -46,8 +46,8 @@ REPORTED = {
 }
 
 # The community node (BTHome over BLE)
-COMMUNITY_DEFAULTS = {"advert_s": 30, "repeat": 3, "long_press_ms": 2000, "name": "polekit"}
-COMMUNITY_LIMITS = {"advert_s": (1, 3600), "repeat": (1, 10), "long_press_ms": (100, 60000)}
+COMMUNITY_DEFAULTS = {"advert_s": 30, "event_s": 5, "long_press_ms": 2000, "name": "polekit"}
+COMMUNITY_LIMITS = {"advert_s": (1, 3600), "event_s": (1, 60), "long_press_ms": (100, 60000)}
 COMMUNITY_TEXTS = ("device_code", "board", "name", "bindkey")
 
 

@@ -3,11 +3,13 @@ pipeline and durable queue as Modbus polls.
 
 Passive scanning (BlueZ needs an advertisement monitor pattern for that: BTHome's service
 data UUID). Each advert from a configured address is decoded with its bind key (when it has
-one); a repeated BTHome packet id is a duplicate (devices resend events, BLE has no
-acknowledgement) and an encrypted advert whose counter went backwards a replay: both are
-counted and dropped, as are adverts from unknown addresses, with a wrong key, truncated or
-with unknown objects. Button presses and alarms in trigger-based adverts become events;
-measurements become readings. A device silent for three of its intervals is offline.
+one). Devices repeat each advert many times (BLE has no acknowledgement; our community node
+holds an event on the air for seconds so that a busy scanner hears it): the same advert
+again, or the same BTHome packet id, is a duplicate; an encrypted advert whose counter went
+backwards is a replay. Both are counted and dropped (one press is one event), as are
+adverts from unknown addresses, with a wrong key, truncated or with unknown objects. Button
+presses and alarms in trigger-based adverts become events; measurements become readings. A
+device silent for three of its intervals is offline.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class BleDeviceState:
     last_seen: float | None = None
     rssi: int | None = None
     packet_id: int | None = None
+    last_advert: bytes = b""  # the last new advert's service data, to spot its repeats
     counter: int = -1
     adverts: int = 0
     last_values: dict[str, Any] = field(default_factory=dict)
@@ -118,6 +121,9 @@ class BleSource:
         if st is None:
             self.counters.unknown_device += 1
             return
+        if sd == st.last_advert:  # the radio repeating it (cheap: nothing to decrypt)
+            self.counters.duplicates += 1
+            return
         cfg = st.config
         mac = bytes.fromhex(address.replace(":", ""))
         counter = None
@@ -150,6 +156,7 @@ class BleSource:
             self.counters.duplicates += 1
             return
         st.packet_id = packet_id
+        st.last_advert = sd
         self.counters.decoded += 1
         st.adverts += 1
         st.rssi = rssi

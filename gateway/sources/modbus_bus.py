@@ -33,6 +33,7 @@ log = logging.getLogger("polekit.gateway.modbus")
 OFFLINE_AFTER_MISSES = 3
 MAX_BACKOFF_S = 60.0
 RECONNECT_MAX_S = 1.0  # a port that comes back is reopened within about a second
+WRITE_ATTEMPTS = 3  # a command's write that gets no answer is sent this many times in all
 
 OPEN_LOG_EVERY_S = 60.0  # a bus that stays shut is logged again this often
 # what to try, by the OS's reason a port does not open
@@ -328,6 +329,19 @@ class ModbusBus:
         self._wake.set()
         await fut
 
+    async def _write_with_retries(self, device: DeviceConfig, point: Point, value: Any) -> None:
+        # a platform's command must not fail on one lost or late frame (RS-485 noise, a
+        # device busy for a moment): a write that got no answer goes again. Writing a value
+        # twice is harmless (functions 5, 6 and 16 set, they do not add)
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                await self._do_write(device, point, value)
+                return
+            except DeviceNoResponse as exc:
+                if attempt == WRITE_ATTEMPTS:
+                    raise DeviceNoResponse(f"{exc} ({WRITE_ATTEMPTS} tries)") from exc
+                log.info("device %s: %s; writing again", device.code, exc)
+
     async def _do_write(self, device: DeviceConfig, point: Point, value: Any) -> None:
         c = self._client
         assert c is not None
@@ -363,7 +377,7 @@ class ModbusBus:
         while not self._writes.empty():
             device, point, value, fut = self._writes.get_nowait()
             try:
-                await self._do_write(device, point, value)
+                await self._write_with_retries(device, point, value)
             except (ConnectionException, OSError) as exc:
                 fut.set_exception(exc)
                 raise

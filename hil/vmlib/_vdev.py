@@ -189,23 +189,35 @@ class Contact(Device):
 
 
 class Button(Contact):
-    # set "press" to a duration in ms: pressed now, released after it
+    # set "press" to a duration in ms: pressed now, released after it. The press runs out
+    # on the board's running time: a gap between ticks longer than TICK_GAP_MS is the host
+    # starving the VM, and counts as TICK_GAP_MS only (on the chip the firmware runs while
+    # a finger is on the button; in the emulator a busy host must not let a press come and
+    # go between two looks of the firmware)
     DEFAULTS = {"active": 0, "press": 0}
+    TICK_GAP_MS = 20
 
     def __init__(self, name, spec):
         super().__init__(name, spec)
-        self.release_at = None
+        self.left_ms = None  # of the press under way
+        self.last_tick = None
 
     def changed(self, quantity):
         if quantity == "press" and self.values["press"]:
             self.values["active"] = 1
-            self.release_at = _board.ticks_ms + int(self.values["press"])
+            self.left_ms = int(self.values["press"])
+            self.last_tick = None
             self.values["press"] = 0
         Contact.changed(self, "active")
 
     def tick(self, now):
-        if self.release_at is not None and now >= self.release_at:
-            self.release_at = None
+        if self.left_ms is None:
+            return
+        if self.last_tick is not None:
+            self.left_ms -= min(now - self.last_tick, self.TICK_GAP_MS)
+        self.last_tick = now
+        if self.left_ms <= 0:
+            self.left_ms = None
             self.values["active"] = 0
             Contact.changed(self, "active")
 

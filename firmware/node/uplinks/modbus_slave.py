@@ -1,9 +1,13 @@
 # Modbus RTU slave on the RS-485 UART, built on protocols.modbus framing.
 #
-# A request ends when its length is known (functions 3, 4, 6, 16) or after t3.5 of
-# silence. As the spec says: a frame with a bad CRC or for another unit gets no answer
-# (it may be another slave's), an unknown function gets exception 1, a bad count 3, an
-# unmapped address 2. The loop never blocks: it sleeps between polls of the UART.
+# A frame is told by its CRC at a length it can have (a request's, or another slave's
+# answer: every drop on the line hears both), not by when it was read: a late read (a GC
+# pause, a busy loop) finds the master's request in one piece with the answer before it,
+# and both must still be told apart. Bytes before a whole frame are noise. A frame of an
+# unknown function ends after t3.5 of silence. As the spec says: a frame with a bad CRC or
+# for another unit gets no answer (it may be another slave's), an unknown function gets
+# exception 1, a bad count 3, an unmapped address 2. The loop never blocks: it sleeps
+# between polls of the UART.
 import time
 from asyncio import sleep_ms
 
@@ -51,33 +55,51 @@ class ModbusSlave:
             return modbus.exception_response(self.unit, fc, exc.code or modbus.DEVICE_FAILURE)
 
     def poll(self, now=None):
-        # take what the UART has; answer every complete frame; returns the frames answered
+        # take what the UART has; answer every whole frame; returns the frames answered
         now = time.ticks_ms() if now is None else now
         data = self.uart.read()
+        answered = 0
         if data:
-            if self._buf and time.ticks_diff(now, self._last_rx) >= self.fragment_ms:
-                self.ignored += 1
-                self._buf = b""  # a long silence ended the previous (incomplete) frame
             self._buf += data
             self._last_rx = now
-        answered = 0
-        while self._buf:
-            need = modbus.request_length(self._buf)
-            if need == 0 or (need > 0 and len(self._buf) < need):
-                if time.ticks_diff(now, self._last_rx) >= self.fragment_ms:
-                    self.ignored += 1  # a fragment the line's silence cut off
-                    self._buf = b""
-                break
-            if need < 0:  # unknown function: the frame is what the silence delimits
-                if time.ticks_diff(now, self._last_rx) < self.gap_ms:
+            while self._buf:
+                start, size = self._next_frame()
+                if not size:
                     break
-                need = len(self._buf)
-            frame, self._buf = self._buf[:need], self._buf[need:]
-            reply = self.answer(frame)
-            if reply is not None:
-                self.uart.write(reply)
-                answered += 1
+                if start:
+                    self.ignored += 1  # noise, or the rest of a frame we missed the start of
+                frame = self._buf[start : start + size]
+                self._buf = self._buf[start + size :]
+                answered += self._reply(frame)
+        if self._buf:
+            silent = time.ticks_diff(now, self._last_rx)
+            if modbus.frame_lengths(self._buf) == () and silent >= self.gap_ms:
+                frame, self._buf = self._buf, b""  # an unknown function: the silence ends it
+                answered += self._reply(frame)
+            elif silent >= self.fragment_ms:
+                self.ignored += 1  # a fragment the line's silence cut off
+                self._buf = b""
         return answered
+
+    def _next_frame(self):
+        # (start, size) of the first whole frame with a valid CRC; size 0 when none is whole.
+        # A frame to our unit can only be a request (no one else answers as us)
+        buf = memoryview(self._buf)
+        for start in range(len(buf) - 3):
+            sizes = modbus.frame_lengths(buf[start:]) or ()
+            for size in sizes[:1] if buf[start] == self.unit else sizes:
+                end = start + size
+                if size and end <= len(buf):
+                    if modbus.crc16(buf[start : end - 2]) == buf[end - 2] | buf[end - 1] << 8:
+                        return start, size
+        return 0, 0
+
+    def _reply(self, frame):
+        reply = self.answer(frame)
+        if reply is None:
+            return 0
+        self.uart.write(reply)
+        return 1
 
     async def run(self):
         while True:
