@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMPS := .stamps
 
-.PHONY: demo test lint typecheck unit unit-as-user setup clean
+.PHONY: demo test lint typecheck unit unit-as-user fuzz setup clean
 
 demo: setup
 	$(VENV)/bin/polekit demo
@@ -31,6 +31,13 @@ unit: setup
 # the shared temporary folder, so what a normal user meets is proven too (.ci/test-as-user).
 unit-as-user: unit
 	.ci/test-as-user
+
+# The long fuzz run, on demand (make test runs a short one): each parser for FUZZ_SECONDS
+# (default 60), or only FUZZ_TARGETS="cbor senml_cbor"; FUZZ_SEED=N repeats a run. Failing
+# inputs are kept in tests/fuzz/corpus/, which make test replays. See docs/protocols.md.
+FUZZ_SECONDS ?= 60
+fuzz: setup
+	$(PY) tests/fuzz/fuzzkit.py --seconds $(FUZZ_SECONDS) $(if $(FUZZ_SEED),--seed $(FUZZ_SEED)) $(FUZZ_TARGETS)
 
 $(STAMPS)/venv: pyproject.toml
 	@mkdir -p $(STAMPS)

@@ -17,7 +17,7 @@ more than the input's size.
 from struct import pack as _pack
 from struct import unpack_from as _unpack_from
 
-from .errors import CBORDecodeError, ProtocolError
+from .errors import CBORDecodeError, ProtocolError, shown
 
 MAX_DEPTH = 32  # nesting of arrays, maps and tags; SenML needs 2
 
@@ -197,7 +197,7 @@ def _dec(buf, pos, depth):
         try:
             result[key] = value
         except TypeError:
-            raise CBORDecodeError("map key %r is not hashable" % (key,)) from None
+            raise CBORDecodeError("map key %s is not hashable" % shown(key)) from None
     return result, pos
 
 

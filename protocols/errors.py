@@ -51,3 +51,12 @@ class DecryptionError(BTHomeError):
 # A device code is malformed or its check character is wrong.
 class IdentityError(ProtocolError):
     pass
+
+
+# A value as an error message shows it: its repr, cut short. Hostile input makes huge
+# values, and CPython refuses to print an integer of more than 4300 digits at all.
+def shown(value):
+    try:
+        return repr(value)[:60]
+    except ValueError:
+        return "(too large to show)"

@@ -1,13 +1,14 @@
-"""Device codes: one coding scheme for every sensing terminal.
+# Device codes: one coding scheme for every sensing terminal.
+#
+# A code is 15 characters, ``RRRRRRTTSSSSSSC``: the 6-digit administrative division code
+# of the region (GB/T 2260, e.g. 371600), a 2-letter device type from ``DEVICE_TYPES``, a
+# 6-digit serial, and a check character computed over the first 14 with ISO/IEC 7064
+# MOD 37-36 (alphabet 0-9A-Z), which catches every single-character error and every
+# transposition of two adjacent characters. Example: ``make("371600", "PL", 1)``.
+#
+# (Comments, not a docstring: MicroPython keeps docstrings on the heap.)
 
-A code is 15 characters, ``RRRRRRTTSSSSSSC``: the 6-digit administrative division code
-of the region (GB/T 2260, e.g. 371600), a 2-letter device type from ``DEVICE_TYPES``, a
-6-digit serial, and a check character computed over the first 14 with ISO/IEC 7064
-MOD 37-36 (alphabet 0-9A-Z), which catches every single-character error and every
-transposition of two adjacent characters. Example: ``make("371600", "PL", 1)``.
-"""
-
-from .errors import IdentityError
+from .errors import IdentityError, shown
 
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 LENGTH = 15
@@ -50,15 +51,23 @@ def check_char(body):
     return _ALPHABET[(37 - p) % 36]
 
 
+# True if ``text`` is ``n`` ASCII digits: str.isdigit() also passes "²" and "٣", which
+# int() then refuses or reads
+def _digits(text, n):
+    return isinstance(text, str) and len(text) == n and text.isdigit() and len(text.encode()) == n
+
+
 def _check_parts(region, dtype, serial):
-    if not (isinstance(region, str) and len(region) == 6 and region.isdigit()):
-        raise IdentityError("region must be 6 digits like 371600, got %r" % (region,))
+    if not _digits(region, 6):
+        raise IdentityError("region must be 6 digits like 371600, got %s" % shown(region))
     if not 11 <= int(region[:2]) <= 82:
         raise IdentityError("region %r: the first two digits (province) must be 11..82" % region)
     if not (isinstance(dtype, str) and len(dtype) == 2 and ("\n" + dtype + " ") in DEVICE_TYPES):
-        raise IdentityError("device type %r is unknown; known types: %s" % (dtype, type_list()))
+        raise IdentityError(
+            "device type %s is unknown; known types: %s" % (shown(dtype), type_list())
+        )
     if not (isinstance(serial, int) and 1 <= serial <= SERIAL_MAX):
-        raise IdentityError("serial must be an integer 1..%d, got %r" % (SERIAL_MAX, serial))
+        raise IdentityError("serial must be an integer 1..%d, got %s" % (SERIAL_MAX, shown(serial)))
 
 
 # The device code for a region, a device type and a serial, with its check character.
@@ -73,9 +82,11 @@ def parse(code):
     if not isinstance(code, str):
         raise IdentityError("a device code is a string, got %s" % type(code).__name__)
     if len(code) != LENGTH:
-        raise IdentityError("device code %r has %d characters, not %d" % (code, len(code), LENGTH))
+        raise IdentityError(
+            "device code %s has %d characters, not %d" % (shown(code), len(code), LENGTH)
+        )
     region, dtype, serial = code[:6], code[6:8], code[8:14]
-    if not serial.isdigit():
+    if not _digits(serial, 6):
         raise IdentityError("device code %r: characters 9-14 must be the 6-digit serial" % code)
     _check_parts(region, dtype, int(serial))
     expected = check_char(code[:14])

@@ -1,18 +1,23 @@
-"""SenML (RFC 8428) packs in JSON and CBOR, with base-value resolution and validation.
-
-A record is a dict keyed by the RFC's JSON labels ("bn", "n", "v", "u", "t", ...); a
-pack is a list of records. "vd" (data value) holds bytes in a record; it travels as
-base64url in JSON and as a byte string in CBOR. Keys are written in one fixed order so
-the board and the gateway produce the same bytes for the same pack.
-"""
+# SenML (RFC 8428) packs in JSON and CBOR, with base-value resolution and validation.
+#
+# A record is a dict keyed by the RFC's JSON labels ("bn", "n", "v", "u", "t", ...); a
+# pack is a list of records. "vd" (data value) holds bytes in a record; it travels as
+# base64url in JSON and as a byte string in CBOR. Keys are written in one fixed order so
+# the board and the gateway produce the same bytes for the same pack.
+#
+# (Comments, not a docstring: MicroPython keeps docstrings on the heap.)
 
 from . import cbor
-from .errors import CBORDecodeError, SenMLError
+from .errors import CBORDecodeError, SenMLError, shown
 from .model import convert, primary_unit, quantity
 
 VERSION = 10  # RFC 8428's version; the default when "bver" is absent
 VERSION_SECONDARY_UNITS = 26  # RFC 9100: version 10 plus feature bit 4 (secondary units)
 RELATIVE_TIME_LIMIT = 268435456  # 2**28: times below it are relative to "now"
+# SenML numbers are IEEE 754 doubles in JSON and CBOR alike: a larger integer is refused (or
+# resolving it, int + float, would raise OverflowError), and so are NaN and the infinities,
+# which JSON cannot carry
+DOUBLE_MAX = 1.7976931348623157e308
 
 # JSON label, CBOR label, type: s = text, n = number, i = integer, b = boolean, d = bytes
 _FIELDS = (
@@ -80,26 +85,33 @@ def validate(records):
             field = _BY_NAME.get(key)
             if field is None:
                 if isinstance(key, str) and key.endswith("_"):
-                    raise SenMLError("record %d: unknown mandatory field %r" % (i, key))
+                    raise SenMLError("record %d: unknown mandatory field %s" % (i, shown(key)))
                 continue
             is_bool = value is True or value is False
             if is_bool != (field[2] == "b") or not (is_bool or isinstance(value, _TYPES[field[2]])):
                 raise SenMLError(
-                    "record %d: %r has the wrong type (%r); see RFC 8428 table 1" % (i, key, value)
+                    "record %d: %r has the wrong type (%s); see RFC 8428 table 1"
+                    % (i, key, shown(value))
+                )
+            if field[2] == "n" and not -DOUBLE_MAX <= value <= DOUBLE_MAX:
+                raise SenMLError(
+                    "record %d: %r is not a finite number in a double's range" % (i, key)
                 )
             if key in _VALUE_FIELDS:
                 values += 1
         if values > 1:
             raise SenMLError("record %d: more than one value field (v, vs, vb, vd)" % i)
         if "bver" in rec and rec["bver"] < 0:
-            raise SenMLError("record %d: bver must not be negative, got %r" % (i, rec["bver"]))
+            raise SenMLError(
+                "record %d: bver must not be negative, got %s" % (i, shown(rec["bver"]))
+            )
         if "bn" in rec:
             bn = rec["bn"]
         name = bn + rec.get("n", "")
         if not _name_ok(name):
             raise SenMLError(
-                "record %d: name %r must start with a letter or digit and use only "
-                "A-Z a-z 0-9 - : . / _" % (i, name)
+                "record %d: name %s must start with a letter or digit and use only "
+                "A-Z a-z 0-9 - : . / _" % (i, shown(name))
             )
 
 
@@ -125,7 +137,7 @@ def _unb64url(text, i):
     try:
         return a2b_base64((text + "=" * (-len(text) % 4)).encode())
     except ValueError:
-        raise SenMLError("record %d: vd is not base64url: %r" % (i, text)) from None
+        raise SenMLError("record %d: vd is not base64url: %s" % (i, shown(text))) from None
 
 
 # Encode a pack as compact JSON text (application/senml+json).
@@ -156,7 +168,7 @@ def decode_json(text):
             raise SenMLError("SenML JSON is not valid UTF-8") from None
     try:
         records = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RuntimeError) as exc:  # RuntimeError: CPython's RecursionError
         raise SenMLError("not valid JSON: %s" % exc) from None
     if isinstance(records, list):
         for i, rec in enumerate(records):
@@ -195,8 +207,14 @@ def decode_cbor(data):
             raise SenMLError("record %d: expected a map, got %s" % (i, type(m).__name__))
         rec = {}
         for key, value in m.items():
-            field = _BY_CBOR.get(key) if isinstance(key, int) else None
-            rec[field[0] if field else key] = value
+            # RFC 8428: labels are the table's integers or text; a key not understood is
+            # ignored (type(): CBOR true is not label 1)
+            if type(key) is int:
+                field = _BY_CBOR.get(key)
+                if field:
+                    rec[field[0]] = value
+            elif isinstance(key, str):
+                rec[key] = value
         records.append(rec)
     validate(records)
     return records

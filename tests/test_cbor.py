@@ -104,8 +104,8 @@ def test_malformed_input_raises_one_error_type(vec: dict) -> None:
         cbor.loads(raw)
 
 
-@pytest.mark.parametrize("vec", VECTORS["rejected"], ids=lambda v: v["hex"])
-def test_indefinite_lengths_and_trailing_bytes_are_rejected(vec: dict) -> None:
+@pytest.mark.parametrize("vec", VECTORS["rejected"], ids=lambda v: v["hex"][:24])
+def test_indefinite_lengths_trailing_bytes_and_unhashable_keys_are_rejected(vec: dict) -> None:
     with pytest.raises(CBORDecodeError):
         cbor.loads(bytes.fromhex(vec["hex"]))
 

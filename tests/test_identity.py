@@ -51,3 +51,18 @@ def test_errors_say_what_is_wrong() -> None:
         identity.make("371600", "XX", 1)
     with pytest.raises(IdentityError, match="serial"):
         identity.make("371600", "PL", 0)
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "371600PL00000²C",  # a superscript two passes str.isdigit() but not int()
+        "37160²PL000001C",  # the same in the region
+        "٣٧١٦٠٠PL000001C",  # Arabic-Indic digits: int() reads them, the code scheme does not
+        "371600PL٠٠٠٠٠١C",
+    ],
+)
+def test_digits_outside_ascii_are_refused_with_identity_error(code: str) -> None:
+    with pytest.raises(IdentityError, match="digits|serial"):
+        identity.parse(code)
+    assert not identity.validate(code)
