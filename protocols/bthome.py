@@ -1,11 +1,10 @@
-"""BTHome v2 adverts (https://bthome.io): encoder, decoder, and AES-CCM encryption.
-
-``encode`` and ``decode`` work on the service data that follows the 16-bit UUID 0xFCD2:
-one device-information byte (bit 0 encrypted, bit 2 trigger-based, bits 5-7 version 2),
-then objects (id, little-endian value) in ascending id order. Values are keyed by the
-names of the reference model where one fits (``temperature``, ``humidity``, ``battery``,
-``tilt``, ``door_open``, ``water``, ``smoke``...), and by BTHome's own names otherwise.
-"""
+# BTHome v2 adverts (https://bthome.io): encoder, decoder, and AES-CCM encryption.
+#
+# ``encode`` and ``decode`` work on the service data that follows the 16-bit UUID 0xFCD2:
+# one device-information byte (bit 0 encrypted, bit 2 trigger-based, bits 5-7 version 2),
+# then objects (id, little-endian value) in ascending id order. Values are keyed by the
+# names of the reference model where one fits (``temperature``, ``humidity``, ``battery``,
+# ``tilt``, ``door_open``, ``water``, ``smoke``...), and by BTHome's own names otherwise.
 
 from .errors import BTHomeError
 

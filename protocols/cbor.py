@@ -1,18 +1,17 @@
-"""CBOR (RFC 8949) for the subset polekit sends and receives.
-
-Encoding is byte-identical to ``cbor2.dumps`` with its default options (floats as
-doubles, NaN and infinities as half floats, integers beyond 64 bits as bignum tags,
-maps in their iteration order), so the board and the gateway produce the same bytes.
-MicroPython dicts do not keep insertion order: code that needs a fixed key order on both
-interpreters writes the map head with ``head(5, n)`` and the pairs itself (senml does).
-
-Decoding accepts well-formed CBOR of the supported types (definite lengths, half/single/
-double floats, tags passed through as ``Tag``) and raises ``CBORDecodeError`` for anything
-else, indefinite-length items included (nothing polekit talks to sends them). Every
-length is checked against the bytes that remain before anything is allocated, and
-nesting is bounded, so hostile input can neither hang the decoder nor make it allocate
-more than the input's size.
-"""
+# CBOR (RFC 8949) for the subset polekit sends and receives.
+#
+# Encoding is byte-identical to ``cbor2.dumps`` with its default options (floats as
+# doubles, NaN and infinities as half floats, integers beyond 64 bits as bignum tags,
+# maps in their iteration order), so the board and the gateway produce the same bytes.
+# MicroPython dicts do not keep insertion order: code that needs a fixed key order on both
+# interpreters writes the map head with ``head(5, n)`` and the pairs itself (senml does).
+#
+# Decoding accepts well-formed CBOR of the supported types (definite lengths, half/single/
+# double floats, tags passed through as ``Tag``) and raises ``CBORDecodeError`` for anything
+# else, indefinite-length items included (nothing polekit talks to sends them). Every
+# length is checked against the bytes that remain before anything is allocated, and
+# nesting is bounded, so hostile input can neither hang the decoder nor make it allocate
+# more than the input's size.
 
 from struct import pack as _pack
 from struct import unpack_from as _unpack_from

@@ -1,10 +1,9 @@
-"""AES-CCM (RFC 3610 / NIST SP 800-38C) built from the AES block cipher: CBC-MAC + CTR.
-
-MicroPython's ``cryptolib`` offers AES-ECB but no CCM, and BTHome encryption is CCM with a
-4-byte tag; this module composes it so the same code runs on the board and the host. The
-block cipher comes from ``cryptolib`` on MicroPython (hardware AES on the ESP32; the
-emulated board supplies a pure one) and from the ``cryptography`` package on CPython.
-"""
+# AES-CCM (RFC 3610 / NIST SP 800-38C) built from the AES block cipher: CBC-MAC + CTR.
+#
+# MicroPython's ``cryptolib`` offers AES-ECB but no CCM, and BTHome encryption is CCM with a
+# 4-byte tag; this module composes it so the same code runs on the board and the host. The
+# block cipher comes from ``cryptolib`` on MicroPython (hardware AES on the ESP32; the
+# emulated board supplies a pure one) and from the ``cryptography`` package on CPython.
 
 from .errors import DecryptionError
 

@@ -1,4 +1,4 @@
-"""One error family for everything that can go wrong on the wire."""
+# One error family for everything that can go wrong on the wire.
 
 # Callers catch ProtocolError; the subclass tells them what was wrong. Every message names
 # the offending value so a log line is enough to diagnose a bad frame or a bad record.

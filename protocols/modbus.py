@@ -1,12 +1,11 @@
-"""Modbus RTU framing, timing and the register maps of polekit's node types.
-
-The firmware's slave frames its answers with these functions; the gateway polls with
-pymodbus (the master side lives there) but takes its register maps, value scaling and
-timing from here.
-Framing follows the Modbus over Serial Line spec: unit id, PDU, CRC-16 (poly 0xA001,
-init 0xFFFF) low byte first. ``request_length`` is the stream framer: it returns 0
-while more bytes are needed to know a frame's length.
-"""
+# Modbus RTU framing, timing and the register maps of polekit's node types.
+#
+# The firmware's slave frames its answers with these functions; the gateway polls with
+# pymodbus (the master side lives there) but takes its register maps, value scaling and
+# timing from here.
+# Framing follows the Modbus over Serial Line spec: unit id, PDU, CRC-16 (poly 0xA001,
+# init 0xFFFF) low byte first. ``request_length`` is the stream framer: it returns 0
+# while more bytes are needed to know a frame's length.
 
 from struct import pack as _pack
 from struct import unpack as _unpack

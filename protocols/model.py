@@ -1,12 +1,11 @@
-"""The reference model: what poles and community devices measure, named once.
-
-Names are the SenML record names the platform sees. Units follow the SenML units
-registry strictly: each quantity has a primary unit (RFC 8428 section 12.1, plus the
-primary units RFC 8798 adds), which is all SenML version 10 allows, and optionally a
-secondary unit (RFC 8798) for platforms that prefer human-scale numbers, sent only in
-packs that declare the secondary-units feature (bver 26, RFC 9100).
-Booleans (kind "vb") carry no unit. docs/protocols.md describes each quantity.
-"""
+# The reference model: what poles and community devices measure, named once.
+#
+# Names are the SenML record names the platform sees. Units follow the SenML units
+# registry strictly: each quantity has a primary unit (RFC 8428 section 12.1, plus the
+# primary units RFC 8798 adds), which is all SenML version 10 allows, and optionally a
+# secondary unit (RFC 8798) for platforms that prefer human-scale numbers, sent only in
+# packs that declare the secondary-units feature (bver 26, RFC 9100).
+# Booleans (kind "vb") carry no unit. docs/protocols.md describes each quantity.
 
 from .errors import SenMLError
 
