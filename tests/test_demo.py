@@ -15,8 +15,10 @@ import subprocess
 import sys
 import termios
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 from rich.console import Console
 
 from polekit.demo.dashboard import reading, summary_text, view
@@ -233,3 +235,21 @@ def test_the_dashboard_and_summary_read_as_words() -> None:
         "delivered them when it came back.",
         "FAIL: 1 of 900 readings never reached the platform; SOS: 1 of 2 not seen",
     ]
+
+
+def test_the_run_removes_its_files_however_it_ends(tmp_path: Path) -> None:
+    # flash images, the air's socket and the gateway's queue live in the run's folder; a
+    # run that cannot even start (no broker at --broker) must not leave it behind either
+    import asyncio
+
+    from polekit.demo.street import Options, Street
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    work = tmp_path / "run"
+    work.mkdir()
+    street = Street(Options(broker=f"mqtt://127.0.0.1:{port}"), log=lambda text: None, work=work)
+    with pytest.raises(RuntimeError, match="cannot reach the broker"):
+        asyncio.run(street.run(lambda *parts: None))
+    assert not work.exists()

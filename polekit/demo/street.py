@@ -258,6 +258,14 @@ class Street:
     # ---- running ------------------------------------------------------------------------
 
     async def run(self, render: Callable[[Street, Any, Any, str], None]) -> dict[str, Any]:
+        """Run the day; the summary. ``render`` is called with the parts about twice a
+        second. The run's files are removed however it ends."""
+        try:
+            return await self._run(render)
+        finally:
+            shutil.rmtree(self.work, ignore_errors=True)  # flash images, air socket, queue
+
+    async def _run(self, render: Callable[[Street, Any, Any, str], None]) -> dict[str, Any]:
         from polekit.gateway.app import Gateway
 
         loop = asyncio.get_running_loop()
@@ -323,7 +331,6 @@ class Street:
                     setattr(self, part, None)
             if self.broker is not None:
                 await asyncio.to_thread(self.broker.stop)
-            shutil.rmtree(self.work, ignore_errors=True)  # flash images, air socket, queue
 
     async def _special(
         self,
