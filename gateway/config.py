@@ -334,6 +334,8 @@ def load_config(path: Path | str) -> Config:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, [f"not valid TOML: {exc}"]) from None
+    except ValueError as exc:  # a value TOML allows but Python will not read (a 4,301-digit int)
+        raise ConfigError(path, [f"a value cannot be read: {exc}"]) from None
     return parse_config(raw, path)
 
 
@@ -500,7 +502,11 @@ def _table(r: _Reader, raw: dict[str, Any], name: str, required: bool = True) ->
 def _mqtt(r: _Reader, m: dict[str, Any], base: Path) -> MqttConfig:
     r.unknown_keys(m, "mqtt", _MQTT_KEYS)
     url = r.get(m, "mqtt", "url", str, "mqtt://127.0.0.1:1883")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. mqtt://[zz]: brackets that hold no IPv6 address
+        r.problem("mqtt.url", redact_url(url), "must look like mqtt://host:1883 (IPv6: [::1])")
+        parts = urlsplit("mqtt://127.0.0.1")
     if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
         r.problem(
             "mqtt.url", redact_url(url), "must look like mqtt://host:1883 or mqtts://host:8883"
@@ -517,7 +523,12 @@ def _mqtt(r: _Reader, m: dict[str, Any], base: Path) -> MqttConfig:
         if value is None:
             return None
         p = (base / value) if not Path(value).is_absolute() else Path(value)
-        if not p.is_file():
+        try:
+            found = p.is_file()
+        except OSError as exc:  # a name over 255 characters, a path the user may not search
+            r.problem(f"mqtt.{key}", value[:80], f"cannot be looked at: {exc.strerror}")
+            return p
+        if not found:
             r.problem(f"mqtt.{key}", value, f"no such file ({p})")
         return p
 

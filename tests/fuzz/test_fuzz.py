@@ -10,14 +10,10 @@ import pytest
 import fuzzkit
 
 NAMES = fuzzkit.target_names()
-# Failures the fuzz found in code another engineer owns, kept in the corpus like any other:
-# the config loader's tracebacks of issue 13 item 9 (a non-UTF-8 file, mqtt.url
-# "mqtt://[zz]", a ca_file name over 255 characters, an integer over 4300 digits), fixed on
-# that engineer's branch. Strict: once fixed, these tests fail until the entry goes.
-OPEN = {
-    "gateway_config": "issue 13 item 9: load_config lets UnicodeDecodeError, ValueError and "
-    "OSError out (fixed on the branch that owns gateway/config.py)",
-}
+# Failures the fuzz found in code another engineer owns, kept in the corpus like any other,
+# can be listed here (target -> reason) while the fix is on its way. Strict: once fixed, the
+# test fails until the entry goes.
+OPEN: dict[str, str] = {}
 TARGETS = [
     pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=OPEN[n])) if n in OPEN else n
     for n in NAMES
