@@ -91,7 +91,7 @@ class Report:
 
 def target_names() -> list[str]:
     """Every target module in targets/, in name order."""
-    return sorted(m.name for m in pkgutil.iter_modules([str(TARGETS)]) if not m.name[0] == "_")
+    return sorted(m.name for m in pkgutil.iter_modules([str(TARGETS)]) if m.name[0] != "_")
 
 
 def load(name: str) -> Target:
@@ -315,6 +315,17 @@ def campaign(
     return report
 
 
+def kept_failures(target: Target) -> dict[tuple[str, str], Path]:
+    """The failures the corpus already holds an input for (while they are not fixed), so a
+    run does not keep a second input for the same failure."""
+    out: dict[tuple[str, str], Path] = {}
+    for path, data in corpus(target.name):
+        exc = attempt(target, data)
+        if exc is not None:
+            out.setdefault(classify(exc), path)
+    return out
+
+
 def _budget(text: str | None) -> float:
     try:
         return float(text) if text else 60.0
@@ -354,6 +365,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     failed = 0
     for name in args.targets or names:
         target = load(name)
+        kept = kept_failures(target)
         report = campaign(
             target,
             args.seconds,
@@ -366,11 +378,15 @@ def main(argv: Iterable[str] | None = None) -> int:
             f"({rate:,.0f}/s)  {len(report.failures)} distinct failure(s)  seed {seed}",
             flush=True,
         )
-        for failure in report.failures.values():
-            kept = "" if args.no_keep else f"; kept as {keep(name, failure.data).relative_to(ROOT)}"
-            print(
-                f"  {failure.kind} at {failure.where} (x{failure.count}): {failure.message}{kept}"
-            )
+        for key, failure in report.failures.items():
+            if key in kept:
+                where = f"; already kept as {kept[key].relative_to(ROOT)}"
+            elif args.no_keep:
+                where = ""
+            else:
+                where = f"; kept as {keep(name, failure.data).relative_to(ROOT)}"
+            line = f"  {failure.kind} at {failure.where} (x{failure.count}): {failure.message}"
+            print(line + where)
         failed += len(report.failures)
     if failed:
         print(f"{failed} distinct failure(s); replay: .venv/bin/python -m pytest -q tests/fuzz")

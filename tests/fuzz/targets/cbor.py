@@ -15,8 +15,24 @@ RAISES = (CBORDecodeError,)
 
 
 def fuzz(data: bytes) -> None:
-    again = cbor.dumps(cbor.loads(data))
-    assert cbor.dumps(cbor.loads(again)) == again, "a decoded value does not round-trip"
+    value = cbor.loads(data)
+    again = cbor.dumps(value)
+    # NaN map keys are the exception: every NaN encodes as f97e00, so keys that were distinct
+    # NaNs become duplicates (the last wins) once decoded again
+    same = cbor.dumps(cbor.loads(again)) == again
+    assert same or _nan_in_keys(value), "a decoded value does not round-trip"
+
+
+def _nan_in_keys(value: object, in_key: bool = False) -> bool:
+    if isinstance(value, float):
+        return in_key and value != value
+    if isinstance(value, dict):
+        return any(_nan_in_keys(k, True) or _nan_in_keys(v, in_key) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_nan_in_keys(x, in_key) for x in value)
+    if isinstance(value, cbor.Tag):
+        return _nan_in_keys(value.value, in_key)
+    return False
 
 
 def seeds() -> list[bytes]:
@@ -44,7 +60,7 @@ _values = st.recursive(
     _scalars,
     lambda inner: (
         st.lists(inner, max_size=4)
-        | st.dictionaries(_scalars.filter(lambda k: k == k), inner, max_size=4)
+        | st.dictionaries(_scalars, inner, max_size=4)
         | st.lists(_scalars, min_size=1, max_size=2).map(lambda key: {tuple(key): 1})
         | st.builds(cbor2.CBORTag, st.integers(6, 2**64 - 1), inner)
     ),
