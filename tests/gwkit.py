@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -182,3 +183,18 @@ async def start_poles(line: Any, units: list[int]) -> tuple[str, SimulatedBus]:
         {u: regmap for u in units}, serial_port=dev_port, baudrate=19200, parity="N", stopbits=2
     ).start()
     return gw_port, sim
+
+
+def gateway_run_argv(config: Path) -> list[str]:
+    """``polekit gateway run`` on ``config`` as a process of its own, plain-text log lines."""
+    return [
+        sys.executable,
+        "-m",
+        "polekit",
+        "gateway",
+        "run",
+        "-c",
+        str(config),
+        "--log-format",
+        "text",
+    ]

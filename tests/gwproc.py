@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -15,6 +14,8 @@ from typing import Any
 
 from polekit.hil.fieldbus import SimulatedBus
 from polekit.protocols import modbus
+
+from gwkit import gateway_run_argv
 
 NODE_SEQ = modbus.register_map("pole-env").point("node_seq")
 
@@ -88,17 +89,7 @@ class GatewayProcess:
         self.log = log
         self._start = log.stat().st_size if log.exists() else 0
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "polekit",
-                "gateway",
-                "run",
-                "-c",
-                str(config),
-                "--log-format",
-                "text",
-            ],
+            gateway_run_argv(config),
             stdout=open(log, "ab"),  # noqa: SIM115 - the process owns it
             stderr=subprocess.STDOUT,
         )

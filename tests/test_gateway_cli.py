@@ -23,6 +23,7 @@ from gwkit import (
     POLE_1,
     POLE_2,
     Collector,
+    gateway_run_argv,
     meter_gateway,
     run,
     start_meter,
@@ -156,15 +157,7 @@ def test_run_logs_a_bus_that_cannot_be_opened_at_once_and_the_others_carry_on(
             config.write_text("\n\n".join(toml) + "\n")
             proc = await asyncio.create_subprocess_exec(
                 *as_user,
-                sys.executable,
-                "-m",
-                "polekit",
-                "gateway",
-                "run",
-                "-c",
-                str(config),
-                "--log-format",
-                "text",
+                *gateway_run_argv(config),
                 stderr=asyncio.subprocess.PIPE,
             )
             assert proc.stderr is not None

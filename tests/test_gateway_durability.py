@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from polekit.hil.line import VirtualLine
 from polekit.protocols import modbus
 from polekit.protocols.errors import ProtocolError
 
-from gwkit import POLE_1, POLE_2, Collector, run, until
+from gwkit import POLE_1, POLE_2, Collector, gateway_run_argv, run, until
 
 CONFIG = """
 [gateway]
@@ -56,17 +55,7 @@ poll_interval = 0.05
 
 def _start_gateway(config: Path, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "polekit",
-            "gateway",
-            "run",
-            "-c",
-            str(config),
-            "--log-format",
-            "text",
-        ],
+        gateway_run_argv(config),
         stdout=open(log, "ab"),
         stderr=subprocess.STDOUT,  # noqa: SIM115
     )
