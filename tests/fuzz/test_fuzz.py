@@ -42,6 +42,7 @@ def test_every_parser_has_a_target() -> None:
         "modbus_rtu",
         "modbus_slave",
         "gateway_config",
+        "command",
     }
 
 
