@@ -95,7 +95,7 @@ BAD = [
     ("unit id", "unit = 1\nmap", "unit = 300\nmap", "1..247"),
     ("map", 'map = "pole-env"', 'map = "pole-envv"', "known maps: pole-env, sdm120"),
     ("code", 'code = "371600PL000001C"', 'code = "371600PL000001D"', "expected 'C'"),
-    ("poll", "poll_interval = 5.0", "poll_interval = -1", "seconds, 0.05..86400"),
+    ("poll", "poll_interval = 5.0", "poll_interval = -1", "seconds, 0.01..86400"),
     ("type of value", "poll_interval = 5.0", 'poll_interval = "5"', "must be a number"),
     ("point type", 'type = "f32"', 'type = "float"', "bad type 'float'"),
     (
