@@ -220,7 +220,14 @@ class _Reader:
 
     def unknown_keys(self, table: dict[str, Any], where: str, known: tuple[str, ...]) -> None:
         for key in table:
-            if key not in known:
+            if where and key in _TOP_KEYS and key not in known:
+                # `device = [...]` below a [table] header is a key of that table in TOML
+                form = f"[[{key}]] tables" if key in _ARRAYS else f"a [{key}] table"
+                self.problems.append(
+                    f"{where}.{key}: unknown key; in TOML a key belongs to the [table] above "
+                    f"it: move `{key} = ...` above the first [table] header, or write {form}"
+                )
+            elif key not in known:
                 near = difflib.get_close_matches(key, known, n=1)
                 hint = f"did you mean '{near[0]}'?" if near else f"known keys: {', '.join(known)}"
                 self.problems.append(f"{where}.{key}: unknown key; {hint}")
@@ -266,6 +273,8 @@ def _kind_words(kinds: tuple[type, ...]) -> str:
     return " or ".join(_KIND_WORDS[k] for k in kinds)
 
 
+_TOP_KEYS = ("gateway", "mqtt", "bus", "map", "device", "status", "ble", "commands")
+_ARRAYS = ("bus", "map", "device")  # [[...]] arrays of tables
 _GATEWAY_KEYS = ("id", "data_dir", "queue_max_mb")
 _MQTT_KEYS = (
     "url",
@@ -426,9 +435,7 @@ def parse_config(raw: dict[str, Any], path: Path | str = "<config>") -> Config:
     """Validate an already-parsed TOML document (see ``load_config``)."""
     path = Path(path)
     r = _Reader(path)
-    r.unknown_keys(
-        raw, "", ("gateway", "mqtt", "bus", "map", "device", "status", "ble", "commands")
-    )
+    r.unknown_keys(raw, "", _TOP_KEYS)
     gw = _table(r, raw, "gateway")
     r.unknown_keys(gw, "gateway", _GATEWAY_KEYS)
     gateway_id = r.get(
