@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 from pymodbus.simulator import SimDevice
 
+from polekit.gateway.app import Gateway
 from polekit.gateway.config import Config, parse_config
 from polekit.gateway.sources.modbus_bus import ModbusBus
+from polekit.hil.broker import LocalBroker
 from polekit.hil.fieldbus import SimulatedBus
 from polekit.protocols import identity, modbus
 from polekit.protocols.modbus import Point
 
-from gwkit import run, until
+from gwkit import gateway_running, run, until
 
 # one holding register to read, one to write: a poll is one transaction
 MAP_POINTS = [
@@ -30,17 +33,29 @@ MAP_POINTS = [
 ONE_READ = modbus.RegisterMap("one-read", [Point("level", 0), Point("setpoint", 1)])
 
 
+class InFlight:
+    """Requests being worked on at once, and the most there ever were (one endpoint's, or
+    several endpoints' together)."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.most = 0
+
+
 class SlowEndpoint(SimulatedBus):
     """Units behind one Modbus TCP port that answer each request ``delay_s`` late, count
-    the requests in progress at once (``most_in_flight``), and keep the values written
-    to them in the order they were written."""
+    the requests in progress at once (``most_in_flight``; also in ``shared``, for
+    several endpoints together), and keep the values written to them in order."""
 
-    def __init__(self, units: list[int], delay_s: float) -> None:
+    def __init__(self, units: list[int], delay_s: float, shared: InFlight | None = None) -> None:
         self.delay_s = delay_s
-        self.in_flight = 0
-        self.most_in_flight = 0
+        self.counters = [InFlight()] + ([shared] if shared else [])
         self.written: list[int] = []
         super().__init__({u: ONE_READ for u in units}, tcp=("127.0.0.1", 0))
+
+    @property
+    def most_in_flight(self) -> int:
+        return self.counters[0].most
 
     def _device(self, unit: int) -> SimDevice:  # type: ignore[override]
         device = SimulatedBus._device(unit)
@@ -56,14 +71,16 @@ class SlowEndpoint(SimulatedBus):
         registers: list[int],
         values: Any,
     ) -> None:
-        self.in_flight += 1
-        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        for c in self.counters:
+            c.now += 1
+            c.most = max(c.most, c.now)
         try:
             if values is not None:
                 self.written.extend(int(v) for v in values)
             await asyncio.sleep(self.delay_s)
         finally:
-            self.in_flight -= 1
+            for c in self.counters:
+                c.now -= 1
 
 
 def endpoint_config(port: int, units: list[int], poll_s: float, max_in_flight: int) -> Config:
@@ -202,3 +219,55 @@ def test_a_10_ms_poll_interval_is_held() -> None:
     # late; the schedule is kept on absolute times, so a late poll does not push the rest
     span = times[-1] - times[0]
     assert 0.97 <= span <= 1.1, f"100 polls at 10 ms took {span:.3f} s"
+
+
+def test_the_gateway_polls_endpoints_and_their_units_at_once(tmp_path: Path) -> None:
+    # the whole gateway (queue on disk, real broker): two Modbus TCP endpoints, each its own
+    # [[bus]], one with max_in_flight = 2; their devices from one [[map]]
+    async def scenario() -> tuple[InFlight, int, int, dict[str, int]]:
+        both = InFlight()
+        a = await SlowEndpoint([1, 2], 0.05, both).start()
+        b = await SlowEndpoint([1, 2], 0.05, both).start()
+        codes = {
+            (bus, u): identity.make("371600", "EM", n)
+            for n, (bus, u) in enumerate([("a", 1), ("a", 2), ("b", 1), ("b", 2)], start=1)
+        }
+        with LocalBroker() as broker:
+            config = parse_config(
+                {
+                    "gateway": {"id": "gw-tcp", "data_dir": str(tmp_path)},
+                    "mqtt": {"url": broker.url},
+                    "status": {"port": 0},
+                    "bus": [
+                        {"name": name, "type": "tcp", "host": "127.0.0.1", "port": ep.tcp_port}
+                        | ({"max_in_flight": 2} if name == "a" else {})
+                        for name, ep in (("a", a), ("b", b))
+                    ],
+                    "map": [{"name": "one-read", "point": MAP_POINTS}],
+                    "device": [
+                        {
+                            "code": code,
+                            "bus": bus,
+                            "unit": u,
+                            "map": "one-read",
+                            "poll_interval": 0.01,
+                        }
+                        for (bus, u), code in codes.items()
+                    ],
+                }
+            )
+            async with gateway_running(Gateway(config), broker.host, broker.port) as sub:
+                await until(
+                    lambda: all(len(sub.seqs(c)) >= 5 for c in codes.values()),
+                    timeout_s=20,
+                    what="5 packs from each device",
+                )
+                packs = {c: len(sub.seqs(c)) for c in codes.values()}
+        await a.stop()
+        await b.stop()
+        return both, a.most_in_flight, b.most_in_flight, packs
+
+    both, on_a, on_b, packs = run(scenario())
+    assert on_a == 2 and on_b == 1, (on_a, on_b)
+    assert both.most == 3  # the two endpoints' buses run side by side
+    assert min(packs.values()) >= 5, packs

@@ -12,7 +12,7 @@ it with a short capped backoff.
 An RTU line carries one transaction at a time. A TCP endpoint may take ``max_in_flight``
 at once (several units behind one Modbus TCP gateway, each answering at its own pace):
 pymodbus's client holds a lock from a request until its answer (``TransactionManager.
-execute`` in pymodbus 3.x), so each transaction in flight gets a connection of its own,
+execute`` as of pymodbus 3.16), so each transaction in flight gets a connection of its own,
 a "lane" that polls whichever device is due next and no other lane is holding.
 """
 
