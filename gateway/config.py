@@ -73,6 +73,9 @@ class BusConfig:
     host: str | None = None
     tcp_port: int = 502
     timeout_s: float = 1.0
+    # transactions at once (tcp only: one connection each, since pymodbus's client waits
+    # for each answer before it sends the next request); 1 for a gateway fronting RS-485
+    max_in_flight: int = 1
 
     @property
     def inter_frame_s(self) -> float:
@@ -88,7 +91,8 @@ class BusConfig:
 
 @dataclass(frozen=True)
 class DeviceConfig:
-    """One field device on a bus: its code, unit id, register map and poll period."""
+    """One field device on a bus: its code, unit id, register map and poll period.
+    ``map_name`` is a built-in map's name, a ``[[map]]``'s name, or ``inline``."""
 
     code: str
     bus: str
@@ -216,7 +220,14 @@ class _Reader:
 
     def unknown_keys(self, table: dict[str, Any], where: str, known: tuple[str, ...]) -> None:
         for key in table:
-            if key not in known:
+            if where and key in _TOP_KEYS and key not in known:
+                # `device = [...]` below a [table] header is a key of that table in TOML
+                form = f"[[{key}]] tables" if key in _ARRAYS else f"a [{key}] table"
+                self.problems.append(
+                    f"{where}.{key}: unknown key; in TOML a key belongs to the [table] above "
+                    f"it: move `{key} = ...` above the first [table] header, or write {form}"
+                )
+            elif key not in known:
                 near = difflib.get_close_matches(key, known, n=1)
                 hint = f"did you mean '{near[0]}'?" if near else f"known keys: {', '.join(known)}"
                 self.problems.append(f"{where}.{key}: unknown key; {hint}")
@@ -262,6 +273,8 @@ def _kind_words(kinds: tuple[type, ...]) -> str:
     return " or ".join(_KIND_WORDS[k] for k in kinds)
 
 
+_TOP_KEYS = ("gateway", "mqtt", "bus", "map", "device", "status", "ble", "commands")
+_ARRAYS = ("bus", "map", "device")  # [[...]] arrays of tables
 _GATEWAY_KEYS = ("id", "data_dir", "queue_max_mb")
 _MQTT_KEYS = (
     "url",
@@ -285,7 +298,11 @@ _BUS_KEYS = (
     "bytesize",
     "host",
     "timeout",
+    "max_in_flight",
 )
+MIN_POLL_INTERVAL_S = 0.01  # the bus's schedule holds 10 ms (tests/test_gateway_modbus_tcp.py)
+MAX_IN_FLIGHT = 32  # connections to one endpoint; Modbus TCP gateways seldom take more
+_MAP_KEYS = ("name", "point")
 _DEVICE_KEYS = ("code", "bus", "unit", "map", "point", "poll_interval", "transport")
 _BLE_DEVICE_KEYS = ("code", "transport", "address", "bindkey", "interval")
 _BLE_KEYS = ("adapter", "air")
@@ -418,7 +435,7 @@ def parse_config(raw: dict[str, Any], path: Path | str = "<config>") -> Config:
     """Validate an already-parsed TOML document (see ``load_config``)."""
     path = Path(path)
     r = _Reader(path)
-    r.unknown_keys(raw, "", ("gateway", "mqtt", "bus", "device", "status", "ble", "commands"))
+    r.unknown_keys(raw, "", _TOP_KEYS)
     gw = _table(r, raw, "gateway")
     r.unknown_keys(gw, "gateway", _GATEWAY_KEYS)
     gateway_id = r.get(
@@ -445,8 +462,9 @@ def parse_config(raw: dict[str, Any], path: Path | str = "<config>") -> Config:
     # every [mqtt] key has a default (a broker on this machine), so the table may be left out
     mqtt = _mqtt(r, _table(r, raw, "mqtt", required=False), path.parent)
     buses = _buses(r, raw.get("bus", []))
+    maps = _user_maps(r, raw.get("map", []))
     modbus_items, ble_items = _split_devices(r, raw.get("device", []))
-    devices = _devices(r, modbus_items, buses)
+    devices = _devices(r, modbus_items, buses, maps)
     ble_devices = _ble_devices(r, ble_items, {d.code for d in devices})
     bt = _table(r, raw, "ble", required=False)
     r.unknown_keys(bt, "ble", _BLE_KEYS)
@@ -640,6 +658,24 @@ def _buses(r: _Reader, items: Any) -> dict[str, BusConfig]:
             check=lambda v: 0.05 <= v <= 30,
             allowed="seconds, 0.05..30",
         )
+        in_flight = r.get(
+            b,
+            where,
+            "max_in_flight",
+            int,
+            1,
+            check=lambda v: 1 <= v <= MAX_IN_FLIGHT,
+            allowed=f"transactions at once on this endpoint, 1..{MAX_IN_FLIGHT} (one TCP "
+            "connection each)",
+        )
+        if kind == "rtu" and in_flight > 1:
+            r.problem(
+                f"{where}.max_in_flight",
+                in_flight,
+                "an rtu bus carries one transaction at a time (RS-485 is half duplex): "
+                'remove max_in_flight from this [[bus]] (it is for type = "tcp" endpoints)',
+            )
+            in_flight = 1
         if kind == "rtu":
             port = r.get(
                 b,
@@ -678,6 +714,7 @@ def _buses(r: _Reader, items: Any) -> dict[str, BusConfig]:
                 or (2 if b.get("parity") == "N" else 1),
                 bytesize=8,
                 timeout_s=timeout,
+                max_in_flight=in_flight,
             )
             if "bytesize" in b and b["bytesize"] != 8:
                 r.problem(f"{where}.bytesize", b["bytesize"], "Modbus RTU uses 8 data bits")
@@ -698,14 +735,20 @@ def _buses(r: _Reader, items: Any) -> dict[str, BusConfig]:
                 host=host,
                 tcp_port=tcp_port,
                 timeout_s=timeout,
+                max_in_flight=in_flight,
             )
         buses[name] = bus
     return buses
 
 
-def _inline_points(r: _Reader, items: Any, where: str) -> modbus.RegisterMap | None:
+def _inline_points(
+    r: _Reader, items: Any, where: str, header: str = "device", name: str = "inline"
+) -> modbus.RegisterMap | None:
+    # the points of a [[device]] (header "device") or of a [[map]] (header "map")
     if not isinstance(items, list) or not items:
-        r.problem(f"{where}.point", items, "must be a non-empty array of [[device.point]] tables")
+        r.problem(
+            f"{where}.point", items, f"must be a non-empty array of [[{header}.point]] tables"
+        )
         return None
     points = []
     seen: dict[tuple[str, int], str] = {}
@@ -753,7 +796,65 @@ def _inline_points(r: _Reader, items: Any, where: str) -> modbus.RegisterMap | N
     names = [p.name for p in points]
     for n in sorted({n for n in names if names.count(n) > 1}):
         r.problems.append(f"{where}.point: the name {n!r} is used twice")
-    return modbus.RegisterMap("inline", points)
+    return modbus.RegisterMap(name, points)
+
+
+def _user_maps(r: _Reader, items: Any) -> dict[str, modbus.RegisterMap | None]:
+    """The ``[[map]]`` tables: register maps declared once and named by any number of
+    devices (``map = "name"``). They share one namespace with the built-in maps, so a
+    name means one thing wherever it is used. A map whose points have problems is kept
+    as None: the problems are reported once, at the map, not again at every device."""
+    maps: dict[str, modbus.RegisterMap | None] = {}
+    builtin = modbus.map_names()
+    for i, where, m in _array_of_tables(r, items, "map"):
+        r.unknown_keys(m, where, _MAP_KEYS)
+        name = r.get(
+            m,
+            where,
+            "name",
+            str,
+            None,
+            required=True,
+            check=_id_ok,
+            allowed="a short name like street-light (letters, digits, - _ .)",
+        )
+        if name in builtin:
+            r.problem(
+                f"{where}.name",
+                name,
+                "a built-in map has this name (`polekit protocols maps`): give this "
+                f"[[map]] another name, or drop it and use the built-in {name!r}",
+            )
+            name = None
+        elif name in maps:
+            r.problem(
+                f"{where}.name", name, "another [[map]] already has this name; give each its own"
+            )
+            name = None
+        regmap = _inline_points(r, m.get("point", _MISSING), where, "map", name or f"map{i}")
+        if name is not None:
+            maps[name] = regmap
+    return maps
+
+
+def _device_map(
+    r: _Reader, name: str, where: str, maps: dict[str, modbus.RegisterMap | None]
+) -> modbus.RegisterMap | None:
+    # a [[device]]'s map = "...": a [[map]] of this config, else a built-in one
+    if name in maps:
+        return maps[name]
+    if name in modbus.map_names():
+        return modbus.register_map(name)
+    known = sorted({*modbus.map_names(), *maps})
+    near = difflib.get_close_matches(name, known, n=1)
+    hint = f"did you mean {near[0]!r}? " if near else ""
+    r.problem(
+        f"{where}.map",
+        name,
+        f"no map has this name; {hint}known maps: {', '.join(known)} "
+        "(built-in ones, and each [[map]] name of this file)",
+    )
+    return None
 
 
 def _device_code(r: _Reader, d: dict[str, Any], where: str, taken: set[str]) -> str:
@@ -846,7 +947,10 @@ def _ble_devices(
 
 
 def _devices(
-    r: _Reader, items: list[tuple[str, Any]], buses: dict[str, BusConfig]
+    r: _Reader,
+    items: list[tuple[str, Any]],
+    buses: dict[str, BusConfig],
+    maps: dict[str, modbus.RegisterMap | None],
 ) -> list[DeviceConfig]:
     devices: list[DeviceConfig] = []
     codes: set[str] = set()
@@ -880,18 +984,16 @@ def _devices(
                 f"{where}.map", map_name, "give either map or [[device.point]] entries, not both"
             )
         elif map_name is not None:
-            try:
-                regmap = modbus.register_map(map_name)
-            except KeyError:
-                r.problem(f"{where}.map", map_name, f"known maps: {', '.join(modbus.map_names())}")
+            regmap = _device_map(r, map_name, where, maps)
         elif "point" in d:
             regmap = _inline_points(r, d["point"], where)
             map_name = "inline"
         else:
+            known = ", ".join(sorted({*modbus.map_names(), *maps}))
             r.problem(
                 f"{where}.map",
                 _MISSING,
-                f"give a map ({', '.join(modbus.map_names())}) or [[device.point]] entries",
+                f"give a map ({known}, or a [[map]] of your own) or [[device.point]] entries",
             )
         poll = r.get(
             d,
@@ -899,8 +1001,8 @@ def _devices(
             "poll_interval",
             (int, float),
             5.0,
-            check=lambda v: 0.05 <= v <= 86400,
-            allowed="seconds, 0.05..86400",
+            check=lambda v: MIN_POLL_INTERVAL_S <= v <= 86400,
+            allowed=f"seconds, {MIN_POLL_INTERVAL_S}..86400",
         )
         if regmap is not None:
             devices.append(DeviceConfig(code, bus, unit, map_name or "inline", regmap, float(poll)))

@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from polekit.cli import main
 from polekit.gateway.config import ConfigError, load_config
+from polekit.protocols import identity
 
 GOOD = """
 [gateway]
@@ -95,7 +96,7 @@ BAD = [
     ("unit id", "unit = 1\nmap", "unit = 300\nmap", "1..247"),
     ("map", 'map = "pole-env"', 'map = "pole-envv"', "known maps: pole-env, sdm120"),
     ("code", 'code = "371600PL000001C"', 'code = "371600PL000001D"', "expected 'C'"),
-    ("poll", "poll_interval = 5.0", "poll_interval = -1", "seconds, 0.05..86400"),
+    ("poll", "poll_interval = 5.0", "poll_interval = -1", "seconds, 0.01..86400"),
     ("type of value", "poll_interval = 5.0", 'poll_interval = "5"', "must be a number"),
     ("point type", 'type = "f32"', 'type = "float"', "bad type 'float'"),
     (
@@ -170,7 +171,7 @@ def test_the_documented_example_config_is_valid() -> None:
     from conftest import ROOT
 
     config = load_config(ROOT / "docs" / "gateway.example.toml")
-    assert [d.map_name for d in config.devices] == ["pole-env", "sdm120", "inline"]
+    assert [d.map_name for d in config.devices] == ["pole-env", "sdm120", "lamp-driver", "inline"]
 
 
 def test_entries_that_are_not_tables_are_problems_not_crashes(tmp_path: Path) -> None:
@@ -214,3 +215,143 @@ def test_a_value_of_the_wrong_kind_is_named_in_toml_words(
     assert expected in message, message
     for python_name in ("str", "int", "float", "bool"):
         assert f"be {python_name}" not in message and f"or {python_name}" not in message
+
+
+MAPS = """{devices}
+[gateway]
+id = "gw-maps"
+data_dir = "{data}"
+
+[[bus]]
+name = "meters"
+type = "tcp"
+host = "192.0.2.20"
+{bus_extra}
+
+[[map]]
+name = "branch-meter"
+[[map.point]]
+name = "voltage"
+address = 0
+table = "input"
+type = "f32"
+unit = "V"
+[[map.point]]
+name = "relay"
+address = 0
+table = "coil"
+writable = true
+{maps_extra}
+"""
+
+
+def one_line_devices(count: int, map_name: str = "branch-meter") -> str:
+    rows = [
+        f'  {{code = "{identity.make("371600", "EM", n)}", bus = "meters", unit = {n}, '
+        f'map = "{map_name}"}},'
+        for n in range(1, count + 1)
+    ]
+    return "device = [\n" + "\n".join(rows) + "\n]\n"
+
+
+def maps_config(tmp_path: Path, devices: str, bus_extra: str = "", maps_extra: str = "") -> Path:
+    # the one-line devices first: a key below a [table] header belongs to that table
+    text = MAPS.format(data=tmp_path, devices=devices, bus_extra=bus_extra, maps_extra=maps_extra)
+    return write(tmp_path, text)
+
+
+def test_a_map_declared_once_serves_fifty_devices(tmp_path: Path) -> None:
+    path = maps_config(tmp_path, one_line_devices(50))
+    assert len(path.read_text().splitlines()) < 80  # the issue's 50 meters took 2,820 lines
+    config = load_config(path)
+    assert len(config.devices) == 50
+    assert {d.map_name for d in config.devices} == {"branch-meter"}
+    assert [p.name for p in config.devices[49].points] == ["voltage", "relay"]
+    assert config.devices[49].points.point("relay").writable  # commands work on it too
+
+
+def test_map_names_are_one_namespace_with_the_built_in_maps(tmp_path: Path) -> None:
+    clash = '[[map]]\nname = "sdm120"\n[[map.point]]\nname = "v"\naddress = 0\n'
+    twice = '[[map]]\nname = "branch-meter"\n[[map.point]]\nname = "v"\naddress = 0\n'
+    path = maps_config(tmp_path, one_line_devices(1, "branch-metre"), maps_extra=clash + twice)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(path) in str(err.value)
+    assert err.value.problems == [
+        "map[1].name = 'sdm120': a built-in map has this name (`polekit protocols maps`): "
+        "give this [[map]] another name, or drop it and use the built-in 'sdm120'",
+        "map[2].name = 'branch-meter': another [[map]] already has this name; give each its own",
+        "device[0].map = 'branch-metre': no map has this name; did you mean 'branch-meter'? "
+        "known maps: branch-meter, pole-env, sdm120 (built-in ones, and each [[map]] name of "
+        "this file)",
+    ]
+
+
+def test_a_map_with_bad_points_is_reported_once_not_at_every_device(tmp_path: Path) -> None:
+    broken = (
+        '[[map]]\nname = "empty"\n'
+        '[[map]]\nname = "bad"\n[[map.point]]\nname = "x"\naddress = 0\ntype = "u64"\n'
+    )
+    path = maps_config(tmp_path, one_line_devices(3, "bad"), maps_extra=broken)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    problems = err.value.problems
+    assert (
+        problems[0] == "map[1].point = (missing): must be a non-empty array of [[map.point]] tables"
+    )
+    assert problems[1].startswith("map[2].point[0]: ") and "bad type 'u64'" in problems[1]
+    assert len(problems) == 2, problems
+
+
+def test_max_in_flight_is_for_tcp_buses(tmp_path: Path) -> None:
+    config = load_config(maps_config(tmp_path, one_line_devices(2), bus_extra="max_in_flight = 4"))
+    assert config.buses["meters"].max_in_flight == 4
+    text = GOOD.format(data=tmp_path)
+    assert load_config(write(tmp_path, text)).buses["meters"].max_in_flight == 1  # the default
+    path = write(tmp_path, text.replace('parity = "N"', 'parity = "N"\nmax_in_flight = 2'))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(path) in str(err.value)
+    assert err.value.problems == [
+        "bus[0].max_in_flight = 2: an rtu bus carries one transaction at a time (RS-485 is "
+        'half duplex): remove max_in_flight from this [[bus]] (it is for type = "tcp" endpoints)'
+    ]
+    path = maps_config(tmp_path, one_line_devices(2), bus_extra="max_in_flight = 33")
+    with pytest.raises(ConfigError, match=r"bus\[0\].max_in_flight = 33: transactions at once"):
+        load_config(path)
+
+
+def test_a_poll_interval_down_to_10_ms_is_taken(tmp_path: Path) -> None:
+    text = GOOD.format(data=tmp_path)
+    config = load_config(
+        write(tmp_path, text.replace("poll_interval = 5.0", "poll_interval = 0.01"))
+    )
+    assert config.devices[0].poll_interval_s == 0.01
+    path = write(tmp_path, text.replace("poll_interval = 5.0", "poll_interval = 0.009"))
+    with pytest.raises(ConfigError, match=r"poll_interval = 0.009: seconds, 0.01..86400"):
+        load_config(path)
+
+
+def test_the_documented_fifty_meters_example_is_valid(tmp_path: Path) -> None:
+    from conftest import ROOT
+
+    guide = (ROOT / "docs" / "gateway.md").read_text()
+    section = guide.split("### Register maps declared once", 1)[1]
+    block = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    config = load_config(
+        write(tmp_path, block.replace("[gateway]", f'[gateway]\ndata_dir = "{tmp_path}"'))
+    )
+    assert config.buses["meters"].max_in_flight == 4
+    assert [d.unit for d in config.devices] == [1, 2, 50]
+    assert {d.map_name for d in config.devices} == {"branch-meter"}
+
+
+def test_a_device_array_below_a_table_says_where_to_move_it(tmp_path: Path) -> None:
+    path = maps_config(tmp_path, "")
+    path.write_text(path.read_text() + one_line_devices(2))  # after [[map.point]]: its key
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert err.value.problems == [
+        "map[0].point[1].device: unknown key; in TOML a key belongs to the [table] above it: "
+        "move `device = ...` above the first [table] header, or write [[device]] tables"
+    ]

@@ -1,12 +1,19 @@
-"""One Modbus bus (RTU on RS-485, or TCP): one connection, one transaction at a time.
+"""One Modbus bus (RTU on RS-485, or TCP): its connections and its poll schedule.
 
-A single task per bus owns the pymodbus client (one owner per port: every device on the
+A single task per bus owns the pymodbus clients (one owner per port: every device on the
 line shares it) and runs a schedule: each device is polled when due; the reads of a poll
 are planned to be as few as the protocol allows; a device that stops answering is backed
 off exponentially (capped) and reported offline after a few misses, so it costs the others
 at most one timeout per backoff period. Writes from the command path are queued to the
-same task and run between polls. When the port itself goes away (USB adapter unplugged,
-TCP peer restarted) the task closes it and reopens it with a short capped backoff.
+same task and run between polls, one at a time and in the order they came. When the port
+itself goes away (USB adapter unplugged, TCP peer restarted) the task closes it and reopens
+it with a short capped backoff.
+
+An RTU line carries one transaction at a time. A TCP endpoint may take ``max_in_flight``
+at once (several units behind one Modbus TCP gateway, each answering at its own pace):
+pymodbus's client holds a lock from a request until its answer (``TransactionManager.
+execute`` as of pymodbus 3.16), so each transaction in flight gets a connection of its own,
+a "lane" that polls whichever device is due next and no other lane is holding.
 """
 
 from __future__ import annotations
@@ -92,6 +99,33 @@ class DeviceState:
         return min(self.config.poll_interval_s * (2 ** max(self.misses - 1, 0)), MAX_BACKOFF_S)
 
 
+class _Link:
+    """One connection to the bus's port or endpoint, and the wire bookkeeping of its
+    transactions. ``holding`` is the device this connection's lane polls or waits for,
+    so two lanes never poll one device at once."""
+
+    def __init__(self, index: int, clock: Callable[[], float]) -> None:
+        self.index = index
+        self.client: AsyncModbusSerialClient | AsyncModbusTcpClient | None = None
+        self.connected = False
+        self.opened = False  # connected at least once (a later connect is a reconnect)
+        self.rx_bytes = 0
+        self.last_wire = 0.0
+        self.holding: DeviceState | None = None
+        self.held_due = 0.0  # the held device's next_due when it was taken
+        self.sleeping = False
+        self.wake = asyncio.Event()
+        self._clock = clock
+
+    def trace(self, sending: bool, data: bytes) -> bytes:
+        # the silent interval is counted from the last byte on the wire, not from when the
+        # answer was decoded: the gap is the spec's, not the spec's plus our latency
+        self.last_wire = self._clock()
+        if not sending:
+            self.rx_bytes += len(data)
+        return data
+
+
 @dataclass
 class BusCounters:
     """Per-bus counters exported on /metrics."""
@@ -124,27 +158,22 @@ class ModbusBus:
         self.clock = clock
         self.wall = wall
         self.counters = BusCounters()
-        self.connected = False
         self.last_error: str | None = None
-        self._client: AsyncModbusSerialClient | AsyncModbusTcpClient | None = None
+        # no more connections than devices: a lane holds one device at a time
+        lanes = 1 if bus.type == "rtu" else max(1, min(bus.max_in_flight, len(devices)))
+        self._links = [_Link(i, clock) for i in range(lanes)]
         self._writes: asyncio.Queue[tuple[DeviceConfig, Point, Any, asyncio.Future[None]]] = (
             asyncio.Queue()
         )
-        self._wake = asyncio.Event()
-        self._rx_bytes = 0
-        self._last_wire = 0.0
+
+    @property
+    def connected(self) -> bool:
+        """Whether the bus's port (or one of its connections to the endpoint) is open."""
+        return any(link.connected for link in self._links)
 
     # ---- connection -------------------------------------------------------------------
 
-    def _trace(self, sending: bool, data: bytes) -> bytes:
-        # the silent interval is counted from the last byte on the wire, not from when the
-        # answer was decoded: the gap is the spec's, not the spec's plus our latency
-        self._last_wire = self.clock()
-        if not sending:
-            self._rx_bytes += len(data)
-        return data
-
-    def _make_client(self) -> AsyncModbusSerialClient | AsyncModbusTcpClient:
+    def _make_client(self, link: _Link) -> AsyncModbusSerialClient | AsyncModbusTcpClient:
         b = self.config
         if b.type == "rtu":
             assert b.port is not None
@@ -158,7 +187,7 @@ class ModbusBus:
                 retries=0,
                 reconnect_delay=0,
                 name=b.name,
-                trace_packet=self._trace,
+                trace_packet=link.trace,
             )
         assert b.host is not None
         return AsyncModbusTcpClient(
@@ -168,30 +197,37 @@ class ModbusBus:
             retries=0,
             reconnect_delay=0,
             name=b.name,
-            trace_packet=self._trace,
+            trace_packet=link.trace,
         )
 
-    async def connect(self) -> None:
-        """Open the port, retrying with a short capped backoff until it opens. A port that
-        will not open is logged at the first attempt, with the OS's reason, then again only
-        when the reason changes or every OPEN_LOG_EVERY_S while it stays shut; the other
-        buses, each in its own task, carry on meanwhile."""
+    async def connect(self, link: _Link | None = None) -> None:
+        """Open the port (``link``: one of the bus's connections, the first by default),
+        retrying with a short capped backoff until it opens. A port that will not open is
+        logged at the first attempt, with the OS's reason, then again only when the reason
+        changes or every OPEN_LOG_EVERY_S while it stays shut; the other buses, each in its
+        own task, carry on meanwhile, and so do this bus's other connections."""
+        link = link or self._links[0]
         delay = 0.05
         failed = 0
         logged: tuple[str, float] | None = None  # (reason, when) of the last line logged
         while True:
-            client = self._make_client()
+            client = self._make_client(link)
             why: str | None = None
             try:
                 ok = await client.connect()
             except Exception as exc:  # noqa: BLE001 - pyserial/OS errors vary by platform
                 ok, why = False, _reason(exc)
             if ok:
-                self._client = client
-                if self.connected is False and self.counters.transactions:
+                link.client = client
+                if link.opened:
                     self.counters.reconnects += 1
-                self.connected = True
-                log.info("bus %s connected (%s)", self.config.name, self.config.describe())
+                link.connected = link.opened = True
+                log.info(
+                    "bus %s connected (%s%s)",
+                    self.config.name,
+                    self.config.describe(),
+                    self._which(link),
+                )
                 return
             client.close()
             failed += 1
@@ -200,9 +236,10 @@ class ModbusBus:
             now = self.clock()
             if logged is None or logged[0] != why or now - logged[1] >= OPEN_LOG_EVERY_S:
                 log.error(
-                    "bus %s: cannot open %s: %s%s; retrying%s",
+                    "bus %s: cannot open %s%s: %s%s; retrying%s",
                     self.config.name,
                     self._where(),
+                    self._which(link),
                     why,
                     _OPEN_HINTS.get(why, ""),
                     f" ({failed} attempts so far)" if failed > 1 else "",
@@ -210,6 +247,11 @@ class ModbusBus:
                 logged = (why, now)
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX_S)
+
+    def _which(self, link: _Link) -> str:
+        # which of the endpoint's connections, when it has more than one
+        n = len(self._links)
+        return f", connection {link.index + 1} of {n}" if n > 1 else ""
 
     def _where(self) -> str:
         b = self.config
@@ -244,35 +286,36 @@ class ModbusBus:
         return "it opened on a second try (a flaky adapter or a busy peer?)"
 
     def close(self) -> None:
-        """Close the port (the gateway is stopping)."""
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-        self.connected = False
+        """Close the port and every connection (the gateway is stopping)."""
+        for link in self._links:
+            if link.client is not None:
+                link.client.close()
+                link.client = None
+            link.connected = False
 
-    def _disconnect(self, why: str) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-        if self.connected:
-            log.warning("bus %s lost: %s; reopening", self.config.name, why)
-        self.connected = False
+    def _disconnect(self, why: str, link: _Link) -> None:
+        if link.client is not None:
+            link.client.close()
+            link.client = None
+        if link.connected:
+            log.warning("bus %s lost%s: %s; reopening", self.config.name, self._which(link), why)
+        link.connected = False
         self.last_error = why
 
     # ---- transactions -----------------------------------------------------------------
 
-    async def _transaction(self, call: Callable[[], Awaitable[Any]], what: str) -> Any:
+    async def _transaction(self, call: Callable[[], Awaitable[Any]], what: str, link: _Link) -> Any:
         if self.config.inter_frame_s:  # RS-485: leave t3.5 of silence between frames
-            await self._until(self._last_wire + self.config.inter_frame_s)
-        self._rx_bytes = 0
+            await self._until(link.last_wire + self.config.inter_frame_s)
+        link.rx_bytes = 0
         self.counters.transactions += 1
         try:
             response = await call()
         except ModbusIOException as exc:
-            if self._rx_bytes:
+            if link.rx_bytes:
                 self.counters.bad_response += 1
                 raise DeviceNoResponse(
-                    f"{what}: corrupt or truncated answer ({self._rx_bytes} bytes)"
+                    f"{what}: corrupt or truncated answer ({link.rx_bytes} bytes)"
                 ) from exc
             self.counters.no_response += 1
             raise DeviceNoResponse(f"{what}: no answer within {self.config.timeout_s} s") from exc
@@ -290,8 +333,8 @@ class ModbusBus:
         while self.clock() < deadline:
             await asyncio.sleep(0)
 
-    async def _read(self, dev: DeviceConfig, read: Read) -> list[int] | list[bool]:
-        c = self._client
+    async def _read(self, dev: DeviceConfig, read: Read, link: _Link) -> list[int] | list[bool]:
+        c = link.client
         assert c is not None
         kw = {"count": read.count, "device_id": dev.unit}
         call = {
@@ -301,7 +344,7 @@ class ModbusBus:
             "discrete": lambda: c.read_discrete_inputs(read.address, **kw),
         }[read.table]
         what = f"unit {dev.unit} {read.table} {read.address}+{read.count}"
-        response = await self._transaction(call, what)
+        response = await self._transaction(call, what, link)
         if read.table in ("coil", "discrete"):
             return list(response.bits[: read.count])
         if len(response.registers) != read.count:
@@ -309,11 +352,13 @@ class ModbusBus:
             raise DeviceNoResponse(f"{what}: {len(response.registers)} registers in the answer")
         return list(response.registers)
 
-    async def poll(self, state: DeviceState) -> list[tuple[Point, Any]]:
-        """Read every point of one device; raises DeviceNoResponse / DeviceRefused."""
+    async def poll(self, state: DeviceState, link: _Link | None = None) -> list[tuple[Point, Any]]:
+        """Read every point of one device (on ``link``, the first connection by default);
+        raises DeviceNoResponse / DeviceRefused."""
+        link = link or self._links[0]
         values: list[tuple[Point, Any]] = []
         for read in state.reads:
-            words = await self._read(state.config, read)
+            words = await self._read(state.config, read, link)
             for p in read.points:
                 offset = p.address - read.address
                 if read.table in ("coil", "discrete"):
@@ -326,58 +371,97 @@ class ModbusBus:
         """Write ``value`` to a writable point, between polls; raises what the device said."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         await self._writes.put((device, point, value, fut))
-        self._wake.set()
+        self._links[0].wake.set()  # the first connection's lane runs the writes
         await fut
 
-    async def _write_with_retries(self, device: DeviceConfig, point: Point, value: Any) -> None:
+    async def _write_with_retries(
+        self, device: DeviceConfig, point: Point, value: Any, link: _Link
+    ) -> None:
         # a platform's command must not fail on one lost or late frame (RS-485 noise, a
         # device busy for a moment): a write that got no answer goes again. Writing a value
         # twice is harmless (functions 5, 6 and 16 set, they do not add)
         for attempt in range(1, WRITE_ATTEMPTS + 1):
             try:
-                await self._do_write(device, point, value)
+                await self._do_write(device, point, value, link)
                 return
             except DeviceNoResponse as exc:
                 if attempt == WRITE_ATTEMPTS:
                     raise DeviceNoResponse(f"{exc} ({WRITE_ATTEMPTS} tries)") from exc
                 log.info("device %s: %s; writing again", device.code, exc)
 
-    async def _do_write(self, device: DeviceConfig, point: Point, value: Any) -> None:
-        c = self._client
+    async def _do_write(self, device: DeviceConfig, point: Point, value: Any, link: _Link) -> None:
+        c = link.client
         assert c is not None
         regs = point.encode(value)  # ModbusException(code 3) when out of range
         what = f"unit {device.unit} write {point.name}"
         if point.table == "coil":
             await self._transaction(
-                lambda: c.write_coil(point.address, bool(value), device_id=device.unit), what
+                lambda: c.write_coil(point.address, bool(value), device_id=device.unit), what, link
             )
         elif len(regs) == 1:
             await self._transaction(
-                lambda: c.write_register(point.address, regs[0], device_id=device.unit), what
+                lambda: c.write_register(point.address, regs[0], device_id=device.unit),
+                what,
+                link,
             )
         else:
             await self._transaction(
-                lambda: c.write_registers(point.address, regs, device_id=device.unit), what
+                lambda: c.write_registers(point.address, regs, device_id=device.unit),
+                what,
+                link,
             )
         self.counters.writes += 1
 
     # ---- the schedule -----------------------------------------------------------------
 
     async def run(self) -> None:
-        """Poll forever (until cancelled)."""
-        while True:
-            if self._client is None:
-                await self.connect()
-            try:
-                await self._step()
-            except (ConnectionException, OSError) as exc:
-                self._disconnect(f"{type(exc).__name__}: {exc}")
+        """Poll forever (until cancelled): one lane per connection."""
+        if len(self._links) == 1:
+            await self._lane(self._links[0])
+            return
+        async with asyncio.TaskGroup() as lanes:
+            for link in self._links:
+                lanes.create_task(self._lane(link), name=f"bus-{self.config.name}-{link.index}")
 
-    async def _step(self) -> None:
-        while not self._writes.empty():
+    async def _lane(self, link: _Link) -> None:
+        while True:
+            if link.client is None:
+                await self.connect(link)
+            try:
+                await self._step(link)
+            except (ConnectionException, OSError) as exc:
+                self._disconnect(f"{type(exc).__name__}: {exc}", link)
+            finally:
+                self._release(link)
+
+    def _hold(self, link: _Link) -> DeviceState | None:
+        """The device due first that no other lane holds, now held by ``link``."""
+        if len(self._links) == 1:
+            free = list(self.devices.values())
+        else:
+            held = {id(other.holding) for other in self._links if other is not link}
+            free = [s for s in self.devices.values() if id(s) not in held]
+        link.holding = min(free, key=lambda s: s.next_due) if free else None
+        link.held_due = link.holding.next_due if link.holding is not None else 0.0
+        return link.holding
+
+    def _release(self, link: _Link) -> None:
+        # when a poll moved a device's next turn, a lane asleep on a device due later than
+        # it takes another look, so the device is not left waiting behind a long sleep
+        state, link.holding = link.holding, None
+        if state is None or len(self._links) == 1 or state.next_due == link.held_due:
+            return
+        for other in self._links:
+            held = other.holding
+            if other.sleeping and held is not None and held.next_due > state.next_due:
+                other.wake.set()
+
+    async def _step(self, link: _Link | None = None) -> None:
+        link = link or self._links[0]
+        while link is self._links[0] and not self._writes.empty():
             device, point, value, fut = self._writes.get_nowait()
             try:
-                await self._write_with_retries(device, point, value)
+                await self._write_with_retries(device, point, value, link)
             except (ConnectionException, OSError) as exc:
                 fut.set_exception(exc)
                 raise
@@ -385,18 +469,18 @@ class ModbusBus:
                 fut.set_exception(exc)
             else:
                 fut.set_result(None)
-        if not self.devices:
-            await self._wait(3600)
+        state = self._hold(link)
+        if state is None:  # no devices on this bus
+            await self._wait(3600, link)
             return
-        state = min(self.devices.values(), key=lambda s: s.next_due)
         delay = state.next_due - self.clock()
         if delay > 0:
-            await self._wait(delay)
+            await self._wait(delay, link)
             return
         state.polls += 1
         started = self.wall()
         try:
-            values = await self.poll(state)
+            values = await self.poll(state, link)
         except ConnectionException:
             raise  # the port, not the device: run() reopens it
         except (DeviceNoResponse, DeviceRefused, ModbusException, ProtocolError) as exc:
@@ -426,9 +510,12 @@ class ModbusBus:
             state.online = False
         state.next_due = self.clock() + state.backoff_s()
 
-    async def _wait(self, seconds: float) -> None:
-        self._wake.clear()
+    async def _wait(self, seconds: float, link: _Link) -> None:
+        link.wake.clear()
+        link.sleeping = True
         try:
-            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+            await asyncio.wait_for(link.wake.wait(), timeout=seconds)
         except TimeoutError:
             pass
+        finally:
+            link.sleeping = False

@@ -146,7 +146,7 @@ _device = _table(
         "code": _codes,
         "bus": st.sampled_from(["cabinet-485", "meters", "nope"]),
         "unit": _numbers,
-        "map": st.sampled_from(["pole-env", "sdm120", "nope"]),
+        "map": st.sampled_from(["pole-env", "sdm120", "nope", "lamp", "meter", "pole-envv"]),
         "point": st.lists(_point, max_size=3),
         "poll_interval": _numbers,
         "transport": st.sampled_from(["modbus", "ble", "zigbee"]),
@@ -166,6 +166,14 @@ _bus = _table(
         "bytesize": st.sampled_from([7, 8]),
         "host": _text,
         "timeout": _numbers,
+        "max_in_flight": st.sampled_from([0, 1, 2, 4, 32, 33]) | _numbers,
+    }
+)
+# [[map]]: user register maps, named like the built-in ones at times (a clash), or twice
+_map = _table(
+    {
+        "name": st.sampled_from(["lamp", "meter", "sdm120", "pole-env"]) | _text,
+        "point": st.lists(_point, max_size=3) | _anything,
     }
 )
 documents = st.fixed_dictionaries(
@@ -190,6 +198,7 @@ documents = st.fixed_dictionaries(
     },
     optional={
         "bus": st.lists(_bus, max_size=3),
+        "map": st.lists(_map, max_size=3) | _anything,
         "device": st.lists(_device, max_size=4),
         "status": _table({"listen": _text, "port": _numbers, "enabled": st.booleans()}),
         "ble": _table({"adapter": _text, "air": _text}),
