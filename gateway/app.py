@@ -304,9 +304,10 @@ class Gateway:
                     self.queue.depth,
                     self.commit_latency.summary_ms(),
                 )
-                for task in [*sources, *self._resync_tasks]:
+                running = [*sources, *self._resync_tasks]
+                for task in running:
                     task.cancel()
-                await asyncio.gather(*sources, *self._resync_tasks, return_exceptions=True)
+                await asyncio.gather(*running, return_exceptions=True)
                 await self.uplink.say_offline()
                 uplink.cancel()
         finally:

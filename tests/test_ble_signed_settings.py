@@ -89,23 +89,22 @@ def test_a_keyed_node_takes_the_gateways_signed_command_and_refuses_a_phone_and_
         VirtualAir(tmp_path / "air.sock") as air,
         EmulatedBoard("community-sos-esp32c3", fs_dir=flash, air=air.path) as board,
     ):
-        config = parse_config(
-            {
-                "gateway": {"id": "gw-signed", "data_dir": str(tmp_path / "data")},
-                "mqtt": {"url": broker.url, "format": "senml+json"},
-                "ble": {"air": air.path},
-                "device": [
-                    {
-                        "code": SOS,
-                        "transport": "ble",
-                        "address": board.mac,
-                        "bindkey": KEY.hex(),
-                        "interval": 1,
-                    }
-                ],
-                "status": {"port": 0},
-            }
-        )
+        raw: dict[str, Any] = {
+            "gateway": {"id": "gw-signed", "data_dir": str(tmp_path / "data")},
+            "mqtt": {"url": broker.url, "format": "senml+json"},
+            "ble": {"air": air.path},
+            "device": [
+                {
+                    "code": SOS,
+                    "transport": "ble",
+                    "address": board.mac,
+                    "bindkey": KEY.hex(),
+                    "interval": 1,
+                }
+            ],
+            "status": {"port": 0},
+        }
+        config = parse_config(raw)
 
         async def central(write: Callable[[Any], Awaitable[bytes]]) -> dict[str, Any]:
             # a central on the air (a phone, an attacker's laptop) through bleak
@@ -130,6 +129,20 @@ def test_a_keyed_node_takes_the_gateways_signed_command_and_refuses_a_phone_and_
                 await until(lambda: sub.on(f"/cmd-result/{SOS}"), 20, "the command's result")
                 gw.stop()
             result = json.loads(sub.on(f"/cmd-result/{SOS}")[0].payload)
+            # a gateway given the wrong key: the node's refusal is the command's result
+            wrong = parse_config(
+                {
+                    **raw,
+                    "gateway": {"id": "gw-wrong", "data_dir": str(tmp_path / "data2")},
+                    "device": [{**raw["device"][0], "bindkey": "00" * 16}],
+                }
+            )
+            gw = Gateway(wrong)
+            async with gateway_running(gw, broker.host, broker.port) as sub:
+                await until(lambda: gw.ble is not None and gw.ble.scanning, 20, "scanning")
+                await sub.publish(wrong.topic("cmd", SOS), b'{"id": 2, "set": {"lamp_level": 5}}')
+                await until(lambda: sub.on(f"/cmd-result/{SOS}"), 20, "the refused result")
+            refused = json.loads(sub.on(f"/cmd-result/{SOS}")[0].payload)
 
             async def plain(_client: Any) -> bytes:
                 return cbor.dumps({"lamp_level": 77, "advert_s": 3600})
@@ -146,17 +159,19 @@ def test_a_keyed_node_takes_the_gateways_signed_command_and_refuses_a_phone_and_
 
             first = await central(signed)
             replay = await central(signed)
-            return result, phone, first, replay
+            return result, refused, phone, first, replay
 
-        result, phone, first, replay = run(scenario(), timeout_s=90)
+        result, refused, phone, first, replay = run(scenario(), timeout_s=90)
         lamp = board.get("lamp.level")
         status = cbor.loads(bytes.fromhex(board.get(f"ble.value.{_status_handle(board)}")))
     assert result == {"id": 1, "ok": True, "set": {"lamp_level": 40}}, result
+    assert refused["id"] == 2 and refused["ok"] is False, refused
+    assert "refused the settings: not signed with this node's bind key" in refused["error"]
     assert phone["ok"] is False and "not signed" in phone["error"], phone
     assert first["ok"] is True and first["set"] == {"lamp_level": 60}, first
     assert replay["ok"] is False and "current challenge" in replay["error"], replay
     assert lamp == 60.0  # the phone's 77 never applied, the replay changed nothing
-    assert status["rejected"] == 2 and status["advert_s"] == 1, status
+    assert status["rejected"] == 3 and status["advert_s"] == 1, status
 
 
 def _status_handle(board: EmulatedBoard) -> int:
