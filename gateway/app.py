@@ -18,12 +18,13 @@ from collections import deque
 from typing import Any
 
 from polekit.gateway.ble_commands import BleCommander
+from polekit.gateway.ble_counters import BleCounterStore
 from polekit.gateway.commands import CommandRouter
-from polekit.gateway.config import Config, DeviceConfig
+from polekit.gateway.config import BleDeviceConfig, Config, DeviceConfig
 from polekit.gateway.pipeline import PackEncoder, encode_body
 from polekit.gateway.queue import DurableQueue, Payload, QueueWriteError
 from polekit.gateway.sources.ble import BleSource
-from polekit.gateway.sources.modbus_bus import ModbusBus
+from polekit.gateway.sources.modbus_bus import DeviceNoResponse, ModbusBus
 from polekit.gateway.status import StatusServer
 from polekit.gateway.uplink import MqttUplink
 from polekit.protocols.errors import ProtocolError
@@ -80,12 +81,30 @@ class Gateway:
             self.buses[name] = ModbusBus(bus, devices, self._on_poll)
         owners = {d.code: (d, self.buses[d.bus]) for d in config.devices}
         self.ble: BleSource | None = None
+        self.ble_counters: BleCounterStore | None = None
+        self.ble_commander: BleCommander | None = None
+        self.resyncs = {"sent": 0, "failed": 0}  # resyncs of BLE nodes whose counter went back
+        self._resync_tasks: set[asyncio.Task[None]] = set()
         ble_owners = {}
         if config.ble_devices:
+            try:  # in the queue's file, which the queue made private above
+                self.ble_counters = BleCounterStore(config.queue_path)
+            except (OSError, sqlite3.Error) as exc:
+                self.queue.close()
+                raise StartError(
+                    f"cannot keep BLE counters in {config.queue_path}: {exc}; check "
+                    "gateway.data_dir with `polekit gateway check`"
+                ) from None
             self.ble = BleSource(
-                config.ble, config.ble_devices, self._on_ble_readings, self._on_event
+                config.ble,
+                config.ble_devices,
+                self._on_ble_readings,
+                self._on_event,
+                counters=self.ble_counters,
+                on_behind=self._resync,
             )
-            commander = BleCommander(config.ble)
+            commander = BleCommander(config.ble, self.ble.last_counter)
+            self.ble_commander = commander
             ble_owners = {d.code: (d, commander) for d in config.ble_devices}
         self.commands = CommandRouter(
             owners,
@@ -164,6 +183,32 @@ class Gateway:
             return
         await self._store(self.config.topic("event", device_code), payload)
 
+    def _resync(self, device: BleDeviceConfig, counter: int) -> None:
+        # the BLE source saw a device's counter go back: tell it (over an authenticated
+        # GATT write) the last counter accepted, so the node moves its epoch past it
+        if self.ble_commander is None or device.bindkey is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._send_resync(device, counter))
+        self._resync_tasks.add(task)
+        task.add_done_callback(self._resync_tasks.discard)
+
+    async def _send_resync(self, device: BleDeviceConfig, counter: int) -> None:
+        assert self.ble_commander is not None
+        try:
+            applied = await self.ble_commander.resync(device)
+        except (DeviceNoResponse, ValueError) as exc:
+            self.resyncs["failed"] += 1
+            log.error(
+                "%s: resync past counter %d failed: %s. A polekit node: bring it in range; "
+                "another device: give it a new bind key to start its count afresh",
+                device.code,
+                counter,
+                exc,
+            )
+            return
+        self.resyncs["sent"] += 1
+        log.warning("%s: resync sent: the node now counts from %s", device.code, applied)
+
     async def _on_result(self, device_code: str, payload: bytes) -> None:
         await self._store(self.config.topic("cmd-result", device_code), payload)
 
@@ -231,6 +276,7 @@ class Gateway:
                 "where": self.config.ble.air or self.config.ble.adapter,
                 "last_error": self.ble.last_error,
                 "counters": vars(self.ble.counters),
+                "resyncs": dict(self.resyncs),
             },
             "events": self.events,
             "commands": dict(vars(self.commands.counters)),
@@ -258,15 +304,18 @@ class Gateway:
                     self.queue.depth,
                     self.commit_latency.summary_ms(),
                 )
-                for task in sources:
+                running = [*sources, *self._resync_tasks]
+                for task in running:
                     task.cancel()
-                await asyncio.gather(*sources, return_exceptions=True)
+                await asyncio.gather(*running, return_exceptions=True)
                 await self.uplink.say_offline()
                 uplink.cancel()
         finally:
             await self.status.close()
             for bus in self.buses.values():
                 bus.close()
+            if self.ble_counters is not None:
+                self.ble_counters.close()
             self.queue.close()
             log.info("stopped")
 

@@ -1,6 +1,12 @@
 """Commands to our own BLE nodes through their GATT service (protocols.bthome.GATT): the
 settings go to SETTINGS as a CBOR map, the node's verdict comes back on RESULT.
 
+A node with a bind key takes only settings signed with it for its current challenge
+(firmware/node/signed.py has the format): the gateway reads the challenge from STATUS,
+signs ``{"set": {...}, "after": <the last advert counter it accepted>}`` and writes that.
+"after" lets a node whose counter went back (its /state.json lost or rolled back) move
+past what the gateway has accepted; ``resync`` sends it alone.
+
 Connecting on demand, with retries: BLE connections fail often in the field (the node is
 busy advertising, the air is crowded). On a real adapter bleak-retry-connector does the
 connecting (it knows BlueZ's failure modes); on the virtual air a plain BleakClient.
@@ -10,20 +16,52 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+from collections.abc import Callable
 from typing import Any
 
 from polekit.gateway.config import BleConfig, BleDeviceConfig
 from polekit.gateway.sources.modbus_bus import DeviceNoResponse
-from polekit.protocols import bthome, cbor
+from polekit.protocols import bthome, cbor, ccm
 
 log = logging.getLogger("polekit.gateway.ble")
 ATTEMPTS = 3
 RESULT_TIMEOUT_S = 5.0
+CHALLENGE_BYTES = 8
+SALT_BYTES = 4
+TAG_BYTES = 8
+
+
+def sign_settings(key: bytes, challenge: bytes, msg: bytes, salt: bytes) -> bytes:
+    """A signed SETTINGS write: ``msg`` (CBOR), ``salt``, and the 8-byte AES-CCM tag over
+    ``msg`` (associated data, no plaintext) with the nonce ``challenge + salt``."""
+    if len(challenge) != CHALLENGE_BYTES or len(salt) != SALT_BYTES:
+        raise ValueError(f"challenge must be {CHALLENGE_BYTES} bytes and salt {SALT_BYTES}")
+    return msg + salt + ccm.encrypt(key, challenge + salt, b"", TAG_BYTES, msg)
+
+
+def _challenge(status: bytes, code: str) -> bytes:
+    try:
+        challenge = cbor.loads(status).get("challenge")
+    except (ValueError, AttributeError):
+        challenge = None
+    if not isinstance(challenge, bytes) or len(challenge) != CHALLENGE_BYTES:
+        raise ValueError(
+            f"{code} shows no settings challenge: its firmware predates signed settings, or "
+            "it has no bind key while the gateway config gives one; update or re-provision it"
+        )
+    return challenge
 
 
 class BleCommander:
-    def __init__(self, config: BleConfig) -> None:
+    """Writes settings to BLE nodes, one connection at a time. ``last_counter(address)``
+    gives the last advert counter the gateway accepted from a device (None if none)."""
+
+    def __init__(
+        self, config: BleConfig, last_counter: Callable[[str], int | None] | None = None
+    ) -> None:
         self.config = config
+        self.last_counter = last_counter or (lambda _address: None)
         self._lock = asyncio.Lock()  # one connection at a time on one adapter
 
     async def _client(self, device: BleDeviceConfig) -> Any:
@@ -52,7 +90,17 @@ class BleCommander:
             await client.start_notify(
                 bthome.GATT % 2, lambda _c, data: results.put_nowait(bytes(data))
             )
-            await client.write_gatt_char(bthome.GATT % 1, cbor.dumps(changes), response=True)
+            body = cbor.dumps(changes)
+            if device.bindkey is not None:
+                challenge = _challenge(
+                    bytes(await client.read_gatt_char(bthome.GATT % 3)), device.code
+                )
+                msg: dict[str, Any] = {"set": changes}
+                after = self.last_counter(device.address)
+                if after is not None:
+                    msg["after"] = after
+                body = sign_settings(device.bindkey, challenge, cbor.dumps(msg), os.urandom(4))
+            await client.write_gatt_char(bthome.GATT % 1, body, response=True)
             return await asyncio.wait_for(results.get(), RESULT_TIMEOUT_S)
         finally:
             await client.disconnect()
@@ -60,6 +108,15 @@ class BleCommander:
     async def apply(self, device: BleDeviceConfig, changes: dict[str, Any]) -> dict[str, Any]:
         """Write ``changes`` to the node; the settings it applied. ValueError when the node
         refuses them (its reason), DeviceNoResponse when it cannot be reached."""
+        return dict((await self._write(device, changes)).get("set", changes))
+
+    async def resync(self, device: BleDeviceConfig) -> int | None:
+        """Tell a keyed node the last counter accepted from it (a signed write with no
+        settings), so it moves its epoch past it; the counter it goes on from."""
+        counter = (await self._write(device, {})).get("counter")
+        return counter if isinstance(counter, int) else None
+
+    async def _write(self, device: BleDeviceConfig, changes: dict[str, Any]) -> dict[str, Any]:
         from bleak.exc import BleakError
 
         last = ""
@@ -74,7 +131,11 @@ class BleCommander:
                     await asyncio.sleep(0.3 * 2**attempt)
             else:
                 raise DeviceNoResponse(f"{device.code} did not take the command over BLE: {last}")
-        result = cbor.loads(raw)
+        try:
+            result = cbor.loads(raw)
+        except ValueError:
+            result = f"an unreadable result ({len(raw)} bytes)"
         if not isinstance(result, dict) or not result.get("ok"):
-            raise ValueError(str(result.get("error") if isinstance(result, dict) else result))
-        return dict(result.get("set", changes))
+            error = result.get("error") if isinstance(result, dict) else result
+            raise ValueError(f"{device.code} refused the settings: {error}")
+        return result

@@ -17,10 +17,11 @@ from .loopwatch import LoopWatch
 from .policy import Policy
 from .registers import RegisterFile
 from .settings import REPORTED, load_json, save_json, validate
+from .state import StateFile
 from .uplinks.modbus_slave import ModbusSlave
 
 VERSION = (0, 1)
-STATE_FILE = "/state.json"  # survives resets: the lamp level a master set
+STATE_FILE = "/state.json"  # survives resets: what a master set (writes coalesced: state.py)
 
 
 class PoleNode:
@@ -35,7 +36,7 @@ class PoleNode:
         self.reports = 0
         self.started = time.ticks_ms()
         self.regs = RegisterFile(register_map("pole-env"), self.on_write)
-        self.state = load_json(STATE_FILE, {})
+        self.state = StateFile(STATE_FILE)
         c = self.config
         for name in ("tilt_threshold", "tilt_hysteresis", "lamp_default"):
             self.regs.set(name, self.state.get(name, c[name]))
@@ -123,8 +124,7 @@ class PoleNode:
             "tilt_hysteresis",
             "report_interval",
         ):
-            self.state[point.name] = value
-            save_json(STATE_FILE, self.state)
+            self.state.set(point.name, value)
 
     def _mark(self, bit, ok):
         self.valid = (self.valid | bit) if ok else (self.valid & ~bit)
@@ -201,6 +201,7 @@ class PoleNode:
             self.regs.set("free_heap", gc.mem_free())
             self.regs.set("errors", min(self.errors, 65535))
             self.regs.set("loop_stalls", min(self.watch.stalls, 65535))
+            self.state.tick()  # settings a master wrote in a burst reach the flash here
             await asyncio.sleep_ms(1000)
 
     async def run(self):

@@ -9,12 +9,20 @@
 #
 # The gateway writes settings through the polekit GATT service (protocols.bthome.GATT):
 # a CBOR map such as {"lamp_level": 40} on SETTINGS; the result goes back on RESULT (read
-# and notify). Settings apply in the main loop, not in the radio's interrupt.
+# and notify). Settings apply in the main loop, not in the radio's interrupt. A node
+# without a bind key takes them from any central in range (docs/gateway.md says so).
 #
 # With a `bindkey` (32 hex digits) every advert is AES-CCM encrypted as BTHome v2 says. The
-# 4-byte counter in the nonce must never repeat under one key, so its top half is a start
-# count kept in /state.json and bumped at every start (and when the low half wraps).
+# 4-byte counter in the nonce must never repeat under one key, so its top half is an epoch
+# kept in /state.json, bumped at every start (and when the low half wraps) and written
+# (atomically, see state.py) before its first use. Settings must then be signed with the
+# key for the node's current challenge (signed.py); anything else is refused, counted
+# ("rejected" in STATUS) and answered with the reason. A signed write may carry "after":
+# the last counter the gateway accepted; a node whose counter is not past it (its state
+# was lost or rolled back, so the gateway refuses its adverts as replays) moves its epoch
+# past it: forward only, so a nonce is never reused on purpose.
 import asyncio
+import random
 import time
 
 import machine
@@ -22,12 +30,15 @@ import machine
 from protocols import bthome, cbor
 
 from .drivers.contact import Contact
-from .settings import load_json, save_json, validate
+from .settings import validate
+from .signed import MAX_BYTES, open_signed
+from .state import StateFile
 
 STATE_FILE = "/state.json"
 EVENT_US = 100000  # an event on the air: ten adverts a second for event_s
 SLOW_US = 1000000  # steady state: one advert a second (a CR2032 lasts years at this rate)
 EVENTS_WAITING = 8  # events queued behind the one on the air; more are dropped, and said so
+LAST_EPOCH = 0xFFFF  # the epoch is the counter's top 16 bits
 
 
 class CommunityNode:
@@ -38,7 +49,9 @@ class CommunityNode:
         self.board = board
         self.packet_id = 0
         self.key = None
-        self.state = load_json(STATE_FILE, {})
+        self.challenge = None  # what the next signed settings write must be signed for
+        self.rejected = 0  # settings writes refused
+        self.state = StateFile(STATE_FILE)
         self._pending = None  # (conn, settings bytes) written by a central
         self._steady = None  # the latest advert, resumed after a central disconnects
         self._resume = False  # a central disconnected: advertising must restart
@@ -53,7 +66,7 @@ class CommunityNode:
             if self.key is None or len(self.key) != 16:
                 # never fall back to plain adverts when encryption was asked for
                 raise ValueError("config: bindkey must be 32 hex digits (16 bytes)")
-            self._new_epoch()
+            self._new_epoch(self.state.get("ble_epoch", 0) + 1)
         self.sensors = {s["name"]: s for s in board["sensors"]}
         p = self.sensors["sos"]["params"]
         self.sos = Contact(
@@ -98,7 +111,11 @@ class CommunityNode:
         ((self.h_settings, self.h_result, self.h_status),) = self.ble.gatts_register_services(
             (service,)
         )
+        # the chip keeps 20 bytes of a write unless told more: a signed write is longer
+        self.ble.gatts_set_buffer(self.h_settings, MAX_BYTES)
         self.ble.irq(self._irq)
+        if self.key is not None:
+            self._new_challenge()
         self._status()
 
     def _irq(self, event, data):
@@ -108,23 +125,39 @@ class CommunityNode:
             self._resume = True
 
     def _status(self):
-        self.ble.gatts_write(
-            self.h_status,
-            cbor.dumps(
-                {
-                    "lamp_level": self.lamp.level if self.lamp else None,
-                    "advert_s": self.config["advert_s"],
-                    "packet_id": self.packet_id,
-                }
-            ),
+        status = {
+            "lamp_level": self.lamp.level if self.lamp else None,
+            "advert_s": self.config["advert_s"],
+            "packet_id": self.packet_id,
+            "rejected": self.rejected,
+        }
+        if self.key is not None:
+            status["challenge"] = self.challenge
+            status["counter"] = self.epoch << 16 | self.counter
+        self.ble.gatts_write(self.h_status, cbor.dumps(status))
+
+    def _new_challenge(self):
+        # 4 bytes that never repeat while the epoch is kept, 4 that a lost state cannot
+        # bring back (the ESP32 port seeds `random` from its hardware RNG at boot)
+        self.challenge = self._next_counter().to_bytes(4, "big") + random.getrandbits(32).to_bytes(
+            4, "big"
         )
 
     # apply settings a central wrote; the result is notified back to it
     def _apply(self, conn, raw):
         try:
-            changes = cbor.loads(raw)
-            if not isinstance(changes, dict) or not changes:
-                raise ValueError('settings must be a map like {"lamp_level": 40}')
+            after = None
+            if self.key is None:
+                changes = cbor.loads(raw)
+                if not isinstance(changes, dict) or not changes:
+                    raise ValueError('settings must be a map like {"lamp_level": 40}')
+            else:
+                try:
+                    changes, after = open_signed(raw, self.key, self.challenge)
+                except ValueError:
+                    self.rejected += 1
+                    raise
+                self._new_challenge()  # this write is spent: a replay of it fails
             for key, value in changes.items():
                 if key == "lamp_level" and self.lamp is not None:
                     ok = isinstance(value, int) and 0 <= value <= 100
@@ -134,24 +167,36 @@ class CommunityNode:
                     raise ValueError("%s cannot be set on this node" % key)
                 if not ok or isinstance(value, bool):
                     raise ValueError("%s = %r is out of range" % (key, value))
+            if after is not None and after >= self.epoch << 16 | self.counter:
+                self._new_epoch((after >> 16) + 1)  # forward only: past what was accepted
             for key, value in changes.items():
                 if key == "lamp_level":
                     self.lamp.set(value)
-                    self.state["lamp_level"] = value
-                    save_json(STATE_FILE, self.state)
+                    self.state.set("lamp_level", value)
                 else:
                     self.config[key] = value
             result = {"ok": True, "set": changes}
+            if self.key is not None:
+                result["counter"] = self.epoch << 16 | self.counter
         except (ValueError, TypeError) as e:
             result = {"ok": False, "error": str(e)}
         self._status()
         self.ble.gatts_notify(conn, self.h_result, cbor.dumps(result))
 
-    def _new_epoch(self):
-        self.epoch = (self.state.get("ble_epoch", 0) + 1) & 0xFFFF
-        self.state["ble_epoch"] = self.epoch
-        save_json(STATE_FILE, self.state)  # before any advert uses it
+    def _new_epoch(self, epoch):
+        if epoch > LAST_EPOCH:  # wrapping would reuse nonces: only a new key helps
+            raise ValueError("bindkey: all %d epochs are used; provision a new key" % LAST_EPOCH)
+        self.epoch = epoch
+        self.state.set("ble_epoch", epoch, now=True)  # on flash before any advert uses it
         self.counter = 0
+
+    # the next never-used counter value (adverts and challenges draw from one sequence)
+    def _next_counter(self):
+        if self.counter > 0xFFFF:
+            self._new_epoch(self.epoch + 1)
+        n = self.epoch << 16 | self.counter
+        self.counter += 1
+        return n
 
     def battery(self):
         volts = self.battery_adc.read_uv() / 1e6 * self.divider
@@ -163,17 +208,9 @@ class CommunityNode:
         if self.key is None:
             sd = bthome.encode(values, packet_id=self.packet_id, trigger=trigger)
         else:
-            if self.counter > 0xFFFF:
-                self._new_epoch()
             sd = bthome.encode(
-                values,
-                self.packet_id,
-                trigger,
-                self.key,
-                self.mac,
-                self.epoch << 16 | self.counter,
+                values, self.packet_id, trigger, self.key, self.mac, self._next_counter()
             )
-            self.counter += 1
         name = self.config["name"]
         try:
             data = bthome.advert(sd, name)
@@ -217,6 +254,7 @@ class CommunityNode:
                 conn, raw = self._pending
                 self._pending = None
                 self._apply(conn, raw)
+            self.state.tick()
             now = time.ticks_ms()
             if held and time.ticks_diff(self._held_until, now) > 0:
                 pass  # the event on the air keeps it

@@ -10,17 +10,26 @@ backwards is a replay. Both are counted and dropped (one press is one event), as
 adverts from unknown addresses, with a wrong key, truncated or with unknown objects. Button
 presses and alarms in trigger-based adverts become events; measurements become readings. A
 device silent for three of its intervals is offline.
+
+The last accepted counter of each encrypted device is kept on disk (gateway/ble_counters.py)
+and committed before the advert's reading or event is handed on, so a restarted gateway
+refuses what it accepted before. A device whose authentic adverts keep coming with counters
+below that one (a node that lost or rolled back its /state.json, or someone playing back a
+captured series) is "behind": counted, logged once with what to do, shown on /health, and
+handed to ``on_behind`` (the gateway sends our nodes an authenticated resync over GATT).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from polekit.gateway.ble_counters import BleCounterStore
 from polekit.gateway.config import BleConfig, BleDeviceConfig
 from polekit.protocols import bthome
 from polekit.protocols.errors import DecryptionError, ProtocolError
@@ -31,9 +40,13 @@ BTHOME_UUID = "0000fcd2-0000-1000-8000-00805f9b34fb"
 EVENT_OBJECTS = ("button", "dimmer")  # always events
 ALARM_OBJECTS = ("smoke", "water", "moisture_b", "gas", "co", "tamper", "problem", "safety")
 MISSED_INTERVALS = 3
+BEHIND_ADVERTS = 3  # authentic adverts in a row, each newer than the last, all below the mark
+RESYNC_EVERY_S = 600.0  # at most one resync per device this often (each is a connection)
 
 Readings = Callable[[str, list[tuple[str, Any, str | None]], float], Awaitable[None]]
 Events = Callable[[str, dict[str, Any]], Awaitable[None]]
+# a device whose counter went back, and the last counter accepted from it
+Behind = Callable[[BleDeviceConfig, int], None]
 
 
 @dataclass
@@ -46,6 +59,8 @@ class Counters:
     bad_key: int = 0
     malformed: int = 0
     not_bthome: int = 0
+    behind: int = 0  # episodes of a device's counter going back (see the module docstring)
+    counter_store_errors: int = 0  # accepted counters the database refused to keep
 
 
 @dataclass
@@ -57,6 +72,10 @@ class BleDeviceState:
     packet_id: int | None = None
     last_advert: bytes = b""  # the last new advert's service data, to spot its repeats
     counter: int = -1
+    behind_last: int = -1  # the newest counter seen below ``counter``
+    behind_run: int = 0  # authentic adverts below ``counter``, each newer than the last
+    behind: bool = False
+    resync_at: float | None = None  # monotonic time of the last on_behind call
     adverts: int = 0
     last_values: dict[str, Any] = field(default_factory=dict)
 
@@ -96,12 +115,21 @@ class BleSource:
         devices: list[BleDeviceConfig],
         on_readings: Readings,
         on_event: Events,
+        counters: BleCounterStore | None = None,
+        on_behind: Behind | None = None,
     ) -> None:
         self.config = config
         self.devices = {d.address.upper(): BleDeviceState(d) for d in devices}
         self.on_readings = on_readings
         self.on_event = on_event
+        self.on_behind = on_behind
+        self.store = counters
         self.counters = Counters()
+        self._store_failing = False
+        if counters is not None:
+            for address, st in self.devices.items():
+                if st.config.bindkey is not None:
+                    st.counter = counters.load(address, st.config.bindkey)
         self.scanning = False
         self.last_error = ""
         self._queue: asyncio.Queue[tuple[str, int | None, bytes, float]] = asyncio.Queue()
@@ -149,8 +177,9 @@ class BleSource:
         if counter is not None:
             if counter <= st.counter:
                 self.counters.replays += 1
+                self._behind(st, counter)
                 return
-            st.counter = counter
+            await self._accept_counter(address, st, counter)
         packet_id = values.pop("packet_id", None)
         if packet_id is not None and packet_id == st.packet_id:
             self.counters.duplicates += 1
@@ -180,6 +209,70 @@ class BleSource:
         st.last_values.update(values)
         if readings:
             await self.on_readings(cfg.code, readings, t)
+
+    async def _accept_counter(self, address: str, st: BleDeviceState, counter: int) -> None:
+        # on disk before the reading counts (module docstring); a database that refuses it
+        # does not stop the readings: the mark is kept in memory, counted, logged once
+        if st.behind:
+            st.behind = False
+            log.warning(
+                "%s: counter %d is past the last accepted one again: adverts accepted",
+                st.config.code,
+                counter,
+            )
+        st.counter = counter
+        st.behind_run, st.behind_last = 0, -1
+        if self.store is None or st.config.bindkey is None:
+            return
+        try:
+            await self.store.save(address, st.config.bindkey, counter)
+        except sqlite3.Error as exc:
+            self.counters.counter_store_errors += 1
+            if not self._store_failing:
+                log.error(
+                    "BLE counters cannot be stored (%s): a restart could accept adverts "
+                    "heard before it; counting in counter_store_errors",
+                    exc,
+                )
+            self._store_failing = True
+            return
+        if self._store_failing:
+            log.warning("BLE counters are stored again")
+        self._store_failing = False
+
+    def _behind(self, st: BleDeviceState, counter: int) -> None:
+        # a replay, or a node whose counter really went back: the latter keeps sending new
+        # adverts, each with a higher counter, all below the mark
+        if counter > st.behind_last:
+            st.behind_run += 1
+        st.behind_last = max(st.behind_last, counter)
+        if st.behind_run < BEHIND_ADVERTS:
+            return
+        now = time.monotonic()
+        if not st.behind:
+            st.behind = True
+            self.counters.behind += 1
+            log.warning(
+                "%s: authentic adverts with counter %d, below %d accepted before: the node "
+                "lost or rolled back its state (or captured adverts are played back); they are "
+                "refused. %s",
+                st.config.code,
+                counter,
+                st.counter,
+                "The gateway sends it a resync over GATT."
+                if self.on_behind is not None
+                else "Give the device a new bind key to start its count afresh.",
+            )
+        if self.on_behind is not None and (
+            st.resync_at is None or now - st.resync_at >= RESYNC_EVERY_S
+        ):
+            st.resync_at = now
+            self.on_behind(st.config, st.counter)
+
+    def last_counter(self, address: str) -> int | None:
+        """The last counter accepted from ``address`` (None before any)."""
+        st = self.devices.get(address.upper())
+        return None if st is None or st.counter < 0 else st.counter
 
     def _check_offline(self) -> None:
         now = time.time()
@@ -237,10 +330,14 @@ class BleSource:
                 "polls": st.adverts,
                 "failures": 0,
                 "last_ok": st.last_seen,
-                "last_error": ""
+                "last_error": f"counter went back below {st.counter}: adverts refused"
+                if st.behind
+                else ""
                 if st.online or st.last_seen is None
                 else f"silent for {now - st.last_seen:.0f} s",
                 "rssi": st.rssi,
+                "counter": None if st.counter < 0 else st.counter,
+                "behind": st.behind,
             }
             for addr, st in self.devices.items()
         ]

@@ -21,6 +21,9 @@ FLAG_NOTIFY = 0x0010
 _IRQ_CENTRAL_CONNECT = 1
 _IRQ_CENTRAL_DISCONNECT = 2
 _IRQ_GATTS_WRITE = 3
+# a value's buffer until gatts_set_buffer (MP_BLUETOOTH_DEFAULT_ATTR_LEN): as on the chip
+# (extmod/nimble/modbluetooth_nimble.c), a central's longer write is cut to it, silently
+_DEFAULT_ATTR_LEN = 20
 
 
 def _hex(data):
@@ -62,6 +65,7 @@ class _Radio:
         self.ble = None  # the BLE object the firmware made (its irq handler, its services)
         self.services = []
         self.values = {}  # attribute handle -> bytes
+        self.buffers = {}  # attribute handle -> what a write may put there (bytes)
 
     def set(self, quantity, value):
         if quantity == "absent":
@@ -81,7 +85,7 @@ class _Radio:
             handle = int(handle)
             if handle not in self.values:
                 raise KeyError("no attribute handle %d" % handle)
-            self.values[handle] = bytes.fromhex(data)
+            self.values[handle] = bytes.fromhex(data)[: self.buffers[handle]]
             if ble is not None and ble._irq:
                 ble._irq(_IRQ_GATTS_WRITE, (int(conn), handle))
             return
@@ -156,6 +160,7 @@ class BLE:
                 handle += 1
                 entry["chars"].append({"uuid": str(char[0]), "handle": handle, "flags": char[1]})
                 _radio.values[handle] = b""
+                _radio.buffers[handle] = _DEFAULT_ATTR_LEN
                 mine.append(handle)
             table.append(entry)
             handles.append(tuple(mine))
@@ -164,6 +169,13 @@ class BLE:
 
     def gatts_read(self, handle):
         return _radio.values[handle]
+
+    def gatts_set_buffer(self, value_handle, len, append=False):  # noqa: A002 - the chip's name
+        if value_handle not in _radio.values:
+            raise ValueError("invalid handle")
+        if append:
+            raise NotImplementedError("append mode is not emulated")
+        _radio.buffers[value_handle] = len
 
     def gatts_write(self, handle, data, send_update=False):
         _radio.values[handle] = bytes(data)
