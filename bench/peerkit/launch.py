@@ -28,6 +28,7 @@ class Launch:
     cwd: Path
     topic: str
     decode: Decoder
+    unit_of: Callable[[str], int | None]  # the Modbus unit of a device it names
     env: dict[str, str] = field(default_factory=dict)
     stop_signal: int = signal.SIGTERM
     notes: list[str] = field(default_factory=list)

@@ -236,6 +236,7 @@ def launch(
         env={"TB_GW_CONFIG_DIR": str(config_dir) + "/"},
         topic="v1/gateway/telemetry",
         decode=thingsboard_polls,
+        unit_of={device_name(u): u for u in case.spec.all_units}.get,
         notes=[],
         log=run_dir / "gateway.log",
         helper=SessionLimits,

@@ -176,6 +176,7 @@ def launch(
         cwd=run_dir,
         topic=f"polekit/v1/{GATEWAY_ID}/data/#",
         decode=polekit_polls,
+        unit_of={device_code(u): u for u in case.spec.all_units}.get,
         notes=notes,
         log=run_dir / "gateway.log",
     )

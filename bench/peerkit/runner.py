@@ -149,6 +149,7 @@ def _measure(
     time.sleep(timing.warmup)
     # 2. window
     t0 = time.monotonic()
+    marks = {"window": time.time()}  # wall-clock starts of the phases, for the gateways' times
     first = procstat.sample(proc.pid)
     times, rss = [0.0], [first.rss_bytes / 1e6]
     last = first
@@ -161,10 +162,11 @@ def _measure(
     cpu_s = last.cpu_s - first.cpu_s
     # 3. outage
     broker.stop()
-    gone_wall = time.time()
+    gone_wall = marks["outage"] = time.time()
     time.sleep(timing.outage_s)
     broker.start()
     up = time.monotonic()
+    marks["broker back"] = time.time()
     seen = len(sub.messages)
     arrived: list[float] = []
 
@@ -181,6 +183,7 @@ def _measure(
         result.notes.append(f"no new value within {timing.reconnect_timeout:.0f} s of the broker")
     # 4. drain
     sim.quiet()
+    marks["drain"] = time.time()
     time.sleep(0.5)  # answers already on their way are counted or not, either way exactly
     drain_end = time.monotonic() + timing.drain_s
     count = len(sub.messages)
@@ -195,6 +198,8 @@ def _measure(
         result.notes.append(f"still delivering {timing.drain_s:.0f} s after the devices stopped")
     served = sim.served()
     _count(case, launch, sub.messages, served, t0, t1, cpu_s, times, rss, result)
+    if result.polls_lost > 0:
+        result.notes.append(_lost_by_phase(launch, sub.messages, served, marks))
 
 
 def _count(
@@ -224,3 +229,35 @@ def _count(
     result.polls_served = sum(served.values())
     result.polls_delivered = sum(1 for p in firsts.values() if p.counter is not None)
     result.polls_lost = result.polls_served - result.polls_delivered
+
+
+def _lost_by_phase(
+    launch: Launch,
+    messages: list[tuple[float, str, bytes]],
+    served: dict[int, int],
+    marks: dict[str, float],
+) -> str:
+    """Where the lost polls were: each missing read number is placed at the time the
+    gateway gave the next read of that unit it did deliver (the drain when none)."""
+    delivered: dict[int, dict[int, float]] = {}
+    for p in launch.decode(messages):
+        unit = launch.unit_of(p.device)
+        if unit is not None and p.counter is not None:
+            delivered.setdefault(unit, {})[p.counter] = p.content_s
+    phases = ["start", *marks]
+    lost = dict.fromkeys(phases, 0)
+    for unit, count in served.items():
+        if count > 0xFFFF:
+            return "lost by phase: not known (a unit's read counter wrapped)"
+        got = delivered.get(unit, {})
+        after = marks["drain"]
+        for n in range(count, 0, -1):
+            if n in got:
+                after = got[n]
+                continue
+            phase = "start"
+            for name, at in marks.items():
+                if after >= at:
+                    phase = name
+            lost[phase] += 1
+    return "lost by phase: " + ", ".join(f"{k} {v}" for k, v in lost.items())

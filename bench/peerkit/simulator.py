@@ -14,6 +14,7 @@ as ``endpoint``; units in ``silent`` are configured at the gateway but never ans
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.sharedctypes
@@ -103,9 +104,13 @@ def _serve(
     quiet: Any,
     conn: multiprocessing.connection.Connection,
 ) -> None:
+    # a silent unit's request is answered by pymodbus and the answer not sent; pymodbus's
+    # error dumps (a request it will not serve) are noise on the bench's console
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
     async def serve() -> None:
         regmap = register_map(spec.registers)
-        maps = {u: regmap for u in spec.units}
+        maps = {u: regmap for u in spec.all_units}
         line = None
         if spec.kind == "rtu":
             line = VirtualLine(baudrate=spec.baud)
@@ -119,12 +124,12 @@ def _serve(
                 baudrate=spec.baud,
                 **RTU_FRAMING,  # type: ignore[arg-type]
             )
-            await bus.start()
-            conn.send(gw_port)
         else:
             bus = CountingBus(maps, served, requests, quiet, tcp=("127.0.0.1", 0))
-            await bus.start()
-            conn.send(("127.0.0.1", bus.tcp_port))
+        for unit in spec.silent:
+            bus.remove(unit)  # on the line, never answering: a dead device
+        await bus.start()
+        conn.send(gw_port if line is not None else ("127.0.0.1", bus.tcp_port))
         try:
             await asyncio.get_running_loop().run_in_executor(None, conn.recv)  # until told
         finally:
