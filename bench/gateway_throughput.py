@@ -25,6 +25,7 @@ import resource
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from polekit.gateway.app import Gateway
 from polekit.gateway.config import parse_config
@@ -143,7 +144,8 @@ def real_path(args: argparse.Namespace) -> None:
     """polekit alone on the real Modbus path, through the side-by-side bench's runner."""
     from peer_thingsboard import print_ceiling
     from peerkit import polekit_side
-    from peerkit.cases import CASES
+    from peerkit.cases import CASES, Case
+    from peerkit.launch import Launch
     from peerkit.runner import Timing, run_case
     from peerkit.table import LEGEND, row, table
 
@@ -153,14 +155,11 @@ def real_path(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="polekit-throughput-") as tmp:
         for name in args.cases.split(","):
             case = CASES[name]
-            result = run_case(
-                case,
-                lambda ep, broker, d, case=case: polekit_side.launch(
-                    case, ep, broker.url, d, args.buses, args.max_in_flight
-                ),
-                Path(tmp) / name,
-                timing,
-            )
+
+            def make(ep: Any, broker: LocalBroker, d: Path, case: Case = case) -> Launch:
+                return polekit_side.launch(case, ep, broker.url, d, args.buses, args.max_in_flight)
+
+            result = run_case(case, make, Path(tmp) / name, timing)
             print(row(result), flush=True)
     print(LEGEND)
 

@@ -238,26 +238,27 @@ def _lost_by_phase(
     marks: dict[str, float],
 ) -> str:
     """Where the lost polls were: each missing read number is placed at the time the
-    gateway gave the next read of that unit it did deliver (the drain when none)."""
+    gateway gave the next read of that unit it did deliver; "tail" when it delivered no
+    later read of that unit (a backlog never sent, or a gateway that stopped delivering)."""
     delivered: dict[int, dict[int, float]] = {}
     for p in launch.decode(messages):
         unit = launch.unit_of(p.device)
         if unit is not None and p.counter is not None:
             delivered.setdefault(unit, {})[p.counter] = p.content_s
-    phases = ["start", *marks]
+    phases = ["start", *marks, "tail"]
     lost = dict.fromkeys(phases, 0)
     for unit, count in served.items():
         if count > 0xFFFF:
             return "lost by phase: not known (a unit's read counter wrapped)"
         got = delivered.get(unit, {})
-        after = marks["drain"]
+        after: float | None = None
         for n in range(count, 0, -1):
             if n in got:
                 after = got[n]
                 continue
-            phase = "start"
+            phase = "tail" if after is None else "start"
             for name, at in marks.items():
-                if after >= at:
+                if after is not None and after >= at:
                     phase = name
             lost[phase] += 1
     return "lost by phase: " + ", ".join(f"{k} {v}" for k, v in lost.items())

@@ -122,7 +122,7 @@ def _serve(
                 quiet,
                 serial_port=dev_port,
                 baudrate=spec.baud,
-                **RTU_FRAMING,  # type: ignore[arg-type]
+                **RTU_FRAMING,
             )
         else:
             bus = CountingBus(maps, served, requests, quiet, tcp=("127.0.0.1", 0))

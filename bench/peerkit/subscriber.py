@@ -60,7 +60,7 @@ class Subscriber:
         self.connected.clear()
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        self.messages.append((time.monotonic(), msg.topic, msg.payload))
+        self.messages.append((time.monotonic(), msg.topic, bytes(msg.payload)))
 
     def start(self, timeout_s: float = 10.0) -> Subscriber:
         self._client.connect(self.host, self.port, keepalive=30)
