@@ -1,20 +1,20 @@
-"""Gateway throughput end to end: source -> pipeline -> SQLite queue -> mosquitto, QoS 1.
+"""Gateway throughput on the path users run: Modbus devices -> polekit -> mosquitto.
 
-A synthetic source hands poll results (the pole-env map's 23 points per poll) for many
-devices to the gateway's real pipeline as fast as it takes them; the real durable queue
-stores them and the real uplink publishes them to a real mosquitto on loopback, each
-message leaving the queue only after its PUBACK. Measured in this process (the gateway and
-the source; the broker is its own process):
+A pymodbus TCP server on loopback (50 units x 10 holding registers, each unit counting the
+polls it answers) is polled by ``polekit gateway run`` (a process of its own, its default
+on-disk queue) publishing to mosquitto, where a subscriber counts every value. Printed:
+the simulator's own ceiling (a bare pymodbus client), then per case values/s against
+nominal, CPU % and us of CPU per delivered value, RSS and its slope, polls lost (exact),
+duplicates, and the reconnect time after a short broker outage. Quick (about a minute a
+case); bench/peer_thingsboard.py runs the same measure longer, with ThingsBoard IoT
+Gateway beside it.
 
-  phase 1, broker up:   readings/s acknowledged by the broker, CPU seconds per 10,000
-                        readings, peak RSS;
-  phase 2, broker down: RSS sampled each second while readings pile up on disk (flat?);
-  phase 3, broker back: seconds to reconnect and to drain the backlog.
+    .venv/bin/python bench/gateway_throughput.py [--duration 20] [--cases tcp-100ms,tcp-10ms]
 
-Targets (issue 3): >= 20,000 readings/s on one core (<= 50 us CPU a reading), RSS under
-60 MB and flat.
-
-    .venv/bin/python bench/gateway_throughput.py [--seconds 10] [--devices 50]
+``--synthetic`` runs the old measure instead, clearly labelled: no Modbus, a synthetic
+source calling the pipeline directly with 23-value packs from 50 producers at once, in
+this process. It isolates the queue and the uplink (useful when working on them); it does
+not measure what users run, and its readings/s are not comparable with the table's.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import resource
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from polekit.gateway.app import Gateway
 from polekit.gateway.config import parse_config
@@ -44,7 +45,9 @@ def cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def run(seconds: float, n_devices: int) -> None:
+async def synthetic_run(seconds: float, n_devices: int) -> None:
+    """The synthetic measure (see the module docstring): queue and uplink only."""
+    print("SYNTHETIC: no Modbus; a source calling the pipeline directly, in this process")
     regmap = modbus.register_map("pole-env")
     values_template = [(p, 1 if p.dtype != "bool" else True) for p in regmap]
     with tempfile.TemporaryDirectory() as tmp, LocalBroker() as broker:
@@ -137,12 +140,46 @@ async def run(seconds: float, n_devices: int) -> None:
         await task
 
 
+def real_path(args: argparse.Namespace) -> None:
+    """polekit alone on the real Modbus path, through the side-by-side bench's runner."""
+    from peer_thingsboard import print_ceiling
+    from peerkit import polekit_side
+    from peerkit.cases import CASES, Case
+    from peerkit.launch import Launch
+    from peerkit.runner import Timing, run_case
+    from peerkit.table import LEGEND, row, table
+
+    timing = Timing(args.duration, outage_s=args.outage, drain_s=args.drain)
+    print_ceiling(3.0)
+    print(table([]))
+    with tempfile.TemporaryDirectory(prefix="polekit-throughput-") as tmp:
+        for name in args.cases.split(","):
+            case = CASES[name]
+
+            def make(ep: Any, broker: LocalBroker, d: Path, case: Case = case) -> Launch:
+                return polekit_side.launch(case, ep, broker.url, d, args.buses, args.max_in_flight)
+
+            result = run_case(case, make, Path(tmp) / name, timing)
+            print(row(result), flush=True)
+    print(LEGEND)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--devices", type=int, default=50)
+    parser.add_argument("--duration", type=float, default=20.0, help="s measured per case")
+    parser.add_argument("--outage", type=float, default=5.0, help="s the broker is away")
+    parser.add_argument("--drain", type=float, default=30.0)
+    parser.add_argument("--cases", default="tcp-100ms,tcp-10ms")
+    parser.add_argument("--buses", type=int, default=1)
+    parser.add_argument("--max-in-flight", type=int, default=4)
+    parser.add_argument("--synthetic", action="store_true", help="the old synthetic measure")
+    parser.add_argument("--seconds", type=float, default=10.0, help="--synthetic: s a phase")
+    parser.add_argument("--devices", type=int, default=50, help="--synthetic: producers")
     args = parser.parse_args()
-    asyncio.run(run(args.seconds, args.devices))
+    if args.synthetic:
+        asyncio.run(synthetic_run(args.seconds, args.devices))
+    else:
+        real_path(args)
 
 
 if __name__ == "__main__":

@@ -59,10 +59,17 @@ class BrokerTls:
 
 class LocalBroker:
     """One broker process on ``127.0.0.1:port``; ``kind`` is "mosquitto" or "amqtt";
-    ``tls`` makes the listener TLS (mosquitto only; clear text when None, the default)."""
+    ``tls`` makes the listener TLS (mosquitto only; clear text when None, the default);
+    ``persistent`` keeps sessions and their queued messages across ``stop()`` and
+    ``start()`` (mosquitto only), as a production broker does, so a subscriber with a
+    persistent session misses nothing of a broker outage (the benchmarks count on it)."""
 
     def __init__(
-        self, port: int | None = None, kind: str | None = None, tls: BrokerTls | None = None
+        self,
+        port: int | None = None,
+        kind: str | None = None,
+        tls: BrokerTls | None = None,
+        persistent: bool = False,
     ) -> None:
         self.host = "127.0.0.1"
         self.port = port or free_port()
@@ -70,7 +77,12 @@ class LocalBroker:
         self.kind = kind or ("mosquitto" if exe else "amqtt")
         if tls is not None and self.kind != "mosquitto":
             raise RuntimeError("a TLS test broker needs mosquitto (apt-get install mosquitto)")
+        if persistent and self.kind != "mosquitto":
+            raise RuntimeError(
+                "a persistent test broker needs mosquitto (apt-get install mosquitto)"
+            )
         self.tls = tls
+        self.persistent = persistent
         self._exe = exe
         self._dir = Path(tempfile.mkdtemp(prefix="polekit-broker-"))
         self._proc: subprocess.Popen[bytes] | None = None
@@ -87,15 +99,22 @@ class LocalBroker:
             if self._exe is None:
                 raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
             conf = self._dir / "mosquitto.conf"
+            persistence = (
+                f"persistence true\npersistence_location {self._dir}/\n"
+                if self.persistent
+                else "persistence false\n"
+            )
             text = (
-                f"listener {self.port} {self.host}\nallow_anonymous true\npersistence false\n"
+                f"listener {self.port} {self.host}\nallow_anonymous true\n{persistence}"
                 "max_inflight_messages 0\nmax_queued_messages 0\n"
             )
-            if self.tls is not None:
+            if self.tls is not None or self.persistent:
                 # mosquitto started as root drops to the user "mosquitto" before it loads the
-                # certificates, which a test keeps in its own (private) folder: stay this user
+                # certificates or its saved sessions, which a test keeps in its own (private)
+                # folder: stay this user
+                text += f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
+            if self.tls is not None:
                 text += (
-                    f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
                     f"cafile {self.tls.ca_file}\ncertfile {self.tls.cert_file}\n"
                     f"keyfile {self.tls.key_file}\n"
                     f"require_certificate {str(self.tls.require_certificate).lower()}\n"
