@@ -1,9 +1,12 @@
 """The gateway process: sources -> pipeline -> durable queue -> MQTT uplink.
 
 ``Gateway`` wires the parts from a validated ``Config`` and runs them under one
-TaskGroup: one task per bus, the uplink, the status server. ``stop()`` (SIGTERM/SIGINT in
-``polekit gateway run``) cancels the sources first, lets the queue finish its writes,
-publishes the retained offline state and closes the file: nothing is left half-written.
+TaskGroup: one task per bus, the uplink, the status server. A bus hands each poll to the
+durable queue and goes on polling; the poll is counted when its commit comes back.
+``stop()`` (SIGTERM/SIGINT in ``polekit gateway run``) lets a bus that is in the middle of
+a poll finish it and hand it over (a read the device answered is not thrown away), stops
+the sources, commits everything handed over, publishes the retained offline state and
+closes the file: nothing is left half-written.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from polekit.gateway.ble_commands import BleCommander
 from polekit.gateway.commands import CommandRouter
 from polekit.gateway.config import Config, DeviceConfig
 from polekit.gateway.pipeline import PackEncoder, encode_body
-from polekit.gateway.queue import DurableQueue, Payload, QueueWriteError
+from polekit.gateway.queue import MAX_UNCOMMITTED, DurableQueue, Payload, QueueWriteError
 from polekit.gateway.sources.ble import BleSource
 from polekit.gateway.sources.modbus_bus import ModbusBus
 from polekit.gateway.status import StatusServer
@@ -30,6 +33,8 @@ from polekit.protocols.errors import ProtocolError
 from polekit.protocols.modbus import Point
 
 log = logging.getLogger("polekit.gateway")
+
+STOP_GRACE_MAX_S = 5.0  # at most this long for the polls in progress at a stop to finish
 
 
 class StartError(RuntimeError):
@@ -64,10 +69,23 @@ class Latencies:
 class Gateway:
     """One gateway: owns its queue file, bus connections, broker session and status port."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self,
+        config: Config,
+        queue: DurableQueue | None = None,
+        max_uncommitted: int = MAX_UNCOMMITTED,
+    ) -> None:
+        """``queue`` replaces the one built from the config (tests: a slow disk);
+        ``max_uncommitted`` bounds the polls handed to the queue and not yet on disk."""
         self.config = config
         try:
-            self.queue = DurableQueue(config.queue_path, config.queue_max_bytes)
+            self.queue = (
+                queue
+                if queue is not None
+                else DurableQueue(
+                    config.queue_path, config.queue_max_bytes, max_uncommitted=max_uncommitted
+                )
+            )
         except (OSError, sqlite3.Error) as exc:  # `polekit gateway check` says why, in full
             raise StartError(
                 f"cannot open the queue {config.queue_path}: {exc}; check gateway.data_dir "
@@ -104,26 +122,56 @@ class Gateway:
         self.commit_latency = Latencies()
         self.started = time.time()
         self._stopping: asyncio.Event | None = None
+        self._sources_closing = False  # stopping: a poll handed over now is the bus's last
+        self._handed: dict[str, int] = dict.fromkeys(self.buses, 0)  # see _in_poll
+        self._parked: set[str] = set()  # buses that handed over their last poll
 
-    async def _store(self, topic: str, payload: Payload, device: str | None = None) -> bool:
-        # a message the queue refuses (its database failed the batch) is counted and logged
-        # once per episode; the producer (a bus, the BLE scanner) goes on
-        try:
-            await self.queue.append(topic, payload, device=device)
-        except ProtocolError as exc:  # the pack could not be encoded: this message alone
-            self.pipeline_errors += 1
-            log.error("%s: message dropped: %s", topic, exc)
-            return False
-        except QueueWriteError as exc:
+    def _stored(self, topic: str, outcome: BaseException | None) -> bool:
+        # the queue's answer for one message: a message it refuses (its database failed
+        # the group) is counted and logged once per episode; a pack that could not be
+        # encoded fails alone. The producer (a bus, the BLE scanner) has gone on meanwhile
+        if outcome is None:
+            if self._queue_failing:
+                log.warning("the queue stores messages again (%d lost)", self.queue_errors)
+            self._queue_failing = False
+            return True
+        if isinstance(outcome, QueueWriteError):
             self.queue_errors += 1
             if not self._queue_failing:
-                log.error("%s; counting the messages lost until it works again", exc)
+                log.error("%s; counting the messages lost until it works again", outcome)
             self._queue_failing = True
-            return False
-        if self._queue_failing:
-            log.warning("the queue stores messages again (%d lost)", self.queue_errors)
-        self._queue_failing = False
-        return True
+        elif isinstance(outcome, (ProtocolError, ValueError, TypeError)):
+            self.pipeline_errors += 1
+            log.error("%s: message dropped: %s", topic, outcome)
+        else:  # a programming error: loud, with its traceback
+            log.error("%s: message dropped", topic, exc_info=outcome)
+            self.pipeline_errors += 1
+        return False
+
+    async def _store(self, topic: str, payload: Payload, device: str | None = None) -> bool:
+        # for producers that wait for the commit (events, command results)
+        try:
+            await self.queue.append(topic, payload, device=device)
+        except (QueueWriteError, ProtocolError, ValueError, TypeError) as exc:
+            return self._stored(topic, exc)
+        return self._stored(topic, None)
+
+    async def _hand_over(
+        self, topic: str, packer: Payload, device: str, readings: int, answered: float | None
+    ) -> None:
+        # a pack goes to the queue and its producer goes on at once (it waits only while
+        # the queue holds max_uncommitted packs not yet on disk); counted at its commit
+        committed = await self.queue.submit(topic, packer, device)
+
+        def on_commit(fut: asyncio.Future[int]) -> None:
+            if fut.cancelled():
+                return
+            if self._stored(topic, fut.exception()):
+                self.readings += readings
+                if answered is not None:
+                    self.commit_latency.add(time.monotonic() - answered)
+
+        committed.add_done_callback(on_commit)
 
     async def _on_poll(
         self, device: DeviceConfig, values: list[tuple[Point, Any]], t: float
@@ -135,10 +183,15 @@ class Gateway:
         except ProtocolError as exc:  # a unit the model cannot convert: count, log, drop
             self.pipeline_errors += 1
             log.error("device %s: poll dropped: %s", device.code, exc)
-            return
-        if await self._store(self.config.topic("data", device.code), packer, device.code):
-            self.readings += len(readings)
-            self.commit_latency.add(time.monotonic() - answered)
+        else:
+            topic = self.config.topic("data", device.code)
+            await self._hand_over(topic, packer, device.code, len(readings), answered)
+        # every poll this bus started is over (failed or handed over): see _in_poll
+        states = self.buses[device.bus].devices.values()
+        self._handed[device.bus] = sum(s.polls - s.failures for s in states)
+        if self._sources_closing:  # the gateway is stopping: this was the bus's last poll
+            self._parked.add(device.bus)
+            await asyncio.get_running_loop().create_future()  # until cancelled
 
     async def _on_ble_readings(
         self, device_code: str, readings: list[tuple[str, Any, str | None]], t: float
@@ -149,8 +202,8 @@ class Gateway:
             self.pipeline_errors += 1
             log.error("device %s: advert dropped: %s", device_code, exc)
             return
-        if await self._store(self.config.topic("data", device_code), packer, device_code):
-            self.readings += len(readings)
+        topic = self.config.topic("data", device_code)
+        await self._hand_over(topic, packer, device_code, len(readings), None)
 
     async def _on_event(self, device_code: str, body: dict[str, Any]) -> None:
         # events (an SOS press, a smoke alarm) go through the same durable queue, encoded
@@ -207,6 +260,8 @@ class Gateway:
                 "disk_bytes": self.queue.disk_bytes(),
                 "budget_bytes": self.queue.budget_bytes,
                 "disk_full": self.queue.full,
+                "uncommitted": self.queue.uncommitted,
+                "max_uncommitted": self.queue.max_uncommitted,
                 "commit_latency_ms": self.commit_latency.summary_ms(),
             },
             "buses": [
@@ -248,9 +303,8 @@ class Gateway:
             if self.config.status.enabled:
                 await self._start_status()
             async with asyncio.TaskGroup() as tg:
-                sources = [tg.create_task(b.run(), name=f"bus-{n}") for n, b in self.buses.items()]
-                if self.ble is not None:
-                    sources.append(tg.create_task(self.ble.run(), name="ble"))
+                buses = {n: tg.create_task(b.run(), name=f"bus-{n}") for n, b in self.buses.items()}
+                ble = None if self.ble is None else tg.create_task(self.ble.run(), name="ble")
                 uplink = tg.create_task(self.uplink.run(), name="uplink")
                 await self._stopping.wait()
                 log.info(
@@ -258,17 +312,59 @@ class Gateway:
                     self.queue.depth,
                     self.commit_latency.summary_ms(),
                 )
-                for task in sources:
-                    task.cancel()
-                await asyncio.gather(*sources, return_exceptions=True)
+                if ble is not None:
+                    ble.cancel()
+                await self._stop_buses(buses)
+                await asyncio.gather(
+                    *buses.values(), *([ble] if ble else []), return_exceptions=True
+                )
+                await self.queue.drain()  # every poll handed over is on disk
                 await self.uplink.say_offline()
                 uplink.cancel()
         finally:
             await self.status.close()
             for bus in self.buses.values():
                 bus.close()
-            self.queue.close()
+            try:
+                await self.queue.drain()
+            finally:
+                self.queue.close()
             log.info("stopped")
+
+    def _in_poll(self, name: str) -> bool:
+        # a poll started (its device's `polls`) and neither failed nor handed over yet;
+        # a bus that lost its port has nothing in flight
+        bus = self.buses[name]
+        started = sum(s.polls - s.failures for s in bus.devices.values())
+        return bus.connected and started > self._handed[name]
+
+    async def _stop_buses(self, tasks: dict[str, asyncio.Task[None]]) -> None:
+        # A bus in the middle of a poll finishes it and hands it over (the sink parks it
+        # there); an idle bus is stopped at once. A poll that does not finish within the
+        # grace (a device that stopped answering) is given up.
+        self._sources_closing = True
+        grace = min(
+            max((b.config.timeout_s * 2 for b in self.buses.values()), default=0.0),
+            STOP_GRACE_MAX_S,
+        )
+        deadline = time.monotonic() + grace
+        waiting = dict(tasks)
+        while waiting:
+            for name in list(waiting):
+                if name in self._parked or not self._in_poll(name):
+                    waiting.pop(name).cancel()
+            if not waiting:
+                break
+            if time.monotonic() >= deadline:
+                log.warning(
+                    "stopping: a poll on bus %s did not finish within %.1f s; given up",
+                    ", ".join(waiting),
+                    grace,
+                )
+                for task in waiting.values():
+                    task.cancel()
+                break
+            await asyncio.sleep(0.002)
 
     async def _start_status(self) -> None:
         try:

@@ -413,6 +413,8 @@ class ModbusBus:
             )
         state.online = True
         state.next_due = max(state.next_due + state.config.poll_interval_s, self.clock())
+        # returns once the poll is handed to the queue, not once it is on disk: the bus
+        # waits for the disk only when the queue's room for uncommitted polls is full
         await self.sink(state.config, values, started)
 
     def _failed(self, state: DeviceState, why: str) -> None:
