@@ -1,9 +1,12 @@
 """The gateway process: sources -> pipeline -> durable queue -> MQTT uplink.
 
 ``Gateway`` wires the parts from a validated ``Config`` and runs them under one
-TaskGroup: one task per bus, the uplink, the status server. ``stop()`` (SIGTERM/SIGINT in
-``polekit gateway run``) cancels the sources first, lets the queue finish its writes,
-publishes the retained offline state and closes the file: nothing is left half-written.
+TaskGroup: one task per bus, the uplink, the status server. A bus hands each poll to the
+durable queue and goes on polling; the poll is counted when its commit comes back.
+``stop()`` (SIGTERM/SIGINT in ``polekit gateway run``) lets a bus that is in the middle of
+a poll finish it and hand it over (a read the device answered is not thrown away), stops
+the sources, commits everything handed over, publishes the retained offline state and
+closes the file: nothing is left half-written.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from polekit.gateway.ble_counters import BleCounterStore
 from polekit.gateway.commands import CommandRouter
 from polekit.gateway.config import BleDeviceConfig, Config, DeviceConfig
 from polekit.gateway.pipeline import PackEncoder, encode_body
-from polekit.gateway.queue import DurableQueue, Payload, QueueWriteError
+from polekit.gateway.queue import MAX_UNCOMMITTED, DurableQueue, Payload, QueueWriteError
 from polekit.gateway.sources.ble import BleSource
 from polekit.gateway.sources.modbus_bus import DeviceNoResponse, ModbusBus
 from polekit.gateway.status import StatusServer
@@ -31,6 +34,8 @@ from polekit.protocols.errors import ProtocolError
 from polekit.protocols.modbus import Point
 
 log = logging.getLogger("polekit.gateway")
+
+STOP_GRACE_MAX_S = 5.0  # at most this long for the polls in progress at a stop to finish
 
 
 class StartError(RuntimeError):
@@ -65,10 +70,23 @@ class Latencies:
 class Gateway:
     """One gateway: owns its queue file, bus connections, broker session and status port."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self,
+        config: Config,
+        queue: DurableQueue | None = None,
+        max_uncommitted: int = MAX_UNCOMMITTED,
+    ) -> None:
+        """``queue`` replaces the one built from the config (tests: a slow disk);
+        ``max_uncommitted`` bounds the polls handed to the queue and not yet on disk."""
         self.config = config
         try:
-            self.queue = DurableQueue(config.queue_path, config.queue_max_bytes)
+            self.queue = (
+                queue
+                if queue is not None
+                else DurableQueue(
+                    config.queue_path, config.queue_max_bytes, max_uncommitted=max_uncommitted
+                )
+            )
         except (OSError, sqlite3.Error) as exc:  # `polekit gateway check` says why, in full
             raise StartError(
                 f"cannot open the queue {config.queue_path}: {exc}; check gateway.data_dir "
@@ -124,25 +142,52 @@ class Gateway:
         self.started = time.time()
         self._stopping: asyncio.Event | None = None
 
-    async def _store(self, topic: str, payload: Payload, device: str | None = None) -> bool:
-        # a message the queue refuses (its database failed the batch) is counted and logged
-        # once per episode; the producer (a bus, the BLE scanner) goes on
-        try:
-            await self.queue.append(topic, payload, device=device)
-        except ProtocolError as exc:  # the pack could not be encoded: this message alone
-            self.pipeline_errors += 1
-            log.error("%s: message dropped: %s", topic, exc)
-            return False
-        except QueueWriteError as exc:
+    def _stored(self, topic: str, outcome: BaseException | None) -> bool:
+        # the queue's answer for one message: a message it refuses (its database failed
+        # the group) is counted and logged once per episode; a pack that could not be
+        # encoded fails alone. The producer (a bus, the BLE scanner) has gone on meanwhile
+        if outcome is None:
+            if self._queue_failing:
+                log.warning("the queue stores messages again (%d lost)", self.queue_errors)
+            self._queue_failing = False
+            return True
+        if isinstance(outcome, QueueWriteError):
             self.queue_errors += 1
             if not self._queue_failing:
-                log.error("%s; counting the messages lost until it works again", exc)
+                log.error("%s; counting the messages lost until it works again", outcome)
             self._queue_failing = True
-            return False
-        if self._queue_failing:
-            log.warning("the queue stores messages again (%d lost)", self.queue_errors)
-        self._queue_failing = False
-        return True
+        elif isinstance(outcome, (ProtocolError, ValueError, TypeError)):
+            self.pipeline_errors += 1
+            log.error("%s: message dropped: %s", topic, outcome)
+        else:  # a programming error: loud, with its traceback
+            log.error("%s: message dropped", topic, exc_info=outcome)
+            self.pipeline_errors += 1
+        return False
+
+    async def _store(self, topic: str, payload: Payload, device: str | None = None) -> bool:
+        # for producers that wait for the commit (events, command results)
+        try:
+            await self.queue.append(topic, payload, device=device)
+        except (QueueWriteError, ProtocolError, ValueError, TypeError) as exc:
+            return self._stored(topic, exc)
+        return self._stored(topic, None)
+
+    async def _hand_over(
+        self, topic: str, packer: Payload, device: str, readings: int, answered: float | None
+    ) -> None:
+        # a pack goes to the queue and its producer goes on at once (it waits only while
+        # the queue holds max_uncommitted packs not yet on disk); counted at its commit
+        committed = await self.queue.submit(topic, packer, device)
+
+        def on_commit(fut: asyncio.Future[int]) -> None:
+            if fut.cancelled():
+                return
+            if self._stored(topic, fut.exception()):
+                self.readings += readings
+                if answered is not None:
+                    self.commit_latency.add(time.monotonic() - answered)
+
+        committed.add_done_callback(on_commit)
 
     async def _on_poll(
         self, device: DeviceConfig, values: list[tuple[Point, Any]], t: float
@@ -154,10 +199,9 @@ class Gateway:
         except ProtocolError as exc:  # a unit the model cannot convert: count, log, drop
             self.pipeline_errors += 1
             log.error("device %s: poll dropped: %s", device.code, exc)
-            return
-        if await self._store(self.config.topic("data", device.code), packer, device.code):
-            self.readings += len(readings)
-            self.commit_latency.add(time.monotonic() - answered)
+        else:
+            topic = self.config.topic("data", device.code)
+            await self._hand_over(topic, packer, device.code, len(readings), answered)
 
     async def _on_ble_readings(
         self, device_code: str, readings: list[tuple[str, Any, str | None]], t: float
@@ -168,8 +212,8 @@ class Gateway:
             self.pipeline_errors += 1
             log.error("device %s: advert dropped: %s", device_code, exc)
             return
-        if await self._store(self.config.topic("data", device_code), packer, device_code):
-            self.readings += len(readings)
+        topic = self.config.topic("data", device_code)
+        await self._hand_over(topic, packer, device_code, len(readings), None)
 
     async def _on_event(self, device_code: str, body: dict[str, Any]) -> None:
         # events (an SOS press, a smoke alarm) go through the same durable queue, encoded
@@ -252,6 +296,8 @@ class Gateway:
                 "disk_bytes": self.queue.disk_bytes(),
                 "budget_bytes": self.queue.budget_bytes,
                 "disk_full": self.queue.full,
+                "uncommitted": self.queue.uncommitted,
+                "max_uncommitted": self.queue.max_uncommitted,
                 "commit_latency_ms": self.commit_latency.summary_ms(),
             },
             "buses": [
@@ -294,9 +340,8 @@ class Gateway:
             if self.config.status.enabled:
                 await self._start_status()
             async with asyncio.TaskGroup() as tg:
-                sources = [tg.create_task(b.run(), name=f"bus-{n}") for n, b in self.buses.items()]
-                if self.ble is not None:
-                    sources.append(tg.create_task(self.ble.run(), name="ble"))
+                buses = {n: tg.create_task(b.run(), name=f"bus-{n}") for n, b in self.buses.items()}
+                ble = None if self.ble is None else tg.create_task(self.ble.run(), name="ble")
                 uplink = tg.create_task(self.uplink.run(), name="uplink")
                 await self._stopping.wait()
                 log.info(
@@ -304,10 +349,12 @@ class Gateway:
                     self.queue.depth,
                     self.commit_latency.summary_ms(),
                 )
-                running = [*sources, *self._resync_tasks]
-                for task in running:
+                others = [*([ble] if ble else []), *self._resync_tasks]
+                for task in others:
                     task.cancel()
-                await asyncio.gather(*running, return_exceptions=True)
+                await self._stop_buses(buses)
+                await asyncio.gather(*buses.values(), *others, return_exceptions=True)
+                await self.queue.drain()  # every poll handed over is on disk
                 await self.uplink.say_offline()
                 uplink.cancel()
         finally:
@@ -316,8 +363,40 @@ class Gateway:
                 bus.close()
             if self.ble_counters is not None:
                 self.ble_counters.close()
-            self.queue.close()
+            try:
+                await self.queue.drain()
+            finally:
+                self.queue.close()
             log.info("stopped")
+
+    async def _stop_buses(self, tasks: dict[str, asyncio.Task[None]]) -> None:
+        # A bus in the middle of a poll finishes it and hands it over (every connection of
+        # it: a TCP bus may have several polls in flight); no bus starts a new one. A poll
+        # that does not finish within the grace (a device that stopped answering) is given up.
+        for bus in self.buses.values():
+            bus.closing = True
+        grace = min(
+            max((b.config.timeout_s * 2 for b in self.buses.values()), default=0.0),
+            STOP_GRACE_MAX_S,
+        )
+        deadline = time.monotonic() + grace
+        waiting = dict(tasks)
+        while waiting:
+            for name in list(waiting):
+                if not self.buses[name].in_flight:
+                    waiting.pop(name).cancel()
+            if not waiting:
+                break
+            if time.monotonic() >= deadline:
+                log.warning(
+                    "stopping: a poll on bus %s did not finish within %.1f s; given up",
+                    ", ".join(waiting),
+                    grace,
+                )
+                for task in waiting.values():
+                    task.cancel()
+                break
+            await asyncio.sleep(0.002)
 
     async def _start_status(self) -> None:
         try:

@@ -1,28 +1,41 @@
-"""The durable queue: every outgoing message is on disk before it counts as read.
+"""The durable queue: every outgoing message is on disk before it can be published.
 
 SQLite in WAL mode with ``synchronous=FULL``: a committed message survives ``kill -9`` and
-power loss. Producers append through one writer thread, which commits whatever has
-gathered since the last commit in one transaction (group commit): many devices cost one
-fsync, not one each, and nothing blocks the event loop. The uplink peeks the oldest
-messages in order and deletes them only after the broker acknowledged them (PUBACK).
-When the queue passes its size cap, the oldest messages are dropped, counted and kept
-counted across restarts.
+power loss. Producers hand messages to one writer, which commits whatever has gathered
+since its last commit in one transaction (group commit: one fsync for many devices).
+A poller does not wait for that commit: ``submit`` returns as soon as the message is
+handed over (with a future for its outcome); it waits only when ``max_uncommitted``
+messages are already waiting for the disk, so a bus that outruns the disk slows down to
+the disk's pace and memory stays bounded (backpressure). ``append`` is ``submit`` plus
+waiting for the commit, for producers that need the outcome (command results).
 
-The cap is on disk, WAL included: the database file may not grow past ``max_bytes`` (or
-what the file system has free, whichever is less) minus room kept for the WAL, which is
-checkpointed and truncated (``journal_size_limit``) before it passes its share. A full
-disk (SQLITE_FULL, from the file system or from that cap) is not an error for the
-producers: the oldest messages are dropped to make room, counted in ``dropped`` and
-logged once per episode with the free space, and the batch is stored. Only when nothing
-is left to drop does a batch fail (QueueWriteError). A delete the disk refuses after a
-PUBACK is retried with the next one; the message is not sent again meanwhile.
+A group is bounded by count (``GROUP_MAX`` messages) and by time: the writer never holds
+a message back to gather more; a group is what arrived while the previous one was being
+committed, so a message waits at most one commit before its own starts.
+
+The uplink peeks the oldest messages in order and acknowledges them after the broker's
+PUBACK. An acknowledgement is recorded in memory at once (the message is not handed out
+again) and its delete rides in the writer's next transaction: with the next group of
+appends (whose fsync it shares), or alone with ``synchronous=NORMAL`` (written to the
+WAL, not forced to the disk). A delete lost in a power cut only makes that message come
+again after the restart (at-least-once): a duplicate, never a loss.
+
+When the queue passes its size cap, the oldest messages are dropped, counted and kept
+counted across restarts. The cap is on disk, WAL included: the database file may not grow
+past ``max_bytes`` (or what the file system has free, whichever is less) minus room kept
+for the WAL, which is checkpointed and cut back to its share (``journal_size_limit``)
+when it passes it. A full disk (SQLITE_FULL, from the file system or from that cap) is not an
+error for the producers: the oldest messages are dropped to make room, counted in
+``dropped`` and logged once per episode with the free space, and the group is stored.
+Only when nothing is left to drop does a group fail (QueueWriteError). A delete the disk
+refuses is retried with the next transaction; the message is not sent again meanwhile.
 
 Each device's pack sequence number is assigned in the same transaction that stores the
 pack, so ``seq`` has no gaps and no repeats across restarts.
 
 No producer ever waits on a future nobody resolves: a payload that cannot be built fails
-only its own ``append`` (the rest of its batch commits), a failed batch fails each of its
-producers with ``QueueWriteError``, and the writer goes on serving later appends.
+only its own message (the rest of its group commits), a failed group fails each of its
+messages with ``QueueWriteError``, and the writer goes on serving later ones.
 """
 
 from __future__ import annotations
@@ -78,6 +91,15 @@ SHM_AND_SLACK_BYTES = 64 * 1024  # the -shm index (32 KiB) and rounding
 MIN_PAGES = 16  # the schema itself
 RECHECK_S = 2.0  # how often free space is looked at again while the disk bounds the queue
 FULL_DROP_FRACTION = 0.1  # of the queued bytes, dropped at each SQLITE_FULL
+# messages handed to the writer and not yet committed, at most: what a bus may run ahead
+# of the disk (and what a power cut can take beyond the commit in progress)
+MAX_UNCOMMITTED = 256
+GROUP_MAX = 512  # messages in one commit
+# a delete with no append to ride with waits this long for one (or for more PUBACKs)
+DELETE_DELAY_S = 0.005
+# deletes in one transaction, oldest first: a large one would need as much WAL as the rows
+# it frees, which a small disk may not have
+DELETE_MAX = 256
 
 
 def _is_full(exc: BaseException) -> bool:
@@ -111,9 +133,12 @@ def _private_file(path: Path) -> None:
 class DurableQueue:
     """A size-capped, crash-safe FIFO of MQTT messages in one SQLite file.
 
-    Owns its connection and writer thread: call ``close()`` (or use ``async with``).
-    ``append`` and the other coroutines must be awaited from one event loop.
-    ``max_bytes`` bounds the files on disk (database, WAL and index together).
+    Owns its connection and writer thread: call ``close()`` (or use ``async with``), after
+    ``drain()`` when messages may still be on their way to the disk. ``submit``, ``append``
+    and the other coroutines must be awaited from one event loop. ``max_bytes`` bounds the
+    files on disk (database, WAL and index together); ``max_uncommitted`` bounds the
+    messages handed over and not yet on disk (backpressure). ``sync_delay_s`` adds that
+    long to every fsync'ed commit: a slow disk for tests and benchmarks, 0 in service.
     """
 
     def __init__(
@@ -121,27 +146,44 @@ class DurableQueue:
         path: Path | str,
         max_bytes: int = 256 * 1024 * 1024,
         clock: Callable[[], float] = time.monotonic,
+        max_uncommitted: int = MAX_UNCOMMITTED,
+        sync_delay_s: float = 0.0,
     ) -> None:
+        if max_uncommitted < 1:
+            raise ValueError(f"max_uncommitted must be at least 1, not {max_uncommitted}")
         self.path = Path(path)
         _private_file(self.path)
         self.max_bytes = max_bytes
+        self.max_uncommitted = max_uncommitted
+        self.sync_delay_s = sync_delay_s
         self.clock = clock
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-writer")
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db_lock = threading.Lock()
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        self._synchronous = "FULL"
         self._db.executescript(_SCHEMA)
         self._page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
         self._seq = dict(self._db.execute("SELECT device, seq FROM device_seq"))
         self.dropped = self._counter("dropped")
-        self._bytes, self._depth = self._db.execute(
+        self._bytes, self._rows = self._db.execute(
             "SELECT COALESCE(SUM(size), 0), COUNT(*) FROM message"
         ).fetchone()
         self._pending: list[_Pending] = []
-        self._flushing = False
-        self._flush_task: asyncio.Task | None = None
+        self._uncommitted = 0  # handed over (pending or in the writer), not yet answered
+        self._room: asyncio.Event | None = None  # set when a commit made room
+        self._arrived: asyncio.Event | None = None  # set when a message is handed over
+        self._writer: asyncio.Task | None = None
         self._changed: asyncio.Event | None = None
+        # acknowledged by the broker, delete not committed yet: never handed out again.
+        # Shared with the writer thread, under _acked_lock (held for microseconds).
+        self._acked: set[int] = set()
+        self._acked_lock = threading.Lock()
+        self._ack_gen = 0  # acknowledgements recorded so far
+        self._deleted_gen = 0  # ... of which the writer has tried to delete
+        self._deleted: asyncio.Event | None = None
+        self._deletes_left = False  # more acknowledged than the last transaction took
         # the disk: what the files may use, and whether the file system (not max_bytes)
         # is what bounds them
         self.budget_bytes = max_bytes
@@ -152,24 +194,33 @@ class DurableQueue:
         self._full_dropped = 0  # dropped in this episode
         self._full_budget = 0
         self._cap = max_bytes  # payload bytes kept; lowered while the disk is full
-        self._refused_write = False  # a batch failed: logged once until one is stored
-        self._unacked: set[int] = set()  # acknowledged, but the delete was refused
+        self._refused_write = False  # a group failed: logged once until one is stored
+        self._refused_delete = False  # a delete failed: logged once until one is done
+        self.commits = 0  # transactions committed (groups and delete-only ones)
+        self.group_peak = 0  # the largest group committed
         self._plan_space()
 
     async def __aenter__(self) -> DurableQueue:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        await self.drain()
         self.close()
 
     @property
     def depth(self) -> int:
-        """Messages waiting to be published."""
-        return self._depth
+        """Messages waiting to be published (committed, not acknowledged)."""
+        with self._acked_lock:  # an id acknowledged after it was dropped counts until
+            return max(self._rows - len(self._acked), 0)  # the next transaction
+
+    @property
+    def uncommitted(self) -> int:
+        """Messages handed over and not yet committed (at most ``max_uncommitted``)."""
+        return self._uncommitted
 
     @property
     def size_bytes(self) -> int:
-        """Payload and topic bytes waiting to be published."""
+        """Payload and topic bytes in the queue (acknowledged ones until their delete)."""
         return self._bytes
 
     def disk_bytes(self) -> int:
@@ -188,8 +239,8 @@ class DurableQueue:
 
     def _plan_space(self) -> None:
         # Split what the queue may use between the database (a page cap SQLite enforces:
-        # SQLITE_FULL before the file grows past it) and its WAL (checkpointed and truncated
-        # before it passes its share). Called with the connection idle.
+        # SQLITE_FULL before the file grows past it) and its WAL (checkpointed and cut back
+        # to its share when it passes it). Called with the connection idle.
         self._checked_at = self.clock()
         own, free = self.disk_bytes(), self.free_bytes()
         self.disk_bound = own + free < self.max_bytes
@@ -211,86 +262,220 @@ class DurableQueue:
             self._changed = asyncio.Event()
         return self._changed
 
+    async def submit(
+        self, topic: str, payload: Payload, device: str | None = None
+    ) -> asyncio.Future[int]:
+        """Hand one message to the writer and return without waiting for the disk: the
+        future it returns is resolved at the commit, with the device's sequence number
+        given to the message (0 for messages without a device), or fails with the
+        exception that kept it out (see ``append``). Waits only while ``max_uncommitted``
+        messages are already waiting for the disk (backpressure).
+
+        Whoever takes the future owns its outcome: retrieve it (a done-callback that
+        calls ``exception()``), or asyncio logs a failed one as never retrieved."""
+        while self._uncommitted >= self.max_uncommitted:
+            room = self._room_event()
+            room.clear()
+            await room.wait()
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pending.append((device, topic, payload, done))
+        self._uncommitted += 1
+        self._arrived_event().set()
+        self._kick()
+        return done
+
     async def append(self, topic: str, payload: Payload, device: str | None = None) -> int:
         """Store one message and return once it is on disk; returns the device's sequence
         number given to it (0 for messages without a device).
 
         ``payload`` is the encoded message, or ``make_payload(seq)`` building it for the
         device's next number (called in the writer thread). Encode what can fail before
-        calling: an exception from ``make_payload`` fails this append alone (raised here,
-        no number used); QueueWriteError when the database refused the whole batch (a
+        calling: an exception from ``make_payload`` fails this message alone (raised here,
+        no number used); QueueWriteError when the database refused the whole group (a
         full disk with nothing left to drop, a broken file)."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[int] = loop.create_future()
-        self._pending.append((device, topic, payload, done))
-        if not self._flushing:
-            self._flushing = True
-            self._flush_task = loop.create_task(self._flush())
-        return await done
+        return await (await self.submit(topic, payload, device))
 
-    async def _flush(self) -> None:
-        # Serves until nothing is pending. Every future of every batch taken is resolved,
-        # whatever happens to the batch: a producer never waits on a batch that is gone.
+    async def drain(self) -> None:
+        """Return once every message handed over so far is committed (or failed) and
+        every acknowledgement recorded so far has been written."""
+        while self._writer is not None and not self._writer.done():
+            await asyncio.shield(self._writer)
+
+    def _arrived_event(self) -> asyncio.Event:
+        if self._arrived is None:
+            self._arrived = asyncio.Event()
+        return self._arrived
+
+    def _room_event(self) -> asyncio.Event:
+        if self._room is None:
+            self._room = asyncio.Event()
+        return self._room
+
+    def _kick(self) -> None:
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(
+                self._write_loop(), name="queue-writer"
+            )
+
+    async def _write_loop(self) -> None:
+        # Serves until nothing is pending. Every future of every group taken is resolved,
+        # whatever happens to the group: a producer never waits on a group that is gone.
         loop = asyncio.get_running_loop()
+        group: list[_Pending] = []
         try:
-            while self._pending:
-                batch, self._pending = self._pending, []
+            while self._pending or self._ack_gen > self._deleted_gen or self._deletes_left:
+                if not self._pending:  # deletes alone: wait a little for a group to ride
+                    arrived = self._arrived_event()  # with, never longer than it takes to come
+                    arrived.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(arrived.wait(), DELETE_DELAY_S)
+                group = self._pending[:GROUP_MAX]
+                del self._pending[:GROUP_MAX]
+                ack_gen = self._ack_gen
                 try:
-                    outcomes = await loop.run_in_executor(self._executor, self._write, batch)
+                    outcomes = await loop.run_in_executor(self._executor, self._write, group)
                 except Exception as exc:  # the database refused the transaction
-                    if not self._refused_write:
-                        log.error("queue: %d message(s) not stored: %s", len(batch), exc)
-                    self._refused_write = True
+                    if group and not self._refused_write:
+                        log.error("queue: %d message(s) not stored: %s", len(group), exc)
+                    self._refused_write = self._refused_write or bool(group)
                     failed = QueueWriteError(f"the queue could not store the message: {exc}")
-                    outcomes = [failed] * len(batch)
-                except BaseException:  # cancelled (the loop is closing): no one may hang
-                    for *_, fut in batch + self._pending:
-                        fut.cancel()
-                    self._pending = []
-                    raise
+                    outcomes = [failed] * len(group)
                 else:
-                    self._refused_write = False
-                for (*_, fut), outcome in zip(batch, outcomes, strict=True):
+                    if group:
+                        self._refused_write = False
+                self._deleted_gen = ack_gen  # tried: a refused delete waits for the next
+                if self._deleted is not None:
+                    self._deleted.set()
+                self._uncommitted -= len(group)
+                self._room_event().set()
+                for (*_, fut), outcome in zip(group, outcomes, strict=True):
                     if fut.done():  # its producer was cancelled meanwhile
                         continue
                     if isinstance(outcome, Exception):
                         fut.set_exception(outcome)
                     else:
                         fut.set_result(outcome)
-                self.changed().set()
-                if not self._pending:  # producers are answered: now is the time to tidy
+                if group:
+                    self.changed().set()
+                group = []
+                if not self._pending and self._recheck_due():  # producers are answered
                     await loop.run_in_executor(self._executor, self._tidy)
+        except BaseException:  # cancelled (the loop is closing): no one may hang
+            for *_, fut in group + self._pending:
+                fut.cancel()
+            self._uncommitted -= len(group) + len(self._pending)
+            self._pending = []
+            raise
         finally:
-            self._flushing = False
+            self._room_event().set()
+            if self._deleted is not None:
+                self._deleted.set()
+
+    def _recheck_due(self) -> bool:
+        # the disk bounds the queue: its free space is looked at again every RECHECK_S
+        return (self.disk_bound or self.full) and self.clock() - self._checked_at >= RECHECK_S
 
     def _tidy(self) -> None:
-        # off the producers' path: keep the WAL within its share, look at the disk again
+        # off the producers' path (no one waits for it): look at the disk again
         with self._db_lock:
-            if self.disk_bound or self.full:
-                if self.clock() - self._checked_at >= RECHECK_S:
-                    self._plan_space()
-                    if self.full and self.budget_bytes > self._full_budget * 1.1:
-                        self._end_full("the disk has room again")
+            if self._recheck_due():
+                self._plan_space()
+                if self.full and self.budget_bytes > self._full_budget * 1.1:
+                    self._end_full("the disk has room again")
             self._trim_wal()
 
     def _trim_wal(self) -> None:
+        # RESTART, not TRUNCATE: the next commit writes the WAL from its start and SQLite
+        # cuts the file to journal_size_limit, so the WAL keeps its share of the disk and
+        # a commit still finds room when another program has taken every free byte
         try:
             if os.stat(f"{self.path}-wal").st_size > self.wal_limit_bytes:
-                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self._db.execute("PRAGMA wal_checkpoint(RESTART)")
         except FileNotFoundError:
             pass
         except sqlite3.Error as exc:  # a checkpoint the disk refuses: the next one may not
             log.debug("queue: checkpoint failed: %s", exc)
 
-    def _write(self, batch: list[_Pending]) -> list[int | Exception]:
+    def _write(self, group: list[_Pending]) -> list[int | Exception]:
+        # one transaction: the group's inserts and the oldest deletes acknowledged so far
         with self._db_lock:
+            with self._acked_lock:
+                deletes = sorted(self._acked)[:DELETE_MAX]
+                more = len(self._acked) > DELETE_MAX
+            self._deletes_left = False
+            if not group:
+                self._deletes_left = self._delete_only(deletes) and more
+                return []
             try:
-                return self._write_batch(batch)
+                outcomes = self._write_group(group, deletes)
+                self._trim_wal()  # a stat; a checkpoint when the WAL passed its share
             except sqlite3.OperationalError as exc:
-                if not _is_full(exc) or not self._depth:
+                if not _is_full(exc) or not self._rows:
                     raise
                 self._on_full()
-                return self._write_batch(batch)  # a second refusal fails the batch
+                # the new messages first (a second refusal fails them); the deletes are
+                # tried again with the next transaction
+                return self._write_group(group, [])
+            self._deletes_left = more
+            return outcomes
+
+    def _set_synchronous(self, level: str) -> None:
+        if self._synchronous != level:
+            self._db.execute(f"PRAGMA synchronous={level}")
+            self._synchronous = level
+
+    def _commit(self) -> None:
+        self._db.execute("COMMIT")
+        self.commits += 1
+        if self.sync_delay_s and self._synchronous == "FULL":
+            time.sleep(self.sync_delay_s)  # the slow disk asked for (tests, benchmarks)
+
+    def _delete_only(self, ids: list[int]) -> bool:
+        # acknowledged messages alone: written to the WAL, not forced to the disk. A power
+        # cut may lose this transaction, never corrupt the file (WAL keeps commit order:
+        # the next fsync'ed group carries it to the disk); the cost is a duplicate
+        if not ids:
+            return True
+        db = self._db
+        self._set_synchronous("NORMAL")
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            size, count = self._delete(ids)
+            self._commit()
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            if not self._refused_delete:
+                log.warning("queue: cannot delete sent messages yet: %s; retrying", exc)
+            self._refused_delete = True
+            return False
+        finally:
+            self._set_synchronous("FULL")
+        self._deleted_committed(ids, size, count)
+        if self.full and self._bytes <= self._cap // 2:
+            self._end_full("the backlog has drained")
+        self._trim_wal()
+        return True
+
+    def _delete(self, ids: list[int]) -> tuple[int, int]:
+        # inside a transaction: (bytes, rows) deleted
+        size = count = 0
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            for (row_size,) in self._db.execute(
+                f"DELETE FROM message WHERE id IN ({marks}) RETURNING size", chunk
+            ):
+                size += row_size
+                count += 1
+        return size, count
+
+    def _deleted_committed(self, ids: list[int], size: int, count: int) -> None:
+        with self._acked_lock:
+            self._acked.difference_update(ids)
+            self._bytes -= size
+            self._rows -= count
+        self._refused_delete = False
 
     def _on_full(self) -> None:
         # SQLITE_FULL: the file system or the page cap. Give the WAL back, look at the disk
@@ -305,7 +490,7 @@ class DurableQueue:
                 _kib(self.free_bytes()),
                 self.path.parent,
                 _kib(self.disk_bytes()),
-                self._depth,
+                self._rows,
             )
         self._cap = int(self._bytes * (1 - FULL_DROP_FRACTION))
 
@@ -318,14 +503,14 @@ class DurableQueue:
         )
         self.full, self._cap = False, self.max_bytes
 
-    def _write_batch(self, batch: list[_Pending]) -> list[int | Exception]:
+    def _write_group(self, group: list[_Pending], deletes: list[int]) -> list[int | Exception]:
         # one transaction; a payload that cannot be built is left out (its outcome is its
         # exception) and uses no sequence number. The payloads are built first, so the
         # oldest messages can make room before the new ones go in (their pages are reused).
         outcomes: list[int | Exception] = []
         rows: list[tuple[str, bytes, str | None, int | None, int]] = []
         new_seq = dict(self._seq)
-        for device, topic, payload, _ in batch:
+        for device, topic, payload, _ in group:
             seq = new_seq.get(device, 0) + 1 if device is not None else 0
             try:
                 data = payload(seq) if callable(payload) else payload
@@ -342,7 +527,8 @@ class DurableQueue:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            dropped, freed, dropped_count = self._trim(self._bytes + added)
+            del_size, del_count = self._delete(deletes)
+            dropped, freed, dropped_count, last_dropped = self._trim(self._bytes - del_size + added)
             db.executemany(
                 "INSERT INTO message (topic, payload, device, seq, size) VALUES (?, ?, ?, ?, ?)",
                 rows,
@@ -351,24 +537,33 @@ class DurableQueue:
                 "INSERT OR REPLACE INTO device_seq VALUES (?, ?)",
                 [(d, new_seq[d]) for d in {row[2] for row in rows if row[2] is not None}],
             )
-            db.execute("COMMIT")
+            self._commit()
         except BaseException:
             if db.in_transaction:  # a failed COMMIT may have rolled back already
                 db.execute("ROLLBACK")
             raise
         self._seq = new_seq
-        self._bytes += added - freed
-        self._depth += len(rows) - dropped_count
+        self._deleted_committed(deletes, del_size, del_count)
+        with self._acked_lock:
+            self._bytes += added - freed
+            self._rows += len(rows) - dropped_count
+            if last_dropped is not None:  # dropped before its delete: nothing to delete
+                self._acked = {i for i in self._acked if i > last_dropped}
         if self.full:
             self._full_dropped += dropped_count
+            if del_count and self._bytes <= self._cap // 2:
+                self._end_full("the backlog has drained")
         self.dropped = dropped
+        self.group_peak = max(self.group_peak, len(group))
         return outcomes
 
-    def _trim(self, total: int) -> tuple[int, int, int]:
-        # called inside the write transaction: oldest first until under the cap
+    def _trim(self, total: int) -> tuple[int, int, int, int | None]:
+        # called inside the write transaction, after the acknowledged rows are deleted:
+        # oldest first until under the cap; (dropped in all, bytes freed, messages
+        # dropped now, the newest id dropped)
         cap = min(self.max_bytes, self._cap)
-        if total <= cap or not self._depth:
-            return self.dropped, 0, 0
+        if total <= cap:
+            return self.dropped, 0, 0, None
         freed = count = 0
         last = None
         for msg_id, size in self._db.execute("SELECT id, size FROM message ORDER BY id"):
@@ -378,63 +573,64 @@ class DurableQueue:
             count += 1
             last = msg_id
         if last is None:
-            return self.dropped, 0, 0
+            return self.dropped, 0, 0, None
         self._db.execute("DELETE FROM message WHERE id <= ?", (last,))
-        self._unacked = {i for i in self._unacked if i > last}
         dropped = self.dropped + count
         self._db.execute("INSERT OR REPLACE INTO counter VALUES ('dropped', ?)", (dropped,))
-        return dropped, freed, count
+        return dropped, freed, count, last
 
     def _counter(self, name: str) -> int:
         row = self._db.execute("SELECT value FROM counter WHERE name = ?", (name,)).fetchone()
         return row[0] if row else 0
 
     async def peek(self, limit: int = 100) -> list[Message]:
-        """The oldest ``limit`` messages, oldest first; they stay queued until ``ack``."""
+        """The oldest ``limit`` committed messages not acknowledged yet, oldest first; they
+        stay queued until ``ack``."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._peek, limit)
 
     def _peek(self, limit: int) -> list[Message]:
+        # under the database lock: no delete can commit (and leave _acked) between the
+        # SELECT and the filter
         with self._db_lock:
+            with self._acked_lock:
+                skip = set(self._acked)
             rows = self._db.execute(
                 "SELECT id, topic, payload, device, seq FROM message ORDER BY id LIMIT ?",
-                (limit + len(self._unacked),),
+                (limit + len(skip),),
             ).fetchall()
-        return [Message(*row) for row in rows if row[0] not in self._unacked][:limit]
+        return [Message(*row) for row in rows if row[0] not in skip][:limit]
+
+    def acked(self, ids: list[int]) -> None:
+        """Record that the broker acknowledged these messages: they are never handed out
+        again, and their delete rides in the writer's next transaction (no fsync of its
+        own). Returns at once; call it from each PUBACK, so none is forgotten when a
+        session ends in the middle of a batch."""
+        if not ids:
+            return
+        with self._acked_lock:
+            self._acked.update(ids)
+        self._ack_gen += 1
+        self._kick()
 
     async def ack(self, ids: list[int]) -> None:
-        """Delete messages the broker acknowledged. A delete the disk refuses is kept in
-        memory (the message is not handed out again) and retried with the next ack."""
-        if ids:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._ack, ids)
-
-    def _ack(self, ids: list[int]) -> None:
-        with self._db_lock:
-            ids = sorted(set(ids) | self._unacked)
-            marks = ",".join("?" * len(ids))
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                size, count = self._db.execute(
-                    f"SELECT COALESCE(SUM(size), 0), COUNT(*) FROM message WHERE id IN ({marks})",
-                    ids,
-                ).fetchone()
-                self._db.execute(f"DELETE FROM message WHERE id IN ({marks})", ids)
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                if not self._unacked:
-                    log.warning("queue: cannot delete sent messages yet: %s; retrying", exc)
-                self._unacked = set(ids)
-                return
-            self._unacked = set()
-            self._bytes -= size
-            self._depth -= count
-            if self.full and self._bytes <= self._cap // 2:
-                self._end_full("the backlog has drained")
-            self._trim_wal()
+        """``acked(ids)``, then wait until the writer has tried to delete them. A delete
+        the disk refuses is kept in memory (the message is not handed out again) and
+        retried with the next transaction."""
+        if not ids:
+            return
+        self.acked(ids)
+        gen = self._ack_gen
+        if self._deleted is None:
+            self._deleted = asyncio.Event()
+        while self._deleted_gen < gen:
+            self._deleted.clear()
+            if self._writer is None or self._writer.done():
+                self._kick()
+            await self._deleted.wait()
 
     def close(self) -> None:
-        """Finish pending writes and close the file."""
+        """Close the file after the writes in progress; messages handed over and not yet
+        taken by the writer are not stored (``drain()`` first to store them)."""
         self._executor.shutdown(wait=True)
         with self._db_lock:
             self._db.close()

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 import aiomqtt
 
 from polekit.gateway.config import Config
-from polekit.gateway.queue import DurableQueue
+from polekit.gateway.queue import DurableQueue, Message
 
 log = logging.getLogger("polekit.gateway.mqtt")
 
@@ -116,8 +116,10 @@ class MqttUplink:
                 self._client = None
                 if self.connected:
                     self.disconnected_at = self.clock()
+                    delay = 0.05  # a new outage: said again, retried quickly again
                 self.connected = False
-            # once per outage at warning level; the retries themselves at debug
+            # once per outage at warning level (a broker stop is not an error of ours);
+            # the retries themselves at debug
             (log.warning if delay == 0.05 else log.debug)(
                 "broker unreachable: %s; retrying", self.last_error
             )
@@ -129,6 +131,17 @@ class MqttUplink:
         client.pending_calls_threshold = (
             2 * BATCH
         )  # aiomqtt warns past 10; a batch is 200 by design
+        try:
+            await self._serve(client)
+        finally:
+            # aiomqtt keeps why the connection was lost in a future that only its message
+            # iterator reads; when the publisher noticed first, nobody would, and asyncio
+            # would log "Future exception was never retrieved" at ERROR for a normal stop
+            lost = getattr(client, "_disconnected", None)
+            if isinstance(lost, asyncio.Future) and lost.done() and not lost.cancelled():
+                lost.exception()
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
         async with client:
             self._client = client
             self.connected = True
@@ -171,11 +184,8 @@ class MqttUplink:
             # paho sends in call order and the broker keeps it: publishing a batch at once
             # keeps order and fills the in-flight window
             results = await asyncio.gather(
-                *(client.publish(m.topic, m.payload, qos=1) for m in batch), return_exceptions=True
+                *(self._publish(client, m) for m in batch), return_exceptions=True
             )
-            acked = [m.id for m, r in zip(batch, results, strict=True) if r is None]
-            await self.queue.ack(acked)
-            self.published += len(acked)
             failed = [r for r in results if r is not None]
             if failed:
                 raise (
@@ -183,6 +193,15 @@ class MqttUplink:
                     if isinstance(failed[0], aiomqtt.MqttError)
                     else aiomqtt.MqttError(str(failed[0]))
                 )
+
+    async def _publish(self, client: aiomqtt.Client, message: Message) -> None:
+        # each PUBACK is recorded as it comes: a session that ends in the middle of a batch
+        # (the broker stopped, the command listener failed first and this task was
+        # cancelled) forgets none, so after the reconnect only what the broker did not
+        # acknowledge is sent again
+        await client.publish(message.topic, message.payload, qos=1)
+        self.queue.acked([message.id])
+        self.published += 1
 
     async def _listen(self, client: aiomqtt.Client) -> None:
         prefix = self.config.topic("cmd") + "/"

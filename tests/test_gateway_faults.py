@@ -135,7 +135,7 @@ def test_full_disk_keeps_polling_drops_oldest_and_drains_when_the_broker_is_back
                         tail = sorted(set(seqs))
                         assert tail == list(range(tail[0], tail[-1] + 1)), code
                     gw.proc.send_signal(signal.SIGTERM)
-                    assert gw.proc.wait(timeout=20) == 0, gw.output()[-3000:]
+                    assert await asyncio.to_thread(gw.proc.wait, 20) == 0, gw.output()[-3000:]
             assert "Traceback" not in gw.output()
         finally:
             if gw.alive():
@@ -177,6 +177,10 @@ def test_kill_9_loses_only_reads_answered_in_the_commit_window(tmp_path: Path) -
     # read answered within the answer-to-commit window before a kill -9 (at most one poll in
     # flight per bus); the pack's node_seq names the read, so a loss shows as a gap there
     window_s = 1.0  # generous: p99 is milliseconds; a loaded 2-core CI box is slower
+    # the devices run in this test's event loop, which kill(), wait() and the next start
+    # hold up: a request the killed gateway sent just before is answered just after, to a
+    # dead socket (the next gateway takes far longer than this to start polling)
+    after_kill_s = 0.25
     kills = 4
     units = [1, 2]
 
@@ -220,7 +224,8 @@ def test_kill_9_loses_only_reads_answered_in_the_commit_window(tmp_path: Path) -
                     )
                     if i == kills:
                         gw.proc.send_signal(signal.SIGTERM)
-                        assert gw.proc.wait(timeout=20) == 0, gw.output()[-3000:]
+                        # the devices answer on while it finishes its last poll
+                        assert await asyncio.to_thread(gw.proc.wait, 20) == 0, gw.output()[-3000:]
                         break
                     await asyncio.sleep(rng.uniform(0.1, 0.8))
                     kill_times.append(time.monotonic())
@@ -251,7 +256,11 @@ def test_kill_9_loses_only_reads_answered_in_the_commit_window(tmp_path: Path) -
             lost = sorted(set(answered) - got)
             assert not got - set(answered)
             for n in lost:  # each lost read was answered just before a kill
-                assert any(0 <= k - answered[n] < window_s for k in kill_times), (u, n)
+                assert any(-after_kill_s < k - answered[n] < window_s for k in kill_times), (
+                    u,
+                    n,
+                    [round(answered[n] - k, 3) for k in kill_times],
+                )
             lost_total += len(lost)
         assert lost_total <= kills * len(units)  # at most one poll a device in flight
         print(

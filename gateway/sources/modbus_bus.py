@@ -165,6 +165,8 @@ class ModbusBus:
         self._writes: asyncio.Queue[tuple[DeviceConfig, Point, Any, asyncio.Future[None]]] = (
             asyncio.Queue()
         )
+        self.in_flight = 0  # polls started and not yet failed or handed to the sink
+        self.closing = False  # set when the gateway stops: polls in flight finish, none starts
 
     @property
     def connected(self) -> bool:
@@ -477,7 +479,17 @@ class ModbusBus:
         if delay > 0:
             await self._wait(delay, link)
             return
+        if self.closing:  # the gateway is stopping: no new poll starts
+            await self._wait(3600, link)
+            return
         state.polls += 1
+        self.in_flight += 1
+        try:
+            await self._poll_and_hand_over(state, link)
+        finally:
+            self.in_flight -= 1
+
+    async def _poll_and_hand_over(self, state: DeviceState, link: _Link) -> None:
         started = self.wall()
         try:
             values = await self.poll(state, link)
@@ -497,6 +509,8 @@ class ModbusBus:
             )
         state.online = True
         state.next_due = max(state.next_due + state.config.poll_interval_s, self.clock())
+        # returns once the poll is handed to the queue, not once it is on disk: the bus
+        # waits for the disk only when the queue's room for uncommitted polls is full
         await self.sink(state.config, values, started)
 
     def _failed(self, state: DeviceState, why: str) -> None:
