@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
+import tty
 from typing import Any
 
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from polekit.protocols import modbus
+from polekit.protocols import dlt645, modbus
+from polekit.protocols.errors import DLT645Error
 from polekit.protocols.modbus import RegisterMap
 
 _FC = {"holding": 3, "input": 4, "coil": 1, "discrete": 2}
@@ -186,3 +189,87 @@ class _Reason(logging.Handler):
         if "Failed to start server" in message:
             reason = message.split("Failed to start server", 1)[1]
             self.text = re.sub(r"\[Errno -?\d+\] ", "", reason).strip()
+
+
+class SimulatedMeter:
+    """A DL/T 645-2007 electricity meter on a serial endpoint (a virtual RS-485 line's
+    pseudo-terminal), built on our own table (protocols/dlt645.py, whose bytes agree with
+    the ``dlt645`` package: tests/test_dlt645.py). It hears every byte on the line, as a
+    drop does, answers read-data requests for its address and the broadcast address query,
+    answers "no requested data" for an identifier it does not hold, and stays silent on
+    everything else (Modbus frames to other drops, other meters' frames, noise).
+    Values are set by item name in the item's unit (``meter.set("voltage_l1", 230.4)``).
+    """
+
+    def __init__(self, port: str, address: str, values: dict[str, float] | None = None) -> None:
+        self.port = port
+        self.address = address
+        self.values: dict[str, float] = dict(values or {})
+        self.requests = 0  # frames it answered
+        self.silent = False  # True: a meter with its power cut
+        self._fd: int | None = None
+        self._rx = bytearray()
+
+    def set(self, name: str, value: float) -> None:
+        dlt645.encode_value(dlt645.item(name), value)  # refuse what the meter could not hold
+        self.values[name] = value
+
+    async def start(self) -> SimulatedMeter:
+        """Open the endpoint and answer from now on (OSError if it cannot be opened)."""
+        fd = os.open(self.port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        tty.setraw(fd)
+        self._fd = fd
+        asyncio.get_running_loop().add_reader(fd, self._readable)
+        return self
+
+    async def stop(self) -> None:
+        if self._fd is not None:
+            asyncio.get_running_loop().remove_reader(self._fd)
+            os.close(self._fd)
+            self._fd = None
+
+    def _readable(self) -> None:
+        assert self._fd is not None
+        try:
+            self._rx += os.read(self._fd, 4096)
+        except BlockingIOError:
+            return
+        rx = self._rx
+        while True:
+            start = rx.find(0x68)
+            if start < 0:
+                rx.clear()
+                return
+            del rx[:start]
+            try:
+                n = dlt645.frame_length(rx)
+            except DLT645Error:
+                del rx[:1]  # a 68 inside someone else's frame: look further
+                continue
+            if n == 0:
+                if len(rx) > 600:
+                    rx.clear()
+                return
+            frame, rest = bytes(rx[:n]), rx[n:]
+            try:
+                parsed = dlt645.parse(frame)
+            except DLT645Error:
+                del rx[:1]
+                continue
+            self._rx = rx = bytearray(rest)
+            answer = self._answer(parsed)
+            if answer is not None and not self.silent:
+                self.requests += 1
+                os.write(self._fd, answer)
+
+    def _answer(self, frame: dict[str, Any]) -> bytes | None:
+        control, to = frame["control"], frame["address"]
+        if control == dlt645.READ_ADDRESS and to == dlt645.BROADCAST:
+            return dlt645.address_response(self.address)
+        if control != dlt645.READ_DATA or to != self.address:
+            return None  # an answer on the line, or a frame for another meter
+        item = dlt645.item_by_di(frame["di"])
+        if item is None or item.name not in self.values:
+            return dlt645.exception_response(self.address, dlt645.READ_DATA, 0x02)
+        value = dlt645.encode_value(item, self.values[item.name])
+        return dlt645.read_response(self.address, item.di, value)

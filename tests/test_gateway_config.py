@@ -94,7 +94,12 @@ BAD = [
         "buses: cabinet-485, meters",
     ),
     ("unit id", "unit = 1\nmap", "unit = 300\nmap", "1..247"),
-    ("map", 'map = "pole-env"', 'map = "pole-envv"', "known maps: pole-env, sdm120"),
+    (
+        "map",
+        'map = "pole-env"',
+        'map = "pole-envv"',
+        "did you mean 'pole-env'? known maps: acrel-adl400, chint-dtsu666",
+    ),
     ("code", 'code = "371600PL000001C"', 'code = "371600PL000001D"', "expected 'C'"),
     ("poll", "poll_interval = 5.0", "poll_interval = -1", "seconds, 0.01..86400"),
     ("type of value", "poll_interval = 5.0", 'poll_interval = "5"', "must be a number"),
@@ -278,12 +283,15 @@ def test_map_names_are_one_namespace_with_the_built_in_maps(tmp_path: Path) -> N
         load_config(path)
     assert str(path) in str(err.value)
     assert err.value.problems == [
-        "map[1].name = 'sdm120': a built-in map has this name (`polekit protocols maps`): "
-        "give this [[map]] another name, or drop it and use the built-in 'sdm120'",
+        "map[1].name = 'sdm120': a built-in map or library device has this name (`polekit "
+        "devices list`): give this [[map]] another name, or drop it and use the built-in "
+        "'sdm120'",
         "map[2].name = 'branch-meter': another [[map]] already has this name; give each its own",
         "device[0].map = 'branch-metre': no map has this name; did you mean 'branch-meter'? "
-        "known maps: branch-meter, pole-env, sdm120 (built-in ones, and each [[map]] name of "
-        "this file)",
+        "known maps: acrel-adl400, branch-meter, chint-dtsu666, deltaohm-pmsense, "
+        "dfrobot-sen0482, dfrobot-sen0483, pole-env, scion-thp, sdm120, sdm630, sonbest-sm7901b "
+        "(the node's maps and the device library, `polekit devices list`, and each [[map]] "
+        "name of this file)",
     ]
 
 

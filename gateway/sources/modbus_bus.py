@@ -30,6 +30,7 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
 from polekit.gateway.config import BusConfig, DeviceConfig
+from polekit.gateway.sources import dlt645_meter
 from polekit.gateway.sources.planner import Read, plan_reads
 from polekit.protocols import modbus as mb
 from polekit.protocols.errors import ProtocolError
@@ -93,6 +94,7 @@ class DeviceState:
     last_error: str | None = None
     polls: int = 0
     failures: int = 0
+    meter_address: str | None = None  # a DL/T 645 meter's, once the broadcast query found it
 
     def backoff_s(self) -> float:
         """Delay before the next attempt after ``misses`` consecutive failures."""
@@ -356,6 +358,8 @@ class ModbusBus:
         """Read every point of one device (on ``link``, the first connection by default);
         raises DeviceNoResponse / DeviceRefused."""
         link = link or self._links[0]
+        if state.config.protocol == "dlt645":  # a meter sharing the line
+            return await dlt645_meter.poll(self, state, link)
         values: list[tuple[Point, Any]] = []
         for read in state.reads:
             words = await self._read(state.config, read, link)
@@ -483,16 +487,24 @@ class ModbusBus:
             values = await self.poll(state, link)
         except ConnectionException:
             raise  # the port, not the device: run() reopens it
-        except (DeviceNoResponse, DeviceRefused, ModbusException, ProtocolError) as exc:
+        except (
+            DeviceNoResponse,
+            DeviceRefused,
+            dlt645_meter.MeterRefused,
+            ModbusException,
+            ProtocolError,
+        ) as exc:
             self._failed(state, str(exc))
             return
         state.misses = 0
         state.last_ok = started
         if state.online is not True:
             log.info(
-                "device %s online (unit %d on %s)",
+                "device %s online (%s on %s)",
                 state.config.code,
-                state.config.unit,
+                f"meter {state.config.meter_address or state.meter_address}"
+                if state.config.protocol == "dlt645"
+                else f"unit {state.config.unit}",
                 self.config.name,
             )
         state.online = True
