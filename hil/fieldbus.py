@@ -49,7 +49,7 @@ class SimulatedBus:
         self.where = serial_port or (f"{tcp[0]}:{tcp[1]}" if tcp else "")
         self._absent: set[int] = set()
         self._serial = serial_port is not None
-        devices = [self._device(unit) for unit in maps]
+        devices = [self._device(unit, regmap) for unit, regmap in maps.items()]
         if serial_port:
             self._server: ModbusSerialServer | ModbusTcpServer = ModbusSerialServer(
                 devices,
@@ -66,18 +66,20 @@ class SimulatedBus:
         self._task: asyncio.Task[None] | None = None
 
     @staticmethod
-    def _device(unit: int) -> SimDevice:
-        # four separate tables (coils, discrete inputs, holding, input), 1024 entries each
-        def block(kind: DataType, value: Any) -> list[SimData]:
-            return [SimData(0, count=1024, values=value, datatype=kind)]
+    def _device(unit: int, regmap: RegisterMap) -> SimDevice:
+        # four separate tables (coils, discrete inputs, holding, input), 1024 entries each,
+        # or up to the map's highest register (a meter's data may sit at 0x401E)
+        def block(table: str, kind: DataType, value: Any) -> list[SimData]:
+            top = max((p.address + p.count for p in regmap if p.table == table), default=0)
+            return [SimData(0, count=max(1024, top), values=value, datatype=kind)]
 
         return SimDevice(
             unit,
             simdata=(
-                block(DataType.BITS, False),
-                block(DataType.BITS, False),
-                block(DataType.REGISTERS, 0),
-                block(DataType.REGISTERS, 0),
+                block("coil", DataType.BITS, False),
+                block("discrete", DataType.BITS, False),
+                block("holding", DataType.REGISTERS, 0),
+                block("input", DataType.REGISTERS, 0),
             ),
         )
 
