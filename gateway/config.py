@@ -23,6 +23,8 @@ from polekit.protocols import devices as library
 from polekit.protocols import dlt645, identity, modbus
 
 FORMATS = ("senml+cbor", "senml+json")
+BUS_TYPES = ("rtu", "tcp", "rtu-over-tcp", "dtu-server")
+RTU_FRAMED = ("rtu", "rtu-over-tcp", "dtu-server")  # serial lines, direct or behind a DTU
 PARITIES = ("N", "E", "O")
 
 
@@ -77,6 +79,14 @@ class BusConfig:
     # transactions at once (tcp only: one connection each, since pymodbus's client waits
     # for each answer before it sends the next request); 1 for a gateway fronting RS-485
     max_in_flight: int = 1
+    # dtu-server: the registration packet a DTU sends first (its IMEI, say) to be taken as
+    # this line; None: the first DTU that connects is
+    registration: str | None = None
+
+    @property
+    def rtu_framing(self) -> bool:
+        """RTU frames (unit, PDU, CRC) on the wire: a serial line, or one behind a DTU."""
+        return self.type in RTU_FRAMED
 
     @property
     def inter_frame_s(self) -> float:
@@ -87,6 +97,11 @@ class BusConfig:
         """Where the bus is, for logs and tables."""
         if self.type == "rtu":
             return f"{self.port} {self.baudrate} 8{self.parity}{self.stopbits}"
+        if self.type == "dtu-server":
+            who = f", DTU {self.registration}" if self.registration else ""
+            return f"listening on {self.host}:{self.tcp_port}{who}"
+        if self.type == "rtu-over-tcp":
+            return f"{self.host}:{self.tcp_port} (RTU over TCP)"
         return f"{self.host}:{self.tcp_port}"
 
 
@@ -305,6 +320,8 @@ _BUS_KEYS = (
     "host",
     "timeout",
     "max_in_flight",
+    "listen",
+    "registration",
 )
 MIN_POLL_INTERVAL_S = 0.01  # the bus's schedule holds 10 ms (tests/test_gateway_modbus_tcp.py)
 MAX_IN_FLIGHT = 32  # connections to one endpoint; Modbus TCP gateways seldom take more
@@ -680,8 +697,9 @@ def _buses(r: _Reader, items: Any) -> dict[str, BusConfig]:
             str,
             "rtu",
             required=True,
-            check=lambda v: v in ("rtu", "tcp"),
-            allowed="rtu (serial RS-485) or tcp (Modbus TCP)",
+            check=lambda v: v in BUS_TYPES,
+            allowed="rtu (serial RS-485), tcp (Modbus TCP), rtu-over-tcp (RTU frames to a "
+            "DTU or serial server) or dtu-server (DTUs connect in to the gateway)",
         )
         timeout = r.get(
             b,
@@ -702,14 +720,18 @@ def _buses(r: _Reader, items: Any) -> dict[str, BusConfig]:
             allowed=f"transactions at once on this endpoint, 1..{MAX_IN_FLIGHT} (one TCP "
             "connection each)",
         )
-        if kind == "rtu" and in_flight > 1:
+        if kind in RTU_FRAMED and in_flight > 1:
             r.problem(
                 f"{where}.max_in_flight",
                 in_flight,
-                "an rtu bus carries one transaction at a time (RS-485 is half duplex): "
-                'remove max_in_flight from this [[bus]] (it is for type = "tcp" endpoints)',
+                f"an {kind} bus carries one transaction at a time (RS-485 is half duplex, "
+                "behind a DTU too): remove max_in_flight from this [[bus]] (it is for type = "
+                '"tcp" endpoints)',
             )
             in_flight = 1
+        for key, only in (("listen", "dtu-server"), ("registration", "dtu-server")):
+            if key in b and kind != only:
+                r.problem(f"{where}.{key}", b[key], f'only a type = "{only}" bus has {key}')
         if kind == "rtu":
             port = r.get(
                 b,
@@ -752,6 +774,40 @@ def _buses(r: _Reader, items: Any) -> dict[str, BusConfig]:
             )
             if "bytesize" in b and b["bytesize"] != 8:
                 r.problem(f"{where}.bytesize", b["bytesize"], "Modbus RTU uses 8 data bits")
+        elif kind == "dtu-server":
+            bus = BusConfig(
+                name,
+                kind,
+                host=r.get(
+                    b,
+                    where,
+                    "listen",
+                    str,
+                    "0.0.0.0",
+                    allowed="the address to listen on for DTUs, e.g. 0.0.0.0",
+                ),
+                tcp_port=r.get(
+                    b,
+                    where,
+                    "port",
+                    int,
+                    None,
+                    required=True,
+                    check=lambda v: 0 <= v <= 65535,
+                    allowed="the TCP port DTUs are set to connect to, 1..65535 (0: any, tests)",
+                ),
+                timeout_s=timeout,
+                registration=r.get(
+                    b,
+                    where,
+                    "registration",
+                    str,
+                    None,
+                    check=lambda v: 0 < len(v) <= 64,
+                    allowed="the DTU's registration packet as text (its IMEI or ID), 1..64 "
+                    "characters",
+                ),
+            )
         else:
             host = r.get(b, where, "host", str, None, required=True, allowed="the device's address")
             tcp_port = r.get(
@@ -991,11 +1047,12 @@ def _meter(
 ) -> DeviceConfig | None:
     # a DL/T 645 meter: on a serial line (shared with Modbus devices or not), read by a
     # data set of the library (map = "dlt645-3p"), at its address or found by broadcast
-    if bus in buses and buses[bus].type != "rtu":
+    if bus in buses and not buses[bus].rtu_framing:
         r.problem(
             f"{where}.protocol",
             "dlt645",
-            f'a DL/T 645 meter hangs on a serial line: bus {bus!r} must be type = "rtu"',
+            f"a DL/T 645 meter hangs on a serial line: bus {bus!r} must be type = "
+            '"rtu", "rtu-over-tcp" or "dtu-server"',
         )
     for key in ("unit", "point"):
         if key in d:

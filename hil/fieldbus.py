@@ -18,6 +18,7 @@ import time
 import tty
 from typing import Any
 
+from pymodbus.framer import FramerType
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
@@ -40,6 +41,7 @@ class SimulatedBus:
         parity: str = "E",
         stopbits: int = 1,
         shared: bool = False,
+        rtu_over_tcp: bool = False,
     ) -> None:
         self.maps = dict(maps)
         # on a line with other slaves (emulated boards): listen like a slave does
@@ -49,7 +51,14 @@ class SimulatedBus:
         self.where = serial_port or (f"{tcp[0]}:{tcp[1]}" if tcp else "")
         self._absent: set[int] = set()
         self._serial = serial_port is not None
-        devices = [self._device(unit, regmap) for unit, regmap in maps.items()]
+        # RTU frames (unit first, CRC last) on the TCP port: a serial server or a DTU's line
+        self._rtu = self._serial or rtu_over_tcp
+        # a table of 1024 registers holds most maps; a meter's data may sit at 0x401E
+        tops = {u: max([1024] + [p.address + p.count for p in m]) for u, m in maps.items()}
+        devices = [
+            self._device(unit) if tops[unit] == 1024 else self._device(unit, tops[unit])
+            for unit in maps
+        ]
         if serial_port:
             self._server: ModbusSerialServer | ModbusTcpServer = ModbusSerialServer(
                 devices,
@@ -60,26 +69,29 @@ class SimulatedBus:
                 trace_packet=self._silence_absent,
             )
         elif tcp:
-            self._server = ModbusTcpServer(devices, address=tcp, trace_packet=self._silence_absent)
+            self._server = ModbusTcpServer(
+                devices,
+                address=tcp,
+                framer=FramerType.RTU if rtu_over_tcp else FramerType.SOCKET,
+                trace_packet=self._silence_absent,
+            )
         else:
             raise ValueError("give serial_port or tcp")
         self._task: asyncio.Task[None] | None = None
 
     @staticmethod
-    def _device(unit: int, regmap: RegisterMap) -> SimDevice:
-        # four separate tables (coils, discrete inputs, holding, input), 1024 entries each,
-        # or up to the map's highest register (a meter's data may sit at 0x401E)
-        def block(table: str, kind: DataType, value: Any) -> list[SimData]:
-            top = max((p.address + p.count for p in regmap if p.table == table), default=0)
-            return [SimData(0, count=max(1024, top), values=value, datatype=kind)]
+    def _device(unit: int, registers: int = 1024) -> SimDevice:
+        # four separate tables (coils, discrete inputs, holding, input), ``registers`` each
+        def block(kind: DataType, value: Any) -> list[SimData]:
+            return [SimData(0, count=registers, values=value, datatype=kind)]
 
         return SimDevice(
             unit,
             simdata=(
-                block("coil", DataType.BITS, False),
-                block("discrete", DataType.BITS, False),
-                block("holding", DataType.REGISTERS, 0),
-                block("input", DataType.REGISTERS, 0),
+                block(DataType.BITS, False),
+                block(DataType.BITS, False),
+                block(DataType.REGISTERS, 0),
+                block(DataType.REGISTERS, 0),
             ),
         )
 
@@ -156,7 +168,7 @@ class SimulatedBus:
             return self._listen(data)
         # pymodbus answers unknown units with exception 4; a real line is silent instead
         if sending and data:
-            unit = data[0] if self._serial else (data[6] if len(data) > 6 else 0)
+            unit = data[0] if self._rtu else (data[6] if len(data) > 6 else 0)
             if unit not in self.maps or unit in self._absent:
                 return b""
         return data

@@ -84,7 +84,12 @@ BAD = [
     ("url", 'url = "mqtt://127.0.0.1:1883"', 'url = "http://broker"', "mqtt://host:1883"),
     ("format", 'format = "senml+cbor"', 'format = "xml"', "senml+cbor or senml+json"),
     ("prefix", 'topic_prefix = "polekit/v1"', 'topic_prefix = "a/#"', "'+', '#'"),
-    ("bus type", 'type = "rtu"', 'type = "rs485"', "rtu (serial RS-485) or tcp"),
+    (
+        "bus type",
+        'type = "rtu"',
+        'type = "rs485"',
+        "rtu (serial RS-485), tcp (Modbus TCP), rtu-over-tcp",
+    ),
     ("baud", "baudrate = 9600", "baudrate = 9601", "9600, 19200"),
     ("parity", 'parity = "N"', 'parity = "X"', "N, E or O"),
     (
@@ -322,7 +327,8 @@ def test_max_in_flight_is_for_tcp_buses(tmp_path: Path) -> None:
     assert str(path) in str(err.value)
     assert err.value.problems == [
         "bus[0].max_in_flight = 2: an rtu bus carries one transaction at a time (RS-485 is "
-        'half duplex): remove max_in_flight from this [[bus]] (it is for type = "tcp" endpoints)'
+        "half duplex, behind a DTU too): remove max_in_flight from this [[bus]] (it is for "
+        'type = "tcp" endpoints)'
     ]
     path = maps_config(tmp_path, one_line_devices(2), bus_extra="max_in_flight = 33")
     with pytest.raises(ConfigError, match=r"bus\[0\].max_in_flight = 33: transactions at once"):
