@@ -13,15 +13,18 @@ import os
 import pwd
 import tempfile
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from polekit.gateway.redact import HIDDEN, bindkey_problem, redact_url
-from polekit.protocols import identity, modbus
+from polekit.protocols import devices as library
+from polekit.protocols import dlt645, identity, modbus
 
 FORMATS = ("senml+cbor", "senml+json")
+BUS_TYPES = ("rtu", "tcp", "rtu-over-tcp", "dtu-server")
+RTU_FRAMED = ("rtu", "rtu-over-tcp", "dtu-server")  # serial lines, direct or behind a DTU
 PARITIES = ("N", "E", "O")
 
 
@@ -76,6 +79,14 @@ class BusConfig:
     # transactions at once (tcp only: one connection each, since pymodbus's client waits
     # for each answer before it sends the next request); 1 for a gateway fronting RS-485
     max_in_flight: int = 1
+    # dtu-server: the registration packet a DTU sends first (its IMEI, say) to be taken as
+    # this line; None: the first DTU that connects is
+    registration: str | None = None
+
+    @property
+    def rtu_framing(self) -> bool:
+        """RTU frames (unit, PDU, CRC) on the wire: a serial line, or one behind a DTU."""
+        return self.type in RTU_FRAMED
 
     @property
     def inter_frame_s(self) -> float:
@@ -86,6 +97,11 @@ class BusConfig:
         """Where the bus is, for logs and tables."""
         if self.type == "rtu":
             return f"{self.port} {self.baudrate} 8{self.parity}{self.stopbits}"
+        if self.type == "dtu-server":
+            who = f", DTU {self.registration}" if self.registration else ""
+            return f"listening on {self.host}:{self.tcp_port}{who}"
+        if self.type == "rtu-over-tcp":
+            return f"{self.host}:{self.tcp_port} (RTU over TCP)"
         return f"{self.host}:{self.tcp_port}"
 
 
@@ -100,6 +116,11 @@ class DeviceConfig:
     map_name: str
     points: modbus.RegisterMap
     poll_interval_s: float
+    # a DL/T 645 meter (``protocol = "dlt645"``) on the same line: its 12-digit address
+    # (None: found by the broadcast address query) and the items its data set reads
+    protocol: str = "modbus"
+    meter_address: str | None = None
+    items: tuple[dlt645.Item, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -299,11 +320,25 @@ _BUS_KEYS = (
     "host",
     "timeout",
     "max_in_flight",
+    "listen",
+    "registration",
 )
 MIN_POLL_INTERVAL_S = 0.01  # the bus's schedule holds 10 ms (tests/test_gateway_modbus_tcp.py)
 MAX_IN_FLIGHT = 32  # connections to one endpoint; Modbus TCP gateways seldom take more
 _MAP_KEYS = ("name", "point")
-_DEVICE_KEYS = ("code", "bus", "unit", "map", "point", "poll_interval", "transport")
+_DEVICE_KEYS = (
+    "code",
+    "bus",
+    "unit",
+    "map",
+    "point",
+    "poll_interval",
+    "transport",
+    "protocol",
+    "address",
+)
+METER_BAUDRATE = 2400  # DL/T 645-2007 section 4.1: 2400 baud, 8E1, unless the meter is set
+DLT645_SETS = tuple(n for n in library.names() if library.protocol(n) == "dlt645")
 _BLE_DEVICE_KEYS = ("code", "transport", "address", "bindkey", "interval")
 _BLE_KEYS = ("adapter", "air")
 _POINT_KEYS = (
@@ -488,6 +523,7 @@ def parse_config(raw: dict[str, Any], path: Path | str = "<config>") -> Config:
         enabled=r.get(st, "status", "enabled", bool, True),
     )
     commands = _commands(r, _table(r, raw, "commands", required=False))
+    buses = _meter_lines(raw.get("bus", []), buses, devices)
     if r.problems:
         raise ConfigError(path, r.problems)
     return Config(
@@ -503,6 +539,21 @@ def parse_config(raw: dict[str, Any], path: Path | str = "<config>") -> Config:
         ble,
         commands,
     )
+
+
+def _meter_lines(
+    items: Any, buses: dict[str, BusConfig], devices: list[DeviceConfig]
+) -> dict[str, BusConfig]:
+    # a serial line with only DL/T 645 meters on it runs at the meters' 2400 baud unless
+    # the [[bus]] says otherwise (a line shared with Modbus devices keeps 9600: set it)
+    given = {b.get("name") for b in items if isinstance(b, dict) and "baudrate" in b}
+    out = dict(buses)
+    for name, bus in buses.items():
+        on = [d for d in devices if d.bus == name]
+        if bus.type == "rtu" and on and name not in given:
+            if all(d.protocol == "dlt645" for d in on):
+                out[name] = replace(bus, baudrate=METER_BAUDRATE)
+    return out
 
 
 def _table(r: _Reader, raw: dict[str, Any], name: str, required: bool = True) -> dict[str, Any]:
@@ -646,8 +697,9 @@ def _buses(r: _Reader, items: Any) -> dict[str, BusConfig]:
             str,
             "rtu",
             required=True,
-            check=lambda v: v in ("rtu", "tcp"),
-            allowed="rtu (serial RS-485) or tcp (Modbus TCP)",
+            check=lambda v: v in BUS_TYPES,
+            allowed="rtu (serial RS-485), tcp (Modbus TCP), rtu-over-tcp (RTU frames to a "
+            "DTU or serial server) or dtu-server (DTUs connect in to the gateway)",
         )
         timeout = r.get(
             b,
@@ -668,14 +720,18 @@ def _buses(r: _Reader, items: Any) -> dict[str, BusConfig]:
             allowed=f"transactions at once on this endpoint, 1..{MAX_IN_FLIGHT} (one TCP "
             "connection each)",
         )
-        if kind == "rtu" and in_flight > 1:
+        if kind in RTU_FRAMED and in_flight > 1:
             r.problem(
                 f"{where}.max_in_flight",
                 in_flight,
-                "an rtu bus carries one transaction at a time (RS-485 is half duplex): "
-                'remove max_in_flight from this [[bus]] (it is for type = "tcp" endpoints)',
+                f"an {kind} bus carries one transaction at a time (RS-485 is half duplex, "
+                "behind a DTU too): remove max_in_flight from this [[bus]] (it is for type = "
+                '"tcp" endpoints)',
             )
             in_flight = 1
+        for key, only in (("listen", "dtu-server"), ("registration", "dtu-server")):
+            if key in b and kind != only:
+                r.problem(f"{where}.{key}", b[key], f'only a type = "{only}" bus has {key}')
         if kind == "rtu":
             port = r.get(
                 b,
@@ -718,6 +774,40 @@ def _buses(r: _Reader, items: Any) -> dict[str, BusConfig]:
             )
             if "bytesize" in b and b["bytesize"] != 8:
                 r.problem(f"{where}.bytesize", b["bytesize"], "Modbus RTU uses 8 data bits")
+        elif kind == "dtu-server":
+            bus = BusConfig(
+                name,
+                kind,
+                host=r.get(
+                    b,
+                    where,
+                    "listen",
+                    str,
+                    "0.0.0.0",
+                    allowed="the address to listen on for DTUs, e.g. 0.0.0.0",
+                ),
+                tcp_port=r.get(
+                    b,
+                    where,
+                    "port",
+                    int,
+                    None,
+                    required=True,
+                    check=lambda v: 0 <= v <= 65535,
+                    allowed="the TCP port DTUs are set to connect to, 1..65535 (0: any, tests)",
+                ),
+                timeout_s=timeout,
+                registration=r.get(
+                    b,
+                    where,
+                    "registration",
+                    str,
+                    None,
+                    check=lambda v: 0 < len(v) <= 64,
+                    allowed="the DTU's registration packet as text (its IMEI or ID), 1..64 "
+                    "characters",
+                ),
+            )
         else:
             host = r.get(b, where, "host", str, None, required=True, allowed="the device's address")
             tcp_port = r.get(
@@ -805,7 +895,7 @@ def _user_maps(r: _Reader, items: Any) -> dict[str, modbus.RegisterMap | None]:
     name means one thing wherever it is used. A map whose points have problems is kept
     as None: the problems are reported once, at the map, not again at every device."""
     maps: dict[str, modbus.RegisterMap | None] = {}
-    builtin = modbus.map_names()
+    builtin = library.names() + modbus.map_names()
     for i, where, m in _array_of_tables(r, items, "map"):
         r.unknown_keys(m, where, _MAP_KEYS)
         name = r.get(
@@ -822,8 +912,8 @@ def _user_maps(r: _Reader, items: Any) -> dict[str, modbus.RegisterMap | None]:
             r.problem(
                 f"{where}.name",
                 name,
-                "a built-in map has this name (`polekit protocols maps`): give this "
-                f"[[map]] another name, or drop it and use the built-in {name!r}",
+                "a built-in map or library device has this name (`polekit devices list`): "
+                f"give this [[map]] another name, or drop it and use the built-in {name!r}",
             )
             name = None
         elif name in maps:
@@ -843,16 +933,17 @@ def _device_map(
     # a [[device]]'s map = "...": a [[map]] of this config, else a built-in one
     if name in maps:
         return maps[name]
-    if name in modbus.map_names():
-        return modbus.register_map(name)
-    known = sorted({*modbus.map_names(), *maps})
+    if name in library.map_names():
+        return library.register_map(name)
+    known = sorted({*library.map_names(), *maps})
     near = difflib.get_close_matches(name, known, n=1)
     hint = f"did you mean {near[0]!r}? " if near else ""
     r.problem(
         f"{where}.map",
         name,
         f"no map has this name; {hint}known maps: {', '.join(known)} "
-        "(built-in ones, and each [[map]] name of this file)",
+        "(the node's maps and the device library, `polekit devices list`, and each [[map]] "
+        "name of this file)",
     )
     return None
 
@@ -946,6 +1037,77 @@ def _ble_devices(
     return out
 
 
+def _meter(
+    r: _Reader,
+    d: dict[str, Any],
+    where: str,
+    bus: str,
+    buses: dict[str, BusConfig],
+    meters: set[tuple[str, str | None]],
+) -> DeviceConfig | None:
+    # a DL/T 645 meter: on a serial line (shared with Modbus devices or not), read by a
+    # data set of the library (map = "dlt645-3p"), at its address or found by broadcast
+    if bus in buses and not buses[bus].rtu_framing:
+        r.problem(
+            f"{where}.protocol",
+            "dlt645",
+            f"a DL/T 645 meter hangs on a serial line: bus {bus!r} must be type = "
+            '"rtu", "rtu-over-tcp" or "dtu-server"',
+        )
+    for key in ("unit", "point"):
+        if key in d:
+            r.problem(f"{where}.{key}", d[key], "a DL/T 645 meter has an address, not " + key)
+    address = r.get(
+        d,
+        where,
+        "address",
+        str,
+        None,
+        check=lambda v: len(v) == 12 and v.isdigit(),
+        allowed="the meter's 12-digit address from its nameplate, e.g. '000012345678' (leave "
+        "it out to find the only meter on the line by the broadcast query)",
+    )
+    if (bus, address) in meters:
+        r.problem(
+            f"{where}.address",
+            address or "(none)",
+            "another meter on this bus has this address"
+            if address
+            else "only one meter per line can be found by the broadcast query: give each "
+            "meter its address",
+        )
+    meters.add((bus, address))
+    name = r.get(
+        d,
+        where,
+        "map",
+        str,
+        DLT645_SETS[0],
+        check=lambda v: v in DLT645_SETS,
+        allowed=f"a DL/T 645 data set: {', '.join(DLT645_SETS)} (`polekit devices list`)",
+    )
+    poll = r.get(
+        d,
+        where,
+        "poll_interval",
+        (int, float),
+        5.0,
+        check=lambda v: MIN_POLL_INTERVAL_S <= v <= 86400,
+        allowed=f"seconds, {MIN_POLL_INTERVAL_S}..86400",
+    )
+    return DeviceConfig(
+        "",
+        bus,
+        0,
+        name,
+        modbus.RegisterMap(name, []),
+        float(poll),
+        "dlt645",
+        address,
+        tuple(library.data_set(name)),
+    )
+
+
 def _devices(
     r: _Reader,
     items: list[tuple[str, Any]],
@@ -955,6 +1117,7 @@ def _devices(
     devices: list[DeviceConfig] = []
     codes: set[str] = set()
     units: set[tuple[str, int]] = set()
+    meters: set[tuple[str, str | None]] = set()
     for where, d in items:
         r.unknown_keys(d, where, _DEVICE_KEYS)
         code = _device_code(r, d, where, codes)
@@ -964,6 +1127,26 @@ def _devices(
                 f"{where}.bus",
                 bus,
                 f"no [[bus]] has this name; buses: {', '.join(buses) or 'none'}",
+            )
+        protocol = r.get(
+            d,
+            where,
+            "protocol",
+            str,
+            "modbus",
+            check=lambda v: v in ("modbus", "dlt645"),
+            allowed="modbus (the default) or dlt645 (a DL/T 645-2007 meter)",
+        )
+        if protocol == "dlt645":
+            meter = _meter(r, d, where, bus, buses, meters)
+            if meter is not None:
+                devices.append(replace(meter, code=code))
+            continue
+        if "address" in d:
+            r.problem(
+                f"{where}.address",
+                d["address"],
+                'a Modbus device has a unit id (unit = 1..247); address is for protocol = "dlt645"',
             )
         unit = r.get(
             d,
@@ -989,7 +1172,7 @@ def _devices(
             regmap = _inline_points(r, d["point"], where)
             map_name = "inline"
         else:
-            known = ", ".join(sorted({*modbus.map_names(), *maps}))
+            known = ", ".join(sorted({*library.map_names(), *maps}))
             r.problem(
                 f"{where}.map",
                 _MISSING,

@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
+import tty
 from typing import Any
 
+from pymodbus.framer import FramerType
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from polekit.protocols import modbus
+from polekit.protocols import dlt645, modbus
+from polekit.protocols.errors import DLT645Error
 from polekit.protocols.modbus import RegisterMap
 
 _FC = {"holding": 3, "input": 4, "coil": 1, "discrete": 2}
@@ -37,6 +41,7 @@ class SimulatedBus:
         parity: str = "E",
         stopbits: int = 1,
         shared: bool = False,
+        rtu_over_tcp: bool = False,
     ) -> None:
         self.maps = dict(maps)
         # on a line with other slaves (emulated boards): listen like a slave does
@@ -46,7 +51,14 @@ class SimulatedBus:
         self.where = serial_port or (f"{tcp[0]}:{tcp[1]}" if tcp else "")
         self._absent: set[int] = set()
         self._serial = serial_port is not None
-        devices = [self._device(unit) for unit in maps]
+        # RTU frames (unit first, CRC last) on the TCP port: a serial server or a DTU's line
+        self._rtu = self._serial or rtu_over_tcp
+        # a table of 1024 registers holds most maps; a meter's data may sit at 0x401E
+        tops = {u: max([1024] + [p.address + p.count for p in m]) for u, m in maps.items()}
+        devices = [
+            self._device(unit) if tops[unit] == 1024 else self._device(unit, tops[unit])
+            for unit in maps
+        ]
         if serial_port:
             self._server: ModbusSerialServer | ModbusTcpServer = ModbusSerialServer(
                 devices,
@@ -57,16 +69,21 @@ class SimulatedBus:
                 trace_packet=self._silence_absent,
             )
         elif tcp:
-            self._server = ModbusTcpServer(devices, address=tcp, trace_packet=self._silence_absent)
+            self._server = ModbusTcpServer(
+                devices,
+                address=tcp,
+                framer=FramerType.RTU if rtu_over_tcp else FramerType.SOCKET,
+                trace_packet=self._silence_absent,
+            )
         else:
             raise ValueError("give serial_port or tcp")
         self._task: asyncio.Task[None] | None = None
 
     @staticmethod
-    def _device(unit: int) -> SimDevice:
-        # four separate tables (coils, discrete inputs, holding, input), 1024 entries each
+    def _device(unit: int, registers: int = 1024) -> SimDevice:
+        # four separate tables (coils, discrete inputs, holding, input), ``registers`` each
         def block(kind: DataType, value: Any) -> list[SimData]:
-            return [SimData(0, count=1024, values=value, datatype=kind)]
+            return [SimData(0, count=registers, values=value, datatype=kind)]
 
         return SimDevice(
             unit,
@@ -151,7 +168,7 @@ class SimulatedBus:
             return self._listen(data)
         # pymodbus answers unknown units with exception 4; a real line is silent instead
         if sending and data:
-            unit = data[0] if self._serial else (data[6] if len(data) > 6 else 0)
+            unit = data[0] if self._rtu else (data[6] if len(data) > 6 else 0)
             if unit not in self.maps or unit in self._absent:
                 return b""
         return data
@@ -186,3 +203,87 @@ class _Reason(logging.Handler):
         if "Failed to start server" in message:
             reason = message.split("Failed to start server", 1)[1]
             self.text = re.sub(r"\[Errno -?\d+\] ", "", reason).strip()
+
+
+class SimulatedMeter:
+    """A DL/T 645-2007 electricity meter on a serial endpoint (a virtual RS-485 line's
+    pseudo-terminal), built on our own table (protocols/dlt645.py, whose bytes agree with
+    the ``dlt645`` package: tests/test_dlt645.py). It hears every byte on the line, as a
+    drop does, answers read-data requests for its address and the broadcast address query,
+    answers "no requested data" for an identifier it does not hold, and stays silent on
+    everything else (Modbus frames to other drops, other meters' frames, noise).
+    Values are set by item name in the item's unit (``meter.set("voltage_l1", 230.4)``).
+    """
+
+    def __init__(self, port: str, address: str, values: dict[str, float] | None = None) -> None:
+        self.port = port
+        self.address = address
+        self.values: dict[str, float] = dict(values or {})
+        self.requests = 0  # frames it answered
+        self.silent = False  # True: a meter with its power cut
+        self._fd: int | None = None
+        self._rx = bytearray()
+
+    def set(self, name: str, value: float) -> None:
+        dlt645.encode_value(dlt645.item(name), value)  # refuse what the meter could not hold
+        self.values[name] = value
+
+    async def start(self) -> SimulatedMeter:
+        """Open the endpoint and answer from now on (OSError if it cannot be opened)."""
+        fd = os.open(self.port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        tty.setraw(fd)
+        self._fd = fd
+        asyncio.get_running_loop().add_reader(fd, self._readable)
+        return self
+
+    async def stop(self) -> None:
+        if self._fd is not None:
+            asyncio.get_running_loop().remove_reader(self._fd)
+            os.close(self._fd)
+            self._fd = None
+
+    def _readable(self) -> None:
+        assert self._fd is not None
+        try:
+            self._rx += os.read(self._fd, 4096)
+        except BlockingIOError:
+            return
+        rx = self._rx
+        while True:
+            start = rx.find(0x68)
+            if start < 0:
+                rx.clear()
+                return
+            del rx[:start]
+            try:
+                n = dlt645.frame_length(rx)
+            except DLT645Error:
+                del rx[:1]  # a 68 inside someone else's frame: look further
+                continue
+            if n == 0:
+                if len(rx) > 600:
+                    rx.clear()
+                return
+            frame, rest = bytes(rx[:n]), rx[n:]
+            try:
+                parsed = dlt645.parse(frame)
+            except DLT645Error:
+                del rx[:1]
+                continue
+            self._rx = rx = bytearray(rest)
+            answer = self._answer(parsed)
+            if answer is not None and not self.silent:
+                self.requests += 1
+                os.write(self._fd, answer)
+
+    def _answer(self, frame: dict[str, Any]) -> bytes | None:
+        control, to = frame["control"], frame["address"]
+        if control == dlt645.READ_ADDRESS and to == dlt645.BROADCAST:
+            return dlt645.address_response(self.address)
+        if control != dlt645.READ_DATA or to != self.address:
+            return None  # an answer on the line, or a frame for another meter
+        item = dlt645.item_by_di(frame["di"])
+        if item is None or item.name not in self.values:
+            return dlt645.exception_response(self.address, dlt645.READ_DATA, 0x02)
+        value = dlt645.encode_value(item, self.values[item.name])
+        return dlt645.read_response(self.address, item.di, value)

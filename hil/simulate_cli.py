@@ -2,7 +2,8 @@
 integrator can try a gateway config without hardware.
 
 The devices are hil.fieldbus's (real pymodbus servers, as in the tests and the demo), laid
-out by the register maps in protocols/modbus.py, with values that move (hil/field_values.py).
+out by the register maps in protocols/ (the node's, and the device library's), with values
+that move (hil/field_values.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Any
 
 import click
 
-from polekit.protocols import identity, modbus
+from polekit.protocols import devices as library
+from polekit.protocols import identity
 
 # the device type letter of a map's device, for the config snippet it prints
 DEVICE_TYPE_OF_MAP = {"sdm120": "EM", "pole-env": "PL"}
@@ -31,8 +33,8 @@ DEVICE_TYPE_OF_MAP = {"sdm120": "EM", "pole-env": "PL"}
     multiple=True,
     required=True,
     metavar="NAME",
-    help=f"Register map of the device(s): {', '.join(modbus.map_names())} (polekit protocols "
-    "maps NAME lists its points). Once for every unit, or once per --unit, in order.",
+    help=f"Register map of the device(s): {', '.join(library.map_names())} (polekit devices "
+    "show NAME lists its points). Once for every unit, or once per --unit, in order.",
 )
 @click.option(
     "--unit",
@@ -116,7 +118,7 @@ def _devices(maps: tuple[str, ...], units: tuple[int, ...]) -> dict[int, str]:
     names = maps if len(maps) == len(units) else maps * len(units)
     for name in set(names):
         try:
-            modbus.register_map(name)
+            library.register_map(name)
         except KeyError as exc:
             raise click.UsageError(f"--map: {exc.args[0]}") from None
     return dict(zip(units, names, strict=True))
@@ -153,7 +155,7 @@ async def _serve(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(signum, stop.set)
-    maps = {unit: modbus.register_map(name) for unit, name in devices.items()}
+    maps = {unit: library.register_map(name) for unit, name in devices.items()}
     line = None
     serial: dict[str, Any] = {}
     try:
@@ -211,7 +213,7 @@ def _announce(devices: dict[int, str], where: dict[str, Any], as_json: bool) -> 
         )
     click.echo(f"simulating {len(devices)} device(s) on {place}")
     for unit, name in devices.items():
-        points = ", ".join(p.name for p in modbus.register_map(name) if not p.writable)
+        points = ", ".join(p.name for p in library.register_map(name) if not p.writable)
         click.echo(f"  unit {unit:<3} {name:<9} {points}")
     click.echo("\nIn a gateway config (polekit gateway check -c FILE --probe):\n")
     click.echo(f'[[bus]]\nname = "simulated"\n{bus}')

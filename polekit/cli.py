@@ -284,6 +284,65 @@ def protocols_quantities() -> None:
 
 
 @main.group()
+def devices() -> None:
+    """The field device library: register maps and DL/T 645 data sets of devices a pole
+    deployment buys (meters, wind, noise, weather, particulates), each cited from its
+    manual. Use a name in the gateway config: map = "chint-dtsu666"."""
+
+
+@devices.command("list")
+def devices_list() -> None:
+    """List the library's devices: name, protocol, factory line settings, what it is."""
+    from polekit.protocols import devices as library
+
+    table = Table("name", "protocol", "line (factory)", "device")
+    for name in library.names():
+        title, proto, line, _source = library.about(name)
+        table.add_row(name, proto, line, title)
+    Console().print(table)
+
+
+@devices.command("show")
+@click.argument("device")
+def devices_show(device: str) -> None:
+    """Show what DEVICE's map reads (registers or DL/T 645 identifiers) and its source."""
+    import difflib
+
+    from polekit.protocols import devices as library
+
+    if device not in library.names():
+        near = difflib.get_close_matches(device, library.names(), n=1)
+        hint = f"did you mean {near[0]!r}? " if near else ""
+        raise click.UsageError(
+            f"no device {device!r} in the library; {hint}`polekit devices list` lists them"
+        )
+    title, proto, line, source = library.about(device)
+    if proto == "dlt645":
+        table = Table("value", "DI", "format", "unit", "signed", title=f"{device}: {title}")
+        for item in library.data_set(device):
+            table.add_row(
+                item.name, f"{item.di:08X}", item.fmt, item.unit, "yes" if item.signed else ""
+            )
+    else:
+        table = Table(
+            "value", "table", "address", "type", "scale", "unit", title=f"{device}: {title}"
+        )
+        for p in library.register_map(device):
+            table.add_row(
+                p.name,
+                p.table,
+                f"{p.address} (0x{p.address:04X})",
+                p.dtype,
+                str(p.scale),
+                p.unit or "",
+            )
+    console = Console()
+    console.print(table)
+    console.print(f"protocol: {proto}; factory line settings: {line}")
+    console.print(f"source: {source}", soft_wrap=True)
+
+
+@main.group()
 def boards() -> None:
     """Board definitions: chip, heap budget, pins, buses and attached sensors."""
 

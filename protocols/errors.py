@@ -60,3 +60,8 @@ def shown(value):
         return repr(value)[:60]
     except ValueError:
         return "(too large to show)"
+
+
+# A DL/T 645 frame is malformed (preamble, header, length, checksum, end byte, BCD digits).
+class DLT645Error(FrameError):
+    pass

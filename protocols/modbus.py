@@ -335,11 +335,13 @@ report_interval 2 holding u16 big 1 s rw 1 3600
 tilt_threshold 3 holding u16 big 0.1 deg rw 0 90
 tilt_hysteresis 4 holding u16 big 0.1 deg rw 0 30
 """,
-    # Eastron SDM120-series energy meter: IEEE-754 floats, high word first
+    # Eastron SDM120-series energy meter: IEEE-754 floats, high word first. The gateway's
+    # device library (devices.py) cites its source; the other library maps live there
     "sdm120": """
 voltage 0 input f32 big 1 V
 current 6 input f32 big 1 A
 power 12 input f32 big 1 W
+power_factor 30 input f32 big 1 /
 frequency 70 input f32 big 1 Hz
 energy 342 input f32 big 1 kWh
 """,

@@ -156,6 +156,7 @@ map = "pole-env"
             "offset": "0x1000",
             "length": "16",
             "maps": "sdm120",
+            "device": "chint-dtsu666",
         }.get(name)
 
     def bad(self, path: tuple[str, ...], param: click.Parameter) -> list[str]:
@@ -196,6 +197,7 @@ map = "pole-env"
             "settings": ["unit", "=3"],
             "mpy": ["9.9", "six"],
             "maps": ["sdm12", "é", ""],
+            "device": ["chint-dtsu66", "é", "", str(self.garbage)],
             "tcp": ["127.0.0.1", "127.0.0.1:99999", "no host:1", f"127.0.0.1:{self.taken_port}"],
             "unique_id": ["zz", "123", "é"],
             "adapter": ["hci99"],

@@ -84,7 +84,12 @@ BAD = [
     ("url", 'url = "mqtt://127.0.0.1:1883"', 'url = "http://broker"', "mqtt://host:1883"),
     ("format", 'format = "senml+cbor"', 'format = "xml"', "senml+cbor or senml+json"),
     ("prefix", 'topic_prefix = "polekit/v1"', 'topic_prefix = "a/#"', "'+', '#'"),
-    ("bus type", 'type = "rtu"', 'type = "rs485"', "rtu (serial RS-485) or tcp"),
+    (
+        "bus type",
+        'type = "rtu"',
+        'type = "rs485"',
+        "rtu (serial RS-485), tcp (Modbus TCP), rtu-over-tcp",
+    ),
     ("baud", "baudrate = 9600", "baudrate = 9601", "9600, 19200"),
     ("parity", 'parity = "N"', 'parity = "X"', "N, E or O"),
     (
@@ -94,7 +99,12 @@ BAD = [
         "buses: cabinet-485, meters",
     ),
     ("unit id", "unit = 1\nmap", "unit = 300\nmap", "1..247"),
-    ("map", 'map = "pole-env"', 'map = "pole-envv"', "known maps: pole-env, sdm120"),
+    (
+        "map",
+        'map = "pole-env"',
+        'map = "pole-envv"',
+        "did you mean 'pole-env'? known maps: acrel-adl400, chint-dtsu666",
+    ),
     ("code", 'code = "371600PL000001C"', 'code = "371600PL000001D"', "expected 'C'"),
     ("poll", "poll_interval = 5.0", "poll_interval = -1", "seconds, 0.01..86400"),
     ("type of value", "poll_interval = 5.0", 'poll_interval = "5"', "must be a number"),
@@ -278,12 +288,15 @@ def test_map_names_are_one_namespace_with_the_built_in_maps(tmp_path: Path) -> N
         load_config(path)
     assert str(path) in str(err.value)
     assert err.value.problems == [
-        "map[1].name = 'sdm120': a built-in map has this name (`polekit protocols maps`): "
-        "give this [[map]] another name, or drop it and use the built-in 'sdm120'",
+        "map[1].name = 'sdm120': a built-in map or library device has this name (`polekit "
+        "devices list`): give this [[map]] another name, or drop it and use the built-in "
+        "'sdm120'",
         "map[2].name = 'branch-meter': another [[map]] already has this name; give each its own",
         "device[0].map = 'branch-metre': no map has this name; did you mean 'branch-meter'? "
-        "known maps: branch-meter, pole-env, sdm120 (built-in ones, and each [[map]] name of "
-        "this file)",
+        "known maps: acrel-adl400, branch-meter, chint-dtsu666, deltaohm-pmsense, "
+        "dfrobot-sen0482, dfrobot-sen0483, pole-env, scion-thp, sdm120, sdm630, sonbest-sm7901b "
+        "(the node's maps and the device library, `polekit devices list`, and each [[map]] "
+        "name of this file)",
     ]
 
 
@@ -314,7 +327,8 @@ def test_max_in_flight_is_for_tcp_buses(tmp_path: Path) -> None:
     assert str(path) in str(err.value)
     assert err.value.problems == [
         "bus[0].max_in_flight = 2: an rtu bus carries one transaction at a time (RS-485 is "
-        'half duplex): remove max_in_flight from this [[bus]] (it is for type = "tcp" endpoints)'
+        "half duplex, behind a DTU too): remove max_in_flight from this [[bus]] (it is for "
+        'type = "tcp" endpoints)'
     ]
     path = maps_config(tmp_path, one_line_devices(2), bus_extra="max_in_flight = 33")
     with pytest.raises(ConfigError, match=r"bus\[0\].max_in_flight = 33: transactions at once"):

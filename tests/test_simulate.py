@@ -185,7 +185,7 @@ map = "pole-env"
 
 BAD = [
     (["--map", "sdm120"], 2, "give --tcp HOST:PORT or --rtu PORT|pty"),
-    (["--map", "sdm12", "--tcp", "127.0.0.1:0"], 2, "known: pole-env, sdm120"),
+    (["--map", "sdm12", "--tcp", "127.0.0.1:0"], 2, "known: acrel-adl400, chint-dtsu666"),
     (["--map", "sdm120", "--tcp", "5020"], 2, "give HOST:PORT, e.g. 127.0.0.1:5020"),
     (["--map", "sdm120", "--map", "pole-env", "--unit", "1", "--tcp", ":0"], 2, "one --unit per"),
     (["--map", "sdm120", "--rtu", "/dev/polekit-no-such-port"], 1, "No such file or directory"),

@@ -28,8 +28,11 @@ from typing import Any
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.framer import FramerType
 
 from polekit.gateway.config import BusConfig, DeviceConfig
+from polekit.gateway.sources import dlt645_meter
+from polekit.gateway.sources.dtu_server import DtuListener
 from polekit.gateway.sources.planner import Read, plan_reads
 from polekit.protocols import modbus as mb
 from polekit.protocols.errors import ProtocolError
@@ -93,6 +96,7 @@ class DeviceState:
     last_error: str | None = None
     polls: int = 0
     failures: int = 0
+    meter_address: str | None = None  # a DL/T 645 meter's, once the broadcast query found it
 
     def backoff_s(self) -> float:
         """Delay before the next attempt after ``misses`` consecutive failures."""
@@ -160,7 +164,9 @@ class ModbusBus:
         self.counters = BusCounters()
         self.last_error: str | None = None
         # no more connections than devices: a lane holds one device at a time
-        lanes = 1 if bus.type == "rtu" else max(1, min(bus.max_in_flight, len(devices)))
+        lanes = 1 if bus.rtu_framing else max(1, min(bus.max_in_flight, len(devices)))
+        # dtu-server: the listening socket DTUs dial in to (the bus owns it)
+        self.dtu = DtuListener(bus) if bus.type == "dtu-server" else None
         self._links = [_Link(i, clock) for i in range(lanes)]
         self._writes: asyncio.Queue[tuple[DeviceConfig, Point, Any, asyncio.Future[None]]] = (
             asyncio.Queue()
@@ -195,6 +201,8 @@ class ModbusBus:
         return AsyncModbusTcpClient(
             b.host,
             port=b.tcp_port,
+            # RTU frames (unit, PDU, CRC) on the socket for a serial line behind a DTU
+            framer=FramerType.RTU if b.rtu_framing else FramerType.SOCKET,
             timeout=b.timeout_s,
             retries=0,
             reconnect_delay=0,
@@ -215,6 +223,23 @@ class ModbusBus:
         while True:
             client = self._make_client(link)
             why: str | None = None
+            if self.dtu is not None:  # the DTU dials in: wait for it, as long as it takes
+                try:
+                    who = await self.dtu.attach(client)
+                except OSError as exc:  # the listening port: in use, not allowed
+                    ok, why = False, _reason(exc)
+                else:
+                    link.client = client
+                    if link.opened:
+                        self.counters.reconnects += 1
+                    link.connected = link.opened = True
+                    log.info("bus %s: DTU %s connected", self.config.name, who)
+                    return
+                client.close()
+                self.last_error = f"cannot listen on {self._where()}: {why}"
+                log.error("bus %s: %s; retrying", self.config.name, self.last_error)
+                await asyncio.sleep(RECONNECT_MAX_S)
+                continue
             try:
                 ok = await client.connect()
             except Exception as exc:  # noqa: BLE001 - pyserial/OS errors vary by platform
@@ -257,7 +282,9 @@ class ModbusBus:
 
     def _where(self) -> str:
         b = self.config
-        return f"serial port {b.port}" if b.type == "rtu" else f"{b.host}:{b.tcp_port}"
+        if b.type == "rtu":
+            return f"serial port {b.port}"
+        return f"{b.type} {b.host}:{b.tcp_port}" if b.type != "tcp" else f"{b.host}:{b.tcp_port}"
 
     async def _why_not_open(self) -> str:
         """The OS's reason the port does not open (``No such file or directory``,
@@ -289,6 +316,8 @@ class ModbusBus:
 
     def close(self) -> None:
         """Close the port and every connection (the gateway is stopping)."""
+        if self.dtu is not None:
+            self.dtu.close()
         for link in self._links:
             if link.client is not None:
                 link.client.close()
@@ -358,6 +387,8 @@ class ModbusBus:
         """Read every point of one device (on ``link``, the first connection by default);
         raises DeviceNoResponse / DeviceRefused."""
         link = link or self._links[0]
+        if state.config.protocol == "dlt645":  # a meter sharing the line
+            return await dlt645_meter.poll(self, state, link)
         values: list[tuple[Point, Any]] = []
         for read in state.reads:
             words = await self._read(state.config, read, link)
@@ -495,16 +526,24 @@ class ModbusBus:
             values = await self.poll(state, link)
         except ConnectionException:
             raise  # the port, not the device: run() reopens it
-        except (DeviceNoResponse, DeviceRefused, ModbusException, ProtocolError) as exc:
+        except (
+            DeviceNoResponse,
+            DeviceRefused,
+            dlt645_meter.MeterRefused,
+            ModbusException,
+            ProtocolError,
+        ) as exc:
             self._failed(state, str(exc))
             return
         state.misses = 0
         state.last_ok = started
         if state.online is not True:
             log.info(
-                "device %s online (unit %d on %s)",
+                "device %s online (%s on %s)",
                 state.config.code,
-                state.config.unit,
+                f"meter {state.config.meter_address or state.meter_address}"
+                if state.config.protocol == "dlt645"
+                else f"unit {state.config.unit}",
                 self.config.name,
             )
         state.online = True

@@ -43,6 +43,7 @@ def test_every_parser_has_a_target() -> None:
         "modbus_slave",
         "gateway_config",
         "command",
+        "dlt645",
     }
 
 
