@@ -48,16 +48,12 @@ def base_name(device_code):
     return "urn:dev:pk:" + device_code + ":"
 
 
+_NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-:./_"
+
+
 def _name_ok(name):
-    if not name:
-        return False
-    c = name[0]
-    if not ("a" <= c <= "z" or "A" <= c <= "Z" or "0" <= c <= "9"):
-        return False
-    for c in name:
-        if not ("a" <= c <= "z" or "A" <= c <= "Z" or "0" <= c <= "9" or c in "-:./_"):
-            return False
-    return True
+    # a letter or digit (the set's first 62), then only the set: strip() leaves nothing
+    return name != "" and 0 <= _NAME_CHARS.find(name[0]) < 62 and not name.strip(_NAME_CHARS)
 
 
 _TYPES = {"s": (str,), "n": (int, float), "i": (int,), "d": (bytes, bytearray), "b": ()}
@@ -80,26 +76,29 @@ def validate(records):
     for i, rec in enumerate(records):
         if not isinstance(rec, dict):
             raise SenMLError("record %d: expected a map, got %s" % (i, type(rec).__name__))
-        values = 0
         for key, value in rec.items():
             field = _BY_NAME.get(key)
             if field is None:
                 if isinstance(key, str) and key.endswith("_"):
                     raise SenMLError("record %d: unknown mandatory field %s" % (i, shown(key)))
                 continue
-            is_bool = value is True or value is False
-            if is_bool != (field[2] == "b") or not (is_bool or isinstance(value, _TYPES[field[2]])):
+            kind = field[2]
+            if value is True or value is False:
+                ok = kind == "b"
+            elif kind == "n":
+                ok = isinstance(value, (int, float))
+                if ok and not -DOUBLE_MAX <= value <= DOUBLE_MAX:
+                    raise SenMLError(
+                        "record %d: %r is not a finite number in a double's range" % (i, key)
+                    )
+            else:
+                ok = isinstance(value, _TYPES[kind])
+            if not ok:
                 raise SenMLError(
                     "record %d: %r has the wrong type (%s); see RFC 8428 table 1"
                     % (i, key, shown(value))
                 )
-            if field[2] == "n" and not -DOUBLE_MAX <= value <= DOUBLE_MAX:
-                raise SenMLError(
-                    "record %d: %r is not a finite number in a double's range" % (i, key)
-                )
-            if key in _VALUE_FIELDS:
-                values += 1
-        if values > 1:
+        if ("v" in rec) + ("vs" in rec) + ("vb" in rec) + ("vd" in rec) > 1:
             raise SenMLError("record %d: more than one value field (v, vs, vb, vd)" % i)
         if "bver" in rec and rec["bver"] < 0:
             raise SenMLError(
@@ -181,16 +180,24 @@ def decode_json(text):
 # Encode a pack as CBOR (application/senml+cbor) with the RFC's integer labels.
 def encode_cbor(records):
     validate(records)
-    # map heads written here, not dicts: keeps the label order on MicroPython too
-    out = [cbor.head(4, len(records))]
+    # map heads written here, not dicts: keeps the label order on MicroPython too. The
+    # labels (-6..8) are one byte each: n for n >= 0, 0x20 | (-1 - n) = 31 - n below.
+    out = bytearray()
+    put = cbor.encode_into
+    cbor.head(out, 4, len(records))
     for rec in records:
-        keys = _ordered(rec)
-        out.append(cbor.head(5, len(keys)))
-        for key in keys:
-            field = _BY_NAME.get(key)
-            out.append(cbor.dumps(field[1] if field else key))
-            out.append(cbor.dumps(rec[key]))
-    return b"".join(out)
+        cbor.head(out, 5, len(rec))
+        known = 0
+        for name, label, _ in _FIELDS:
+            if name in rec:
+                out.append(label if label >= 0 else 31 - label)
+                put(rec[name], out)
+                known += 1
+        if known < len(rec):
+            for key in _ordered(rec)[known:]:
+                put(key, out)
+                put(rec[key], out)
+    return bytes(out)
 
 
 # Decode and validate a CBOR pack; integer labels become the JSON labels.
