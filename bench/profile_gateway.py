@@ -46,6 +46,19 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) * TICK_S  # utime, stime (fields 14, 15)
 
 
+def switches(pid: int) -> int:
+    """Context switches of process ``pid`` so far, all its threads: each hand-off between
+    threads, or wait for a socket or the disk, is one or two."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/status") as f:
+                total += sum(int(line.split()[1]) for line in f if "ctxt_switches" in line)
+        except FileNotFoundError:  # a thread that ended meanwhile
+            pass
+    return total
+
+
 def rss_mb(pid: int) -> float:
     """Resident set size of process ``pid``, in MB."""
     with open(f"/proc/{pid}/statm") as f:
@@ -130,7 +143,7 @@ def run_profiled(config_path: Path, out: Path) -> None:
         asyncio.run(main())
     finally:
         main_profile.disable()
-        threading.setprofile(None)  # type: ignore[arg-type]
+        threading.setprofile(None)
         stats = pstats.Stats(main_profile)
         for p in profiles:
             p.disable()
@@ -195,9 +208,9 @@ async def bench(args: argparse.Namespace) -> None:
             await asyncio.sleep(args.warmup)
             if gw.poll() is not None:
                 raise SystemExit(f"the gateway exited with {gw.returncode} during warm-up")
-            c0, n0, t0 = cpu_s(gw.pid), counter[0], time.monotonic()
+            c0, n0, t0, s0 = cpu_s(gw.pid), counter[0], time.monotonic(), switches(gw.pid)
             await asyncio.sleep(args.seconds)
-            c1, n1, t1 = cpu_s(gw.pid), counter[0], time.monotonic()
+            c1, n1, t1, s1 = cpu_s(gw.pid), counter[0], time.monotonic(), switches(gw.pid)
             rss = rss_mb(gw.pid)
             values = (n1 - n0) * args.registers
             rate = values / (t1 - t0)
@@ -213,6 +226,10 @@ async def bench(args: argparse.Namespace) -> None:
                 f"  CPU         {cpu / values * 1e6 if values else float('nan'):>9.1f} us/value"
                 f"    ({cpu / (t1 - t0) * 100:.0f} % of a core; goal 30 us, ratio "
                 f"{cpu / values * 1e6 / 30 if values else float('nan'):.2f})"
+            )
+            print(
+                f"  switches    {(s1 - s0) / max(n1 - n0, 1):>9.1f} a pack (context switches, all"
+                " threads)"
             )
             print(f"  RSS         {rss:>9.1f} MB")
         finally:
