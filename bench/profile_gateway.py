@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 
@@ -247,8 +248,58 @@ async def bench(args: argparse.Namespace) -> None:
         if args.profile:
             import pstats
 
+            if not prof.exists():
+                raise SystemExit(f"no profile: the gateway ended with {gw and gw.returncode}")
+            stats = pstats.Stats(str(prof))
+            print("\nCPU time by area (own time, all threads, under the profiler):")
+            for area, share in by_area(stats):
+                print(f"  {share * 100:5.1f} %  {area}")
             print(f"\ntop {args.profile} by own time (all threads):")
-            pstats.Stats(str(prof)).sort_stats("tottime").print_stats(args.profile)
+            stats.sort_stats("tottime").print_stats(args.profile)
+
+
+# where a function's own time goes: the first pattern found in "file:function" names the area
+AREAS = (
+    ("/protocols/", "polekit protocols (SenML, CBOR, model, Modbus codec)"),
+    ("/gateway/queue.py", "polekit queue (Python side)"),
+    ("/gateway/", "polekit gateway (other)"),
+    ("sqlite3", "SQLite (statements, commits)"),
+    ("/pymodbus/", "pymodbus"),
+    ("/paho/", "paho-mqtt"),
+    ("/aiomqtt/", "aiomqtt"),
+    ("_socket.socket", "socket send/recv (syscalls)"),
+    ("epoll", "epoll (syscall)"),
+    ("/concurrent/", "thread hand-offs (concurrent.futures, threading, queue)"),
+    ("/threading.py", "thread hand-offs (concurrent.futures, threading, queue)"),
+    ("_queue.", "thread hand-offs (concurrent.futures, threading, queue)"),
+    ("_thread.", "thread hand-offs (concurrent.futures, threading, queue)"),
+    ("/asyncio/", "asyncio"),
+    ("_asyncio.", "asyncio"),
+    ("_contextvars", "asyncio"),
+    ("/selectors.py", "asyncio"),
+    ("/logging/", "logging"),
+)
+
+
+def by_area(stats: Any) -> list[tuple[str, float]]:
+    """Own time summed by area, largest first, as fractions of the total. A built-in
+    (len, isinstance, list.append...) counts for the areas of its callers."""
+
+    def area_of(file: str, func: str) -> str | None:
+        where = f"{file}:{func}"
+        return next((name for pattern, name in AREAS if pattern in where), None)
+
+    totals: dict[str, float] = {}
+    for (file, _line, func), (_cc, _nc, own, _cum, callers) in stats.stats.items():
+        area = area_of(file, func)
+        if area is None and file == "~" and callers:
+            for (c_file, _c_line, c_func), c_stats in callers.items():
+                c_area = area_of(c_file, c_func) or "other"
+                totals[c_area] = totals.get(c_area, 0.0) + c_stats[2]
+            continue
+        totals[area or "other"] = totals.get(area or "other", 0.0) + own
+    whole = sum(totals.values()) or 1.0
+    return sorted(((a, t / whole) for a, t in totals.items()), key=lambda e: -e[1])
 
 
 def _polekit() -> list[str]:
