@@ -57,13 +57,6 @@ def _name_ok(name):
 
 
 _TYPES = {"s": (str,), "n": (int, float), "i": (int,), "d": (bytes, bytearray), "b": ()}
-_KIND_TEXT = {
-    "s": "a text string",
-    "n": "a number",
-    "i": "an integer",
-    "b": "a boolean",
-    "d": "bytes",
-}
 
 
 # Check a pack against RFC 8428; raises SenMLError naming the record and the field.
@@ -186,14 +179,17 @@ def encode_cbor(records):
     put = cbor.encode_into
     cbor.head(out, 4, len(records))
     for rec in records:
-        cbor.head(out, 5, len(rec))
+        size = len(rec)
+        cbor.head(out, 5, size)
         known = 0
         for name, label, _ in _FIELDS:
             if name in rec:
                 out.append(label if label >= 0 else 31 - label)
                 put(rec[name], out)
                 known += 1
-        if known < len(rec):
+                if known == size:
+                    break
+        if known < size:
             for key in _ordered(rec)[known:]:
                 put(key, out)
                 put(rec[key], out)
@@ -284,18 +280,34 @@ def resolve(records, now=None):
     return [e[2] for e in resolved]
 
 
+# The unit a reading of ``name`` in ``unit`` is sent in (see pack_readings).
+def _target(name, unit, secondary):
+    q = quantity(name)
+    if q is not None and q[1] is not None:
+        target = q[2] if secondary and q[2] else q[1]
+        if unit is None:
+            raise SenMLError(
+                "reading %r has no unit; expected one convertible to %s" % (name, target)
+            )
+        return target
+    if unit is not None and not secondary:
+        return primary_unit(unit)  # names outside the model: primary units too
+    return unit
+
+
 # ``readings`` is a list of ``(name, value, unit)`` or ``(name, value, unit, t)`` with
 # ``t`` relative to ``base_time``; ``unit`` is the unit the value is in (None for booleans
 # and counters). Quantities of the reference model are converted to their primary unit, or
 # to their secondary unit when ``secondary`` is set (the pack then declares bver 26); other
-# names keep the unit they came with.
+# names keep the unit they came with. ``targets``, a dict the caller keeps for one
+# ``secondary`` setting, remembers the unit each (name, unit) is sent in: the model's
+# tables are searched once a point, not once a poll.
 # Build the SenML pack for one poll of one device (see the comment above).
-def pack_readings(device_code, readings, base_time=None, secondary=False):
+def pack_readings(device_code, readings, base_time=None, secondary=False, targets=None):
     records = []
     for entry in readings:
         name, value, unit = entry[0], entry[1], entry[2]
         rec = {"n": name}
-        q = quantity(name)
         if value is True or value is False:
             rec["vb"] = value
         elif isinstance(value, str):
@@ -303,15 +315,13 @@ def pack_readings(device_code, readings, base_time=None, secondary=False):
         elif isinstance(value, (bytes, bytearray)):
             rec["vd"] = bytes(value)
         else:
-            target = unit
-            if q is not None and q[1] is not None:
-                target = q[2] if secondary and q[2] else q[1]
-                if unit is None:
-                    raise SenMLError(
-                        "reading %r has no unit; expected one convertible to %s" % (name, target)
-                    )
-            elif unit is not None and not secondary:
-                target = primary_unit(unit)  # names outside the model: primary units too
+            key = (name, unit)
+            if targets is not None and key in targets:
+                target = targets[key]
+            else:
+                target = _target(name, unit, secondary)
+                if targets is not None:
+                    targets[key] = target
             if target != unit:
                 value = convert(value, unit, target)
                 unit = target
