@@ -241,3 +241,41 @@ def test_cbor_pack_is_byte_identical_to_cbor2_in_the_fixed_label_order(pack: lis
             m[key] = rec[key]
         expected.append(m)
     assert senml.encode_cbor(pack) == cbor2.dumps(expected)
+
+
+def test_pack_readings_with_a_targets_memo_builds_the_same_pack_and_keeps_one_entry_a_point() -> (
+    None
+):
+    # the gateway passes one memo for all its polls: the model's tables are searched once a
+    # point, and the pack is the same as without it
+    readings = [
+        ("temperature", 23.45, "Cel"),
+        ("pm2_5", 12, "ug/m3"),
+        ("door_open", True, None),
+        ("r0", 5, "mV"),
+        ("seq", 7, None),
+    ]
+    expected = {
+        False: {("temperature", "Cel"): "Cel", ("pm2_5", "ug/m3"): "kg/m3", ("r0", "mV"): "V"},
+        True: {("temperature", "Cel"): "Cel", ("pm2_5", "ug/m3"): "ug/m3", ("r0", "mV"): "mV"},
+    }
+    for secondary in (False, True):
+        targets: dict = {}
+        packs = [
+            senml.pack_readings("371600PL000001C", readings, 1_700_000_000, secondary, targets)
+            for _ in range(3)
+        ]
+        assert (
+            packs[0]
+            == packs[2]
+            == senml.pack_readings("371600PL000001C", readings, 1_700_000_000, secondary)
+        )
+        assert targets == {**expected[secondary], ("seq", None): None}
+
+
+def test_a_model_quantity_without_a_unit_is_refused_with_a_memo_too() -> None:
+    targets: dict = {}
+    for _ in range(2):
+        with pytest.raises(SenMLError, match="no unit; expected one convertible to Cel"):
+            senml.pack_readings("371600PL000001C", [("temperature", 1, None)], targets=targets)
+    assert targets == {}
