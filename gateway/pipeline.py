@@ -24,6 +24,8 @@ class PackEncoder:
         self.fmt = fmt
         self.secondary_units = secondary_units
         self.invalid_values = 0  # NaN/infinite values dropped (a meter's "no value" float)
+        # (name, unit) -> the unit it is sent in: the model is searched once a point
+        self._targets: dict[tuple[str, str | None], str | None] = {}
 
     def readings(self, values: list[tuple[Point, Any]]) -> list[tuple[str, Any, str | None]]:
         """(name, value, unit) for each polled point whose value is a real number or bool."""
@@ -49,6 +51,7 @@ class PackEncoder:
             [*readings, ("seq", 0, None)],
             base_time=round(time_s, 3),
             secondary=self.secondary_units,
+            targets=self._targets,
         )
 
         def encode(seq: int) -> bytes:

@@ -4,7 +4,7 @@
 # doubles, NaN and infinities as half floats, integers beyond 64 bits as bignum tags,
 # maps in their iteration order), so the board and the gateway produce the same bytes.
 # MicroPython dicts do not keep insertion order: code that needs a fixed key order on both
-# interpreters writes the map head with ``head(5, n)`` and the pairs itself (senml does).
+# interpreters writes the map head with ``head(out, 5, n)`` and the pairs itself (senml does).
 #
 # Decoding accepts well-formed CBOR of the supported types (definite lengths, half/single/
 # double floats, tags passed through as ``Tag``) and raises ``CBORDecodeError`` for anything
@@ -34,77 +34,80 @@ class Tag:
         return isinstance(other, Tag) and other.tag == self.tag and other.value == self.value
 
 
-# The head of a data item: major type and argument (a length, a count, an integer, a tag).
-def head(major, n):
+# Append the head of a data item to ``out`` (a bytearray): major type and argument (a
+# length, a count, an integer, a tag).
+def head(out, major, n):
     m = major << 5
     if n < 24:
-        return bytes((m | n,))
-    if n < 0x100:
-        return bytes((m | 24, n))
-    if n < 0x10000:
-        return bytes((m | 25,)) + n.to_bytes(2, "big")
-    if n < 0x100000000:
-        return bytes((m | 26,)) + n.to_bytes(4, "big")
-    return bytes((m | 27,)) + n.to_bytes(8, "big")
+        out.append(m | n)
+    elif n < 0x100:
+        out.append(m | 24)
+        out.append(n)
+    else:
+        k = 1 if n < 0x10000 else 2 if n < 0x100000000 else 3
+        out.append(m | 24 + k)
+        out += n.to_bytes(1 << k, "big")
 
 
-def _encode(obj, out, depth):
+# Append the encoding of ``obj`` to ``out`` (a bytearray). Text and numbers, SenML's bulk,
+# are tested first; True and False before int, which they are an instance of.
+def encode_into(obj, out, depth=0):
     if depth > MAX_DEPTH:
         raise ProtocolError("nesting deeper than %d (a cycle?)" % MAX_DEPTH)
-    if obj is None:
-        out.append(b"\xf6")
+    if isinstance(obj, str):
+        raw = obj.encode("utf-8")
+        head(out, 3, len(raw))
+        out += raw
+    elif isinstance(obj, float):
+        if obj != obj:
+            out += b"\xf9\x7e\x00"
+        elif obj == _INF:
+            out += b"\xf9\x7c\x00"
+        elif obj == -_INF:
+            out += b"\xf9\xfc\x00"
+        else:
+            out += _pack(">Bd", 0xFB, obj)
     elif obj is True:
-        out.append(b"\xf5")
+        out.append(0xF5)
     elif obj is False:
-        out.append(b"\xf4")
+        out.append(0xF4)
     elif isinstance(obj, int):
         if 0 <= obj < 0x10000000000000000:
-            out.append(head(0, obj))
+            head(out, 0, obj)
         elif -0x10000000000000000 <= obj < 0:
-            out.append(head(1, -1 - obj))
+            head(out, 1, -1 - obj)
         else:
             tag, n = (2, obj) if obj > 0 else (3, -1 - obj)
             raw = n.to_bytes((len("%x" % n) + 1) // 2, "big")
-            out.append(head(6, tag))
-            out.append(head(2, len(raw)))
-            out.append(raw)
-    elif isinstance(obj, float):
-        if obj != obj:
-            out.append(b"\xf9\x7e\x00")
-        elif obj == _INF:
-            out.append(b"\xf9\x7c\x00")
-        elif obj == -_INF:
-            out.append(b"\xf9\xfc\x00")
-        else:
-            out.append(_pack(">Bd", 0xFB, obj))
-    elif isinstance(obj, str):
-        raw = obj.encode("utf-8")
-        out.append(head(3, len(raw)))
-        out.append(raw)
+            head(out, 6, tag)
+            head(out, 2, len(raw))
+            out += raw
+    elif obj is None:
+        out.append(0xF6)
     elif isinstance(obj, (bytes, bytearray, memoryview)):
-        out.append(head(2, len(obj)))
-        out.append(bytes(obj))
+        head(out, 2, len(obj))
+        out += obj
     elif isinstance(obj, (list, tuple)):
-        out.append(head(4, len(obj)))
+        head(out, 4, len(obj))
         for item in obj:
-            _encode(item, out, depth + 1)
+            encode_into(item, out, depth + 1)
     elif isinstance(obj, dict):
-        out.append(head(5, len(obj)))
+        head(out, 5, len(obj))
         for key, value in obj.items():
-            _encode(key, out, depth + 1)
-            _encode(value, out, depth + 1)
+            encode_into(key, out, depth + 1)
+            encode_into(value, out, depth + 1)
     elif isinstance(obj, Tag):
-        out.append(head(6, obj.tag))
-        _encode(obj.value, out, depth + 1)
+        head(out, 6, obj.tag)
+        encode_into(obj.value, out, depth + 1)
     else:
         raise ProtocolError("cannot encode a value of type %s" % type(obj).__name__)
 
 
 # Encode ``obj`` to CBOR bytes, exactly as ``cbor2.dumps(obj)`` does.
 def dumps(obj):
-    out = []
-    _encode(obj, out, 0)
-    return b"".join(out)
+    out = bytearray()
+    encode_into(obj, out)
+    return bytes(out)
 
 
 def _half(h):

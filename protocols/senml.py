@@ -48,26 +48,15 @@ def base_name(device_code):
     return "urn:dev:pk:" + device_code + ":"
 
 
+_NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-:./_"
+
+
 def _name_ok(name):
-    if not name:
-        return False
-    c = name[0]
-    if not ("a" <= c <= "z" or "A" <= c <= "Z" or "0" <= c <= "9"):
-        return False
-    for c in name:
-        if not ("a" <= c <= "z" or "A" <= c <= "Z" or "0" <= c <= "9" or c in "-:./_"):
-            return False
-    return True
+    # a letter or digit (the set's first 62), then only the set: strip() leaves nothing
+    return name != "" and 0 <= _NAME_CHARS.find(name[0]) < 62 and not name.strip(_NAME_CHARS)
 
 
 _TYPES = {"s": (str,), "n": (int, float), "i": (int,), "d": (bytes, bytearray), "b": ()}
-_KIND_TEXT = {
-    "s": "a text string",
-    "n": "a number",
-    "i": "an integer",
-    "b": "a boolean",
-    "d": "bytes",
-}
 
 
 # Check a pack against RFC 8428; raises SenMLError naming the record and the field.
@@ -80,26 +69,29 @@ def validate(records):
     for i, rec in enumerate(records):
         if not isinstance(rec, dict):
             raise SenMLError("record %d: expected a map, got %s" % (i, type(rec).__name__))
-        values = 0
         for key, value in rec.items():
             field = _BY_NAME.get(key)
             if field is None:
                 if isinstance(key, str) and key.endswith("_"):
                     raise SenMLError("record %d: unknown mandatory field %s" % (i, shown(key)))
                 continue
-            is_bool = value is True or value is False
-            if is_bool != (field[2] == "b") or not (is_bool or isinstance(value, _TYPES[field[2]])):
+            kind = field[2]
+            if value is True or value is False:
+                ok = kind == "b"
+            elif kind == "n":
+                ok = isinstance(value, (int, float))
+                if ok and not -DOUBLE_MAX <= value <= DOUBLE_MAX:
+                    raise SenMLError(
+                        "record %d: %r is not a finite number in a double's range" % (i, key)
+                    )
+            else:
+                ok = isinstance(value, _TYPES[kind])
+            if not ok:
                 raise SenMLError(
                     "record %d: %r has the wrong type (%s); see RFC 8428 table 1"
                     % (i, key, shown(value))
                 )
-            if field[2] == "n" and not -DOUBLE_MAX <= value <= DOUBLE_MAX:
-                raise SenMLError(
-                    "record %d: %r is not a finite number in a double's range" % (i, key)
-                )
-            if key in _VALUE_FIELDS:
-                values += 1
-        if values > 1:
+        if ("v" in rec) + ("vs" in rec) + ("vb" in rec) + ("vd" in rec) > 1:
             raise SenMLError("record %d: more than one value field (v, vs, vb, vd)" % i)
         if "bver" in rec and rec["bver"] < 0:
             raise SenMLError(
@@ -181,16 +173,27 @@ def decode_json(text):
 # Encode a pack as CBOR (application/senml+cbor) with the RFC's integer labels.
 def encode_cbor(records):
     validate(records)
-    # map heads written here, not dicts: keeps the label order on MicroPython too
-    out = [cbor.head(4, len(records))]
+    # map heads written here, not dicts: keeps the label order on MicroPython too. The
+    # labels (-6..8) are one byte each: n for n >= 0, 0x20 | (-1 - n) = 31 - n below.
+    out = bytearray()
+    put = cbor.encode_into
+    cbor.head(out, 4, len(records))
     for rec in records:
-        keys = _ordered(rec)
-        out.append(cbor.head(5, len(keys)))
-        for key in keys:
-            field = _BY_NAME.get(key)
-            out.append(cbor.dumps(field[1] if field else key))
-            out.append(cbor.dumps(rec[key]))
-    return b"".join(out)
+        size = len(rec)
+        cbor.head(out, 5, size)
+        known = 0
+        for name, label, _ in _FIELDS:
+            if name in rec:
+                out.append(label if label >= 0 else 31 - label)
+                put(rec[name], out)
+                known += 1
+                if known == size:
+                    break
+        if known < size:
+            for key in _ordered(rec)[known:]:
+                put(key, out)
+                put(rec[key], out)
+    return bytes(out)
 
 
 # Decode and validate a CBOR pack; integer labels become the JSON labels.
@@ -277,18 +280,34 @@ def resolve(records, now=None):
     return [e[2] for e in resolved]
 
 
+# The unit a reading of ``name`` in ``unit`` is sent in (see pack_readings).
+def _target(name, unit, secondary):
+    q = quantity(name)
+    if q is not None and q[1] is not None:
+        target = q[2] if secondary and q[2] else q[1]
+        if unit is None:
+            raise SenMLError(
+                "reading %r has no unit; expected one convertible to %s" % (name, target)
+            )
+        return target
+    if unit is not None and not secondary:
+        return primary_unit(unit)  # names outside the model: primary units too
+    return unit
+
+
 # ``readings`` is a list of ``(name, value, unit)`` or ``(name, value, unit, t)`` with
 # ``t`` relative to ``base_time``; ``unit`` is the unit the value is in (None for booleans
 # and counters). Quantities of the reference model are converted to their primary unit, or
 # to their secondary unit when ``secondary`` is set (the pack then declares bver 26); other
-# names keep the unit they came with.
+# names keep the unit they came with. ``targets``, a dict the caller keeps for one
+# ``secondary`` setting, remembers the unit each (name, unit) is sent in: the model's
+# tables are searched once a point, not once a poll.
 # Build the SenML pack for one poll of one device (see the comment above).
-def pack_readings(device_code, readings, base_time=None, secondary=False):
+def pack_readings(device_code, readings, base_time=None, secondary=False, targets=None):
     records = []
     for entry in readings:
         name, value, unit = entry[0], entry[1], entry[2]
         rec = {"n": name}
-        q = quantity(name)
         if value is True or value is False:
             rec["vb"] = value
         elif isinstance(value, str):
@@ -296,15 +315,13 @@ def pack_readings(device_code, readings, base_time=None, secondary=False):
         elif isinstance(value, (bytes, bytearray)):
             rec["vd"] = bytes(value)
         else:
-            target = unit
-            if q is not None and q[1] is not None:
-                target = q[2] if secondary and q[2] else q[1]
-                if unit is None:
-                    raise SenMLError(
-                        "reading %r has no unit; expected one convertible to %s" % (name, target)
-                    )
-            elif unit is not None and not secondary:
-                target = primary_unit(unit)  # names outside the model: primary units too
+            key = (name, unit)
+            if targets is not None and key in targets:
+                target = targets[key]
+            else:
+                target = _target(name, unit, secondary)
+                if targets is not None:
+                    targets[key] = target
             if target != unit:
                 value = convert(value, unit, target)
                 unit = target

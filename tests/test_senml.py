@@ -6,6 +6,8 @@ import json
 
 import cbor2
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from polekit.protocols import senml
 from polekit.protocols.errors import SenMLError
@@ -168,3 +170,112 @@ def test_unknown_cbor_labels_other_than_text_are_ignored(vec: dict) -> None:
     pack = senml.decode_cbor(bytes.fromhex(vec["cbor"]))
     assert pack == senml.decode_json(vec["json"])
     assert senml.decode_cbor(senml.encode_cbor(pack)) == pack
+
+
+# RFC 8428 table 4's labels, in the order polekit writes them (bver, base fields, then n, u,
+# the values, s, t, ut); extension labels follow, sorted
+_RFC_LABELS = [
+    ("bver", -1),
+    ("bn", -2),
+    ("bt", -3),
+    ("bu", -4),
+    ("bv", -5),
+    ("bs", -6),
+    ("n", 0),
+    ("u", 1),
+    ("v", 2),
+    ("vs", 3),
+    ("vb", 4),
+    ("vd", 8),
+    ("s", 5),
+    ("t", 6),
+    ("ut", 7),
+]
+_names = st.from_regex(r"[a-zA-Z0-9][a-zA-Z0-9:./_-]{0,20}", fullmatch=True)
+_numbers = st.integers(min_value=-(2**70), max_value=2**70) | st.floats(
+    allow_nan=False, allow_infinity=False
+)
+_value_fields = {
+    "v": _numbers,
+    "vs": st.text(max_size=12),
+    "vb": st.booleans(),
+    "vd": st.binary(max_size=12),
+}
+_other_fields = {
+    "bver": st.integers(min_value=0, max_value=2**40),
+    "bn": _names,
+    "bt": _numbers,
+    "bu": st.text(max_size=6),
+    "bv": _numbers,
+    "bs": _numbers,
+    "u": st.text(max_size=6),
+    "s": _numbers,
+    "t": _numbers,
+    "ut": _numbers,
+    "x-ext": st.text(max_size=6) | _numbers,
+    "ext2": st.booleans() | st.none(),
+}
+
+
+@st.composite
+def _records(draw: st.DrawFn) -> dict:
+    rec = {"n": draw(_names)}
+    for key in draw(st.lists(st.sampled_from(sorted(_other_fields)), unique=True)):
+        rec[key] = draw(_other_fields[key])
+    value = draw(st.sampled_from([None, *_value_fields]))
+    if value:
+        rec[value] = draw(_value_fields[value])
+    # the keys arrive in any order; the bytes must not depend on it
+    order = draw(st.permutations(list(rec)))
+    return {k: rec[k] for k in order}
+
+
+@given(st.lists(_records(), max_size=6))
+def test_cbor_pack_is_byte_identical_to_cbor2_in_the_fixed_label_order(pack: list[dict]) -> None:
+    # the reference is cbor2 (maps in iteration order) fed the RFC's integer labels in the
+    # documented order: what the board and the gateway must both produce for the same pack
+    expected = []
+    for rec in pack:
+        m = {label: rec[key] for key, label in _RFC_LABELS if key in rec}
+        for key in sorted(k for k in rec if k not in dict(_RFC_LABELS)):
+            m[key] = rec[key]
+        expected.append(m)
+    assert senml.encode_cbor(pack) == cbor2.dumps(expected)
+
+
+def test_pack_readings_with_a_targets_memo_builds_the_same_pack_and_keeps_one_entry_a_point() -> (
+    None
+):
+    # the gateway passes one memo for all its polls: the model's tables are searched once a
+    # point, and the pack is the same as without it
+    readings = [
+        ("temperature", 23.45, "Cel"),
+        ("pm2_5", 12, "ug/m3"),
+        ("door_open", True, None),
+        ("r0", 5, "mV"),
+        ("seq", 7, None),
+    ]
+    expected = {
+        False: {("temperature", "Cel"): "Cel", ("pm2_5", "ug/m3"): "kg/m3", ("r0", "mV"): "V"},
+        True: {("temperature", "Cel"): "Cel", ("pm2_5", "ug/m3"): "ug/m3", ("r0", "mV"): "mV"},
+    }
+    for secondary in (False, True):
+        targets: dict = {}
+        packs = [
+            senml.pack_readings("371600PL000001C", readings, 1_700_000_000, secondary, targets)
+            for _ in range(3)
+        ]
+        assert (
+            packs[0]
+            == packs[2]
+            == senml.pack_readings("371600PL000001C", readings, 1_700_000_000, secondary)
+        )
+        assert targets == {**expected[secondary], ("seq", None): None}
+
+
+def test_a_model_quantity_without_a_unit_is_refused_with_a_memo_too() -> None:
+    targets: dict = {}
+    for _ in range(2):
+        with pytest.raises(SenMLError, match="no unit; expected one convertible to Cel"):
+            senml.pack_readings("371600PL000001C", [("temperature", 1, None)], targets=targets)
+    assert targets == {}
