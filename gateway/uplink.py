@@ -74,6 +74,10 @@ class MqttUplink:
         self._paho_errors = _PahoErrors()
         self._paho_log = logging.Logger("polekit.gateway.mqtt.paho")  # not propagated
         self._paho_log.addHandler(self._paho_errors)
+        # paho logs two debug lines a message; a Logger of its own has no level, so each
+        # would build and format a LogRecord only to drop it (8 us a message): let through
+        # only what is shown. Set before its first use: such a Logger caches its answer
+        self._paho_log.setLevel(logging.DEBUG if log.isEnabledFor(logging.DEBUG) else logging.ERROR)
 
     def _state(self, state: str) -> bytes:
         return json.dumps({"state": state, "gateway": self.config.gateway_id}).encode()

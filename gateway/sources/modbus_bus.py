@@ -40,6 +40,12 @@ from polekit.protocols.modbus import Point
 
 log = logging.getLogger("polekit.gateway.modbus")
 
+_READ_FN = {
+    "holding": "read_holding_registers",
+    "input": "read_input_registers",
+    "coil": "read_coils",
+    "discrete": "read_discrete_inputs",
+}
 OFFLINE_AFTER_MISSES = 3
 MAX_BACKOFF_S = 60.0
 RECONNECT_MAX_S = 1.0  # a port that comes back is reopened within about a second
@@ -367,13 +373,11 @@ class ModbusBus:
     async def _read(self, dev: DeviceConfig, read: Read, link: _Link) -> list[int] | list[bool]:
         c = link.client
         assert c is not None
-        kw = {"count": read.count, "device_id": dev.unit}
-        call = {
-            "holding": lambda: c.read_holding_registers(read.address, **kw),
-            "input": lambda: c.read_input_registers(read.address, **kw),
-            "coil": lambda: c.read_coils(read.address, **kw),
-            "discrete": lambda: c.read_discrete_inputs(read.address, **kw),
-        }[read.table]
+        fn = getattr(c, _READ_FN[read.table])  # not a dict of four lambdas a read
+
+        def call() -> Awaitable[Any]:
+            return fn(read.address, count=read.count, device_id=dev.unit)
+
         what = f"unit {dev.unit} {read.table} {read.address}+{read.count}"
         response = await self._transaction(call, what, link)
         if read.table in ("coil", "discrete"):
