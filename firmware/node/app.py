@@ -260,7 +260,7 @@ def main():
 
             node = CommunityNode(config, board)
         else:
-            node = PoleNode(config, board)
+            node = PoleNode(config, board)  # type: ignore[assignment]  # both have run()
     except Exception as exc:  # noqa: BLE001 - counted, shown, and the REPL stays usable
         save_json(CRASH_FILE, {"count": crashes + 1})
         print("polekit: start failed (%d/%d before safe mode):" % (crashes + 1, SAFE_MODE_AFTER))

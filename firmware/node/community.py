@@ -135,7 +135,7 @@ class CommunityNode:
                 if not ok or isinstance(value, bool):
                     raise ValueError("%s = %r is out of range" % (key, value))
             for key, value in changes.items():
-                if key == "lamp_level":
+                if key == "lamp_level" and self.lamp is not None:  # checked above
                     self.lamp.set(value)
                     self.state["lamp_level"] = value
                     save_json(STATE_FILE, self.state)
@@ -185,7 +185,7 @@ class CommunityNode:
         self._held_until = (
             time.ticks_add(time.ticks_ms(), self.config["event_s"] * 1000) if trigger else None
         )
-        self.ble.gap_advertise(EVENT_US if trigger else SLOW_US, data, self.resp)
+        self.ble.gap_advertise(EVENT_US if trigger else SLOW_US, data, resp_data=self.resp)
 
     def event(self, values):
         """Queue an event (a press, an alarm) for the air; it goes out once the one on the
@@ -212,13 +212,15 @@ class CommunityNode:
             held = self._held_until is not None
             if self._resume and self._steady is not None:
                 self._resume = False
-                self.ble.gap_advertise(EVENT_US if held else SLOW_US, self._steady, self.resp)
+                self.ble.gap_advertise(
+                    EVENT_US if held else SLOW_US, self._steady, resp_data=self.resp
+                )
             if self._pending is not None:
                 conn, raw = self._pending
                 self._pending = None
                 self._apply(conn, raw)
             now = time.ticks_ms()
-            if held and time.ticks_diff(self._held_until, now) > 0:
+            if self._held_until is not None and time.ticks_diff(self._held_until, now) > 0:
                 pass  # the event on the air keeps it
             elif self._events:
                 await self.advertise(self._events.pop(0), trigger=True)
@@ -227,5 +229,5 @@ class CommunityNode:
                 await self.advertise(self.measurements())
             elif held:  # the event has had its time: a coin cell's pace again, same advert
                 self._held_until = None
-                self.ble.gap_advertise(SLOW_US, self._steady, self.resp)
+                self.ble.gap_advertise(SLOW_US, self._steady, resp_data=self.resp)
             await asyncio.sleep_ms(10)
