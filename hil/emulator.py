@@ -371,6 +371,9 @@ class EmulatedBoard:
             threading.Thread(target=self._repeat_adverts, daemon=True).start()
         msg = json.loads(text)
         with self._adv_lock:
+            if msg.get("op") == "adv_stop":  # gap_advertise(None): the radio goes quiet
+                self._last_adv = None
+                return
             if msg.get("op") == "adv":
                 # the radio keeps sending the last advert at its interval, as the chip does
                 self._last_adv = (msg, max(ADVERT_REPEAT_MIN_S, msg.pop("every_us", 0) / 1e6))

@@ -104,37 +104,33 @@ def _span(node: ast.stmt) -> tuple[int, int]:
 
 def apply_override(stub: str, override: str) -> str:
     """``stub`` with each function of ``override`` (top level, or a method inside a class of
-    the same name) in place of the stub's definitions of that name, overloads included."""
+    the same name) in place of all the stub's definitions of that name, overloads included."""
     lines = stub.splitlines(keepends=True)
     src = override.splitlines(keepends=True)
     edits: list[tuple[int, int, list[str]]] = []
-    stub_tree = ast.parse(stub)
 
-    def patch(have: dict[str, list[ast.stmt]], node: ast.stmt, indent: str, where: str) -> None:
-        name = getattr(node, "name", "?")
-        old = have.get(name)
-        if not old:
-            raise ValueError(f"override {where}{name}: the stub has no such name")
-        a, b = _span(node)
-        body = src[a:b]
-        base = len(body[0]) - len(body[0].lstrip())
-        body = [indent + line[base:] if line.strip() else line for line in body]
-        spans = [_span(n) for n in old]
-        edits.append((min(s for s, _ in spans), max(e for _, e in spans), body))
+    def patch(have: dict[str, list[ast.stmt]], new: dict[str, list[ast.stmt]], indent: str) -> None:
+        for name, nodes in new.items():
+            old = have.get(name)
+            if not old:
+                raise ValueError(f"override {name}: the stub has no such name")
+            body: list[str] = []
+            for node in nodes:
+                a, b = _span(node)
+                base = len(src[a]) - len(src[a].lstrip())
+                body += [indent + line[base:] if line.strip() else line for line in src[a:b]]
+            spans = [_span(n) for n in old]
+            edits.append((min(s for s, _ in spans), max(e for _, e in spans), body))
 
-    top = _members(stub_tree)
-    for node in ast.parse(override).body:
+    top = _members(ast.parse(stub))
+    tree = ast.parse(override)
+    for node in tree.body:
         if isinstance(node, ast.ClassDef):
             cls = next((n for n in top.get(node.name, []) if isinstance(n, ast.ClassDef)), None)
             if cls is None:
                 raise ValueError(f"override class {node.name}: the stub has no such class")
-            inner = _members(cls)
-            indent = " " * cls.body[0].col_offset
-            for member in node.body:
-                if isinstance(member, (ast.FunctionDef, ast.ClassDef)):
-                    patch(inner, member, indent, node.name + ".")
-        elif isinstance(node, ast.FunctionDef):
-            patch(top, node, "", "")
+            patch(_members(cls), _members(node), " " * cls.body[0].col_offset)
+    patch(top, {k: v for k, v in _members(tree).items() if not isinstance(v[0], ast.ClassDef)}, "")
     for a, b, body in sorted(edits, reverse=True):
         lines[a:b] = body
     return "".join(lines)
@@ -241,16 +237,21 @@ class Api:
     classes: dict[str, Api] = field(default_factory=dict)
     constants: dict[str, str | None] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)  # name -> the name it is bound to
+    bases: list[str] = field(default_factory=list)  # a class's base classes, by name
 
 
 def api_of(body: list[ast.stmt], method: bool = False) -> Api:
     """The surface ``body`` (a module's or a class's statements) defines."""
     api = Api()
-    for node in body:
+    flat: list[ast.stmt] = []
+    for node in body:  # both branches of an if: what a module defines on some chip
+        flat += node.body + node.orelse if isinstance(node, ast.If) else [node]
+    for node in flat:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             api.functions.setdefault(node.name, []).append(signature_of(node, method))
         elif isinstance(node, ast.ClassDef):
             api.classes[node.name] = api_of(node.body, method=True)
+            api.classes[node.name].bases = [ast.unparse(b) for b in node.bases]
         elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
             value = None if node.value is None else _literal(node.value)
             api.constants[node.target.id] = value
