@@ -271,7 +271,11 @@ class EmulatedBoard:
         if self._ctl is None:
             raise ControlError("the board is not running")
         req_id = next(self._ids)
-        self._ctl.sendall((json.dumps({"id": req_id, "op": op, **args}) + "\n").encode())
+        try:  # the VM's JSON has no NaN or Infinity: one would kill the control channel
+            line = json.dumps({"id": req_id, "op": op, **args}, allow_nan=False)
+        except ValueError:
+            raise ControlError(f"{op} {args}: only finite numbers reach the board") from None
+        self._ctl.sendall((line + "\n").encode())
         deadline = time.monotonic() + timeout_s
         with self._reply_ready:
             while req_id not in self._replies:
@@ -288,7 +292,15 @@ class EmulatedBoard:
 
     def set(self, path: str, value: Any) -> None:
         """Set a physical value of a virtual peripheral: ``set("sht3x.temperature", 31.5)``;
-        faults too: ``set("bh1750.absent", 1)``, ``set("sht3x.noise", 0.5)``."""
+        faults too: ``set("bh1750.absent", 1)``, ``set("sht3x.noise", 0.5)``. Raises
+        ControlError for a value outside the quantity's type and range (hil/quantities.py)."""
+        from polekit.hil.quantities import BadValueError, check
+
+        sensor = self.board.sensors.get(path.partition(".")[0])
+        try:
+            check(sensor.type if sensor else None, path, value)
+        except BadValueError as exc:
+            raise ControlError(str(exc)) from None
         self.request("set", path=path, value=value)
 
     def get(self, path: str) -> Any:
