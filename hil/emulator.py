@@ -131,6 +131,7 @@ class EmulatedBoard:
         self._line = rs485_line
         self._extra_lines: list[VirtualLine] = []
         self._uart_fds: dict[int, int] = {}  # UART id -> our end of its bridge
+        self._throttle: Any = None  # hil/throttle.py, while the board runs at a CPU share
 
     def __enter__(self) -> EmulatedBoard:
         return self.start()
@@ -343,7 +344,19 @@ class EmulatedBoard:
         else:
             self.reset()
 
+    def throttle(self, share: float | None) -> None:
+        """Run the board at ``share`` of the host's CPU (hil/throttle.py; hil/chip_speed.py
+        finds the share that makes it as fast as an ESP32); None: at full speed again."""
+        from polekit.hil.throttle import CpuThrottle
+
+        if self._throttle is not None:
+            self._throttle.stop()
+            self._throttle = None
+        if share is not None:
+            self._throttle = CpuThrottle(lambda: self._proc.pid if self._proc else None, share)
+
     def _stop_vm(self) -> None:
+        self.throttle(None)  # a stopped process would not hear SIGTERM
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
             proc.terminate()  # the board saves its flash to fs_dir first
