@@ -21,8 +21,11 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# The host code, then the MicroPython code (firmware/node, protocols/) against the ESP32's
+# API: MicroPython 1.27's stubs with the corrections in tests/chip_overrides/.
 typecheck: setup
 	$(VENV)/bin/mypy polekit gateway firmware hil boards
+	$(PY) tests/chipapi.py
 
 unit: setup
 	$(PY) -m pytest -q

@@ -131,6 +131,7 @@ class EmulatedBoard:
         self._line = rs485_line
         self._extra_lines: list[VirtualLine] = []
         self._uart_fds: dict[int, int] = {}  # UART id -> our end of its bridge
+        self._throttle: Any = None  # hil/throttle.py, while the board runs at a CPU share
 
     def __enter__(self) -> EmulatedBoard:
         return self.start()
@@ -271,7 +272,11 @@ class EmulatedBoard:
         if self._ctl is None:
             raise ControlError("the board is not running")
         req_id = next(self._ids)
-        self._ctl.sendall((json.dumps({"id": req_id, "op": op, **args}) + "\n").encode())
+        try:  # the VM's JSON has no NaN or Infinity: one would kill the control channel
+            line = json.dumps({"id": req_id, "op": op, **args}, allow_nan=False)
+        except ValueError:
+            raise ControlError(f"{op} {args}: only finite numbers reach the board") from None
+        self._ctl.sendall((line + "\n").encode())
         deadline = time.monotonic() + timeout_s
         with self._reply_ready:
             while req_id not in self._replies:
@@ -288,7 +293,15 @@ class EmulatedBoard:
 
     def set(self, path: str, value: Any) -> None:
         """Set a physical value of a virtual peripheral: ``set("sht3x.temperature", 31.5)``;
-        faults too: ``set("bh1750.absent", 1)``, ``set("sht3x.noise", 0.5)``."""
+        faults too: ``set("bh1750.absent", 1)``, ``set("sht3x.noise", 0.5)``. Raises
+        ControlError for a value outside the quantity's type and range (hil/quantities.py)."""
+        from polekit.hil.quantities import BadValueError, check
+
+        sensor = self.board.sensors.get(path.partition(".")[0])
+        try:
+            check(sensor.type if sensor else None, path, value)
+        except BadValueError as exc:
+            raise ControlError(str(exc)) from None
         self.request("set", path=path, value=value)
 
     def get(self, path: str) -> Any:
@@ -331,7 +344,19 @@ class EmulatedBoard:
         else:
             self.reset()
 
+    def throttle(self, share: float | None) -> None:
+        """Run the board at ``share`` of the host's CPU (hil/throttle.py; hil/chip_speed.py
+        finds the share that makes it as fast as an ESP32); None: at full speed again."""
+        from polekit.hil.throttle import CpuThrottle
+
+        if self._throttle is not None:
+            self._throttle.stop()
+            self._throttle = None
+        if share is not None:
+            self._throttle = CpuThrottle(lambda: self._proc.pid if self._proc else None, share)
+
     def _stop_vm(self) -> None:
+        self.throttle(None)  # a stopped process would not hear SIGTERM
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
             proc.terminate()  # the board saves its flash to fs_dir first
@@ -371,6 +396,9 @@ class EmulatedBoard:
             threading.Thread(target=self._repeat_adverts, daemon=True).start()
         msg = json.loads(text)
         with self._adv_lock:
+            if msg.get("op") == "adv_stop":  # gap_advertise(None): the radio goes quiet
+                self._last_adv = None
+                return
             if msg.get("op") == "adv":
                 # the radio keeps sending the last advert at its interval, as the chip does
                 self._last_adv = (msg, max(ADVERT_REPEAT_MIN_S, msg.pop("every_us", 0) / 1e6))

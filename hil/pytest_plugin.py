@@ -35,6 +35,7 @@ import pytest
 
 _KEY = pytest.StashKey[Any]()
 _FLASH_KEY = pytest.StashKey[str]()
+_SPEED_KEY = pytest.StashKey[str]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -53,6 +54,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--hil-line",
         default=None,
         help="real board only: the host's RS-485 adapter on the board's line",
+    )
+    group.addoption(
+        "--hil-chip-speed",
+        action="store_true",
+        help="emulated board only: run it at an ESP32's speed (its CPU share measured with "
+        "Pystone at the start; the summary reports the ratio achieved)",
     )
     group.addoption(
         "--hil-bare",
@@ -158,8 +165,46 @@ def _start(config: pytest.Config) -> Any:
             config.stash[_FLASH_KEY] = folder  # removed when the run ends
             flash = install(folder, name)
         target = EmulatedBoard(name, fs_dir=flash).start()
+        if config.getoption("hil_chip_speed"):
+            config.stash[_SPEED_KEY] = _chip_speed(target)
     config.stash[_KEY] = target
     return target
+
+
+def _chip_speed(target: Any) -> str:
+    # the VM's Pystone rate at full speed, then the CPU share that makes it an ESP32's,
+    # corrected from the rate measured at that share (stopping and continuing a process costs
+    # time of its own), and the rate achieved in the end: what the summary reports
+    from polekit.hil.chip_speed import ESP32_PYSTONES, chip_share, pystones
+
+    board = Board(target)
+    board.soft_reset()  # the firmware stops and its heap is free for the measurement
+    vm = pystones(board, rounds=15)
+    share = chip_share(vm)
+    tried: list[tuple[float, float]] = []  # (share, rate achieved)
+    for _ in range(4):
+        target.throttle(share)
+        achieved = pystones(board, rounds=5)
+        tried.append((share, achieved))
+        if abs(achieved / ESP32_PYSTONES - 1) < 0.15:
+            break
+        # at most a factor of two a step: one slow round (the host busy) must not undo it
+        step = max(0.5, min(2.0, ESP32_PYSTONES / achieved))
+        share = max(0.01, min(1.0, share * step))
+    share, achieved = min(tried, key=lambda t: abs(t[1] / ESP32_PYSTONES - 1))
+    target.throttle(share)
+    board.soft_reset()  # the measurement's objects go; the node fixture restarts the firmware
+    return (
+        f"chip speed: the VM runs Pystone at {vm:.0f}/s, an ESP32 at {ESP32_PYSTONES}/s; "
+        f"at a CPU share of {share:.3f} the board ran {achieved:.0f}/s "
+        f"({achieved / ESP32_PYSTONES:.2f} of the chip's speed)"
+    )
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    line = config.stash.get(_SPEED_KEY, None)
+    if line is not None:
+        terminalreporter.write_line(line)
 
 
 # pytest-embedded's session fixtures that read a folder option, and the option each reads
@@ -218,6 +263,8 @@ def _check_options(config: pytest.Config) -> None:
         raise pytest.UsageError(
             "--hil-bare: only for the emulated board; a real board runs what is deployed on it"
         )
+    if config.getoption("hil_chip_speed"):
+        raise pytest.UsageError("--hil-chip-speed: only for the emulated board; a real one is")
     for option, path in (("--hil-port", port), ("--hil-line", line)):
         if path and "://" not in path and not os.path.exists(path):
             from serial.tools import list_ports

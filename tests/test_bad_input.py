@@ -37,6 +37,18 @@ CODE = identity.make("371600", "PL", 1)
 CASE_TIMEOUT_S = 60
 WORKERS = 3
 NO_PORT = "/dev/polekit-no-such-port"
+# values the emulated world cannot hold: not a number, not finite, beyond the part's range
+BAD_PHYSICS = [
+    "sht3x.temperature=1e999",
+    "sht3x.temperature=nan",
+    "sht3x.temperature=hot",
+    "sht3x.temperature=true",
+    "sht3x.temperature=-300",
+    "sht3x.humidity=101",
+    'sht3x.spike={"temperature": 1e999}',
+    "door.active=2",
+    "sht3x.noise=-1",
+]
 
 
 def commands(group: click.Group = main, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
@@ -214,6 +226,7 @@ map = "pole-env"
                 "sht3x.nonsense=1",
                 "sht3x.temperature=abc",
                 "sht3x.spike=3",
+                *BAD_PHYSICS,
             ],
             "paths": ["nonsense", "sht3x.nonsense"],
             "offset": ["-1", "zz", "0xffffffff"],
@@ -312,6 +325,30 @@ def test_bad_input_past_an_open_port_is_refused_in_words(
     reached = {line[:2] for _, line in lines}
     assert {("deploy", "--port"), ("emulate", "set"), ("emulate", "flash-read")} <= reached
     check_cases(lines)
+
+
+def test_bad_physics_leaves_the_board_and_its_firmware_running(board: dict[str, Any]) -> None:
+    from boardkit import polekit
+
+    control = board["control"]
+
+    def log() -> str:
+        return polekit("emulate", "log", "--control", control, "--tail", "1000000").stdout
+
+    before = log()
+    for assignment in BAD_PHYSICS:
+        result = polekit("emulate", "set", "--control", control, assignment, timeout=60)
+        assert result.returncode == 1, (assignment, result.stdout, result.stderr)
+        error = result.stderr.strip()
+        assert error.startswith("Error: ") and "\n" not in error, (assignment, error)
+        assert assignment.split("=")[0] in error, error
+    set_ok = polekit("emulate", "set", "--control", control, "sht3x.temperature=24.5")
+    assert set_ok.returncode == 0, set_ok.stderr
+    got = polekit("emulate", "get", "--control", control, "sht3x.temperature")
+    assert got.stdout.strip() == "24.5", got.stderr
+    after = log()
+    said = after[len(before) :] if after.startswith(before) else after
+    assert "Traceback" not in said, said[-2000:]
 
 
 def check_cases(lines: list[tuple[Path, tuple[str, ...]]]) -> None:

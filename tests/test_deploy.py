@@ -22,6 +22,8 @@ from polekit.protocols import identity
 from boardkit import Terminal, polekit
 
 CODE = identity.make("371600", "PL", 21)
+# what a first deploy copies: the bundle's files, config.json and manifest.json
+FILES = len(build("pole-env-esp32", mpy=None).files) + 2
 
 
 def test_build_is_deterministic_and_its_manifest_matches_the_files(tmp_path: Path) -> None:
@@ -61,6 +63,36 @@ def test_build_for_micropython_1_22_uses_its_compiler_and_unknown_versions_are_r
     assert "no mpy-cross for .mpy version 5" in result.stderr and "polekit flash" in result.stderr
 
 
+@pytest.mark.parametrize("march", ["xtensawin", "rv32imc"])
+def test_node_bundle_compiles_for_the_chips_native_architectures(march: str) -> None:
+    # every module goes through the chip's native emitter; none has native code yet, so each
+    # .mpy stays plain bytecode (header arch 0), which the chip and the emulator both load
+    bundle = build(
+        "pole-env-esp32" if march == "xtensawin" else "community-sos-esp32c3", march=march
+    )
+    mpys = {p: b for p, b in bundle.files.items() if p.endswith(".mpy")}
+    assert len(mpys) == len(build("pole-env-esp32", mpy=None).files) - 2  # all but main, board
+    assert {b[:3] for b in mpys.values()} == {b"M\x06\x00"}
+    assert bundle.manifest["march"] == march
+
+
+def test_native_code_the_chips_compiler_refuses_fails_the_build() -> None:
+    from polekit.firmware.deploy.bundle import BundleError, compile_module
+
+    native = b"import micropython\n@micropython.native\ndef f(x):\n    return x + 1\n"
+    with pytest.raises(BundleError, match="invalid arch"):  # bytecode only: no native emitter
+        compile_module(native, "lib/node/fast.py", "6.3")
+    # the header's third byte is arch << 2 | sub-version (py/persistentcode.h:
+    # MP_NATIVE_ARCH_XTENSAWIN = 10, MP_NATIVE_ARCH_RV32IMC = 11)
+    assert compile_module(native, "lib/node/fast.py", "6.3", "xtensawin")[:3] == b"M\x06\x2b"
+    assert compile_module(native, "lib/node/fast.py", "6.3", "rv32imc")[:3] == b"M\x06\x2f"
+    asm = b"import micropython\n@micropython.asm_xtensa\ndef g(a2):\n    movi(a2, 1 << 20)\n"
+    with pytest.raises(BundleError, match="mpy-cross failed on lib/node/asm.py"):
+        compile_module(asm, "lib/node/asm.py", "6.3", "rv32imc")  # Xtensa code on a C3
+    result = polekit("build", "--board", "pole-env-esp32", "--march", "xtensawin", "--source")
+    assert result.returncode == 2 and "leave out --source" in result.stderr
+
+
 @pytest.fixture(scope="module")
 def board(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     flash = tmp_path_factory.mktemp("flash")
@@ -81,7 +113,7 @@ def deploy(board: EmulatedBoard, *extra: str) -> tuple[int, dict[str, object], s
 def test_deploy_copies_verifies_self_tests_and_starts_the_node(board: EmulatedBoard) -> None:
     code, report, err = deploy(board, "--set", "unit=3")
     assert code == 0, err + json.dumps(report)
-    assert report["passed"] and report["copied"] == 31 and report["removed"] == 1
+    assert report["passed"] and report["copied"] == FILES and report["removed"] == 1
     checks = {row[0]: row for row in report["selftest"]}  # type: ignore[attr-defined]
     assert set(checks) >= {"config", "sht3x", "bh1750", "adxl345", "pms5003", "uplink", "start"}
     assert checks["sht3x"][2] == "21.0 Cel, 50 %RH"
@@ -102,7 +134,7 @@ def test_deploy_copies_verifies_self_tests_and_starts_the_node(board: EmulatedBo
 def test_a_second_deploy_copies_nothing(board: EmulatedBoard) -> None:
     code, report, err = deploy(board, "--set", "unit=3")
     assert code == 0, err
-    assert report["copied"] == 0 and report["unchanged"] == 31 and report["passed"]
+    assert report["copied"] == 0 and report["unchanged"] == FILES and report["passed"]
 
 
 def test_a_dead_sensor_fails_the_self_test_with_its_reason(board: EmulatedBoard) -> None:
@@ -148,7 +180,7 @@ def test_ctrl_c_stops_a_deploy_at_once_and_says_how_to_resume(tmp_path: Path) ->
         again = polekit(*shlex.split(resume)[1:])  # the resume finishes the job
         assert again.returncode == 0, again.stdout + again.stderr
         copied = int(re.search(r"(\d+) files copied", again.stdout).group(1))  # type: ignore[union-attr]
-        assert 0 < copied < 31, again.stdout  # only what the first run had not sent
+        assert 0 < copied < FILES, again.stdout  # only what the first run had not sent
 
 
 def test_wrong_settings_are_refused_before_anything_is_written(tmp_path: Path) -> None:

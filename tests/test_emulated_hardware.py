@@ -24,7 +24,7 @@ def board():  # type: ignore[no-untyped-def]
 
 SHT3X_READ = """
 import machine
-i2c = machine.I2C(0)
+i2c = machine.I2C(0, scl=22, sda=21)
 i2c.writeto(0x44, b"\\x24\\x00")
 d = i2c.readfrom(0x44, 6)
 def crc8(data):
@@ -54,7 +54,7 @@ def test_bh1750_adxl345_and_scan(board: EmulatedBoard) -> None:
         board,
         """
 import machine, math
-i2c = machine.I2C(0)
+i2c = machine.I2C(0, scl=22, sda=21)
 print(i2c.scan())
 i2c.writeto(0x23, b"\\x01"); i2c.writeto(0x23, b"\\x10")
 raw = i2c.readfrom(0x23, 2)
@@ -80,7 +80,7 @@ def test_absent_sensor_raises_enodev_like_the_chip_and_others_keep_working(
             board,
             """
 import machine
-i2c = machine.I2C(0)
+i2c = machine.I2C(0, scl=22, sda=21)
 try:
     i2c.readfrom(0x23, 2)
 except OSError as e:
@@ -102,7 +102,7 @@ def test_pms5003_streams_frames_on_its_uart(board: EmulatedBoard) -> None:
         board,
         """
 import machine
-u = machine.UART(1, 9600)
+u = machine.UART(1, 9600, tx=27, rx=14)
 buf = u.read() or b""
 i = buf.rfind(b"\\x42\\x4d")  # the newest frame
 f = buf[i:i + 32] if i >= 0 else b""
@@ -360,7 +360,9 @@ def test_friendly_ctrl_d_soft_reset_runs_boot_and_main(tmp_path: Path) -> None:
 
 def test_mpremote_run_streams_a_host_script(board: EmulatedBoard, tmp_path: Path) -> None:
     script = tmp_path / "probe.py"
-    script.write_text("import machine\nprint('run on', len(machine.I2C(0).scan()), 'sensors')\n")
+    script.write_text(
+        "import machine\nprint('run on', len(machine.I2C(0, scl=22, sda=21).scan()), 'sensors')\n"
+    )
     result = subprocess.run(
         [MPREMOTE, "connect", board.repl, "resume", "run", str(script)],
         capture_output=True,

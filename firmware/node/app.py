@@ -13,6 +13,7 @@ import machine
 from protocols import modbus
 from protocols.modbus import register_map
 
+from . import buses
 from .loopwatch import LoopWatch
 from .policy import Policy
 from .registers import RegisterFile
@@ -78,11 +79,11 @@ class PoleNode:
         from .drivers.pms5003 import PMS5003
         from .drivers.sht3x import SHT3x
 
-        i2c = machine.I2C(self._bus("i2c0")["id"])
+        i2c = buses.i2c(self._bus("i2c0"))
         self.sht3x = SHT3x(i2c, self._sensor("sht3x")["params"]["address"])
         self.bh1750 = BH1750(i2c, self._sensor("bh1750")["params"]["address"])
         self.adxl345 = ADXL345(i2c, self._sensor("adxl345")["params"]["address"])
-        self.pms = PMS5003(machine.UART(self._bus("pms")["id"], 9600))
+        self.pms = PMS5003(buses.uart(self._bus("pms"), 9600))
         from .drivers.noise import Noise
 
         p = self._sensor("noise")["params"]
@@ -102,7 +103,7 @@ class PoleNode:
         )
         rs485 = self._bus("rs485")
         self.slave = ModbusSlave(
-            machine.UART(rs485["id"], self.config["baudrate"]),
+            buses.uart(rs485, self.config["baudrate"]),
             self.config["unit"],
             self.regs,
             self.config["baudrate"],
@@ -261,7 +262,7 @@ def main():
 
             node = CommunityNode(config, board)
         else:
-            node = PoleNode(config, board)
+            node = PoleNode(config, board)  # type: ignore[assignment]  # both have run()
     except Exception as exc:  # noqa: BLE001 - counted, shown, and the REPL stays usable
         save_json(CRASH_FILE, {"count": crashes + 1})
         print("polekit: start failed (%d/%d before safe mode):" % (crashes + 1, SAFE_MODE_AFTER))

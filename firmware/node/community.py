@@ -170,7 +170,7 @@ class CommunityNode:
             if after is not None and after >= self.epoch << 16 | self.counter:
                 self._new_epoch((after >> 16) + 1)  # forward only: past what was accepted
             for key, value in changes.items():
-                if key == "lamp_level":
+                if key == "lamp_level" and self.lamp is not None:  # checked above
                     self.lamp.set(value)
                     self.state.set("lamp_level", value)
                 else:
@@ -222,7 +222,7 @@ class CommunityNode:
         self._held_until = (
             time.ticks_add(time.ticks_ms(), self.config["event_s"] * 1000) if trigger else None
         )
-        self.ble.gap_advertise(EVENT_US if trigger else SLOW_US, data, self.resp)
+        self.ble.gap_advertise(EVENT_US if trigger else SLOW_US, data, resp_data=self.resp)
 
     def event(self, values):
         """Queue an event (a press, an alarm) for the air; it goes out once the one on the
@@ -249,14 +249,16 @@ class CommunityNode:
             held = self._held_until is not None
             if self._resume and self._steady is not None:
                 self._resume = False
-                self.ble.gap_advertise(EVENT_US if held else SLOW_US, self._steady, self.resp)
+                self.ble.gap_advertise(
+                    EVENT_US if held else SLOW_US, self._steady, resp_data=self.resp
+                )
             if self._pending is not None:
                 conn, raw = self._pending
                 self._pending = None
                 self._apply(conn, raw)
             self.state.tick()
             now = time.ticks_ms()
-            if held and time.ticks_diff(self._held_until, now) > 0:
+            if self._held_until is not None and time.ticks_diff(self._held_until, now) > 0:
                 pass  # the event on the air keeps it
             elif self._events:
                 await self.advertise(self._events.pop(0), trigger=True)
@@ -265,5 +267,5 @@ class CommunityNode:
                 await self.advertise(self.measurements())
             elif held:  # the event has had its time: a coin cell's pace again, same advert
                 self._held_until = None
-                self.ble.gap_advertise(SLOW_US, self._steady, self.resp)
+                self.ble.gap_advertise(SLOW_US, self._steady, resp_data=self.resp)
             await asyncio.sleep_ms(10)

@@ -8,6 +8,7 @@ import asyncio
 
 import machine
 
+from . import buses as bus
 from .settings import load_json
 
 RESULT = None
@@ -17,7 +18,7 @@ async def _sensor(s, buses):
     t = s["type"]
     p = s["params"]
     if t in ("sht3x", "bh1750", "adxl345"):
-        i2c = machine.I2C(buses[s["bus"]]["id"])
+        i2c = bus.i2c(buses[s["bus"]])
         if p["address"] not in i2c.scan():
             return False, "no answer at I2C address 0x%02x" % p["address"]
         if t == "sht3x":
@@ -35,7 +36,7 @@ async def _sensor(s, buses):
     if t == "pms5003":
         from .drivers.pms5003 import PMS5003
 
-        pms = PMS5003(machine.UART(buses[s["bus"]]["id"], 9600))
+        pms = PMS5003(bus.uart(buses[s["bus"]], 9600))
         for _ in range(30):  # it streams a frame a second
             v = pms.poll()
             if v is not None:

@@ -10,11 +10,17 @@ def test_repl_runs_micropython(board):
     assert board.exec("import sys; print(sys.implementation.name)") == "micropython"
 
 
+def _i2c(board):
+    # the bus on the pins the board wires it to (the chip's defaults are other pins)
+    p = board.definition.buses["i2c0"].params
+    return f"machine.I2C({p['id']}, scl={p['scl']}, sda={p['sda']})"
+
+
 def test_i2c_sensors_of_the_board_answer(board):
     expected = sorted(
         s.params["address"] for s in board.definition.sensors.values() if "address" in s.params
     )
-    found = board.exec("import machine; print(machine.I2C(0).scan())")
+    found = board.exec(f"import machine; print({_i2c(board)}.scan())")
     assert found == str(expected)
 
 
@@ -22,7 +28,7 @@ def test_temperature_follows_the_physical_world(board, physics):
     physics.set("sht3x.temperature", 28.5)
     raw = board.exec(
         "import machine\n"
-        "i2c = machine.I2C(0)\n"
+        f"i2c = {_i2c(board)}\n"
         "i2c.writeto(0x44, b'\\x24\\x00')\n"
         "d = i2c.readfrom(0x44, 6)\n"
         "print(round(-45 + 175 * (d[0] << 8 | d[1]) / 65535, 1))\n"

@@ -8,10 +8,11 @@
 #   get("ble.services") -> [{"uuid", "chars": [{"uuid", "handle", "flags"}]}]
 #   get("ble.value.HANDLE") -> hex
 # and the firmware's irq handler sees the same events as on the chip.
-import json
+# Calls are held to the chip's (see machine.py): "_name" parameters are positional-only.
+import json as _json
 
 import _board
-import js
+import js as _js
 
 FLAG_READ = 0x0002
 FLAG_WRITE_NO_RESPONSE = 0x0004
@@ -32,14 +33,14 @@ def _hex(data):
 
 def _push(msg):
     try:
-        js.polekitHw.radio(json.dumps(msg))
+        _js.polekitHw.radio(_json.dumps(msg))
     except AttributeError:  # an older host without the radio path: adverts stay local
         pass
 
 
 class UUID:
-    def __init__(self, value):
-        self.value = value
+    def __init__(self, _value):
+        self.value = _value
 
     def __str__(self):
         if isinstance(self.value, int):
@@ -114,29 +115,40 @@ class BLE:
     def __init__(self):
         self._active = False
         self._irq = None
+        self._adv = None  # the advert being sent: [interval_us, adv_data]
         _radio.ble = self
 
-    def active(self, value=None):
-        if value is None:
+    def active(self, _active=None):
+        if _active is None:
             return self._active
-        self._active = bool(value)
+        self._active = bool(_active)
         return self._active
 
-    def config(self, *names, **kw):
-        if names and names[0] == "mac":  # a public address: the base MAC + 2
+    def config(self, _param=None, **kw):
+        if _param == "mac":  # a public address: the base MAC + 2
             if not self._active:
                 raise OSError(1)  # as the chip: EPERM (ERRNO_BLUETOOTH_NOT_ACTIVE)
             return (0, bytes.fromhex(_board.DEFINITION["macs"]["bt"]))
         return None
 
-    def irq(self, handler):
-        self._irq = handler
+    def irq(self, _handler):
+        self._irq = _handler
 
-    def gap_advertise(self, interval_us, adv_data=None, resp_data=None, connectable=True):
+    # extmod/modbluetooth.c: resp_data and connectable by name only; interval_us=None stops,
+    # adv_data (or resp_data) None keeps what the last call gave
+    def gap_advertise(self, interval_us=500000, adv_data=None, *, resp_data=None, connectable=True):
         if not self._active:
             raise OSError(19)  # as the chip: advertising needs an active radio
-        if interval_us is None or adv_data is None:
+        if interval_us is None:
+            self._adv = None
+            _push({"op": "adv_stop"})
             return
+        if adv_data is None:
+            if self._adv is None:
+                adv_data = b""
+            else:
+                adv_data = self._adv[1]
+        self._adv = [interval_us, bytes(adv_data)]
         _radio.count += 1
         _radio.adverts.append((_board.ticks_ms, _hex(adv_data)))
         if resp_data is not None:
@@ -148,11 +160,11 @@ class BLE:
                 {"op": "adv", "data": _hex(adv_data), "resp": _radio.resp, "every_us": interval_us}
             )
 
-    def gatts_register_services(self, services):
+    def gatts_register_services(self, _services_definition):
         handles = []
         table = []
         handle = 0
-        for uuid, chars in services:
+        for uuid, chars in _services_definition:
             handle += 1
             entry = {"uuid": str(uuid), "chars": []}
             mine = []
@@ -167,31 +179,32 @@ class BLE:
         _radio.services = table
         return tuple(handles)
 
-    def gatts_read(self, handle):
-        return _radio.values[handle]
+    def gatts_read(self, _value_handle):
+        return _radio.values[_value_handle]
 
-    def gatts_set_buffer(self, value_handle, len, append=False):  # noqa: A002 - the chip's name
-        if value_handle not in _radio.values:
+    def gatts_set_buffer(self, _value_handle, _len, _append=False):
+        if _value_handle not in _radio.values:
             raise ValueError("invalid handle")
-        if append:
+        if _append:
             raise NotImplementedError("append mode is not emulated")
-        _radio.buffers[value_handle] = len
+        _radio.buffers[_value_handle] = _len
 
-    def gatts_write(self, handle, data, send_update=False):
-        _radio.values[handle] = bytes(data)
+    def gatts_write(self, _value_handle, _data, _send_update=False):
+        _radio.values[_value_handle] = bytes(_data)
+        return len(_data)
 
-    def gatts_notify(self, conn_handle, value_handle, data=None):
-        if data is not None:
-            _radio.values[value_handle] = bytes(data)
+    def gatts_notify(self, _conn_handle, _value_handle, _data=None):
+        if _data is not None:
+            _radio.values[_value_handle] = bytes(_data)
         _push(
             {
                 "op": "notify",
-                "conn": conn_handle,
-                "handle": value_handle,
-                "data": _hex(_radio.values[value_handle]),
+                "conn": _conn_handle,
+                "handle": _value_handle,
+                "data": _hex(_radio.values[_value_handle]),
             }
         )
 
-    def gap_disconnect(self, conn_handle):
-        _push({"op": "disconnect", "conn": conn_handle})
+    def gap_disconnect(self, _conn_handle):
+        _push({"op": "disconnect", "conn": _conn_handle})
         return True

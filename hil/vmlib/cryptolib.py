@@ -25,7 +25,7 @@ def _xtime(b):
     return (b ^ 0x1B) & 0xFF if b & 0x100 else b
 
 
-def expand_key(key):
+def _expand_key(key):
     # the 11 round keys of AES-128, 176 bytes
     if len(key) != 16:
         raise ValueError("AES-128 needs a 16-byte key, got %d bytes" % len(key))
@@ -40,7 +40,7 @@ def expand_key(key):
     return bytes(w)
 
 
-def encrypt_block(round_keys, block):
+def _encrypt_block(round_keys, block):
     # one 16-byte block, state in column-major order as FIPS-197 lays it out
     s = _SBOX
     st = bytearray(block[i] ^ round_keys[i] for i in range(16))
@@ -65,15 +65,16 @@ def encrypt_block(round_keys, block):
 class aes:  # noqa: N801 - the name MicroPython's cryptolib uses
     """AES cipher object: ``aes(key, 1)`` is AES-128-ECB; ``encrypt`` takes whole blocks."""
 
-    def __init__(self, key, mode, iv=None):
-        if mode != 1:
-            raise ValueError("the emulated cryptolib supports mode 1 (ECB) only, got %r" % (mode,))
-        self._round_keys = expand_key(bytes(key))
+    def __init__(self, _key, _mode, _IV=None):  # noqa: N803 - the chip's name
+        if _mode != 1:
+            raise ValueError("the emulated cryptolib supports mode 1 (ECB) only, got %r" % (_mode,))
+        self._round_keys = _expand_key(bytes(_key))
 
-    def encrypt(self, data):
-        """Encrypt ``data`` (a multiple of 16 bytes) block by block."""
+    def encrypt(self, _in_buf):
+        """Encrypt ``_in_buf`` (a multiple of 16 bytes) block by block."""
+        data = _in_buf
         if len(data) % 16:
             raise ValueError("ECB input must be a multiple of 16 bytes, got %d" % len(data))
         return b"".join(
-            encrypt_block(self._round_keys, data[i : i + 16]) for i in range(0, len(data), 16)
+            _encrypt_block(self._round_keys, data[i : i + 16]) for i in range(0, len(data), 16)
         )

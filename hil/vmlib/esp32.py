@@ -1,12 +1,13 @@
 # `esp32` for the emulated board: OTA partitions and the rollback flag, enough for firmware
 # that updates itself the way MicroPython on the ESP32 does. Partition contents live in RAM
 # for the board's lifetime; the app-valid mark is kept by the board (see the field tools).
+# Calls are held to the chip's (see machine.py): "_name" parameters are positional-only.
 import _board
 
 HEAP_DATA = 4
 HEAP_EXEC = 1
-WAKEUP_ALL_LOW = 0
-WAKEUP_ANY_HIGH = 1
+WAKEUP_ALL_LOW = False
+WAKEUP_ANY_HIGH = True
 
 _state = _board.DEFINITION.setdefault("ota", {"running": "ota_0", "valid": False})
 _blobs = {}
@@ -17,13 +18,13 @@ class Partition:
     RUNNING = 1
     TYPE_APP = 0
     TYPE_DATA = 1
-    SIZE = 0x180000  # 1.5 MiB app slots on a 4 MB flash
+    _SIZE = 0x180000  # 1.5 MiB app slots on a 4 MB flash
 
-    def __init__(self, id, block_size=4096):
-        if id == Partition.RUNNING or id == Partition.BOOT:
-            id = _state["running"]
-        self.label = id
-        self.block_size = block_size
+    def __init__(self, _id, _block_size=4096):
+        if _id == Partition.RUNNING or _id == Partition.BOOT:
+            _id = _state["running"]
+        self.label = _id
+        self.block_size = _block_size
 
     def info(self):
         offset = 0x10000 if self.label == "ota_0" else 0x190000
@@ -31,7 +32,7 @@ class Partition:
             Partition.TYPE_APP,
             0x10 + int(self.label[-1]),
             offset,
-            Partition.SIZE,
+            Partition._SIZE,
             self.label,
             False,
         )
@@ -42,12 +43,12 @@ class Partition:
     def _blob(self):
         return _blobs.setdefault(self.label, bytearray(b"\xff" * 0))
 
-    def writeblocks(self, block_num, buf, offset=0):
+    def writeblocks(self, _block_num, _buf, _offset=0):
         blob = self._blob()
-        start = block_num * self.block_size + offset
-        if len(blob) < start + len(buf):
-            blob.extend(b"\xff" * (start + len(buf) - len(blob)))
-        blob[start : start + len(buf)] = buf
+        start = _block_num * self.block_size + _offset
+        if len(blob) < start + len(_buf):
+            blob.extend(b"\xff" * (start + len(_buf) - len(blob)))
+        blob[start : start + len(_buf)] = _buf
 
     def readblocks(self, block_num, buf, offset=0):
         blob = self._blob()
@@ -57,7 +58,7 @@ class Partition:
 
     def ioctl(self, op, arg):
         if op == 4:  # block count
-            return Partition.SIZE // self.block_size
+            return Partition._SIZE // self.block_size
         if op == 5:  # block size
             return self.block_size
         return 0
@@ -71,5 +72,14 @@ class Partition:
         _state["valid"] = True
 
 
-def mcu_temperature():
-    return 45
+# the chip's own temperature sensor: the ESP32 has raw_temperature() (degrees Fahrenheit,
+# uncalibrated), the C3 mcu_temperature() (Celsius): ports/esp32/modesp32.c
+if _board.DEFINITION.get("chip", "esp32") == "esp32":
+
+    def raw_temperature():
+        return 113
+
+else:
+
+    def mcu_temperature():
+        return 45

@@ -3,10 +3,41 @@
 # Errors behave like the chip's: an I2C transfer to an address nobody answers raises
 # OSError(ENODEV) (errno 19), a write to an input pin does nothing, WDT cannot be stopped.
 # time.sleep() busy-waits in the WebAssembly port: firmware must sleep with asyncio.
-import errno
+#
+# Calls are held to what the chip accepts (tests/test_chip_conformance.py checks every
+# signature here against MicroPython 1.27's ESP32 stubs): MicroPython's def has no "/", so a
+# parameter the chip takes by position only is spelled "_name" (naming it fails, as on the
+# chip), and keyword-only ones follow "*". I2C and UART without pins use the port's default
+# pins, as the chip does: a bus is wired to the pins in the board definition, so firmware that
+# leaves them out reads nothing, as it would on the board.
+import errno as _errno
 
 import _board
-import js
+import js as _js
+
+_CHIP = _board.DEFINITION.get("chip", "esp32")
+# ports/esp32/machine_i2c.h (v1.27.0 lines 30-49): I2C id -> (scl, sda) without pins given
+_I2C_PINS = {"esp32": {0: (18, 19), 1: (25, 26)}}.get(_CHIP, {0: (9, 8), 1: (9, 8)})
+# ports/esp32/machine_uart.c (v1.27.0 lines 276-288): UART id -> (tx, rx); UART0 is the REPL
+_UART_PINS = {0: (1, 3), 1: (10, 9), 2: (17, 16)}
+
+
+def _wiring(kind):
+    # bus id -> the pins the board definition wires it to
+    out = {}
+    for bus in _board.DEFINITION.get("buses", ()):
+        p = bus["params"]
+        if bus["type"] == kind:
+            out[p.get("id", 0)] = (
+                (p.get("scl"), p.get("sda"))
+                if kind == "i2c"
+                else (
+                    p.get("tx"),
+                    p.get("rx"),
+                )
+            )
+    return out
+
 
 PWRON_RESET = 1
 HARD_RESET = 2
@@ -26,14 +57,14 @@ class Pin:
     WAKE_LOW = 4
     WAKE_HIGH = 5
 
-    def __init__(self, id, mode=-1, pull=-1, value=None):
-        self.id = id
+    def __init__(self, _id, mode=-1, pull=-1, *, value=None):
+        self.id = _id
         self._mode = self.IN
         self._pull = None
         self._irq = None
-        self.init(mode, pull, value)
+        self.init(mode, pull, value=value)
 
-    def init(self, mode=-1, pull=-1, value=None):
+    def init(self, mode=-1, pull=-1, *, value=None):
         if mode != -1:
             self._mode = mode
         if pull != -1:
@@ -41,13 +72,13 @@ class Pin:
         if value is not None:
             self.value(value)
 
-    def value(self, v=None):
-        if v is None:
+    def value(self, _x=None):
+        if _x is None:
             if self.id in _board.pins:
                 return _board.pins[self.id]
             return 1 if self._pull == self.PULL_UP else 0
         if self._mode in (self.OUT, self.OPEN_DRAIN):
-            _board.set_pin(self.id, v)
+            _board.set_pin(self.id, _x)
         return None
 
     __call__ = value
@@ -58,7 +89,7 @@ class Pin:
     def off(self):
         self.value(0)
 
-    def irq(self, handler=None, trigger=3, wake=None):
+    def irq(self, handler=None, trigger=3, *, wake=None):
         listeners = _board.pin_listeners.setdefault(self.id, [])
         if self._irq is not None and self._irq in listeners:
             listeners.remove(self._irq)
@@ -80,14 +111,15 @@ class Pin:
 
 
 class Signal:
-    def __init__(self, pin, invert=False):
-        self.pin = pin if isinstance(pin, Pin) else Pin(pin, Pin.OUT)
+    # a Pin object, invert by name only (extmod/machine_signal.c: Signal(pin, True) raises)
+    def __init__(self, _pin, *, invert=False):
+        self.pin = _pin if isinstance(_pin, Pin) else Pin(_pin, Pin.OUT)
         self.invert = invert
 
-    def value(self, v=None):
-        if v is None:
+    def value(self, _x=None):
+        if _x is None:
             return self.pin.value() ^ self.invert
-        self.pin.value(bool(v) ^ self.invert)
+        self.pin.value(bool(_x) ^ self.invert)
 
     def on(self):
         self.value(1)
@@ -101,44 +133,65 @@ def _pin_id(p):
 
 
 class I2C:
-    def __init__(self, id=0, *, scl=None, sda=None, freq=400000, timeout=50000):
-        self.id = id
+    def __init__(self, _id=0, *, scl=None, sda=None, freq=400000, timeout=50000):
+        if _id not in _I2C_PINS:
+            raise ValueError("I2C(%s) doesn't exist" % (_id,))
+        default = _I2C_PINS[_id]
+        self.id = _id
         self.freq = freq
+        self._pins = (
+            default[0] if scl is None else _pin_id(scl),
+            default[1] if sda is None else _pin_id(sda),
+        )
+
+    def _wired(self):
+        return _wiring("i2c").get(self.id) == self._pins
 
     def _dev(self, addr):
-        dev = _board.i2c_devices.get((self.id, addr))
+        dev = _board.i2c_devices.get((self.id, addr)) if self._wired() else None
         if dev is None or dev.absent:
-            raise OSError(errno.ENODEV)
+            raise OSError(_errno.ENODEV)
         return dev
 
     def scan(self):
+        if not self._wired():
+            return []
         return sorted(
             a for (bus, a), d in _board.i2c_devices.items() if bus == self.id and not d.absent
         )
 
-    def writeto(self, addr, buf, stop=True):
-        self._dev(addr).i2c_write(bytes(buf))
-        return len(buf)
+    def writeto(self, _addr, _buf, _stop=True):
+        self._dev(_addr).i2c_write(bytes(_buf))
+        return len(_buf)
 
-    def readfrom(self, addr, nbytes, stop=True):
-        return bytes(self._dev(addr).i2c_read(nbytes))
+    def readfrom(self, _addr, _nbytes, _stop=True):
+        return bytes(self._dev(_addr).i2c_read(_nbytes))
 
-    def readfrom_into(self, addr, buf, stop=True):
-        buf[:] = self.readfrom(addr, len(buf))
+    def readfrom_into(self, _addr, _buf, _stop=True):
+        _buf[:] = self.readfrom(_addr, len(_buf))
 
-    def writeto_mem(self, addr, memaddr, buf, addrsize=8):
-        self._dev(addr).i2c_write(bytes((memaddr,)) + bytes(buf))
+    def writeto_mem(self, _addr, _memaddr, _buf, *, addrsize=8):
+        self._dev(_addr).i2c_write(bytes((_memaddr,)) + bytes(_buf))
 
-    def readfrom_mem(self, addr, memaddr, nbytes, addrsize=8):
-        dev = self._dev(addr)
-        dev.i2c_write(bytes((memaddr,)))
-        return bytes(dev.i2c_read(nbytes))
+    def readfrom_mem(self, _addr, _memaddr, _nbytes, *, addrsize=8):
+        dev = self._dev(_addr)
+        dev.i2c_write(bytes((_memaddr,)))
+        return bytes(dev.i2c_read(_nbytes))
 
-    def readfrom_mem_into(self, addr, memaddr, buf, addrsize=8):
-        buf[:] = self.readfrom_mem(addr, memaddr, len(buf))
+    def readfrom_mem_into(self, _addr, _memaddr, _buf, *, addrsize=8):
+        _buf[:] = self.readfrom_mem(_addr, _memaddr, len(_buf))
 
 
-SoftI2C = I2C
+class SoftI2C(I2C):
+    # bit-banged on any two pins: it reaches the devices of the bus wired to them
+    def __init__(self, scl, sda, *, freq=400000, timeout=50000):
+        pins = (_pin_id(scl), _pin_id(sda))
+        self.id = None
+        for bus, wired in _wiring("i2c").items():
+            if wired == pins:
+                self.id = bus
+        self.freq = freq
+        self._pins = pins
 
 
 class ADC:
@@ -146,16 +199,21 @@ class ADC:
     ATTN_2_5DB = 1
     ATTN_6DB = 2
     ATTN_11DB = 3
-    WIDTH_12BIT = 3
+    WIDTH_9BIT = 9
+    WIDTH_10BIT = 10
+    WIDTH_11BIT = 11
+    WIDTH_12BIT = 12
 
-    def __init__(self, pin, atten=ATTN_11DB):
-        self.pin = _pin_id(pin)
+    # without atten the chip sets its widest range, ATTN_11DB (machine_adc.c line 195)
+    def __init__(self, _pin, *, atten=ATTN_11DB):
+        self.pin = _pin_id(_pin)
 
-    def atten(self, value):
+    def atten(self, _atten):
         pass
 
-    def width(self, value):
-        pass
+    def width(self, _bits):
+        if not 9 <= _bits <= 12:
+            raise ValueError("invalid bit-width")
 
     def read_u16(self):
         return int(_board.adc_u16(self.pin))
@@ -168,8 +226,8 @@ class ADC:
 
 
 class PWM:
-    def __init__(self, pin, freq=5000, duty=None, duty_u16=None, duty_ns=None):
-        self.pin = _pin_id(pin)
+    def __init__(self, _dest, freq=5000, *, duty=None, duty_u16=None, duty_ns=None):
+        self.pin = _pin_id(_dest)
         self._freq = freq
         _board.pwm[self.pin] = 0
         if duty is not None:
@@ -177,71 +235,125 @@ class PWM:
         if duty_u16 is not None:
             self.duty_u16(duty_u16)
 
-    def freq(self, value=None):
-        if value is None:
+    def freq(self, _value=None):
+        if _value is None:
             return self._freq
-        self._freq = value
+        self._freq = _value
 
-    def duty_u16(self, value=None):
-        if value is None:
+    def duty_u16(self, _value=None):
+        if _value is None:
             return _board.pwm.get(self.pin, 0)
-        if not 0 <= value <= 65535:
+        if not 0 <= _value <= 65535:
             raise ValueError("duty_u16 must be 0..65535")
-        _board.pwm[self.pin] = int(value)
+        _board.pwm[self.pin] = int(_value)
 
-    def duty(self, value=None):
-        if value is None:
+    def duty(self, _value=None):
+        if _value is None:
             return self.duty_u16() >> 6
-        self.duty_u16(min(1023, int(value)) * 65535 // 1023)
+        self.duty_u16(min(1023, int(_value)) * 65535 // 1023)
 
     def deinit(self):
         _board.pwm[self.pin] = 0
 
 
 class UART:
-    INV_TX = 1
-    INV_RX = 2
+    INV_TX = 32
+    INV_RX = 4
 
-    def __init__(self, id, baudrate=115200, bits=8, parity=None, stop=1, **kw):
-        self.id = id
-        self.init(baudrate, bits, parity, stop, **kw)
+    def __init__(
+        self,
+        _id,
+        baudrate=115200,
+        bits=8,
+        parity=None,
+        stop=1,
+        *,
+        tx=None,
+        rx=None,
+        rts=None,
+        cts=None,
+        txbuf=None,
+        rxbuf=None,
+        timeout=None,
+        timeout_char=None,
+        invert=None,
+        flow=None,
+    ):
+        if _id not in _UART_PINS:
+            raise ValueError("UART(%s) doesn't exist" % (_id,))
+        self.id = _id
+        self._pins = _UART_PINS[_id]
+        self.baudrate = 115200
+        self.init(baudrate, bits, parity, stop, tx=tx, rx=rx)
 
-    def init(self, baudrate=115200, bits=8, parity=None, stop=1, **kw):
-        self.baudrate = baudrate
-        js.polekitHw.uartConfig(self.id, baudrate, bits, 0 if parity is None else parity + 1, stop)
+    # baudrate 0 keeps the rate the UART has, as on the chip
+    def init(
+        self,
+        baudrate=0,
+        bits=8,
+        parity=None,
+        stop=1,
+        *,
+        tx=None,
+        rx=None,
+        rts=None,
+        cts=None,
+        txbuf=None,
+        rxbuf=None,
+        timeout=None,
+        timeout_char=None,
+        invert=None,
+        flow=None,
+    ):
+        if baudrate:
+            self.baudrate = baudrate
+        self._pins = (
+            self._pins[0] if tx is None else _pin_id(tx),
+            self._pins[1] if rx is None else _pin_id(rx),
+        )
+        p = 0 if parity is None else parity + 1
+        _js.polekitHw.uartConfig(self.id, self.baudrate, bits, p, stop)
+
+    def _wired(self, end):
+        # end 0: the TX pin reaches the bus, 1: the RX pin hears it
+        wired = _wiring("uart").get(self.id)
+        return wired is not None and wired[end] == self._pins[end]
 
     def deinit(self):
         pass
 
     def any(self):
+        if not self._wired(1):
+            return 0
         return len(_board.uart_rx.get(self.id, b""))
 
-    def read(self, nbytes=None):
-        buf = _board.uart_rx.get(self.id)
+    def read(self, _nbytes=None):
+        buf = _board.uart_rx.get(self.id) if self._wired(1) else None
         if not buf:
             return None
-        n = len(buf) if nbytes is None else min(nbytes, len(buf))
+        n = len(buf) if _nbytes is None else min(_nbytes, len(buf))
         data = bytes(buf[:n])
         _board.uart_rx[self.id] = buf[n:]  # MicroPython's bytearray has no slice deletion
         return data
 
-    def readinto(self, buf, nbytes=None):
-        data = self.read(len(buf) if nbytes is None else nbytes)
+    def readinto(self, _buf, _nbytes=None):
+        data = self.read(len(_buf) if _nbytes is None else _nbytes)
         if not data:
             return None
-        buf[: len(data)] = data
+        _buf[: len(data)] = data
         return len(data)
 
     def readline(self):
-        buf = _board.uart_rx.get(self.id)
+        buf = _board.uart_rx.get(self.id) if self._wired(1) else None
         if not buf:
             return None
         end = buf.find(b"\n")
         return self.read(len(buf) if end < 0 else end + 1)
 
-    def write(self, buf):
-        _board.uart_write(self.id, bytes(buf))
-        return len(buf)
+    def write(self, _buf):
+        if self._wired(0):  # else the bytes leave on a pin nothing listens to
+            _board.uart_write(self.id, bytes(_buf))
+        return len(_buf)
 
     def flush(self):
         pass
@@ -251,25 +363,25 @@ class UART:
 
 
 class WDT:
-    def __init__(self, id=0, timeout=5000):
+    def __init__(self, *, id=0, timeout=5000):
         if timeout < 1:
             raise ValueError("WDT timeout too short")
-        js.polekitHw.wdtStart(timeout)
+        _js.polekitHw.wdtStart(timeout)
 
     def feed(self):
-        js.polekitHw.wdtFeed()
+        _js.polekitHw.wdtFeed()
 
 
 class RTC:
-    def datetime(self, value=None):
+    def datetime(self, _datetimetuple=None):
         import time
 
-        if value is None:
+        if _datetimetuple is None:
             t = time.localtime()
             return (t[0], t[1], t[2], t[6], t[3], t[4], t[5], 0)
         return None
 
-    def init(self, value=None):
+    def init(self, _datetime):
         pass
 
 
@@ -277,15 +389,17 @@ class Timer:
     ONE_SHOT = 0
     PERIODIC = 1
 
-    def __init__(self, id=-1, *args, **kw):
+    def __init__(self, _id, *, mode=PERIODIC, period=None, callback=None, freq=None):
         self._cb = None
-        if args or kw:
-            self.init(*args, **kw)
+        if period is not None or freq is not None or callback is not None:
+            self.init(mode=mode, period=period, callback=callback, freq=freq)
 
-    def init(self, mode=PERIODIC, period=-1, callback=None, freq=None):
+    def init(self, *, mode=PERIODIC, period=None, callback=None, freq=None):
         self.deinit()
         self._mode = mode
-        self._period = int(1000 / freq) if freq else period
+        if freq:
+            period = int(1000 / freq)
+        self._period = 0xFFFFFFFF if period is None else period
         self._cb = callback
         self._next = _board.ticks_ms + self._period
         _board.timers.append(self)
@@ -304,11 +418,11 @@ class Timer:
 
 
 def reset():
-    js.polekitHw.reset("hard")
+    _js.polekitHw.reset("hard")
 
 
 def soft_reset():
-    js.polekitHw.reset("soft")
+    _js.polekitHw.reset("soft")
 
 
 def reset_cause():
@@ -319,15 +433,15 @@ def unique_id():
     return bytes.fromhex(_board.DEFINITION["unique_id"])
 
 
-def freq(hz=None):
-    return 240000000 if hz is None else None
+def freq(_hz=None):
+    return (160000000 if _CHIP == "esp32c3" else 240000000) if _hz is None else None
 
 
-def deepsleep(time_ms=0):
-    js.polekitHw.deepsleep(time_ms)
+def deepsleep(_time_ms=0):
+    _js.polekitHw.deepsleep(_time_ms)
 
 
-def lightsleep(time_ms=0):
+def lightsleep(_time_ms=0):
     pass
 
 
@@ -339,5 +453,5 @@ def disable_irq():
     return 0
 
 
-def enable_irq(state=0):
+def enable_irq(_state):
     pass
