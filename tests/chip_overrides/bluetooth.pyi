@@ -31,6 +31,9 @@ class BLE:
     def gatts_write(
         self, value_handle: int, data: AnyReadableBuf, send_update: bool = False, /
     ) -> int: ...
+    # bluetooth_ble_gatts_set_buffer: VAR_BETWEEN 3..4 = self, value_handle, len[, append],
+    # each read with mp_obj_get_int / mp_obj_is_true; the stub types the handle as a memoryview
+    def gatts_set_buffer(self, value_handle: int, len: int, append: bool = False, /) -> None: ...
     # lines 754-772: VAR_BETWEEN 3..4 = self, conn_handle, value_handle[, data]; the stub
     # leaves out conn_handle (the chip's first argument) and makes data required
     def gatts_notify(
