@@ -26,6 +26,7 @@ messages are not queued: they describe the session itself and are rebuilt at eac
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import time
 from collections.abc import Callable
@@ -345,6 +346,10 @@ class Adapter:
     NAMES: ClassVar[dict[str, str]] = {}
     # send readings in the model's secondary units (hPa, ug/m3, kWh) instead of primary
     SECONDARY_UNITS: ClassVar[bool] = False
+    # a complete, valid [platform] table of this kind (kind included) with made-up
+    # credentials: docs/platforms.md's example, `polekit platform preview`'s tests and
+    # bench/gateway_throughput.py --platform KIND use it
+    EXAMPLE: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, ctx: AdapterContext) -> None:
         self.ctx = ctx
@@ -422,6 +427,12 @@ class Adapter:
         bytes a peer may send: say why in ``Downlink.ignored``, or turn it into a
         command whose result carries the error (so the platform hears of it)."""
         return Downlink(ignored="this platform sends no commands")
+
+
+def command_body(request_id: str | int | None, changes: dict[str, Any]) -> bytes:
+    """Our command's JSON for a platform's write request (``PlatformCommand.body``);
+    ``changes`` with our point names. Values are checked by the router, not here."""
+    return json.dumps({"id": request_id, "set": changes}, separators=(",", ":")).encode()
 
 
 def clock_problem(now_s: float) -> str | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from polekit.gateway.config import FORMATS
 from polekit.gateway.pipeline import PackEncoder, encode_body
@@ -38,6 +38,7 @@ class SenmlSettings:
 class SenmlAdapter(Adapter):
     KIND = "senml"
     KEYS = ("topic_prefix", "format", "secondary_units", "username", "password")
+    EXAMPLE: ClassVar[dict[str, Any]] = {"kind": "senml", "format": "senml+json"}
 
     @classmethod
     def parse(cls, section: Section) -> SenmlSettings:
