@@ -25,6 +25,21 @@ from gwkit import Collector, gateway_running
 POLE_ENV = modbus.register_map("pole-env")
 
 
+REFS = Path(__file__).parent.parent / ".venv-refs"
+
+
+def reference_python(name: str) -> str:
+    """The interpreter of the reference client ``name`` (``make setup`` builds
+    .venv-refs/NAME from tests/refs/NAME.txt); fails with what to run when missing."""
+    exe = REFS / name / "bin" / "python"
+    if not exe.exists():
+        raise AssertionError(
+            f"the {name} reference client is not installed: run `make setup` "
+            f"(it builds {exe.parent.parent} from tests/refs/{name}.txt)"
+        )
+    return str(exe)
+
+
 def pole_code(unit: int) -> str:
     """The device code of the pole-env device at Modbus unit ``unit``."""
     return identity.make("371600", "PL", unit)
