@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gwkit import Collector, run, until
 from platkit import platform_bench, reference_python
+
+from gwkit import Collector, run, until
 
 TOKEN = "tb-test-token"
 HERE = Path(__file__).parent
