@@ -88,6 +88,7 @@ class ThingsBoardAdapter(Adapter):
             port=b.port,
             client_id=self.settings.client_id or f"polekit-{self.ctx.gateway_id}-tb",
             username=self.settings.access_token,
+            username_secret=True,
             tls=b.tls,
             mqtt_version=self.platform.mqtt_version,
             keepalive_s=b.keepalive_s,
