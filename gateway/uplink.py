@@ -17,7 +17,9 @@ taking new messages, finishes those in flight, and reconnects with fresh credent
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -39,6 +41,9 @@ log = logging.getLogger("polekit.gateway.mqtt")
 BATCH = 200  # messages in flight at once while draining
 RENEW_BEFORE_S = 300.0  # reconnect this long before a login expires (or a tenth of its life)
 CLOCK_RETRY_S = 5.0  # how often a gateway with an unset clock looks at it again
+# aiomqtt reports a refused TCP connection as text only: nothing listened, so the
+# attempt never reached a platform's reconnect counter
+REFUSED = os.strerror(errno.ECONNREFUSED)
 
 # the commands a downlink message carried, from this platform
 CommandSink = Callable[[list[PlatformCommand]], Awaitable[None]]
@@ -154,8 +159,8 @@ class MqttUplink:
                 await asyncio.sleep(CLOCK_RETRY_S)
                 continue
             self._paho_errors.last = None
-            self.limiter.attempted()
             started = self.clock()
+            reached = True
             try:
                 await self._session(conn)
             except _RenewError:
@@ -167,7 +172,9 @@ class MqttUplink:
             except aiomqtt.MqttError as exc:
                 # paho's socket error says why (a TLS alert); aiomqtt's may only say "timed out"
                 self.last_error = self._paho_errors.last or str(exc)
+                reached = self.connected or REFUSED not in str(exc)
             finally:
+                self.limiter.attempted(reached)
                 self._client = None
                 if self.connected:
                     self.disconnected_at = self.clock()

@@ -2,18 +2,19 @@
 reconnect storm.
 
 Platforms ban clients that reconnect too often: China Telecom CTWing blocks an IP
-address after 30 connects in 60 s; Alibaba Cloud and Huawei IoTDA throttle a device
-that logs in again and again. An uplink asks ``wait_s()`` before every connect attempt,
-and calls ``attempted()`` when it makes one: the answer is the larger of the
-exponential backoff (``first_s`` doubling to ``max_s``, reset by a session that lasted)
-and what the sliding window of the last 60 s still allows (``per_min`` attempts,
-default 20: a third below CTWing's limit). In a long outage the backoff settles at
-60 s / ``per_min`` (3 s by default), so attempts are spread evenly and a broker that
-comes back is reached within that, never after a minute's hold. Every attempt counts,
-refused or not: the platform counts what reaches it, and we cannot tell what did.
+address after 30 connects in 60 s; Alibaba Cloud and Huawei IoTDA throttle a device that
+logs in again and again. An uplink asks ``wait_s()`` before every connect attempt, and
+calls ``attempted()`` when it made one: the answer is the larger of the exponential
+backoff (``first_s`` doubling to ``max_s`` = 1 s, quick again after a session) and what
+the sliding window of the last 60 s still allows: at most ``per_min`` connects that
+reached the server (default 20: a third below CTWing's limit), the second half of them
+spread over a window (6 s apart by default) so a storm is paced, never held for a
+minute. A connection refused by the address (nothing listens: a broker restart) never
+reaches a platform's counter and is paced by the backoff alone, so a broker that comes
+back is reached within a second.
 
-Limiters are shared by broker address (``for_broker``): two platform entries on the
-same broker (or two gateways' worth of adapters in one process) count together.
+Limiters are shared by broker address (``for_broker``): two platform entries on the same
+broker (or two gateways' worth of adapters in one process) count together.
 """
 
 from __future__ import annotations
@@ -26,11 +27,10 @@ DEFAULT_PER_MIN = 20
 WINDOW_S = 60.0
 FIRST_S = 0.05
 MAX_S = 1.0
-STABLE_S = 10.0  # a session that lasted this long ends the backoff episode
 
 
 class ConnectLimiter:
-    """Backoff plus a sliding-window cap on connect attempts (see the module doc)."""
+    """Backoff plus a sliding-window cap on connects (see the module doc)."""
 
     def __init__(
         self,
@@ -45,36 +45,38 @@ class ConnectLimiter:
         self.first_s = first_s
         self.max_s = max_s
         self.clock = clock
-        self._attempts: deque[float] = deque()
+        self._reached: deque[float] = deque()  # connects that reached the server
         self._delay = 0.0  # backoff before the next attempt; 0 = connect at once
         self.attempts = 0
-        self.held_s = 0.0  # total time the window (not the backoff) held attempts back
 
     def wait_s(self) -> float:
         """Seconds to wait before the next attempt may be made."""
         now = self.clock()
-        while self._attempts and now - self._attempts[0] >= WINDOW_S:
-            self._attempts.popleft()
+        while self._reached and now - self._reached[0] >= WINDOW_S:
+            self._reached.popleft()
         window = 0.0
-        if len(self._attempts) >= self.per_min:
-            window = self._attempts[0] + WINDOW_S - now
+        n = len(self._reached)
+        if n >= self.per_min:
+            window = self._reached[0] + WINDOW_S - now
+        elif n >= self.per_min // 2:
+            # half the budget spent: the other half spread over a window (6 s apart for
+            # 20), so a storm is paced and never runs into a minute's hold
+            window = self._reached[-1] + WINDOW_S / (self.per_min - self.per_min // 2) - now
         return max(self._delay, window)
 
-    def attempted(self) -> None:
-        """An attempt is being made now; the next one backs off further."""
-        self._attempts.append(self.clock())
+    def attempted(self, reached: bool = True) -> None:
+        """An attempt was made; ``reached``: it got to the server (a TCP connection was
+        made: a session, a refused login, a drop). A refused TCP connection (nothing
+        listens) never reaches a platform's counter and only backs off."""
         self.attempts += 1
-        # a long outage settles at the window's own pace (3 s for 20 a minute): attempts
-        # spread evenly, so the window never has to hold back a burst when the broker is
-        # back (a burst would leave it waiting for up to a minute)
-        cap = max(self.max_s, WINDOW_S / self.per_min)
-        self._delay = self.first_s if self._delay == 0 else min(self._delay * 2, cap)
+        if reached:
+            self._reached.append(self.clock())
+        self._delay = self.first_s if self._delay == 0 else min(self._delay * 2, self.max_s)
 
     def session_lasted(self, seconds: float) -> None:
-        """A session ended after ``seconds``: a long one starts the next outage's
-        backoff from the beginning (the window still counts every attempt)."""
-        if seconds >= STABLE_S:
-            self._delay = 0.0
+        """A session was up for ``seconds``: the next outage's retries start quick again
+        (the window still counts every connect)."""
+        self._delay = 0.0
 
 
 class Limiters:
