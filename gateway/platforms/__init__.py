@@ -1,0 +1,1 @@
+"""Northbound platform dialects: one module per platform."""
