@@ -215,6 +215,8 @@ class Config:
     ble_devices: list[BleDeviceConfig] = field(default_factory=list)
     ble: BleConfig = field(default_factory=BleConfig)
     commands: CommandsConfig = field(default_factory=CommandsConfig)
+    # the northbound platforms ([platform] / [[platform]]); empty: SenML on [mqtt]
+    platforms: tuple[Any, ...] = ()
 
     @property
     def queue_path(self) -> Path:
@@ -294,7 +296,17 @@ def _kind_words(kinds: tuple[type, ...]) -> str:
     return " or ".join(_KIND_WORDS[k] for k in kinds)
 
 
-_TOP_KEYS = ("gateway", "mqtt", "bus", "map", "device", "status", "ble", "commands")
+_TOP_KEYS = (
+    "gateway",
+    "mqtt",
+    "bus",
+    "map",
+    "device",
+    "status",
+    "ble",
+    "commands",
+    "platform",
+)
 _ARRAYS = ("bus", "map", "device")  # [[...]] arrays of tables
 _GATEWAY_KEYS = ("id", "data_dir", "queue_max_mb")
 _MQTT_KEYS = (
@@ -523,6 +535,9 @@ def parse_config(raw: dict[str, Any], path: Path | str = "<config>") -> Config:
         enabled=r.get(st, "status", "enabled", bool, True),
     )
     commands = _commands(r, _table(r, raw, "commands", required=False))
+    from polekit.gateway.platforms.settings import parse_platforms  # it imports this module
+
+    platforms = parse_platforms(raw.get("platform"), mqtt, path.parent, r.problems.append)
     buses = _meter_lines(raw.get("bus", []), buses, devices)
     if r.problems:
         raise ConfigError(path, r.problems)
@@ -538,6 +553,7 @@ def parse_config(raw: dict[str, Any], path: Path | str = "<config>") -> Config:
         ble_devices,
         ble,
         commands,
+        platforms,
     )
 
 
