@@ -26,7 +26,7 @@ from mqtt_recorder import MqttRecorder
 pytestmark = pytest.mark.filterwarnings("ignore:Callback API version 1:DeprecationWarning")
 
 PK, DN, DS = "a1PoleGw0x", "pole-gw-01", "Q2xvdWRTZWNyZXRGb3JUZXN0aW5nMTIz"
-SUB = alink.SubDevice("a1SubEnv0y", "CN330100ENV00001X", "c3ViLWRldmljZS1zZWNyZXQtMDAx")
+SUB = alink.SubDevice("a1SubEnv0y", "330100EN0000016", "c3ViLWRldmljZS1zZWNyZXQtMDAx")
 
 # the smallest thing model the SDK needs to post properties (its "post" event lists them)
 TSL = {
