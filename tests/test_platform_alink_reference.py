@@ -117,7 +117,9 @@ def test_topology_add_and_batch_login_equal_the_sdks(tmp_path: Path) -> None:
                 assert lk.gateway_login_subdev([sub])[0] == 0
                 topo_topic = alink.topo_add_topic(PK, DN)
                 login_topic = alink.batch_login_topic(PK, DN)
-                await until(lambda: rec.on(topo_topic) and rec.on(login_topic), what="SDK posts")
+                await until(
+                    lambda: bool(rec.on(topo_topic) and rec.on(login_topic)), what="SDK posts"
+                )
             finally:
                 lk.disconnect()
         theirs = json.loads(rec.on(topo_topic)[0].payload)
