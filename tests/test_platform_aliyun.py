@@ -141,3 +141,11 @@ def test_config_problems_are_named(tmp_path: Path) -> None:
     assert "platform.sub_devices.A: needs its device secret" in text
     assert "platform.sub_devices.B: needs a product key" in text
     assert "did you mean 'hmacsha256'?" in text
+
+
+def test_the_documented_example_is_a_valid_config(tmp_path: Path) -> None:
+    from polekit.gateway.platforms import adapter_class
+
+    example = adapter_class("aliyun").EXAMPLE
+    a = adapter(tmp_path, example, (), 1_750_000_000.0)
+    assert a.connection(1_750_000_000.0).password

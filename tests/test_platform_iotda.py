@@ -186,3 +186,11 @@ def test_config_problems_are_named(tmp_path: Path) -> None:
     assert "platform.secrett: unknown key; did you mean 'secret'?" in text
     assert "platform.secret: required" in text
     assert "platform.device_id: 'gw 1'" in text
+
+
+def test_the_documented_example_is_a_valid_config(tmp_path: Path) -> None:
+    from polekit.gateway.platforms import adapter_class
+
+    example = adapter_class("iotda").EXAMPLE
+    a = adapter(tmp_path, example, (), 1_750_000_000.0)
+    assert a.connection(1_750_000_000.0).password

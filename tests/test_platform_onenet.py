@@ -220,3 +220,11 @@ def test_config_problems_are_named(tmp_path: Path) -> None:
     assert "platform.device_name: required" in text
     assert "platform.key: ***" in text and "not base64" not in text
     assert "did you mean 'sha256'?" in text
+
+
+def test_the_documented_example_is_a_valid_config(tmp_path: Path) -> None:
+    from polekit.gateway.platforms import adapter_class
+
+    example = adapter_class("onenet").EXAMPLE
+    a = adapter(tmp_path, example, (), 1_750_000_000.0)
+    assert a.connection(1_750_000_000.0).password
