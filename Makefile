@@ -15,7 +15,7 @@ demo: setup
 
 test: setup lint typecheck unit unit-as-user
 
-setup: $(STAMPS)/venv $(STAMPS)/npm $(STAMPS)/system
+setup: $(STAMPS)/venv $(STAMPS)/refs $(STAMPS)/npm $(STAMPS)/system
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -44,6 +44,17 @@ $(STAMPS)/venv: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+# the platforms' own clients (ThingsBoard's tb-mqtt-client, pysparkplug), which the
+# platform tests run as references: a virtualenv each (.venv-refs/NAME), as their
+# paho-mqtt copies and pins conflict with aiomqtt's and with each other (tests/refs/)
+$(STAMPS)/refs: tests/refs/thingsboard.txt tests/refs/sparkplug.txt
+	@mkdir -p $(STAMPS)
+	for r in thingsboard sparkplug; do \
+		test -x .venv-refs/$$r/bin/python || $(PYTHON) -m venv .venv-refs/$$r; \
+		.venv-refs/$$r/bin/python -m pip install --quiet -r tests/refs/$$r.txt || exit 1; \
+	done
 	@touch $@
 
 $(STAMPS)/npm: package.json package-lock.json

@@ -10,6 +10,10 @@ case); bench/peer_thingsboard.py runs the same measure longer, with ThingsBoard 
 Gateway beside it.
 
     .venv/bin/python bench/gateway_throughput.py [--duration 20] [--cases tcp-100ms,tcp-10ms]
+    .venv/bin/python bench/gateway_throughput.py --platform thingsboard [--seconds 10]
+
+``--platform KIND`` measures one northbound adapter against senml in the same run, on the
+in-process path (below), and prints readings/s, us of CPU per reading and the ratio.
 
 ``--synthetic`` runs the old measure instead, clearly labelled: no Modbus, a synthetic
 source calling the pipeline directly with 23-value packs from 50 producers at once, in
@@ -140,6 +144,73 @@ async def synthetic_run(seconds: float, n_devices: int) -> None:
         await task
 
 
+async def _platform_phase(
+    kind: str, seconds: float, n_devices: int, broker: LocalBroker
+) -> tuple[float, float]:
+    """(readings/s, us of CPU per reading) of one platform adapter on the in-process path:
+    polls handed to the pipeline, that adapter's messages built, queued on disk and
+    published to mosquitto until every one was acknowledged."""
+    from polekit.gateway.platforms import adapter_class
+
+    regmap = modbus.register_map("pole-env")
+    values_template = [(p, 21.5 if p.dtype != "bool" else True) for p in regmap]
+    entry = {**adapter_class(kind).EXAMPLE, "url": broker.url}
+    with tempfile.TemporaryDirectory() as tmp:
+        codes = [identity.make("371600", "PL", i + 1) for i in range(n_devices)]
+        config = parse_config(
+            {
+                "gateway": {"id": "bench", "data_dir": tmp, "queue_max_mb": 2048},
+                "mqtt": {"url": broker.url},
+                "bus": [{"name": "none", "type": "tcp", "host": "127.0.0.1", "port": 1}],
+                "device": [
+                    {"code": c, "bus": "none", "unit": 1 + i % 247, "map": "pole-env"}
+                    for i, c in enumerate(codes)
+                ],
+                "status": {"enabled": False},
+                "platform": entry,
+            },
+            Path(tmp) / "bench.toml",
+        )
+        gw = Gateway(config)
+        gw.buses.clear()  # polls come from the loop below
+        task = asyncio.create_task(gw.run())
+        while not gw.uplink.connected:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # the session's opening messages are out
+        cpu0, t0, pub0 = cpu_s(), time.monotonic(), gw.uplink.published
+        polls = 0
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            now = time.time()
+            await asyncio.gather(*(gw._on_poll(d, values_template, now) for d in config.devices))
+            polls += len(config.devices)
+        while gw.uplink.published - pub0 < polls:
+            await asyncio.sleep(0.005)
+        elapsed, cpu = time.monotonic() - t0, cpu_s() - cpu0
+        gw.stop()
+        await task
+    readings = polls * len(values_template)
+    return readings / elapsed, cpu / readings * 1e6
+
+
+async def platform_run(kind: str, seconds: float, n_devices: int) -> None:
+    """--platform KIND: that adapter against senml in the same run (issue 15's target:
+    at most 1.5x senml's CPU per reading)."""
+    print(
+        "IN-PROCESS: polls handed to the pipeline (no Modbus), each platform's messages "
+        "queued on disk and published to mosquitto until acknowledged"
+    )
+    with LocalBroker() as broker:
+        results = {}
+        await _platform_phase("senml", 1.0, n_devices, broker)  # warm up: imports, caches
+        for k in dict.fromkeys(["senml", kind]):
+            results[k] = await _platform_phase(k, seconds, n_devices, broker)
+            rate, us = results[k]
+            print(f"  {k:<12} {rate:>10.0f} readings/s   {us:>6.2f} us CPU/reading")
+        ratio = results[kind][1] / results["senml"][1]
+        print(f"  {kind} / senml CPU per reading: {ratio:.2f} (target <= 1.5)")
+
+
 def real_path(args: argparse.Namespace) -> None:
     """polekit alone on the real Modbus path, through the side-by-side bench's runner."""
     from peer_thingsboard import print_ceiling
@@ -175,8 +246,13 @@ def main() -> None:
     parser.add_argument("--synthetic", action="store_true", help="the old synthetic measure")
     parser.add_argument("--seconds", type=float, default=10.0, help="--synthetic: s a phase")
     parser.add_argument("--devices", type=int, default=50, help="--synthetic: producers")
+    parser.add_argument(
+        "--platform", help="an adapter kind (thingsboard, sparkplug, ...) measured against senml"
+    )
     args = parser.parse_args()
-    if args.synthetic:
+    if args.platform:
+        asyncio.run(platform_run(args.platform, args.seconds, args.devices))
+    elif args.synthetic:
         asyncio.run(synthetic_run(args.seconds, args.devices))
     else:
         real_path(args)

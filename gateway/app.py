@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import signal
 import sqlite3
@@ -24,12 +25,13 @@ from polekit.gateway.ble_commands import BleCommander
 from polekit.gateway.ble_counters import BleCounterStore
 from polekit.gateway.commands import CommandRouter
 from polekit.gateway.config import BleDeviceConfig, Config, DeviceConfig
-from polekit.gateway.pipeline import PackEncoder, encode_body
-from polekit.gateway.queue import MAX_UNCOMMITTED, DurableQueue, Payload, QueueWriteError
+from polekit.gateway.delivery import Delivery, QueueOpenError, open_deliveries
+from polekit.gateway.pipeline import encode_body
+from polekit.gateway.platforms.base import Outgoing, PlatformCommand, Reading
+from polekit.gateway.queue import MAX_UNCOMMITTED, DurableQueue, QueueWriteError
 from polekit.gateway.sources.ble import BleSource
 from polekit.gateway.sources.modbus_bus import DeviceNoResponse, ModbusBus
 from polekit.gateway.status import StatusServer
-from polekit.gateway.uplink import MqttUplink
 from polekit.protocols.errors import ProtocolError
 from polekit.protocols.modbus import Point
 
@@ -80,23 +82,20 @@ class Gateway:
         ``max_uncommitted`` bounds the polls handed to the queue and not yet on disk."""
         self.config = config
         try:
-            self.queue = (
-                queue
-                if queue is not None
-                else DurableQueue(
-                    config.queue_path, config.queue_max_bytes, max_uncommitted=max_uncommitted
-                )
-            )
-        except (OSError, sqlite3.Error) as exc:  # `polekit gateway check` says why, in full
+            self.deliveries = open_deliveries(config, self._on_commands, queue, max_uncommitted)
+        except QueueOpenError as exc:  # `polekit gateway check` says why, in full
             raise StartError(
-                f"cannot open the queue {config.queue_path}: {exc}; check gateway.data_dir "
-                "with `polekit gateway check`"
+                f"{exc}; check gateway.data_dir with `polekit gateway check`"
             ) from None
-        self.encoder = PackEncoder(config.mqtt.format, config.mqtt.secondary_units)
+        # the first platform (SenML on [mqtt] unless configured otherwise): /health's
+        # "mqtt" and "queue", and the counts of readings and commit latency
+        self.primary = self.deliveries[0]
+        self.queue = self.primary.queue
+        self.uplink = self.primary.uplink
         self.buses: dict[str, ModbusBus] = {}
         for name, bus in config.buses.items():
             devices = [d for d in config.devices if d.bus == name]
-            self.buses[name] = ModbusBus(bus, devices, self._on_poll)
+            self.buses[name] = ModbusBus(bus, devices, self._on_poll, on_status=self._on_status)
         owners = {d.code: (d, self.buses[d.bus]) for d in config.devices}
         self.ble: BleSource | None = None
         self.ble_counters: BleCounterStore | None = None
@@ -108,7 +107,8 @@ class Gateway:
             try:  # in the queue's file, which the queue made private above
                 self.ble_counters = BleCounterStore(config.queue_path)
             except (OSError, sqlite3.Error) as exc:
-                self.queue.close()
+                for d in self.deliveries:
+                    d.queue.close()
                 raise StartError(
                     f"cannot keep BLE counters in {config.queue_path}: {exc}; check "
                     "gateway.data_dir with `polekit gateway check`"
@@ -120,6 +120,7 @@ class Gateway:
                 self._on_event,
                 counters=self.ble_counters,
                 on_behind=self._resync,
+                on_status=self._on_status,
             )
             commander = BleCommander(config.ble, self.ble.last_counter)
             self.ble_commander = commander
@@ -131,9 +132,9 @@ class Gateway:
             limits=config.commands,
             encode=lambda body: encode_body(body, config.mqtt.format),
         )
-        self.uplink = MqttUplink(config, self.queue, self.commands.handle)
         self.status = StatusServer(self.health, config.status.host, config.status.port)
         self.readings = 0
+        self.invalid_values = 0  # NaN/infinite values dropped (a meter's "no value" float)
         self.events = 0
         self.pipeline_errors = 0
         self.queue_errors = 0  # messages the queue could not store (QueueWriteError)
@@ -164,68 +165,121 @@ class Gateway:
             self.pipeline_errors += 1
         return False
 
-    async def _store(self, topic: str, payload: Payload, device: str | None = None) -> bool:
+    async def _store(self, queue: DurableQueue, out: Outgoing) -> bool:
         # for producers that wait for the commit (events, command results)
         try:
-            await self.queue.append(topic, payload, device=device)
+            await queue.append(out.topic, out.payload, device=out.device)
         except (QueueWriteError, ProtocolError, ValueError, TypeError) as exc:
-            return self._stored(topic, exc)
-        return self._stored(topic, None)
+            return self._stored(out.topic, exc)
+        return self._stored(out.topic, None)
 
     async def _hand_over(
-        self, topic: str, packer: Payload, device: str, readings: int, answered: float | None
+        self,
+        delivery: Delivery,
+        out: Outgoing,
+        readings: int = 0,
+        answered: float | None = None,
     ) -> None:
-        # a pack goes to the queue and its producer goes on at once (it waits only while
-        # the queue holds max_uncommitted packs not yet on disk); counted at its commit
-        committed = await self.queue.submit(topic, packer, device)
+        # a message goes to its platform's queue and its producer goes on at once (it
+        # waits only while that queue holds max_uncommitted messages not yet on disk);
+        # the primary platform's data commits count the readings
+        topic = out.topic
+        committed = await delivery.queue.submit(topic, out.payload, out.device)
+        counted = delivery is self.primary and readings > 0
 
         def on_commit(fut: asyncio.Future[int]) -> None:
             if fut.cancelled():
                 return
-            if self._stored(topic, fut.exception()):
+            if self._stored(topic, fut.exception()) and counted:
                 self.readings += readings
                 if answered is not None:
                     self.commit_latency.add(time.monotonic() - answered)
 
         committed.add_done_callback(on_commit)
 
+    def _built(self, delivery: Delivery, what: str, build: Any, *args: Any) -> list[Outgoing]:
+        # one platform's messages, built before queueing: one that cannot be built is
+        # dropped for that platform alone, counted and logged
+        try:
+            out: list[Outgoing] = build(*args)
+            return out
+        except (ProtocolError, ValueError, TypeError) as exc:
+            self.pipeline_errors += 1
+            delivery.build_errors += 1
+            log.error("%s: dropped for platform %s: %s", what, delivery.name, exc)
+            return []
+
+    async def _deliver(
+        self, device_code: str, readings: list[Reading], t: float, answered: float | None
+    ) -> None:
+        what = f"device {device_code}"
+        for d in self.deliveries:
+            for out in self._built(d, what, d.adapter.readings, device_code, readings, t):
+                await self._hand_over(d, out, len(readings), answered)
+
     async def _on_poll(
         self, device: DeviceConfig, values: list[tuple[Point, Any]], t: float
     ) -> None:
         answered = time.monotonic()  # the device's answer is in hand: the loss window opens
-        try:
-            readings = self.encoder.readings(values)
-            packer = self.encoder.packer(device.code, readings, t)
-        except ProtocolError as exc:  # a unit the model cannot convert: count, log, drop
-            self.pipeline_errors += 1
-            log.error("device %s: poll dropped: %s", device.code, exc)
-        else:
-            topic = self.config.topic("data", device.code)
-            await self._hand_over(topic, packer, device.code, len(readings), answered)
+        readings = []
+        for point, value in values:
+            if isinstance(value, float) and not math.isfinite(value):
+                self.invalid_values += 1  # a meter's "no value" float
+                continue
+            readings.append(Reading(point.name, value, point.unit))
+        await self._deliver(device.code, readings, t, answered)
 
     async def _on_ble_readings(
         self, device_code: str, readings: list[tuple[str, Any, str | None]], t: float
     ) -> None:
-        try:
-            packer = self.encoder.packer(device_code, readings, t)
-        except ProtocolError as exc:
-            self.pipeline_errors += 1
-            log.error("device %s: advert dropped: %s", device_code, exc)
-            return
-        topic = self.config.topic("data", device_code)
-        await self._hand_over(topic, packer, device_code, len(readings), None)
+        await self._deliver(device_code, [Reading(*r[:3]) for r in readings], t, None)
+
+    async def _on_status(self, device_code: str, online: bool, t: float) -> None:
+        what = f"device {device_code} {'online' if online else 'offline'}"
+        for d in self.deliveries:
+            for out in self._built(d, what, d.adapter.device_status, device_code, online, t):
+                await self._hand_over(d, out)
 
     async def _on_event(self, device_code: str, body: dict[str, Any]) -> None:
-        # events (an SOS press, a smoke alarm) go through the same durable queue, encoded
-        # before they are queued so a bad one fails alone
+        # events (an SOS press, a smoke alarm) go through the durable queues, encoded
+        # before they are queued so a bad one fails alone; each waits for its commit
         self.events += 1
+        t = body.get("t") if isinstance(body.get("t"), (int, float)) else time.time()
+        for d in self.deliveries:
+            for out in self._built(
+                d, f"device {device_code} event", d.adapter.event, device_code, body, t
+            ):
+                await self._store(d.queue, out)
+
+    async def _on_commands(self, delivery: Delivery, commands: list[PlatformCommand]) -> None:
+        for cmd in commands:
+
+            async def answer(result: dict[str, Any], cmd: PlatformCommand = cmd) -> None:
+                await self._answer(delivery, cmd, result)
+
+            await self.commands.handle(cmd.device, cmd.body, answer)
+
+    async def _answer(
+        self, delivery: Delivery, cmd: PlatformCommand, result: dict[str, Any]
+    ) -> None:
+        # a command's result goes back to the platform that sent it, queued like data;
+        # a result the adapter cannot encode becomes an error result it can
+        build = delivery.adapter.command_result
         try:
-            payload = encode_body(body, self.config.mqtt.format)
-        except (ValueError, TypeError) as exc:
-            self.pipeline_errors += 1
-            log.error("device %s: event dropped: %s", device_code, exc)
-            return
-        await self._store(self.config.topic("event", device_code), payload)
+            messages = build(cmd.device, cmd.reply, result)
+        except (ProtocolError, ValueError, TypeError) as exc:
+            log.error("command to %s: result not encodable: %s", cmd.device, exc)
+            done = "was applied" if result.get("ok") else "failed"
+            error = {
+                "id": result.get("id"),
+                "ok": False,
+                "error": f"the command {done} but its result cannot be encoded: {exc}",
+            }
+            messages = self._built(
+                delivery, f"device {cmd.device} result", build, cmd.device, cmd.reply, error
+            )
+        for out in messages:
+            await self._store(delivery.queue, out)
 
     def _resync(self, device: BleDeviceConfig, counter: int) -> None:
         # the BLE source saw a device's counter go back: tell it (over an authenticated
@@ -281,7 +335,7 @@ class Gateway:
             "pipeline_errors": self.pipeline_errors,
             "mqtt": {
                 "connected": self.uplink.connected,
-                "url": self.config.mqtt.shown_url,
+                "url": self.uplink.shown_url,
                 "published": self.uplink.published,
                 "connects": self.uplink.connects,
                 "last_error": self.uplink.last_error,
@@ -326,6 +380,7 @@ class Gateway:
             },
             "events": self.events,
             "commands": dict(vars(self.commands.counters)),
+            "platforms": [d.health() for d in self.deliveries],
         }
 
     def stop(self) -> None:
@@ -342,7 +397,9 @@ class Gateway:
             async with asyncio.TaskGroup() as tg:
                 buses = {n: tg.create_task(b.run(), name=f"bus-{n}") for n, b in self.buses.items()}
                 ble = None if self.ble is None else tg.create_task(self.ble.run(), name="ble")
-                uplink = tg.create_task(self.uplink.run(), name="uplink")
+                uplinks = [
+                    tg.create_task(d.uplink.run(), name=f"uplink-{d.name}") for d in self.deliveries
+                ]
                 await self._stopping.wait()
                 log.info(
                     "stopping: %d messages queued; answer-to-commit ms %s",
@@ -354,20 +411,28 @@ class Gateway:
                     task.cancel()
                 await self._stop_buses(buses)
                 await asyncio.gather(*buses.values(), *others, return_exceptions=True)
-                await self.queue.drain()  # every poll handed over is on disk
-                await self.uplink.say_offline()
-                uplink.cancel()
+                for d in self.deliveries:
+                    await d.queue.drain()  # every poll handed over is on disk
+                for d in self.deliveries:
+                    await d.uplink.say_offline()
+                for task in uplinks:
+                    task.cancel()
         finally:
             await self.status.close()
             for bus in self.buses.values():
                 bus.close()
             if self.ble_counters is not None:
                 self.ble_counters.close()
-            try:
-                await self.queue.drain()
-            finally:
-                self.queue.close()
+            await self._close_queues()
             log.info("stopped")
+
+    async def _close_queues(self) -> None:
+        # each queue commits what it was handed, then closes, whatever the others do
+        for d in self.deliveries:
+            try:
+                await d.queue.drain()
+            finally:
+                d.queue.close()
 
     async def _stop_buses(self, tasks: dict[str, asyncio.Task[None]]) -> None:
         # A bus in the middle of a poll finishes it and hands it over (every connection of

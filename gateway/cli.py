@@ -142,6 +142,13 @@ def check(config_path: Path, probe: bool) -> None:
         f"{config_path}: ok: {len(config.buses)} bus(es), {len(config.devices)} device(s), "
         f"{len(config.ble_devices)} BLE device(s), broker {config.mqtt.shown_url}"
     )
+    if config.platforms and not (
+        len(config.platforms) == 1 and config.platforms[0].kind == "senml"
+    ):
+        for p in config.platforms:
+            click.echo(
+                f"  platform {p.name}: {p.kind} at {p.broker.shown_url}, queue {p.queue_file}"
+            )
     for warning in _warnings(config):
         click.echo(f"warning: {warning}", err=True)
     if probe:

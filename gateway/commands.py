@@ -39,6 +39,9 @@ ERROR_MAX_CHARS = 300  # an error result stays small whatever the command carrie
 ResultSink = Callable[[str, bytes], Awaitable[None]]
 # a result body -> its bytes in the configured format (ValueError/TypeError if it cannot)
 ResultEncoder = Callable[[dict[str, Any]], bytes]
+# the result body of one command, for the platform that sent it (its adapter encodes it
+# for its reply topic, with its request id)
+Answer = Callable[[dict[str, Any]], Awaitable[None]]
 
 Value = bool | int | float
 
@@ -289,15 +292,25 @@ class CommandRouter:
         """Commands answered with an error."""
         return self.counters.failed
 
-    async def handle(self, device_code: str, payload: bytes) -> None:
-        """Start handling one command; returns at once (the bus may be busy)."""
-        task = asyncio.get_running_loop().create_task(self._run(device_code, payload))
+    async def handle(self, device_code: str, payload: bytes, answer: Answer | None = None) -> None:
+        """Start handling one command; returns at once (the bus may be busy). Its result
+        goes to ``answer`` (a platform adapter's reply) when given, else encoded to
+        ``publish``."""
+        task = asyncio.get_running_loop().create_task(self._run(device_code, payload, answer))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, device_code: str, payload: bytes) -> None:
+    async def _run(self, device_code: str, payload: bytes, answer: Answer | None = None) -> None:
         started = time.monotonic()
         out = await self._outcome(device_code, payload)
+        if answer is not None:
+            self.counters.handled += 1
+            if not out["ok"]:
+                self.counters.failed += 1
+                log.info("command to %s failed: %s", _shown(device_code), out.get("error"))
+            self.last_rtt_ms = (time.monotonic() - started) * 1000
+            await answer(out)
+            return
         result, ok = self._encoded(device_code, out)
         self.counters.handled += 1
         if not ok:

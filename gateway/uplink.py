@@ -1,17 +1,22 @@
-"""The MQTT uplink: drains the durable queue to the platform's broker, QoS 1.
+"""The MQTT uplink: drains one platform's durable queue to its broker, QoS 1.
 
-A message leaves the queue only after the broker's PUBACK. The uplink keeps one session
-to the broker: on connect it publishes the retained ``state`` (``online``), with a last
-will saying ``offline`` for when the gateway vanishes; it subscribes to the command
-topic. When the broker goes away it retries quickly (within a second, capped), because
-the platform wants the backlog as soon as it is back; while it is away the queue grows on
-disk, not in memory.
+One uplink per platform, each with its own session, so one platform's outage holds back
+no other. Everything platform-specific comes from the platform's adapter
+(gateway/platforms): the connection settings (client id, login, TLS, will, MQTT
+version), recomputed at every connect; the session's opening messages (the online
+state, sub-device announcements, births), sent before the backlog; the subscriptions,
+and what a received message means.
+
+A message leaves the queue only after the broker's PUBACK. When the broker goes away
+the uplink retries, paced by the shared ``ConnectLimiter`` (quick at first, never more
+than the platform tolerates); while it is away the queue grows on disk, not in memory.
+A login that expires (signed credentials) is renewed before it does: the session stops
+taking new messages, finishes those in flight, and reconnects with fresh credentials.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import ssl
 import time
@@ -19,17 +24,24 @@ from collections.abc import Awaitable, Callable
 
 import aiomqtt
 
-from polekit.gateway.config import Config
+from polekit.gateway.platforms.base import (
+    Adapter,
+    Connection,
+    Outgoing,
+    PlatformCommand,
+    clock_problem,
+)
+from polekit.gateway.platforms.limiter import ConnectLimiter
 from polekit.gateway.queue import DurableQueue, Message
 
 log = logging.getLogger("polekit.gateway.mqtt")
 
 BATCH = 200  # messages in flight at once while draining
+RENEW_BEFORE_S = 300.0  # reconnect this long before a login expires (or a tenth of its life)
+CLOCK_RETRY_S = 5.0  # how often a gateway with an unset clock looks at it again
 
-RETRY_MAX_S = 1.0
-
-# topic suffix (device code), payload -> None
-CommandHandler = Callable[[str, bytes], Awaitable[None]]
+# the commands a downlink message carried, from this platform
+CommandSink = Callable[[list[PlatformCommand]], Awaitable[None]]
 
 
 class _PahoErrors(logging.Handler):
@@ -50,69 +62,108 @@ class _PahoErrors(logging.Handler):
             log.debug("paho: %s", record.getMessage())
 
 
+class _RenewError(Exception):
+    """The login is about to expire: the session ends cleanly and a new one starts."""
+
+
 class MqttUplink:
-    """Publishes queued messages and receives commands; one broker session at a time."""
+    """Publishes one platform's queued messages and receives its downlink; one broker
+    session at a time."""
 
     def __init__(
         self,
-        config: Config,
+        adapter: Adapter,
         queue: DurableQueue,
-        on_command: CommandHandler | None = None,
+        on_commands: CommandSink | None = None,
+        limiter: ConnectLimiter | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        self.config = config
+        self.adapter = adapter
+        self.name = adapter.platform.name
         self.queue = queue
-        self.on_command = on_command
+        self.on_commands = on_commands
+        self.limiter = limiter or ConnectLimiter(adapter.platform.max_connects_per_min)
         self.clock = clock
+        self.wall_clock = wall_clock
         self.connected = False
         self.published = 0
         self.connects = 0
+        self.renewals = 0  # sessions ended to renew an expiring login
+        self.ignored = 0  # downlink messages the adapter did not use
         self.last_error: str | None = None
         self.disconnected_at: float | None = None
         self.reconnect_s: float | None = None  # how long the last outage took to recover from
+        self.expires_at: float | None = None  # the current login's expiry (wall clock)
         self._client: aiomqtt.Client | None = None
+        # Sparkplug rewrites its seq at publish; other adapters send the bytes as queued
+        self._stamp = None if type(adapter).stamp is Adapter.stamp else adapter.stamp
         self._paho_errors = _PahoErrors()
-        self._paho_log = logging.Logger("polekit.gateway.mqtt.paho")  # not propagated
+        self._paho_log = logging.Logger(f"polekit.gateway.mqtt.paho.{self.name}")  # not propagated
         self._paho_log.addHandler(self._paho_errors)
         # paho logs two debug lines a message; a Logger of its own has no level, so each
         # would build and format a LogRecord only to drop it (8 us a message): let through
         # only what is shown. Set before its first use: such a Logger caches its answer
         self._paho_log.setLevel(logging.DEBUG if log.isEnabledFor(logging.DEBUG) else logging.ERROR)
 
-    def _state(self, state: str) -> bytes:
-        return json.dumps({"state": state, "gateway": self.config.gateway_id}).encode()
+    @property
+    def shown_url(self) -> str:
+        return self.adapter.platform.broker.shown_url
 
-    def _client_for_session(self) -> aiomqtt.Client:
-        m = self.config.mqtt
+    def _client_for(self, conn: Connection) -> aiomqtt.Client:
         tls = None
-        if m.tls:
-            tls = ssl.create_default_context(cafile=str(m.ca_file) if m.ca_file else None)
-            if m.cert_file and m.key_file:
-                tls.load_cert_chain(m.cert_file, m.key_file)
+        if conn.tls is not None:
+            t = conn.tls
+            tls = ssl.create_default_context(cafile=str(t.ca_file) if t.ca_file else None)
+            if t.cert_file and t.key_file:
+                tls.load_cert_chain(t.cert_file, t.key_file)
+        will = None
+        if conn.will is not None:
+            w = conn.will
+            assert isinstance(w.payload, bytes), "a will is sent as it is: give bytes"
+            will = aiomqtt.Will(w.topic, w.payload, qos=w.qos, retain=w.retain)
+        v5 = conn.mqtt_version == "5"
         return aiomqtt.Client(
-            m.host,
-            m.port,
-            username=m.username,
-            password=m.password,
-            identifier=f"polekit-{self.config.gateway_id}",
-            keepalive=m.keepalive_s,
-            will=aiomqtt.Will(
-                self.config.topic("state"), self._state("offline"), qos=1, retain=True
-            ),
+            conn.host,
+            conn.port,
+            username=conn.username,
+            password=conn.password,
+            identifier=conn.client_id,
+            keepalive=conn.keepalive_s,
+            will=will,
             tls_context=tls,
             logger=self._paho_log,
             timeout=5,
             max_inflight_messages=BATCH,
-            clean_session=True,
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+            clean_session=None if v5 else conn.clean_session,
         )
 
     async def run(self) -> None:
         """Stay connected and drain the queue, forever (until cancelled)."""
-        delay = 0.05
+        first_warning = True
         while True:
+            await asyncio.sleep(self.limiter.wait_s())
+            now = self.wall_clock()
+            conn = self.adapter.connection(now)
+            problem = clock_problem(now) if conn.needs_clock else None
+            if problem is not None:
+                if self.last_error != problem:
+                    log.error("[platform %s] not connecting: %s", self.name, problem)
+                self.last_error = problem
+                await asyncio.sleep(CLOCK_RETRY_S)
+                continue
             self._paho_errors.last = None
+            self.limiter.attempted()
+            started = self.clock()
             try:
-                await self._session()
+                await self._session(conn)
+            except _RenewError:
+                self.renewals += 1
+                log.info("[platform %s] renewing the login before it expires", self.name)
+                self.connected = False
+                self._client = None
+                continue
             except aiomqtt.MqttError as exc:
                 # paho's socket error says why (a TLS alert); aiomqtt's may only say "timed out"
                 self.last_error = self._paho_errors.last or str(exc)
@@ -120,23 +171,25 @@ class MqttUplink:
                 self._client = None
                 if self.connected:
                     self.disconnected_at = self.clock()
-                    delay = 0.05  # a new outage: said again, retried quickly again
+                    self.limiter.session_lasted(self.clock() - started)
+                    first_warning = True  # a new outage: said again
                 self.connected = False
             # once per outage at warning level (a broker stop is not an error of ours);
             # the retries themselves at debug
-            (log.warning if delay == 0.05 else log.debug)(
-                "broker unreachable: %s; retrying", self.last_error
+            (log.warning if first_warning else log.debug)(
+                "%sbroker unreachable: %s; retrying", self._who(), self.last_error
             )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX_S)
+            first_warning = False
 
-    async def _session(self) -> None:
-        client = self._client_for_session()
-        client.pending_calls_threshold = (
-            2 * BATCH
-        )  # aiomqtt warns past 10; a batch is 200 by design
+    def _who(self) -> str:
+        # the default platform logs as before platforms existed
+        return "" if self.name == "senml" else f"[platform {self.name}] "
+
+    async def _session(self, conn: Connection) -> None:
+        client = self._client_for(conn)
+        client.pending_calls_threshold = 2 * BATCH  # aiomqtt warns past 10; a batch is 200
         try:
-            await self._serve(client)
+            await self._serve(client, conn)
         finally:
             # aiomqtt keeps why the connection was lost in a future that only its message
             # iterator reads; when the publisher noticed first, nobody would, and asyncio
@@ -145,45 +198,68 @@ class MqttUplink:
             if isinstance(lost, asyncio.Future) and lost.done() and not lost.cancelled():
                 lost.exception()
 
-    async def _serve(self, client: aiomqtt.Client) -> None:
+    def _renew_at(self, conn: Connection) -> float | None:
+        if conn.expires_at is None:
+            return None
+        life = conn.expires_at - self.wall_clock()
+        return conn.expires_at - min(RENEW_BEFORE_S, max(life, 0) / 10)
+
+    async def _serve(self, client: aiomqtt.Client, conn: Connection) -> None:
         async with client:
             self._client = client
             self.connected = True
             self.connects += 1
+            self.expires_at = conn.expires_at
             if self.disconnected_at is not None:
                 self.reconnect_s = self.clock() - self.disconnected_at
                 log.info(
-                    "broker back after %.1f s; draining %d queued",
+                    "%sbroker back after %.1f s; draining %d queued",
+                    self._who(),
                     self.reconnect_s,
                     self.queue.depth,
                 )
             else:
-                log.info("connected to %s", self.config.mqtt.shown_url)
-            await client.publish(
-                self.config.topic("state"), self._state("online"), qos=1, retain=True
-            )
-            await client.subscribe(self.config.topic("cmd", "+"), qos=1)
+                log.info("%sconnected to %s", self._who(), self.shown_url)
+            for topic, qos in self.adapter.subscriptions():
+                await client.subscribe(topic, qos=qos)
+            await self._send_now(client, self.adapter.on_connect())
             tasks = [
-                asyncio.create_task(self._drain(client)),
+                asyncio.create_task(self._drain(client, self._renew_at(conn))),
                 asyncio.create_task(self._listen(client)),
             ]
             try:
-                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
             for task in done:
-                task.result()  # re-raises the MqttError that ended the session
+                task.result()  # re-raises the MqttError (or _RenewError) that ended the session
+            raise aiomqtt.MqttError("the broker closed the session")
 
-    async def _drain(self, client: aiomqtt.Client) -> None:
+    async def _send_now(self, client: aiomqtt.Client, messages: list[Outgoing]) -> None:
+        # session messages: not queued, sent in order, each awaited
+        for m in messages:
+            assert isinstance(m.payload, bytes), "a session message is sent as it is: give bytes"
+            await client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
+
+    async def _drain(self, client: aiomqtt.Client, renew_at: float | None) -> None:
         changed = self.queue.changed()
         while True:
+            if renew_at is not None and self.wall_clock() >= renew_at:
+                raise _RenewError()  # between batches: nothing is in flight
             batch = await self.queue.peek(BATCH)
             if not batch:
                 changed.clear()
                 if self.queue.depth == 0:
-                    await changed.wait()
+                    if renew_at is None:
+                        await changed.wait()
+                    else:
+                        left = max(renew_at - self.wall_clock(), 0.0)
+                        try:
+                            await asyncio.wait_for(changed.wait(), timeout=left)
+                        except TimeoutError:
+                            pass
                 continue
             # paho sends in call order and the broker keeps it: publishing a batch at once
             # keeps order and fills the in-flight window
@@ -203,33 +279,40 @@ class MqttUplink:
         # (the broker stopped, the command listener failed first and this task was
         # cancelled) forgets none, so after the reconnect only what the broker did not
         # acknowledge is sent again
-        await client.publish(message.topic, message.payload, qos=1)
+        payload = message.payload
+        if self._stamp is not None:
+            payload = self._stamp(message.topic, payload)
+        await client.publish(message.topic, payload, qos=1)
         self.queue.acked([message.id])
         self.published += 1
 
     async def _listen(self, client: aiomqtt.Client) -> None:
-        prefix = self.config.topic("cmd") + "/"
         async for message in client.messages:
             topic = str(message.topic)
-            if self.on_command is None or not topic.startswith(prefix):
-                continue
             payload = (
                 message.payload
                 if isinstance(message.payload, bytes)
                 else str(message.payload).encode()
             )
-            await self.on_command(topic[len(prefix) :], payload)
+            down = self.adapter.downlink(topic, payload)
+            if down.ignored is not None:
+                self.ignored += 1
+                log.debug("%signored %s: %s", self._who(), topic, down.ignored)
+            if down.publish:
+                await self._send_now(client, down.publish)
+            if down.reannounce:
+                await self._send_now(client, self.adapter.on_connect())
+            if down.commands and self.on_commands is not None:
+                await self.on_commands(down.commands)
 
     async def say_offline(self) -> None:
-        """Publish the retained offline state (clean shutdown: the will only fires on loss)."""
+        """Send the adapter's closing messages (clean shutdown: the will only fires on loss)."""
         if self._client is not None and self.connected:
             try:
-                await self._client.publish(
-                    self.config.topic("state"),
-                    self._state("offline"),
-                    qos=1,
-                    retain=True,
-                    timeout=2,
-                )
+                for m in self.adapter.on_disconnect():
+                    assert isinstance(m.payload, bytes)
+                    await self._client.publish(
+                        m.topic, m.payload, qos=m.qos, retain=m.retain, timeout=2
+                    )
             except aiomqtt.MqttError as exc:
-                log.warning("could not publish offline state: %s", exc)
+                log.warning("%scould not publish offline state: %s", self._who(), exc)

@@ -56,13 +56,14 @@ class Collector:
     host: str
     port: int
     messages: list[Received] = field(default_factory=list)
+    topic_filter: str = "polekit/#"
     _task: asyncio.Task[None] | None = None
     _client: aiomqtt.Client | None = None
 
     async def __aenter__(self) -> Collector:
         self._client = aiomqtt.Client(self.host, self.port, identifier=f"collector-{id(self)}")
         await self._client.__aenter__()
-        await self._client.subscribe("polekit/#", qos=1)
+        await self._client.subscribe(self.topic_filter, qos=1)
         self._task = asyncio.create_task(self._collect())
         return self
 

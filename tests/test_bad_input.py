@@ -157,6 +157,7 @@ map = "pole-env"
             "length": "16",
             "maps": "sdm120",
             "device": "chint-dtsu666",
+            "preview_device": CODE,
         }.get(name)
 
     def bad(self, path: tuple[str, ...], param: click.Parameter) -> list[str]:
@@ -167,6 +168,15 @@ map = "pole-env"
         by_command: dict[str, list[str]] = {
             "ble scan:air": [str(self.missing), *not_a_socket],
             "emulate flash-read:out": [str(self.folder), str(self.under_file)],
+            # preview writes nothing: a data_dir it could not use is no problem for it
+            "platform preview:config_path": files,
+            # a code with a bad check character, one the config does not have, not a code
+            "platform preview:preview_device": [
+                "371600PL000001X",
+                identity.make("371600", "PL", 9),
+                "é",
+                "",
+            ],
             "gateway run:config_path": [
                 *files,
                 str(self.config_unwritable),

@@ -125,6 +125,7 @@ class Connection:
     clean_session: bool = True
     expires_at: float | None = None
     needs_clock: bool = False
+    username_secret: bool = False  # the user name is the credential (ThingsBoard's token)
 
 
 @dataclass(frozen=True)

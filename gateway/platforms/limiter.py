@@ -7,8 +7,10 @@ that logs in again and again. An uplink asks ``wait_s()`` before every connect a
 and calls ``attempted()`` when it makes one: the answer is the larger of the
 exponential backoff (``first_s`` doubling to ``max_s``, reset by a session that lasted)
 and what the sliding window of the last 60 s still allows (``per_min`` attempts,
-default 20: a third below CTWing's limit). Every attempt counts, refused or not: the
-platform counts what reaches it, and we cannot tell what did.
+default 20: a third below CTWing's limit). In a long outage the backoff settles at
+60 s / ``per_min`` (3 s by default), so attempts are spread evenly and a broker that
+comes back is reached within that, never after a minute's hold. Every attempt counts,
+refused or not: the platform counts what reaches it, and we cannot tell what did.
 
 Limiters are shared by broker address (``for_broker``): two platform entries on the
 same broker (or two gateways' worth of adapters in one process) count together.
@@ -62,7 +64,11 @@ class ConnectLimiter:
         """An attempt is being made now; the next one backs off further."""
         self._attempts.append(self.clock())
         self.attempts += 1
-        self._delay = self.first_s if self._delay == 0 else min(self._delay * 2, self.max_s)
+        # a long outage settles at the window's own pace (3 s for 20 a minute): attempts
+        # spread evenly, so the window never has to hold back a burst when the broker is
+        # back (a burst would leave it waiting for up to a minute)
+        cap = max(self.max_s, WINDOW_S / self.per_min)
+        self._delay = self.first_s if self._delay == 0 else min(self._delay * 2, cap)
 
     def session_lasted(self, seconds: float) -> None:
         """A session ended after ``seconds``: a long one starts the next outage's

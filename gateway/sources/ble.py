@@ -117,8 +117,10 @@ class BleSource:
         on_event: Events,
         counters: BleCounterStore | None = None,
         on_behind: Behind | None = None,
+        on_status: Callable[[str, bool, float], Awaitable[None]] | None = None,
     ) -> None:
         self.config = config
+        self.on_status = on_status
         self.devices = {d.address.upper(): BleDeviceState(d) for d in devices}
         self.on_readings = on_readings
         self.on_event = on_event
@@ -193,6 +195,8 @@ class BleSource:
         if not st.online:
             st.online = True
             log.info("%s (%s) online", cfg.code, address)
+            if self.on_status is not None:
+                await self.on_status(cfg.code, True, t)
         trigger = bool(sd[0] & bthome.INFO_TRIGGER)
         readings: list[tuple[str, Any, str | None]] = []
         for name, value in values.items():
@@ -274,13 +278,15 @@ class BleSource:
         st = self.devices.get(address.upper())
         return None if st is None or st.counter < 0 else st.counter
 
-    def _check_offline(self) -> None:
+    async def _check_offline(self) -> None:
         now = time.time()
         for st in self.devices.values():
             limit = st.config.interval_s * MISSED_INTERVALS
             if st.online and st.last_seen is not None and now - st.last_seen > limit:
                 st.online = False
                 log.warning("%s silent for %.0f s: offline", st.config.code, now - st.last_seen)
+                if self.on_status is not None:
+                    await self.on_status(st.config.code, False, now)
 
     async def run(self) -> None:
         """Scan until cancelled; a lost adapter or air is retried every few seconds."""
@@ -297,10 +303,10 @@ class BleSource:
                     try:
                         item = await asyncio.wait_for(self._queue.get(), 1.0)
                     except TimeoutError:
-                        self._check_offline()
+                        await self._check_offline()
                         continue
                     await self.handle(*item)
-                    self._check_offline()
+                    await self._check_offline()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - bleak/BlueZ errors: kept, retried

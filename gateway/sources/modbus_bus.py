@@ -75,6 +75,8 @@ def _reason(exc: BaseException) -> str:
 
 # device code, [(point, value)], wall-clock time of the poll
 Sink = Callable[[DeviceConfig, list[tuple[Point, Any]], float], Awaitable[None]]
+# device code, online, wall-clock time: a device started or stopped answering
+StatusSink = Callable[[str, bool, float], Awaitable[None]]
 
 
 class DeviceNoResponse(Exception):  # noqa: N818 - says what happened on the wire
@@ -161,8 +163,10 @@ class ModbusBus:
         sink: Sink,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        on_status: StatusSink | None = None,
     ) -> None:
         self.config = bus
+        self.on_status = on_status
         self.devices = {d.code: DeviceState(d, plan_reads(d.points)) for d in devices}
         self.sink = sink
         self.clock = clock
@@ -538,6 +542,9 @@ class ModbusBus:
             ProtocolError,
         ) as exc:
             self._failed(state, str(exc))
+            if state.online is False and state.misses == OFFLINE_AFTER_MISSES:
+                if self.on_status is not None:  # it just went offline
+                    await self.on_status(state.config.code, False, started)
             return
         state.misses = 0
         state.last_ok = started
@@ -550,6 +557,8 @@ class ModbusBus:
                 else f"unit {state.config.unit}",
                 self.config.name,
             )
+            if self.on_status is not None:  # before its data, in the platforms' order too
+                await self.on_status(state.config.code, True, started)
         state.online = True
         state.next_due = max(state.next_due + state.config.poll_interval_s, self.clock())
         # returns once the poll is handed to the queue, not once it is on disk: the bus
