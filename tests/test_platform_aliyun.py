@@ -138,6 +138,7 @@ def test_config_problems_are_named(tmp_path: Path) -> None:
     )
     assert "platform.device_secrett: unknown key; did you mean 'device_secret'?" in text
     assert "platform.device_secret: required" in text
+    assert "platform.sub_devices.A.secret: unknown key; did you mean 'device_secret'?" in text
     assert "platform.sub_devices.A: needs its device secret" in text
     assert "platform.sub_devices.B: needs a product key" in text
     assert "did you mean 'hmacsha256'?" in text

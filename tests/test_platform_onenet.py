@@ -218,7 +218,7 @@ def test_config_problems_are_named(tmp_path: Path) -> None:
     )
     assert "platform.device_nme: unknown key; did you mean 'device_name'?" in text
     assert "platform.device_name: required" in text
-    assert "platform.key: ***" in text and "not base64" not in text
+    assert "platform.key: ***: not base64" in text and "not base64!" not in text
     assert "did you mean 'sha256'?" in text
 
 

@@ -19,6 +19,7 @@ product ``sub_product_key``), or ``{ "CODE" = { device_name = "...", device_secr
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from polekit.gateway.platforms.base import (
 
 log = logging.getLogger("polekit.gateway.platforms.aliyun")
 
+_SUB_KEYS = ("device_secret", "device_name", "product_key")
 LOGIN_BATCH = 5  # sub-devices per batch_login / topo add message (Alibaba's limit)
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-@.:")
 
@@ -76,18 +78,17 @@ def _sub_devices(section: Section, product_key: str | None) -> dict[str, alink.S
     for code, entry in raw.items():
         if isinstance(entry, str):
             entry = {"device_secret": entry}
+        if isinstance(entry, dict):
+            for key in sorted(set(entry) - set(_SUB_KEYS)):
+                near = difflib.get_close_matches(key, _SUB_KEYS, n=1)
+                hint = f"did you mean '{near[0]}'?" if near else f"known: {', '.join(_SUB_KEYS)}"
+                section.problem(f"sub_devices.{code}.{key}", f"unknown key; {hint}")
         if not isinstance(entry, dict) or not isinstance(entry.get("device_secret"), str):
             section.problem(
                 f"sub_devices.{code}",
                 'needs its device secret: "CODE" = "secret" or { device_secret = "..." }',
             )
             continue
-        unknown = set(entry) - {"device_secret", "device_name", "product_key"}
-        if unknown:
-            section.problem(
-                f"sub_devices.{code}.{sorted(unknown)[0]}",
-                "unknown key; known: device_secret, device_name, product_key",
-            )
         pk = entry.get("product_key", product_key)
         dn = entry.get("device_name", code)
         if not isinstance(pk, str) or not _key_ok(pk):

@@ -123,7 +123,7 @@ class OnenetAdapter(Adapter):
                 required=True,
                 secret=True,
                 check=_key_ok,
-                allowed="the device key from the console's device page (base64)",
+                allowed="not base64: copy the device key from the console's device page",
             )
             or "",
             method=section.choice("method", tuple(onenet.METHODS), "sha256"),
