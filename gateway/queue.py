@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import shutil
@@ -100,6 +101,10 @@ DELETE_DELAY_S = 0.005
 # deletes in one transaction, oldest first: a large one would need as much WAL as the rows
 # it frees, which a small disk may not have
 DELETE_MAX = 256
+# committed messages also kept in memory, the newest this many: while they are the whole
+# backlog (the usual case: the uplink keeps up), ``peek`` answers from memory, without a
+# trip to the writer thread and a SELECT; a larger backlog is read from the file
+RECENT_MAX = 4096
 
 
 def _is_full(exc: BaseException) -> bool:
@@ -180,6 +185,10 @@ class DurableQueue:
         # Shared with the writer thread, under _acked_lock (held for microseconds).
         self._acked: set[int] = set()
         self._acked_lock = threading.Lock()
+        # the newest committed messages not deleted yet, by id in id order, under
+        # _acked_lock: always a subset of the rows, so when it holds _rows messages it
+        # holds them all (see peek)
+        self._recent: dict[int, Message] = {}
         self._ack_gen = 0  # acknowledgements recorded so far
         self._deleted_gen = 0  # ... of which the writer has tried to delete
         self._deleted: asyncio.Event | None = None
@@ -475,6 +484,9 @@ class DurableQueue:
             self._acked.difference_update(ids)
             self._bytes -= size
             self._rows -= count
+            recent = self._recent
+            for i in ids:
+                recent.pop(i, None)
         self._refused_delete = False
 
     def _on_full(self) -> None:
@@ -533,6 +545,8 @@ class DurableQueue:
                 "INSERT INTO message (topic, payload, device, seq, size) VALUES (?, ?, ?, ?, ?)",
                 rows,
             )
+            # one writer, one transaction: the rows took consecutive ids up to this one
+            last_id = db.execute("SELECT last_insert_rowid()").fetchone()[0] if rows else 0
             db.executemany(
                 "INSERT OR REPLACE INTO device_seq VALUES (?, ?)",
                 [(d, new_seq[d]) for d in {row[2] for row in rows if row[2] is not None}],
@@ -547,8 +561,16 @@ class DurableQueue:
         with self._acked_lock:
             self._bytes += added - freed
             self._rows += len(rows) - dropped_count
+            recent = self._recent
             if last_dropped is not None:  # dropped before its delete: nothing to delete
                 self._acked = {i for i in self._acked if i > last_dropped}
+                for i in [i for i in recent if i <= last_dropped]:
+                    del recent[i]
+            first_id = last_id - len(rows) + 1
+            for n, (topic, data, device, seq, _size) in enumerate(rows):
+                recent[first_id + n] = Message(first_id + n, topic, data, device, seq)
+            for i in list(itertools.islice(recent, max(len(recent) - RECENT_MAX, 0))):
+                del recent[i]  # the oldest leave memory; peek reads the file until they go
         if self.full:
             self._full_dropped += dropped_count
             if del_count and self._bytes <= self._cap // 2:
@@ -585,8 +607,29 @@ class DurableQueue:
 
     async def peek(self, limit: int = 100) -> list[Message]:
         """The oldest ``limit`` committed messages not acknowledged yet, oldest first; they
-        stay queued until ``ack``."""
+        stay queued until ``ack``. Served from memory while the backlog is the newest
+        RECENT_MAX messages or fewer (no thread trip), from the file otherwise."""
+        in_memory = self._peek_recent(limit)
+        if in_memory is not None:
+            return in_memory
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._peek, limit)
+
+    def _peek_recent(self, limit: int) -> list[Message] | None:
+        # None when some committed message is not in memory (a backlog past RECENT_MAX,
+        # or rows left by an earlier run)
+        with self._acked_lock:
+            if len(self._recent) != self._rows:
+                return None
+            acked = self._acked
+            out: list[Message] = []
+            if limit <= 0:
+                return out
+            for msg_id, message in self._recent.items():
+                if msg_id not in acked:
+                    out.append(message)
+                    if len(out) == limit:
+                        break
+            return out
 
     def _peek(self, limit: int) -> list[Message]:
         # under the database lock: no delete can commit (and leave _acked) between the
