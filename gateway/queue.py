@@ -329,10 +329,10 @@ class DurableQueue:
     # ---- the writer ------------------------------------------------------------------
     # Driven by callbacks on the event loop, not by a task: a transaction is handed to the
     # writer thread, which hands its outcome back with call_soon_threadsafe. A task that
-    # awaited run_in_executor cost a task, two futures and their chaining per commit
-    # (about 40 us of CPU a commit at one poll a group). Every future of every group
-    # taken is resolved, whatever happens to the group: a producer never waits on a
-    # group that is gone.
+    # awaited run_in_executor cost a task, a wrapped future and their chaining per commit
+    # (a bare hand-off measured 30 us of CPU that way, 21 us this way). Every future of
+    # every group taken is resolved, whatever happens to the group: a producer never
+    # waits on a group that is gone.
 
     def _kick(self) -> None:
         # start a transaction when the writer is free and something is waiting for one
