@@ -139,8 +139,9 @@ def parse(packet):
     if got != want:
         raise HJ212Error("CRC %s, the data segment's is %04X" % (sent, got))
     text = _text(data)
-    at = text.find("CP=&&")
-    if at < 0 or not text.endswith("&&") or len(text) < at + 7:
+    # CP comes last, first or after a ';' (the fields before it hold no '&')
+    at = 0 if text.startswith("CP=&&") else text.find(";CP=&&") + 1
+    if at == 0 and not text.startswith("CP=&&") or not text.endswith("&&") or len(text) < at + 7:
         raise HJ212Error("data segment has no CP=&&...&&: %s" % shown(text[:60]))
     out = {}
     head = text[:at]

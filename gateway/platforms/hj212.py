@@ -313,6 +313,8 @@ class Hj212Adapter(Adapter):
                 avg = 10 * math.log10(s.total / s.count)
             elif kind == "deg":
                 avg = math.degrees(math.atan2(s.sin, s.cos)) % 360
+                if round(avg, self._decimals.get(code, 3)) >= 360:
+                    avg = 0.0  # a hair west of north is north, not "360"
             else:
                 avg = s.total / s.count
             groups.append(
