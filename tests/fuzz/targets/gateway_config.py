@@ -40,7 +40,21 @@ def fuzz(data: bytes) -> None:
 
 
 def seeds() -> list[bytes]:
-    return [(fuzzkit.ROOT / "docs" / "gateway.example.toml").read_bytes()]
+    example = (fuzzkit.ROOT / "docs" / "gateway.example.toml").read_bytes()
+    return [example, example + _platforms().encode()]
+
+
+def _platforms() -> str:
+    # every northbound kind's own example as [[platform]] entries, so the mutations reach
+    # the platform settings' parsers too (gateway/platforms/settings.py and each adapter's)
+    from polekit.gateway.platforms import KINDS, adapter_class
+
+    out = []
+    for i, kind in enumerate(KINDS):
+        table = {**adapter_class(kind).EXAMPLE, "name": f"p{i}"}
+        out.append("\n[[platform]]\n")
+        out += [f"{_key(k)} = {toml_value(v)}\n" for k, v in table.items()]
+    return "".join(out)
 
 
 # ---- TOML documents ------------------------------------------------------------------------
