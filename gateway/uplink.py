@@ -1,4 +1,5 @@
-"""The MQTT uplink: drains one platform's durable queue to its broker, QoS 1.
+"""The MQTT uplink: drains one platform's durable queue to its broker, QoS 1 (the
+adapter's ``queued_qos``).
 
 One uplink per platform, each with its own session, so one platform's outage holds back
 no other. Everything platform-specific comes from the platform's adapter
@@ -106,6 +107,7 @@ class MqttUplink:
         self._client: aiomqtt.Client | None = None
         # Sparkplug rewrites its seq at publish; other adapters send the bytes as queued
         self._stamp = None if type(adapter).stamp is Adapter.stamp else adapter.stamp
+        self._qos = adapter.queued_qos()
         self._paho_errors = _PahoErrors()
         self._paho_log = logging.Logger(f"polekit.gateway.mqtt.paho.{self.name}")  # not propagated
         self._paho_log.addHandler(self._paho_errors)
@@ -300,7 +302,7 @@ class MqttUplink:
         payload = message.payload
         if self._stamp is not None:
             payload = self._stamp(message.topic, payload)
-        await client.publish(message.topic, payload, qos=1)
+        await client.publish(message.topic, payload, qos=self._qos)
         self.queue.acked([message.id])
         self.published += 1
 

@@ -401,6 +401,13 @@ class Adapter:
         crash): the offline state, sub-device logout, NDEATH."""
         return []
 
+    def queued_qos(self) -> int:
+        """The QoS queued messages are published with. 1: a message leaves the queue on
+        the broker's PUBACK (nothing lost). 0 only where the platform's specification asks
+        it and the user chose it (Sparkplug's ``qos = 0``): a message then leaves the queue
+        once written to the socket, and one in flight when the connection drops is lost."""
+        return 1
+
     def stamp(self, topic: str, payload: bytes) -> bytes:
         """The bytes actually sent for a queued message, called just before its publish
         in the session that sends it (Sparkplug's per-session ``seq``). Default: as
