@@ -16,6 +16,11 @@ Run on demand, never in the test command; the peer lives in a scratch virtualenv
     .venv/bin/python bench/peer_thingsboard.py --install-peer     # once (PyPI)
     .venv/bin/python bench/peer_thingsboard.py                    # about 45 min
     .venv/bin/python bench/peer_thingsboard.py --duration 10 --outage 5 --cases tcp-100ms
+    .venv/bin/python bench/peer_thingsboard.py --busy --cases tcp-100ms   # both cores busy
+
+``--busy`` runs each gateway's measured window beside a CPU hog and a disk writer
+(peerkit/busy.py), the load of the issue's 100 ms target. The run ends with a line per
+target of issue 19 (value, target, PASS or MISS).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from peerkit import peer_side, polekit_side
 from peerkit.cases import CASES, Case
 from peerkit.runner import MakeLaunch, Result, Timing, run_case
 from peerkit.simulator import Simulator, ceiling
-from peerkit.table import LEGEND, row, table
+from peerkit.table import LEGEND, row, table, targets
 
 from polekit.hil.broker import mosquitto_path
 
@@ -94,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         default=4,
         help="polekit TCP transactions in flight, when its config accepts max_in_flight",
     )
+    parser.add_argument(
+        "--busy",
+        action="store_true",
+        help="a CPU hog and a 4 MiB/s fsync'ing disk writer during each measured window",
+    )
     parser.add_argument("--ceiling", type=float, default=5.0, help="s per ceiling measure")
     parser.add_argument("--json", type=Path, help="write the results here too")
     parser.add_argument("--keep", type=Path, help="keep configs and logs in this folder")
@@ -115,20 +125,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.only != "polekit":
         peer_side.check_installed(args.peer_venv)
 
-    timing = Timing(args.duration, args.warmup, args.outage, drain_s=args.drain)
+    timing = Timing(args.duration, args.warmup, args.outage, drain_s=args.drain, busy=args.busy)
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="polekit-peer-bench-") as tmp:
         base = args.keep or Path(tmp)
         ceilings = print_ceiling(args.ceiling)
-        print(table([]))
+        print(table([], args.busy))
         for name in args.cases.split(","):
             for label, make in gateways(args):
                 result = run_case(CASES[name], make(CASES[name]), base / name / label, timing)
                 results.append(result)
                 print(row(result), flush=True)
     print()
-    print(table(results))
+    print(table(results, args.busy))
     print(LEGEND)
+    print()
+    # the ceiling the gateway could reach: its connections to the endpoint
+    ceiling = ceilings["four_connections" if args.max_in_flight > 1 else "one_connection"]
+    print("\n".join(targets(results, ceiling)))
     if args.json:
         args.json.write_text(
             json.dumps(

@@ -145,10 +145,10 @@ def check(config_path: Path, probe: bool) -> None:
     if config.platforms and not (
         len(config.platforms) == 1 and config.platforms[0].kind == "senml"
     ):
+        from polekit.gateway.platforms.settings import shown_where
+
         for p in config.platforms:
-            click.echo(
-                f"  platform {p.name}: {p.kind} at {p.broker.shown_url}, queue {p.queue_file}"
-            )
+            click.echo(f"  platform {p.name}: {p.kind} at {shown_where(p)}, queue {p.queue_file}")
     for warning in _warnings(config):
         click.echo(f"warning: {warning}", err=True)
     if probe:

@@ -562,7 +562,11 @@ def _meter_lines(
 ) -> dict[str, BusConfig]:
     # a serial line with only DL/T 645 meters on it runs at the meters' 2400 baud unless
     # the [[bus]] says otherwise (a line shared with Modbus devices keeps 9600: set it)
-    given = {b.get("name") for b in items if isinstance(b, dict) and "baudrate" in b}
+    given = {  # (a name that is not text was reported as a problem already)
+        b["name"]
+        for b in items
+        if isinstance(b, dict) and "baudrate" in b and isinstance(b.get("name"), str)
+    }
     out = dict(buses)
     for name, bus in buses.items():
         on = [d for d in devices if d.bus == name]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from polekit.gateway.config import Config
+from polekit.gateway.hj212_uplink import Hj212Uplink
 from polekit.gateway.platforms import adapter_class
 from polekit.gateway.platforms.base import (
     Adapter,
@@ -99,14 +100,17 @@ class Delivery:
             if queue is not None
             else DurableQueue(path, config.queue_max_bytes, max_uncommitted=max_uncommitted)
         )
-        broker = platform.broker
-        self.uplink = MqttUplink(
-            self.adapter,
-            self.queue,
-            on_commands,
-            limiters.for_broker(broker.host, broker.port, platform.max_connects_per_min),
-            wall_clock=wall_clock,
-        )
+        self.uplink: MqttUplink | Hj212Uplink
+        if self.adapter.TRANSPORT == "hj212":  # HJ 212 packets on plain TCP
+            s = platform.settings
+            limiter = limiters.for_broker(s.host, s.port, platform.max_connects_per_min)
+            self.uplink = Hj212Uplink(self.adapter, self.queue, on_commands, limiter)
+        else:
+            broker = platform.broker
+            limiter = limiters.for_broker(broker.host, broker.port, platform.max_connects_per_min)
+            self.uplink = MqttUplink(
+                self.adapter, self.queue, on_commands, limiter, wall_clock=wall_clock
+            )
         self.build_errors = 0  # messages its adapter could not build
 
     @staticmethod
@@ -118,7 +122,7 @@ class Delivery:
         return {
             "name": self.name,
             "kind": self.platform.kind,
-            "url": self.platform.broker.shown_url,
+            "url": up.shown_url,
             "connected": up.connected,
             "published": up.published,
             "connects": up.connects,

@@ -26,6 +26,10 @@ class PackEncoder:
         self.invalid_values = 0  # NaN/infinite values dropped (a meter's "no value" float)
         # (name, unit) -> the unit it is sent in: the model is searched once a point
         self._targets: dict[tuple[str, str | None], str | None] = {}
+        # (device, point names) of packs RFC 8428 accepted: names and units do not change
+        # from one poll to the next, and the values are the decoders' numbers and booleans
+        # (non-finite floats dropped above), so a device's pack is validated once
+        self._valid_shapes: set[tuple[str, ...]] = set()
 
     def readings(self, values: list[tuple[Point, Any]]) -> list[tuple[str, Any, str | None]]:
         """(name, value, unit) for each polled point whose value is a real number or bool."""
@@ -54,11 +58,16 @@ class PackEncoder:
             targets=self._targets,
         )
 
+        shape = (device_code, *[r[0] for r in readings])
+        if shape not in self._valid_shapes:
+            senml.validate(records)  # a bad point name fails this poll, in the poller
+            self._valid_shapes.add(shape)
+
         def encode(seq: int) -> bytes:
             pack = [*records[:-1], {**records[-1], "v": seq}]
             if self.fmt == "senml+json":
                 return senml.encode_json(pack).encode()
-            return senml.encode_cbor(pack)
+            return senml.encode_cbor(pack, checked=True)
 
         return encode
 

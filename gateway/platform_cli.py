@@ -15,7 +15,8 @@ import click
 
 from polekit.gateway.cli import CONFIG_OPTION, _load
 from polekit.gateway.delivery import make_adapter, platforms_of
-from polekit.gateway.platforms.base import Adapter, Outgoing, Reading
+from polekit.gateway.platforms.base import Adapter, Connection, Outgoing, Reading
+from polekit.gateway.platforms.settings import shown_where
 from polekit.gateway.redact import HIDDEN
 
 
@@ -45,6 +46,8 @@ def example_readings(config: Any, code: str) -> list[Reading] | None:
 def shown(topic: str, payload: bytes) -> str:
     """A payload as a person reads it: Sparkplug B as protobuf text, JSON as it is, CBOR
     as JSON, else hex."""
+    if topic.startswith("hj212/"):  # an HJ 212 packet is text: shown as sent, less CR LF
+        return payload.decode(errors="replace").rstrip("\r\n") + "  (HJ 212 over TCP)"
     if topic.startswith("spBv1.0/"):
         from google.protobuf import text_format
 
@@ -70,6 +73,14 @@ def _lines(adapter: Adapter, messages: list[Outgoing], seq: int = 1) -> list[str
         payload = m.payload(seq) if callable(m.payload) else m.payload
         if adapter.stamp is not Adapter.stamp:
             payload = adapter.stamp(m.topic, payload)
+        if adapter.TRANSPORT == "hj212":
+            # every packet carries the password (PW=): hidden here like any secret
+            pw = f";PW={adapter.platform.settings.pw};".encode()
+            payload = payload.replace(pw, f";PW={HIDDEN};".encode())
+            out.append(
+                f"  {m.topic}  (waits for the platform's 9014)\n    {shown(m.topic, payload)}"
+            )
+            continue
         retain = " retained" if m.retain else ""
         out.append(f"  {m.topic}  (QoS {m.qos}{retain})\n    {shown(m.topic, payload)}")
     return out
@@ -102,14 +113,12 @@ def preview(config_path: Path, preview_device: str) -> None:
         for entry in platforms_of(config):
             adapter = make_adapter(config, entry)
             conn = adapter.connection(adapter.ctx.clock())
-            click.echo(f"== platform {entry.name} ({entry.kind}) at {entry.broker.shown_url}")
-            user = HIDDEN if conn.username and conn.username_secret else conn.username or "-"
-            login = f"  client id {conn.client_id!r}, user {user!r}"
-            login += f", password {HIDDEN if conn.password else '-'}"
-            login += f", MQTT {conn.mqtt_version}, keepalive {conn.keepalive_s} s"
-            if conn.will is not None:
-                login += f", will on {conn.will.topic}"
-            click.echo(login)
+            click.echo(f"== platform {entry.name} ({entry.kind}) at {shown_where(entry)}")
+            if adapter.TRANSPORT == "hj212":
+                s = entry.settings
+                click.echo(f"  MN {s.mn!r}, PW {HIDDEN}, ST {s.st}, TCP (no login packet)")
+            else:
+                _login(adapter, conn)
             session = adapter.on_connect()
             if session:
                 click.echo("  -- after each connect:")
@@ -117,3 +126,14 @@ def preview(config_path: Path, preview_device: str) -> None:
             click.echo(f"  -- one poll of {preview_device} (example readings, seq 1):")
             data = adapter.readings(preview_device, readings, adapter.ctx.clock())
             click.echo("\n".join(_lines(adapter, data)))
+
+
+def _login(adapter: Adapter, conn: Connection) -> None:
+    # an MQTT platform's login as preview shows it: the secrets hidden
+    user = HIDDEN if conn.username and conn.username_secret else conn.username or "-"
+    login = f"  client id {conn.client_id!r}, user {user!r}"
+    login += f", password {HIDDEN if conn.password else '-'}"
+    login += f", MQTT {conn.mqtt_version}, keepalive {conn.keepalive_s} s"
+    if conn.will is not None:
+        login += f", will on {conn.will.topic}"
+    click.echo(login)

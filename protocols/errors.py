@@ -65,3 +65,8 @@ def shown(value):
 # A DL/T 645 frame is malformed (preamble, header, length, checksum, end byte, BCD digits).
 class DLT645Error(FrameError):
     pass
+
+
+# An HJ 212 packet is malformed (header, length, CRC, end, data segment fields).
+class HJ212Error(FrameError):
+    pass

@@ -3,9 +3,10 @@
 ESP32's heap.
 
 A few modules of protocols/ are pure wire formats only the gateway uses (GATEWAY_SIDE: the
-DL/T 645 meter protocol, the field device library). They stay MicroPython-compatible (they
-are imported and run in the VM below) but are not counted in the node's budget; so that
-this cannot hide a node growing past it, no firmware module may import them."""
+DL/T 645 meter protocol, the field device library, HJ 212 environmental reporting). They
+stay MicroPython-compatible (they are imported and run in the VM below) but are not
+counted in the node's budget; so that this cannot hide a node growing past it, no
+firmware module may import them."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from conftest import ROOT, VECTORS
 PROTOCOLS = ROOT / "protocols"
 HEAP_LIMIT_BYTES = 48 * 1024  # an ESP32 without PSRAM leaves ~110 KiB to MicroPython in all
 # gateway-side modules: the node never imports them (checked below)
-GATEWAY_SIDE = ("devices", "dlt645")
+GATEWAY_SIDE = ("devices", "dlt645", "hj212")
 MODULES = sorted(
     p.stem for p in PROTOCOLS.glob("*.py") if p.stem != "__init__" and p.stem not in GATEWAY_SIDE
 )
@@ -74,6 +75,11 @@ def test_gateway_side_protocols_run_on_micropython() -> None:
         "print('frame', dlt645.read_request('000012345678', 0x02010100).hex())\n"
         "f = dlt645.parse(dlt645.read_response('000012345678', 0x02010100, b'\\x04\\x23'))\n"
         "print('value', dlt645.decode_value(dlt645.item_by_di(f['di']), f['data']))\n"
+        "from protocols import hj212\n"
+        "p = hj212.encode([('QN', '20160801085857223'), ('ST', 32), ('CN', 1062), "
+        "('PW', '100000'), ('MN', '010000A8900016F000169DC0'), ('Flag', 5)], 'RtdInterval=30')\n"
+        "print('hj212', p)\n"
+        "print('cp', hj212.parse(p)['CP']['RtdInterval'], hj212.frame_length(p))\n"
         "for name in " + repr(list(GATEWAY_SIDE)) + ":\n"
         "    __import__('protocols.' + name)\n"
         "gc.collect()\n"
@@ -83,4 +89,8 @@ def test_gateway_side_protocols_run_on_micropython() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "frame fefefefe6878563412000068110433343435c916" in result.stdout
     assert "value 230.4" in result.stdout
+    # the HJ 212-2017 standard's example packet, CRC 1C80 (tests/test_hj212.py cites it)
+    assert "hj212 b'##0101QN=20160801085857223;ST=32;CN=1062;" in result.stdout
+    assert "RtdInterval=30&&1C80\\r\\n'" in result.stdout
+    assert "cp 30 113" in result.stdout
     print(result.stdout)

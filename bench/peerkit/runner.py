@@ -17,6 +17,7 @@ undelivered after ``drain_s`` counts as lost, and says so).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from peerkit import procstat
+from peerkit.busy import BusyLoad
 from peerkit.cases import Case
 from peerkit.launch import Launch
 from peerkit.simulator import Simulator
@@ -47,6 +49,7 @@ class Timing:
     reconnect_timeout: float = 120.0
     settle_s: float = 3.0
     drain_s: float = 60.0
+    busy: bool = False  # a CPU hog and a disk writer during the window (peerkit.busy)
 
 
 @dataclass
@@ -56,6 +59,7 @@ class Result:
     case: str
     gateway: str
     nominal: float
+    busy: bool = False
     values_per_s: float = 0.0
     cpu_pct: float = 0.0
     cpu_us_per_value: float | None = None
@@ -113,7 +117,9 @@ def run_case(case: Case, make: MakeLaunch, run_dir: Path, timing: Timing) -> Res
     run_dir.mkdir(parents=True, exist_ok=True)
     with Simulator(case.spec) as sim, LocalBroker(persistent=True) as broker:
         launch = make(sim.endpoint, broker, run_dir)
-        result = Result(case.name, launch.gateway, case.nominal, notes=list(launch.notes))
+        result = Result(
+            case.name, launch.gateway, case.nominal, busy=timing.busy, notes=list(launch.notes)
+        )
         sub = Subscriber(broker.host, broker.port, launch.topic, "polekit-bench-subscriber")
         sub.start()
         helper = launch.helper(broker.host, broker.port) if launch.helper else None
@@ -147,18 +153,22 @@ def _measure(
         result.notes.append(f"gateway exited at start ({proc.returncode}); see {launch.log}")
         return
     time.sleep(timing.warmup)
-    # 2. window
-    t0 = time.monotonic()
-    marks = {"window": time.time()}  # wall-clock starts of the phases, for the gateways' times
-    first = procstat.sample(proc.pid)
-    times, rss = [0.0], [first.rss_bytes / 1e6]
-    last = first
-    while (now := time.monotonic()) < t0 + timing.duration:
-        time.sleep(min(1.0, t0 + timing.duration - now))
-        last = procstat.sample(proc.pid)
-        times.append(time.monotonic() - t0)
-        rss.append(last.rss_bytes / 1e6)
-    t1 = time.monotonic()
+    # 2. window (under the busy load when asked: its writer in the gateway's file system)
+    load = BusyLoad(launch.cwd) if timing.busy else None
+    with load if load is not None else contextlib.nullcontext():
+        t0 = time.monotonic()
+        marks = {"window": time.time()}  # wall-clock starts of the phases, for gateways' times
+        first = procstat.sample(proc.pid)
+        times, rss = [0.0], [first.rss_bytes / 1e6]
+        last = first
+        while (now := time.monotonic()) < t0 + timing.duration:
+            time.sleep(min(1.0, t0 + timing.duration - now))
+            last = procstat.sample(proc.pid)
+            times.append(time.monotonic() - t0)
+            rss.append(last.rss_bytes / 1e6)
+        t1 = time.monotonic()
+    if load is not None:
+        result.notes.append(load.summary())
     cpu_s = last.cpu_s - first.cpu_s
     # 3. outage
     broker.stop()

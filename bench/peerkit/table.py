@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from peerkit.busy import describe
 from peerkit.runner import Result
 
 HEADER = (
@@ -28,9 +29,97 @@ def row(r: Result) -> str:
     return "\n".join([line, *(f"{'':<12}  note: {n}" for n in r.notes)])
 
 
-def table(results: Iterable[Result]) -> str:
-    """The header and a row per result."""
-    return "\n".join([HEADER, "-" * len(HEADER), *(row(r) for r in results)])
+def table(results: Iterable[Result], busy: bool = False) -> str:
+    """The header (with the load the window ran under) and a row per result."""
+    load = describe() if busy else "load: none besides the gateway, devices and broker"
+    return "\n".join([load, HEADER, "-" * len(HEADER), *(row(r) for r in results)])
+
+
+# issue 19's targets
+CPU_US_MAX = 30.0
+RSS_SLOPE_MAX = 0.5  # MB/min
+PEER_BEST_10MS = 2700.0  # values/s, the peer's best config at 10 ms in issue 19's runs
+TIMES_PEER_10MS = 3.0
+RTU_OTHERS_MIN = 0.9
+
+
+def _line(what: str, value: str, target: str, ok: bool) -> str:
+    return f"  {'PASS' if ok else 'MISS'}  {what:<44} {value:>22}  target {target}"
+
+
+def targets(results: list[Result], ceiling_values_s: float | None = None) -> list[str]:
+    """A line per target of issue 19 that these results speak to: the value, the target
+    and PASS or MISS. The 10 ms target compares with the peer's best of this run, or with
+    the 2,700 values/s of the issue's runs when the peer did not run."""
+    out = ["targets (issue 19):"]
+    ours = [r for r in results if r.gateway == "polekit"]
+    peers = {r.case: r for r in results if r.gateway == "peer-best"}
+    for r in ours:
+        tag = f"{r.case}{' busy' if r.busy else ''}"
+        if r.case == "tcp-100ms":
+            what = f"{tag}: ratio to nominal" + ("" if r.busy else " (target is with --busy)")
+            out.append(_line(what, f"{r.ratio:.3f}", ">= 0.98", r.ratio >= 0.98))
+        elif r.case == "tcp-50ms":
+            base = min(r.nominal, ceiling_values_s or r.nominal)
+            ratio = r.values_per_s / base
+            out.append(
+                _line(
+                    f"{tag}: ratio to min(nominal, ceiling)",
+                    f"{ratio:.3f}",
+                    ">= 0.95",
+                    ratio >= 0.95,
+                )
+            )
+        elif r.case == "tcp-10ms":
+            peer = peers.get(r.case)
+            ref = peer.values_per_s if peer is not None else PEER_BEST_10MS
+            src = "this run" if peer is not None else "issue 19"
+            x = r.values_per_s / ref if ref else 0.0
+            out.append(
+                _line(
+                    f"{tag}: values/s vs peer best ({src}, {ref:,.0f})",
+                    f"{r.values_per_s:,.0f} ({x:.2f}x)",
+                    f">= {TIMES_PEER_10MS:g}x",
+                    x >= TIMES_PEER_10MS,
+                )
+            )
+        elif r.case == "rtu-silent":
+            out.append(
+                _line(
+                    f"{tag}: others' rate with a silent slave",
+                    f"{r.ratio:.3f}",
+                    f">= {RTU_OTHERS_MIN}",
+                    r.ratio >= RTU_OTHERS_MIN,
+                )
+            )
+        us = r.cpu_us_per_value
+        out.append(
+            _line(
+                f"{tag}: CPU per delivered value",
+                "-" if us is None else f"{us:.1f} us",
+                f"<= {CPU_US_MAX:g} us",
+                us is not None and us <= CPU_US_MAX,
+            )
+        )
+        out.append(
+            _line(
+                f"{tag}: RSS slope",
+                f"{r.rss_slope_mb_min:+.2f} MB/min",
+                f"< {RSS_SLOPE_MAX} MB/min",
+                r.rss_slope_mb_min < RSS_SLOPE_MAX,
+            )
+        )
+        out.append(
+            _line(
+                f"{tag}: polls lost, duplicates",
+                f"{r.polls_lost}, {r.duplicates}",
+                "0, 0",
+                r.polls_lost == 0 and r.duplicates == 0,
+            )
+        )
+    if len(out) == 1:
+        out.append("  (no polekit results)")
+    return out
 
 
 LEGEND = """\

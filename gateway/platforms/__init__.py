@@ -21,6 +21,7 @@ KINDS: dict[str, str] = {
     "iotda": "polekit.gateway.platforms.iotda",
     "onenet": "polekit.gateway.platforms.onenet",
     "aliyun": "polekit.gateway.platforms.aliyun",
+    "hj212": "polekit.gateway.platforms.hj212",
 }
 
 # keys every [platform] entry may carry; an adapter adds its own (Adapter.KEYS)

@@ -348,6 +348,10 @@ class Adapter:
     """
 
     KIND: ClassVar[str] = ""
+    # how the platform is reached: "mqtt" (gateway/uplink.py, everything above) or
+    # "hj212" (HJ 212 packets on plain TCP, gateway/hj212_uplink.py: the queued
+    # payloads are whole packets, topics only name them in logs and previews)
+    TRANSPORT: ClassVar[str] = "mqtt"
     KEYS: ClassVar[tuple[str, ...]] = ()
     NAMES: ClassVar[dict[str, str]] = {}
     # send readings in the model's secondary units (hPa, ug/m3, kWh) instead of primary

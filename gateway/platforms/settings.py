@@ -39,6 +39,15 @@ def queue_file(name: str) -> str:
     return DEFAULT_QUEUE_FILE if name == DEFAULT_KIND else f"queue-{name}.sqlite3"
 
 
+def shown_where(platform: PlatformConfig) -> str:
+    """Where a platform entry delivers, as a person reads it (no password): its broker's
+    url, or ``tcp://host:port`` for a platform reached over plain TCP (HJ 212)."""
+    if adapter_class(platform.kind).TRANSPORT == "hj212":
+        s = platform.settings
+        return f"tcp://{s.host}:{s.port}"
+    return platform.broker.shown_url
+
+
 def default_broker(mqtt: MqttConfig) -> BrokerSettings:
     tls = Tls(mqtt.ca_file, mqtt.cert_file, mqtt.key_file) if mqtt.tls else None
     return BrokerSettings(

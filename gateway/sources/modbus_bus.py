@@ -19,6 +19,8 @@ a "lane" that polls whichever device is due next and no other lane is holding.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
 import os
 import time
@@ -126,8 +128,31 @@ class _Link:
         self.holding: DeviceState | None = None
         self.held_due = 0.0  # the held device's next_due when it was taken
         self.sleeping = False
-        self.wake = asyncio.Event()
+        # the lane's sleep: a future resolved by its timer or by wake(). One future and
+        # one timer handle a sleep, not a task (asyncio.wait_for on an Event.wait() makes
+        # a task and two futures each time, and a busy bus sleeps thousands of times a s)
+        self._waiter: asyncio.Future[None] | None = None
         self._clock = clock
+
+    def wake(self) -> None:
+        """End the lane's sleep now (a write to run, a device due sooner); nothing when it
+        is not sleeping: a lane looks at the writes and the schedule before each sleep."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep ``seconds``, or until ``wake()``."""
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(seconds, _resolve, waiter)
+        self.sleeping = True
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self.sleeping = False
+            self._waiter = None
 
     def trace(self, sending: bool, data: bytes) -> bytes:
         # the silent interval is counted from the last byte on the wire, not from when the
@@ -136,6 +161,11 @@ class _Link:
         if not sending:
             self.rx_bytes += len(data)
         return data
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 @dataclass
@@ -168,6 +198,14 @@ class ModbusBus:
         self.config = bus
         self.on_status = on_status
         self.devices = {d.code: DeviceState(d, plan_reads(d.points)) for d in devices}
+        # the schedule: (next_due, order, device) for each device no lane holds, soonest
+        # first. A lane takes the top (held devices are out of the heap, so two lanes never
+        # poll one device) and puts it back with its new next_due when it lets go: one
+        # push and one pop a poll, not a scan of every device
+        self._order = itertools.count()
+        self._due: list[tuple[float, int, DeviceState]] = [
+            (s.next_due, next(self._order), s) for s in self.devices.values()
+        ]
         self.sink = sink
         self.clock = clock
         self.wall = wall
@@ -412,7 +450,7 @@ class ModbusBus:
         """Write ``value`` to a writable point, between polls; raises what the device said."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         await self._writes.put((device, point, value, fut))
-        self._links[0].wake.set()  # the first connection's lane runs the writes
+        self._links[0].wake()  # the first connection's lane runs the writes
         await fut
 
     async def _write_with_retries(
@@ -476,26 +514,26 @@ class ModbusBus:
                 self._release(link)
 
     def _hold(self, link: _Link) -> DeviceState | None:
-        """The device due first that no other lane holds, now held by ``link``."""
-        if len(self._links) == 1:
-            free = list(self.devices.values())
-        else:
-            held = {id(other.holding) for other in self._links if other is not link}
-            free = [s for s in self.devices.values() if id(s) not in held]
-        link.holding = min(free, key=lambda s: s.next_due) if free else None
+        """The device due first that no other lane holds, now held by ``link`` (taken out
+        of the schedule until ``_release``)."""
+        link.holding = heapq.heappop(self._due)[2] if self._due else None
         link.held_due = link.holding.next_due if link.holding is not None else 0.0
         return link.holding
 
     def _release(self, link: _Link) -> None:
-        # when a poll moved a device's next turn, a lane asleep on a device due later than
-        # it takes another look, so the device is not left waiting behind a long sleep
+        # the device goes back on the schedule at its (maybe new) next turn. When a poll
+        # moved it, a lane asleep on a device due later than it takes another look, so the
+        # device is not left waiting behind a long sleep
         state, link.holding = link.holding, None
-        if state is None or len(self._links) == 1 or state.next_due == link.held_due:
+        if state is None:
+            return
+        heapq.heappush(self._due, (state.next_due, next(self._order), state))
+        if len(self._links) == 1 or state.next_due == link.held_due:
             return
         for other in self._links:
             held = other.holding
             if other.sleeping and held is not None and held.next_due > state.next_due:
-                other.wake.set()
+                other.wake()
 
     async def _step(self, link: _Link | None = None) -> None:
         link = link or self._links[0]
@@ -512,14 +550,14 @@ class ModbusBus:
                 fut.set_result(None)
         state = self._hold(link)
         if state is None:  # no devices on this bus
-            await self._wait(3600, link)
+            await link.sleep(3600)
             return
         delay = state.next_due - self.clock()
         if delay > 0:
-            await self._wait(delay, link)
+            await link.sleep(delay)
             return
         if self.closing:  # the gateway is stopping: no new poll starts
-            await self._wait(3600, link)
+            await link.sleep(3600)
             return
         state.polls += 1
         self.in_flight += 1
@@ -575,13 +613,3 @@ class ModbusBus:
             )
             state.online = False
         state.next_due = self.clock() + state.backoff_s()
-
-    async def _wait(self, seconds: float, link: _Link) -> None:
-        link.wake.clear()
-        link.sleeping = True
-        try:
-            await asyncio.wait_for(link.wake.wait(), timeout=seconds)
-        except TimeoutError:
-            pass
-        finally:
-            link.sleeping = False

@@ -44,6 +44,7 @@ def test_every_parser_has_a_target() -> None:
         "gateway_config",
         "command",
         "dlt645",
+        "hj212",
     }
 
 
