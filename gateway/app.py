@@ -19,6 +19,7 @@ import signal
 import sqlite3
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from polekit.gateway.ble_commands import BleCommander
@@ -77,12 +78,17 @@ class Gateway:
         config: Config,
         queue: DurableQueue | None = None,
         max_uncommitted: int = MAX_UNCOMMITTED,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         """``queue`` replaces the one built from the config (tests: a slow disk);
-        ``max_uncommitted`` bounds the polls handed to the queue and not yet on disk."""
+        ``max_uncommitted`` bounds the polls handed to the queue and not yet on disk;
+        ``wall_clock`` is the clock platform logins are signed with and renewed by (tests:
+        a clock before 2024, or one moved to just before a login expires)."""
         self.config = config
         try:
-            self.deliveries = open_deliveries(config, self._on_commands, queue, max_uncommitted)
+            self.deliveries = open_deliveries(
+                config, self._on_commands, queue, max_uncommitted, wall_clock
+            )
         except QueueOpenError as exc:  # `polekit gateway check` says why, in full
             raise StartError(
                 f"{exc}; check gateway.data_dir with `polekit gateway check`"

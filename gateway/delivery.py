@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,22 +60,26 @@ def devices_of(config: Config, secondary: bool = False) -> tuple[DeviceInfo, ...
     return tuple(out)
 
 
-def make_adapter(config: Config, platform: PlatformConfig) -> Adapter:
+def make_adapter(
+    config: Config, platform: PlatformConfig, wall_clock: Callable[[], float] = time.time
+) -> Adapter:
     """The adapter of ``platform``, built with its context (its state folder is
-    ``data_dir/platform-{name}``)."""
+    ``data_dir/platform-{name}``) and the wall clock its logins are signed with."""
     cls = adapter_class(platform.kind)
     ctx = AdapterContext(
         platform=platform,
         gateway_id=config.gateway_id,
         devices=devices_of(config, cls.SECONDARY_UNITS),
         state_dir=config.data_dir / f"platform-{platform.name}",
+        clock=wall_clock,
     )
     return cls(ctx)
 
 
 class Delivery:
     """One platform: its adapter, its queue (``data_dir/{queue_file}``) and its uplink.
-    Counters are this platform's: what its adapter could not build."""
+    Counters are this platform's: what its adapter could not build. ``wall_clock``
+    signs logins and decides when they are renewed (tests pass one that they move)."""
 
     def __init__(
         self,
@@ -83,10 +89,11 @@ class Delivery:
         on_commands: CommandSink,
         queue: DurableQueue | None,
         max_uncommitted: int,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.platform = platform
         self.name = platform.name
-        self.adapter = make_adapter(config, platform)
+        self.adapter = make_adapter(config, platform, wall_clock)
         path = self.queue_path(config, platform)
         self.queue = (
             queue
@@ -101,7 +108,9 @@ class Delivery:
         else:
             broker = platform.broker
             limiter = limiters.for_broker(broker.host, broker.port, platform.max_connects_per_min)
-            self.uplink = MqttUplink(self.adapter, self.queue, on_commands, limiter)
+            self.uplink = MqttUplink(
+                self.adapter, self.queue, on_commands, limiter, wall_clock=wall_clock
+            )
         self.build_errors = 0  # messages its adapter could not build
 
     @staticmethod
@@ -121,6 +130,7 @@ class Delivery:
             "reconnect_s": up.reconnect_s,
             "login_expires_at": up.expires_at,
             "renewals": up.renewals,
+            "clock_refusals": up.clock_refusals,
             "downlink_ignored": up.ignored,
             "build_errors": self.build_errors,
             "queue_depth": self.queue.depth,
@@ -141,6 +151,7 @@ def open_deliveries(
     on_commands: Any,
     first_queue: DurableQueue | None,
     max_uncommitted: int,
+    wall_clock: Callable[[], float] = time.time,
 ) -> list[Delivery]:
     """A ``Delivery`` per platform; ``on_commands(delivery)`` makes each one's command
     sink. ``QueueOpenError`` when a queue cannot be opened (those opened before it are
@@ -162,6 +173,7 @@ def open_deliveries(
                     sink,
                     first_queue if i == 0 else None,
                     max_uncommitted,
+                    wall_clock,
                 )
             except (OSError, sqlite3.Error) as exc:
                 for done in out:

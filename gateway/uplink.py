@@ -1,4 +1,5 @@
-"""The MQTT uplink: drains one platform's durable queue to its broker, QoS 1.
+"""The MQTT uplink: drains one platform's durable queue to its broker, QoS 1 (the
+adapter's ``queued_qos``).
 
 One uplink per platform, each with its own session, so one platform's outage holds back
 no other. Everything platform-specific comes from the platform's adapter
@@ -100,9 +101,13 @@ class MqttUplink:
         self.disconnected_at: float | None = None
         self.reconnect_s: float | None = None  # how long the last outage took to recover from
         self.expires_at: float | None = None  # the current login's expiry (wall clock)
+        self._clock_wrong = False  # last_error says the clock is not set
+        self.clock_retry_s = CLOCK_RETRY_S
+        self.clock_refusals = 0  # connects not tried because the clock is not set
         self._client: aiomqtt.Client | None = None
         # Sparkplug rewrites its seq at publish; other adapters send the bytes as queued
         self._stamp = None if type(adapter).stamp is Adapter.stamp else adapter.stamp
+        self._qos = adapter.queued_qos()
         self._paho_errors = _PahoErrors()
         self._paho_log = logging.Logger(f"polekit.gateway.mqtt.paho.{self.name}")  # not propagated
         self._paho_log.addHandler(self._paho_errors)
@@ -156,8 +161,14 @@ class MqttUplink:
                 if self.last_error != problem:
                     log.error("[platform %s] not connecting: %s", self.name, problem)
                 self.last_error = problem
-                await asyncio.sleep(CLOCK_RETRY_S)
+                self._clock_wrong = True
+                self.clock_refusals += 1
+                await asyncio.sleep(self.clock_retry_s)
                 continue
+            if self._clock_wrong:  # /health no longer shows a problem that is gone
+                log.info("[platform %s] the clock is set now; connecting", self.name)
+                self.last_error = None
+                self._clock_wrong = False
             self._paho_errors.last = None
             started = self.clock()
             reached = True
@@ -206,6 +217,8 @@ class MqttUplink:
                 lost.exception()
 
     def _renew_at(self, conn: Connection) -> float | None:
+        if conn.renew_at is not None:
+            return conn.renew_at
         if conn.expires_at is None:
             return None
         life = conn.expires_at - self.wall_clock()
@@ -289,7 +302,7 @@ class MqttUplink:
         payload = message.payload
         if self._stamp is not None:
             payload = self._stamp(message.topic, payload)
-        await client.publish(message.topic, payload, qos=1)
+        await client.publish(message.topic, payload, qos=self._qos)
         self.queue.acked([message.id])
         self.published += 1
 

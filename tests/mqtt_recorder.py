@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -143,3 +145,87 @@ def _connect(body: bytes) -> Connect:
     username = field_().decode() if flags & 0x80 else None
     password = field_().decode() if flags & 0x40 else None
     return Connect(client_id, username, password, keepalive, bool(flags & 0x02), level)
+
+
+@dataclass
+class TappedConnect:
+    """A CONNECT seen on its way to the broker, with the test's wall clock then."""
+
+    connect: Connect
+    at_s: float
+
+
+@dataclass
+class ConnectTap:
+    """A TCP relay in front of a real broker that records each client's CONNECT (client
+    id, username, password: what a broker never shows a test) and forwards every byte
+    both ways untouched. The broker does the MQTT; the tap only witnesses the logins.
+    ``clock`` stamps each CONNECT (the wall clock the gateway under test is given)."""
+
+    upstream_host: str
+    upstream_port: int
+    clock: Callable[[], float] = time.time
+    connects: list[TappedConnect] = field(default_factory=list)
+    port: int = 0
+    _server: asyncio.Server | None = None
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    async def __aenter__(self) -> ConnectTap:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            up_reader, up_writer = await asyncio.open_connection(
+                self.upstream_host, self.upstream_port
+            )
+        except OSError:
+            writer.close()
+            self._tasks.discard(task)
+            return
+        try:
+            first = await reader.readexactly(1)
+            size, mult, head = 0, 1, bytearray(first)
+            while True:
+                b = await reader.readexactly(1)
+                head += b
+                size += (b[0] & 0x7F) * mult
+                mult *= 128
+                if not b[0] & 0x80:
+                    break
+            body = await reader.readexactly(size)
+            if first[0] >> 4 == 1:
+                self.connects.append(TappedConnect(_connect(body), self.clock()))
+            up_writer.write(bytes(head) + body)
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            for w in (writer, up_writer):
+                w.close()
+            self._tasks.discard(task)
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    # one direction of the relay; either side closing ends both
+    try:
+        while chunk := await reader.read(65536):
+            writer.write(chunk)
+            await writer.drain()
+    finally:
+        writer.close()

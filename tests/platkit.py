@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,23 @@ def platform_toml(
     return "\n".join(lines) + "\n"
 
 
+class WallClock:
+    """A wall clock a test moves: the real time plus ``offset_s``. Given to the gateway
+    (``Gateway(config, wall_clock=...)``), it signs the platform logins and decides
+    when they are renewed; set ``offset_s`` to put the gateway just before a login
+    expires, or before 2024 (a board without NTP)."""
+
+    def __init__(self, offset_s: float = 0.0) -> None:
+        self.offset_s = offset_s
+
+    def __call__(self) -> float:
+        return time.time() + self.offset_s
+
+    def set(self, now_s: float) -> None:
+        """Make the clock say ``now_s`` now (and run on from there)."""
+        self.offset_s = now_s - time.time()
+
+
 @dataclass
 class Bench:
     """A running end-to-end setup. ``sub`` sees every message on the broker (``#``);
@@ -149,10 +167,12 @@ async def platform_bench(
     poll_s: float = 0.2,
     broker: LocalBroker | None = None,
     run_gateway: bool = True,
+    wall_clock: Callable[[], float] = time.time,
 ) -> AsyncIterator[Bench]:
     """A mosquitto (``broker`` or a new one), pole-env devices, and a gateway in this
     process with ``platforms``, running (unless ``run_gateway`` is False: then start
-    your own with ``gateway_running(bench.gateway, ...)``); stopped on the way out."""
+    your own with ``gateway_running(bench.gateway, ...)``); stopped on the way out.
+    ``wall_clock``: the clock the gateway signs platform logins with (see ``WallClock``)."""
     own = broker is None
     b = broker or LocalBroker(kind="mosquitto").start()
     devices = await start_devices(units)
@@ -162,7 +182,7 @@ async def platform_bench(
 
         config = parse_config(tomllib.loads(path.read_text()), path)
         bench = Bench(b, devices, {u: pole_code(u) for u in units}, config, path)
-        bench.gateway = Gateway(config)
+        bench.gateway = Gateway(config, wall_clock=wall_clock)
         if not run_gateway:
             async with Collector(b.host, b.port, topic_filter="#") as sub:
                 bench.sub = sub

@@ -24,6 +24,7 @@ import click
 import pytest
 
 from polekit.cli import main
+from polekit.gateway.platforms import adapter_class, available
 from polekit.hil.broker import free_port
 from polekit.hil.rom import make_app_image
 from polekit.protocols import identity
@@ -103,6 +104,26 @@ class Inputs:
         self.config_status_taken.write_text(
             self._config(tmp / "data", closed).replace("enabled = false", f"port = {taken_port}")
         )
+        # bad [platform] sections, one file each: every kind's example with a key misspelt
+        # (did-you-mean), and what any kind can get wrong
+        self.platform_configs: list[Path] = []
+        bad_entries = [_misspelt(adapter_class(k).EXAMPLE) for k in available()]
+        bad_entries += [
+            {"kind": "thingsbord", "access_token": "t"},  # a kind that does not exist
+            {"kind": "onenet"},  # every required key missing
+            {"kind": "iotda", "device_id": "gw", "secret": 5},  # a secret that is not text
+            {"kind": "sparkplug", "group_id": "a/b", "edge_node_id": "e", "qos": 2},
+            {"kind": "senml", "keepalive": "x", "max_connects_per_min": 0},
+        ]
+        base = self._config(tmp / "data", closed)
+        for n, entry in enumerate(bad_entries):
+            path = tmp / f"gateway-platform-{n}.toml"
+            path.write_text(f"{base}\n[platform]\n{_table(entry)}")
+            path.chmod(0o600)  # a config with secrets is refused as readable by others
+            self.platform_configs.append(path)
+        twice = tmp / f"gateway-platform-{len(bad_entries)}.toml"
+        twice.write_text(f"{base}\n[[platform]]\nkind = 'senml'\n[[platform]]\nkind = 'senml'\n")
+        self.platform_configs.append(twice)  # two entries with one name (one queue file)
         self.manifest = tmp / "poles.csv"
         self.manifest.write_text(f"port,board,device_code\n{NO_PORT},pole-env-esp32,{CODE}\n")
         self.manifest_bom = tmp / "poles-bom.csv"
@@ -181,7 +202,7 @@ map = "pole-env"
             "ble scan:air": [str(self.missing), *not_a_socket],
             "emulate flash-read:out": [str(self.folder), str(self.under_file)],
             # preview writes nothing: a data_dir it could not use is no problem for it
-            "platform preview:config_path": files,
+            "platform preview:config_path": [*files, *map(str, self.platform_configs)],
             # a code with a bad check character, one the config does not have, not a code
             "platform preview:preview_device": [
                 "371600PL000001X",
@@ -191,6 +212,7 @@ map = "pole-env"
             ],
             "gateway run:config_path": [
                 *files,
+                *map(str, self.platform_configs),
                 str(self.config_unwritable),
                 str(self.config_status_taken),
             ],
@@ -241,7 +263,11 @@ map = "pole-env"
             "paths": ["nonsense", "sht3x.nonsense"],
             "offset": ["-1", "zz", "0xffffffff"],
             "length": ["-1", "zz", "0x10000000"],
-            "config_path": [*files, str(self.config_unwritable)],
+            "config_path": [
+                *files,
+                str(self.config_unwritable),
+                *map(str, self.platform_configs),
+            ],
             "manifest": [
                 *files,
                 str(self.manifest_bom),
@@ -263,6 +289,20 @@ map = "pole-env"
         if isinstance(param, click.Option) and param.is_flag:
             return []
         return ["", "é", str(self.garbage)]
+
+
+def _misspelt(example: dict[str, Any]) -> dict[str, Any]:
+    """``example`` with its first key of the kind's own misspelt (a letter dropped)."""
+    key = next(k for k in example if k not in ("kind", "url"))
+    out = {k: v for k, v in example.items() if k != key}
+    out[key[:-1]] = example[key]
+    return out
+
+
+def _table(entry: dict[str, Any]) -> str:
+    from platkit import toml_value
+
+    return "".join(f"{k} = {toml_value(v)}\n" for k, v in entry.items())
 
 
 def argv(param: click.Parameter, value: str) -> list[str]:

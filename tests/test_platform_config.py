@@ -132,6 +132,21 @@ def test_gateway_check_lists_each_platform_and_refuses_a_bad_one(tmp_path: Path)
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize("kind", available())
+def test_gateway_check_on_each_kinds_example_with_a_misspelt_key_says_did_you_mean(
+    tmp_path: Path, kind: str
+) -> None:
+    example = adapter_class(kind).EXAMPLE
+    key = next(k for k in example if k not in ("kind", "url"))  # the kind's own first key
+    entry = {("x" + k if k == key else k): v for k, v in example.items()}
+    out = _polekit("gateway", "check", "-c", str(_config(tmp_path, entry)))
+    assert out.returncode == 2, out.stdout
+    lines = out.stderr.strip().splitlines()
+    wanted = f"  - platform.x{key}: unknown key; did you mean '{key}'?"
+    assert wanted in lines, out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_platform_preview_prints_each_platforms_topics_and_payloads(tmp_path: Path) -> None:
     config = _config(
         tmp_path,

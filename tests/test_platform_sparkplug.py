@@ -13,11 +13,18 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from platkit import platform_process, reference_python, start_devices, write_platform_config
+import aiomqtt
+from platkit import (
+    platform_bench,
+    platform_process,
+    reference_python,
+    start_devices,
+    write_platform_config,
+)
 
 from polekit.hil.broker import LocalBroker
 
-from gwkit import run, until
+from gwkit import gateway_running, run, until
 
 HERE = Path(__file__).parent
 GROUP, EDGE = "city-poles", "cabinet-17"
@@ -147,3 +154,40 @@ def test_sparkplug_host_decodes_births_and_data_commands_come_back_ndeath_on_kil
             await devices.stop()
 
     run(scenario(), timeout_s=150)
+
+
+def _qos_seen(tmp_path: Path, qos: int | None) -> dict[str, set[int]]:
+    """The QoS each Sparkplug message type arrives with at a QoS 1 subscriber (a host
+    subscribes at QoS 1: a message arrives at the lower of the two), from a gateway in
+    process with ``qos`` set (None: the default)."""
+    table: dict[str, Any] = {"kind": "sparkplug", "group_id": GROUP, "edge_node_id": EDGE}
+    if qos is not None:
+        table["qos"] = qos
+    seen: dict[str, set[int]] = {}
+    tmp_path.mkdir()
+
+    async def scenario() -> None:
+        async with platform_bench(tmp_path, table, run_gateway=False) as bench:
+            assert bench.gateway is not None
+            b = bench.broker
+            async with aiomqtt.Client(b.host, b.port, identifier="qos-host") as host:
+                await host.subscribe(f"spBv1.0/{GROUP}/#", qos=1)
+                async with gateway_running(bench.gateway, b.host, b.port):
+                    async with asyncio.timeout(15):
+                        async for m in host.messages:
+                            kind = str(m.topic).split("/")[2]
+                            seen.setdefault(kind, set()).add(m.qos)
+                            if {"NBIRTH", "DBIRTH", "DDATA"} <= set(seen):
+                                break
+
+    run(scenario(), timeout_s=40)
+    return seen
+
+
+def test_births_and_data_are_qos1_by_default_and_qos0_with_qos_0(tmp_path: Path) -> None:
+    # Sparkplug 3.0 asks QoS 0 for NBIRTH/DBIRTH/DDATA; `qos = 0` must give exactly that,
+    # for the queued DDATA too (the default QoS 1 is a documented deviation: durability)
+    default = _qos_seen(tmp_path / "default", None)
+    assert default["DDATA"] == {1}, default
+    strict = _qos_seen(tmp_path / "strict", 0)
+    assert strict == {"NBIRTH": {0}, "DBIRTH": {0}, "DDATA": {0}}, strict

@@ -109,9 +109,13 @@ class Connection:
     """How to open one session. ``expires_at`` (wall clock, epoch seconds): the login
     stops being valid then; the uplink reconnects with a fresh ``connection()`` before
     it (``RENEW_BEFORE_S``, or a tenth of the lifetime when shorter), after the queue
-    has been flushed to a PUBACK, so nothing is lost. ``needs_clock``: the login is
-    signed with the time; with the clock before ``CLOCK_FLOOR_S`` the uplink does not
-    try, and says so on /health and in the log (set NTP)."""
+    has been flushed to a PUBACK, so nothing is lost. ``renew_at`` (wall clock): renew
+    at this moment instead, for a login that a reconnect cannot improve before then
+    (IoTDA's is signed with the UTC hour: a login made at 10:59 is the one made at 10:00,
+    so it is renewed at 11:00, once, not again and again as the hour runs out).
+    ``needs_clock``: the login is signed with the time; with the clock before
+    ``CLOCK_FLOOR_S`` the uplink does not try, and says so on /health and in the log
+    (set NTP)."""
 
     host: str
     port: int
@@ -124,6 +128,7 @@ class Connection:
     will: Outgoing | None = None
     clean_session: bool = True
     expires_at: float | None = None
+    renew_at: float | None = None
     needs_clock: bool = False
     username_secret: bool = False  # the user name is the credential (ThingsBoard's token)
 
@@ -399,6 +404,13 @@ class Adapter:
         """Sent on a clean shutdown, after the last queued message (the will covers a
         crash): the offline state, sub-device logout, NDEATH."""
         return []
+
+    def queued_qos(self) -> int:
+        """The QoS queued messages are published with. 1: a message leaves the queue on
+        the broker's PUBACK (nothing lost). 0 only where the platform's specification asks
+        it and the user chose it (Sparkplug's ``qos = 0``): a message then leaves the queue
+        once written to the socket, and one in flight when the connection drops is lost."""
+        return 1
 
     def stamp(self, topic: str, payload: bytes) -> bytes:
         """The bytes actually sent for a queued message, called just before its publish

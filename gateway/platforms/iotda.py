@@ -138,6 +138,8 @@ class IotdaAdapter(Adapter):
             mqtt_version=self.platform.mqtt_version,
             keepalive_s=b.keepalive_s,
             expires_at=creds.expires_at_s,
+            # IoTDA checks the hour at CONNECT only; a new login exists from the next hour
+            renew_at=creds.expires_at_s,
             needs_clock=True,
         )
 

@@ -188,6 +188,11 @@ class SparkplugAdapter(Adapter):
         death = self._bdseq_payload(self._now_ms(), self.bdseq).SerializeToString()
         return [Outgoing(self.topic("NDEATH"), death, 1)]
 
+    def queued_qos(self) -> int:
+        # DDATA and DBIRTH from the queue: QoS 1 by default (a deliberate deviation from
+        # the spec's QoS 0, for the queue's guarantee); `qos = 0` follows the letter
+        return self.settings.qos
+
     def stamp(self, topic: str, payload: bytes) -> bytes:
         return payload + pb.seq_field(self._next_seq())
 
