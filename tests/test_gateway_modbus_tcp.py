@@ -17,6 +17,7 @@ from pymodbus.simulator import SimDevice
 
 from polekit.gateway.app import Gateway
 from polekit.gateway.config import Config, parse_config
+from polekit.gateway.queue import DurableQueue
 from polekit.gateway.sources.modbus_bus import ModbusBus
 from polekit.hil.broker import LocalBroker
 from polekit.hil.fieldbus import SimulatedBus
@@ -271,3 +272,72 @@ def test_the_gateway_polls_endpoints_and_their_units_at_once(tmp_path: Path) -> 
     assert on_a == 2 and on_b == 1, (on_a, on_b)
     assert both.most == 3  # the two endpoints' buses run side by side
     assert min(packs.values()) >= 5, packs
+
+
+class CountingSlowEndpoint(SlowEndpoint):
+    """A SlowEndpoint that also counts the reads it was asked for (pymodbus drops the
+    answer of a request whose connection closed, so answers cannot be counted here), and
+    answers them 0.2-0.65 s late in turn, so the connections' polls end at different
+    times (a stop then finds some in flight and some done)."""
+
+    asked = 0
+
+    async def _answer_late(self, function_code: int, *args: Any) -> None:
+        if args[-1] is None:  # a read (a write carries values)
+            self.asked += 1
+        self.delay_s = 0.2 + 0.15 * (self.asked % 4)  # read by the sleep it starts now
+        await super()._answer_late(function_code, *args)
+
+
+def test_a_stop_hands_over_the_polls_of_every_connection_in_flight(tmp_path: Path) -> None:
+    # systemctl stop while four connections each wait for an answer: every poll the
+    # gateway asked for is answered and committed before it exits (each device's seq,
+    # given at commit, counts its committed polls), and none is started after the stop
+    units = [1, 2, 3, 4]
+    codes = [identity.make("371600", "EM", u) for u in units]
+
+    async def scenario() -> tuple[int, int, int]:
+        endpoint = await CountingSlowEndpoint(units, 0.2).start()
+        assert endpoint.tcp_port is not None
+        with LocalBroker() as broker:
+            config = parse_config(
+                {
+                    "gateway": {"id": "gw-tcp", "data_dir": str(tmp_path)},
+                    "mqtt": {"url": broker.url},
+                    "status": {"port": 0},
+                    "bus": [
+                        {
+                            "name": "endpoint",
+                            "type": "tcp",
+                            "host": "127.0.0.1",
+                            "port": endpoint.tcp_port,
+                            "timeout": 2.0,
+                            "max_in_flight": 4,
+                        }
+                    ],
+                    "map": [{"name": "one-read", "point": MAP_POINTS}],
+                    "device": [
+                        {"code": c, "bus": "endpoint", "unit": u, "map": "one-read"}
+                        | {"poll_interval": 0.01}
+                        for u, c in zip(units, codes, strict=True)
+                    ],
+                }
+            )
+            async with gateway_running(Gateway(config), broker.host, broker.port) as sub:
+                await until(lambda: all(sub.seqs(c) for c in codes), what="a pack from each")
+                await until(lambda: endpoint.counters[0].now == 4, what="four polls in flight")
+                await asyncio.sleep(0.25)  # some have come back and started again, some not
+                in_flight_at_stop = endpoint.counters[0].now
+            # gateway_running has stopped the gateway: the queue is closed
+        asked = endpoint.asked
+        await endpoint.stop()
+        queue = DurableQueue(tmp_path / "queue.sqlite3")
+        try:
+            committed = sum(queue.last_seq(c) for c in codes)
+        finally:
+            queue.close()
+        return asked, committed, in_flight_at_stop
+
+    asked, committed, in_flight = run(scenario())
+    assert in_flight == 4
+    assert committed == asked, f"{asked - committed} polls in flight at the stop never committed"
