@@ -562,9 +562,9 @@ def _meter_lines(
 ) -> dict[str, BusConfig]:
     # a serial line with only DL/T 645 meters on it runs at the meters' 2400 baud unless
     # the [[bus]] says otherwise (a line shared with Modbus devices keeps 9600: set it)
-    given = {  # (a name that is not text was reported as a problem already)
+    given = {  # (a [[bus]] list or name of the wrong type was reported as a problem already)
         b["name"]
-        for b in items
+        for b in (items if isinstance(items, list) else [])
         if isinstance(b, dict) and "baudrate" in b and isinstance(b.get("name"), str)
     }
     out = dict(buses)
