@@ -110,8 +110,8 @@ class Gateway:
         self._resync_tasks: set[asyncio.Task[None]] = set()
         ble_owners = {}
         if config.ble_devices:
-            try:  # in the queue's file, which the queue made private above
-                self.ble_counters = BleCounterStore(config.queue_path)
+            try:  # in the first platform's queue file, which the queue made private above
+                self.ble_counters = BleCounterStore(self.primary.queue.path)
             except (OSError, sqlite3.Error) as exc:
                 for d in self.deliveries:
                     d.queue.close()
@@ -314,7 +314,10 @@ class Gateway:
         log.warning("%s: resync sent: the node now counts from %s", device.code, applied)
 
     async def _on_result(self, device_code: str, payload: bytes) -> None:
-        await self._store(self.config.topic("cmd-result", device_code), payload)
+        # a result no platform asked for (a command handled without an answer): the first
+        # platform's queue, on the cmd-result topic
+        topic = self.config.topic("cmd-result", device_code)
+        await self._store(self.primary.queue, Outgoing(topic, payload))
 
     def health(self) -> dict[str, Any]:
         """A snapshot for /health, /metrics and ``polekit gateway status``."""

@@ -72,6 +72,7 @@ class Hj212Uplink:
         self.ignored = 0  # packets from the platform not used (garbage, stray answers)
         self.last_error: str | None = None
         self.disconnected_at: float | None = None
+        self.clock_refusals = 0  # (its logins are not signed: never refused for the clock)
         self.reconnect_s: float | None = None
         self.expires_at: float | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -119,6 +120,7 @@ class Hj212Uplink:
         self.connects += 1
         if self.disconnected_at is not None:
             self.reconnect_s = self.clock() - self.disconnected_at
+            self.disconnected_at = None  # measured once: a later reconnect is its own
             log.info(
                 "%splatform back after %.1f s; re-uploading %d queued packets",
                 self._who(),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -67,6 +68,11 @@ def shown(topic: str, payload: bytes) -> str:
         return payload.hex()
 
 
+# a "sign" in a body (Alibaba's topology add and sub-device login) is that sub-device's
+# MQTT password for the timestamp printed beside it: a lasting credential, hidden
+_SIGN = re.compile(r'"sign": ?"[^"]*"')
+
+
 def _lines(adapter: Adapter, messages: list[Outgoing], seq: int = 1) -> list[str]:
     out = []
     for m in messages:
@@ -82,7 +88,8 @@ def _lines(adapter: Adapter, messages: list[Outgoing], seq: int = 1) -> list[str
             )
             continue
         retain = " retained" if m.retain else ""
-        out.append(f"  {m.topic}  (QoS {m.qos}{retain})\n    {shown(m.topic, payload)}")
+        text = _SIGN.sub(f'"sign": "{HIDDEN}"', shown(m.topic, payload))
+        out.append(f"  {m.topic}  (QoS {m.qos}{retain})\n    {text}")
     return out
 
 

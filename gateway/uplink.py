@@ -159,7 +159,7 @@ class MqttUplink:
             problem = clock_problem(now) if conn.needs_clock else None
             if problem is not None:
                 if self.last_error != problem:
-                    log.error("[platform %s] not connecting: %s", self.name, problem)
+                    log.warning("[platform %s] not connecting: %s", self.name, problem)
                 self.last_error = problem
                 self._clock_wrong = True
                 self.clock_refusals += 1
@@ -204,7 +204,11 @@ class MqttUplink:
         return "" if self.name == "senml" else f"[platform {self.name}] "
 
     async def _session(self, conn: Connection) -> None:
-        client = self._client_for(conn)
+        try:
+            client = self._client_for(conn)
+        except (OSError, ValueError) as exc:  # a TLS file gone or a key that does not fit:
+            # this platform retries (and says why); the others and the buses go on
+            raise aiomqtt.MqttError(f"cannot use the TLS files: {exc}") from None
         client.pending_calls_threshold = 2 * BATCH  # aiomqtt warns past 10; a batch is 200
         try:
             await self._serve(client, conn)
@@ -232,6 +236,7 @@ class MqttUplink:
             self.expires_at = conn.expires_at
             if self.disconnected_at is not None:
                 self.reconnect_s = self.clock() - self.disconnected_at
+                self.disconnected_at = None  # measured once: a renewal is no outage
                 log.info(
                     "%sbroker back after %.1f s; draining %d queued",
                     self._who(),

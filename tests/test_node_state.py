@@ -82,3 +82,18 @@ print("gap", state.StateFile("/state.json").get("ble_epoch"))
     assert lines["epoch"] == "2 8", out
     assert lines["half"] == "8", out
     assert lines["gap"] == "8", out
+
+
+def test_a_change_a_week_after_the_last_write_goes_to_flash_at_once() -> None:
+    # ticks_ms wraps (2**30 ms on the ESP32 and in this VM) and ticks_diff is signed: a
+    # week after the last write it says "minus 5.4 days"; that write is old, not future
+    out = run("""
+st = state.StateFile("/state.json", clock=clock)
+st.set("lamp_level", 10)
+now[0] = 7 * 24 * 3600 * 1000 % (1 << 30)  # a week later, as ticks_ms reads it
+st.set("lamp_level", 80)
+print("writes", st.writes, "dirty", st.dirty)
+print(open("/state.json").read())
+""")
+    assert "writes 2 dirty False" in out, out
+    assert '"lamp_level": 80' in out, out

@@ -6,6 +6,7 @@ limiter staying under a platform's ban threshold."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -199,3 +200,19 @@ def test_a_broker_that_is_not_there_is_retried_every_second() -> None:
     attempts = _attempts(ConnectLimiter(clock=lambda: now[0]), now, reached=False)
     gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
     assert max(gaps) <= 1.0 + 1e-9 and len(attempts) > 500
+
+
+def test_platform_preview_hides_the_sub_device_signatures_of_alibaba(tmp_path: Path) -> None:
+    # topology add and batch login carry each sub-device's "sign": with the timestamp
+    # beside it, that is the sub-device's own MQTT password (alink_dialect), so preview
+    # hides it as it hides the gateway's password
+    from polekit.gateway.platforms.aliyun import AliyunAdapter
+
+    example = dict(AliyunAdapter.EXAMPLE)
+    example["url"] = "mqtt://127.0.0.1:1883"
+    example["sub_devices"] = {pole_code(1): "sub-secret-for-preview"}
+    config = _config(tmp_path, [example])
+    out = _polekit("platform", "preview", "-c", str(config), "--device", pole_code(1))
+    assert out.returncode == 0, out.stderr
+    assert '"sign": "***"' in out.stdout, out.stdout
+    assert not re.search(r'"sign": ?"[0-9a-fA-F]{16,}"', out.stdout), out.stdout

@@ -61,9 +61,13 @@ class StateFile:
 
     # write the pending changes if the last write is old enough; call it often
     def tick(self):
-        if self.dirty and (
-            self.written_at is None or _diff(self.clock(), self.written_at) >= self.every_ms
-        ):
+        if self.written_at is not None:
+            d = _diff(self.clock(), self.written_at)
+            # ticks_ms wraps (ticks_diff is only right within about 6 days on the ESP32): a
+            # negative difference is a write long ago, not one in the future
+            if d < 0 or d >= self.every_ms:
+                self.written_at = None
+        if self.dirty and self.written_at is None:
             self.flush()
 
     # write now, whatever the pace (before a value is used, before a planned reset)

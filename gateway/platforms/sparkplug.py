@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -113,7 +114,9 @@ class SparkplugAdapter(Adapter):
         self.bdseq = (self.bdseq + 1) % 256
         try:
             self._bdseq_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._bdseq_file.write_text(f"{self.bdseq}\n")
+            new = self._bdseq_file.with_name("bdseq.new")  # a power cut leaves old or new
+            new.write_text(f"{self.bdseq}\n")
+            os.replace(new, self._bdseq_file)
         except OSError as exc:  # the session still works; the host sees a repeated bdSeq
             log.warning("cannot keep the Sparkplug bdSeq in %s: %s", self._bdseq_file, exc)
         return self.bdseq
