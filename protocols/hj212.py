@@ -123,6 +123,15 @@ def parse_cp(cp):
 
 # One whole packet -> {"QN", "ST", "CN", "PW", "MN", "Flag", ... (those present, text),
 # "cp": the CP text, "CP": parse_cp of it}. HJ212Error for anything malformed.
+# a data segment as an error may show it: the password (PW=...) masked
+def _no_pw(text):
+    at = text.find("PW=")
+    if at < 0:
+        return text
+    end = text.find(";", at)
+    return text[: at + 3] + "***" + (text[end:] if end >= 0 else "")
+
+
 def parse(packet):
     n = frame_length(packet)
     if n == 0 or n != len(packet):
@@ -142,7 +151,7 @@ def parse(packet):
     # CP comes last, first or after a ';' (the fields before it hold no '&')
     at = 0 if text.startswith("CP=&&") else text.find(";CP=&&") + 1
     if at == 0 and not text.startswith("CP=&&") or not text.endswith("&&") or len(text) < at + 7:
-        raise HJ212Error("data segment has no CP=&&...&&: %s" % shown(text[:60]))
+        raise HJ212Error("data segment has no CP=&&...&&: %s" % shown(_no_pw(text)[:60]))
     out = {}
     head = text[:at]
     for item in head.split(";"):
@@ -154,7 +163,7 @@ def parse(packet):
         out[item[:eq]] = item[eq + 1 :]
     cn = out.get("CN")
     if cn is None or not cn.isdigit():
-        raise HJ212Error("data segment has no numeric CN: %s" % shown(text[:60]))
+        raise HJ212Error("data segment has no numeric CN: %s" % shown(_no_pw(text)[:60]))
     flag = out.get("Flag")
     if flag is not None and not flag.isdigit():
         raise HJ212Error("Flag %s is not a number" % shown(flag))

@@ -237,3 +237,13 @@ def test_bad_settings_are_reported_with_their_key(keys: dict[str, object], where
     problems: list[str] = []
     Hj212Adapter.parse(Section({"mn": "m", **keys}, "platform", problems.append))
     assert any(p.startswith(where) for p in problems), problems
+
+
+def test_an_error_about_a_packet_never_shows_its_password() -> None:
+    # the platform's answers carry our PW; an error quoting the data segment (logged by
+    # the uplink) masks it
+    for text in (b"QN=1;ST=22;CN=9014;PW=s3cret-pw;MN=MN1;Flag=4", b"QN=1;PW=s3cret-pw;CP=&&x"):
+        packet = b"##%04d" % len(text) + text + b"%04X\r\n" % hj212.crc16(text)
+        with pytest.raises(HJ212Error) as caught:
+            hj212.parse(packet)
+        assert "s3cret" not in str(caught.value) and "PW=***" in str(caught.value), caught.value
