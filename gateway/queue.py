@@ -196,6 +196,8 @@ class DurableQueue:
         self._ack_gen = 0  # acknowledgements recorded so far
         self._deleted_gen = 0  # ... of which the writer has tried to delete
         self._deleted: asyncio.Event | None = None
+        self._handed = 0  # messages handed to the writer, ever (drain() waits by these)
+        self._done = 0  # of them, those whose transaction is over (committed or refused)
         self._deletes_left = False  # more acknowledged than the last transaction took
         # the disk: what the files may use, and whether the file system (not max_bytes)
         # is what bounds them
@@ -290,9 +292,12 @@ class DurableQueue:
             room = self._room_event()
             room.clear()
             await room.wait()
+        if self._closed:
+            raise QueueWriteError("the queue is closed (the gateway is stopping); not stored")
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending.append((device, topic, payload, done))
         self._uncommitted += 1
+        self._handed += 1
         self._kick()
         return done
 
@@ -308,10 +313,16 @@ class DurableQueue:
         return await (await self.submit(topic, payload, device))
 
     async def drain(self) -> None:
-        """Return once every message handed over so far is committed (or failed) and
-        every acknowledgement recorded so far has been written."""
-        while not self._idle_event().is_set():
-            await self._idle_event().wait()
+        """Return once every message handed over before the call is committed (or failed)
+        and every acknowledgement recorded before it has been written. What comes after is
+        not waited for: an uplink still acknowledging a backlog does not hold up a stop."""
+        handed, acks = self._handed, self._ack_gen
+        if self._deleted is None:
+            self._deleted = asyncio.Event()
+        while not self._closed and (self._done < handed or self._deleted_gen < acks):
+            self._deleted.clear()
+            self._kick()
+            await self._deleted.wait()
 
     def _idle_event(self) -> asyncio.Event:
         # set while the writer has nothing to do: no transaction in the thread, nothing
@@ -413,6 +424,7 @@ class DurableQueue:
         if self._deleted is not None:
             self._deleted.set()
         self._uncommitted -= len(group)
+        self._done += len(group)
         self._room_event().set()
         for (*_, fut), outcome in zip(group, outcomes, strict=True):
             if fut.done():  # its producer was cancelled meanwhile
@@ -732,8 +744,14 @@ class DurableQueue:
 
     def close(self) -> None:
         """Close the file after the writes in progress; messages handed over and not yet
-        taken by the writer are not stored (``drain()`` first to store them)."""
+        taken by the writer are not stored (``drain()`` first to store them): their
+        producers get QueueWriteError, none is left waiting."""
         self._closed = True
+        left, self._pending = self._pending, []
+        self._uncommitted -= len(left)
+        for *_, fut in left:
+            if not fut.done():
+                fut.set_exception(QueueWriteError("the queue was closed before storing it"))
         if self._delete_timer is not None:
             self._delete_timer.cancel()
             self._delete_timer = None
