@@ -61,6 +61,11 @@ class NodeMaster:
                     raise ConnectionError(f"unit {self.unit} on {self.port}: {exc}") from None
                 if rr.isError():
                     raise ConnectionError(f"unit {self.unit} answered {rr}")
+                if len(rr.registers) != size:  # pymodbus gives up quietly after its retries
+                    raise ConnectionError(
+                        f"unit {self.unit} on {self.port}: {len(rr.registers)} of {size} "
+                        f"{table} registers in the answer (none within {timeout_s} s?)"
+                    )
                 tables[table] = rr.registers
         finally:
             client.close()
