@@ -316,6 +316,15 @@ class Section:
             return default
         return int(value)
 
+    def text_table(self, key: str, valid: Callable[[str], bool], must: str) -> dict[str, str]:
+        """An optional table of device code = text, each text passing ``valid``; ``must``
+        says what is allowed when it does not (the table is then taken as empty)."""
+        table = self.table.get(key, {})
+        if isinstance(table, dict) and all(isinstance(v, str) and valid(v) for v in table.values()):
+            return table
+        self.problem(key, must)
+        return {}
+
     def boolean(self, key: str, default: bool) -> bool:
         value = self._get(key, (bool,), "true or false", False)
         return default if value is None else bool(value)

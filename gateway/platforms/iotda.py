@@ -78,15 +78,11 @@ class IotdaAdapter(Adapter):
 
     @classmethod
     def parse(cls, section: Section) -> IotdaSettings:
-        ids = section.table.get("device_ids", {})
-        if not isinstance(ids, dict) or not all(
-            isinstance(v, str) and _id_ok(v) for v in ids.values()
-        ):
-            section.problem(
-                "device_ids",
-                'must be a table of device code = "IoTDA device id" (letters, digits, _ and -)',
-            )
-            ids = {}
+        ids = section.text_table(
+            "device_ids",
+            _id_ok,
+            'must be a table of device code = "IoTDA device id" (letters, digits, _ and -)',
+        )
         return IotdaSettings(
             device_id=section.text(
                 "device_id",

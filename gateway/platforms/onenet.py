@@ -94,15 +94,11 @@ class OnenetAdapter(Adapter):
 
     @classmethod
     def parse(cls, section: Section) -> OnenetSettings:
-        names = section.table.get("device_names", {})
-        if not isinstance(names, dict) or not all(
-            isinstance(v, str) and _name_ok(v) for v in names.values()
-        ):
-            section.problem(
-                "device_names",
-                'must be a table of device code = "OneNET device name" (letters, digits, _, -)',
-            )
-            names = {}
+        names = section.text_table(
+            "device_names",
+            _name_ok,
+            'must be a table of device code = "OneNET device name" (letters, digits, _, -)',
+        )
         pid = section.text(
             "product_id",
             required=True,
