@@ -16,12 +16,22 @@ from polekit.protocols import modbus
 
 
 class NodeMaster:
-    """Modbus master for one node (``unit``) on ``port`` (a serial port path)."""
+    """Modbus master for one node (``unit``) on ``port`` (a serial port path).
+
+    ``time_scale`` stretches every timeout: a board that runs slower than the chip the
+    timeouts were written for (an emulated board held to a little less than an ESP32's
+    speed, hil/throttle.py) gets as many more seconds."""
 
     def __init__(
-        self, port: str, unit: int = 1, regmap: str = "pole-env", baudrate: int = 9600
+        self,
+        port: str,
+        unit: int = 1,
+        regmap: str = "pole-env",
+        baudrate: int = 9600,
+        time_scale: float = 1.0,
     ) -> None:
         self.port = port
+        self.time_scale = max(1.0, time_scale)
         self.unit = unit
         self.baudrate = baudrate
         self.map = modbus.register_map(regmap)
@@ -37,7 +47,7 @@ class NodeMaster:
             baudrate=self.baudrate,
             parity="N",
             stopbits=2,
-            timeout=timeout_s,
+            timeout=timeout_s * self.time_scale,
             retries=retries,
         )
 
@@ -105,7 +115,7 @@ class NodeMaster:
     ) -> dict[str, Any]:
         """Read until ``check(values)`` is true or ``timeout_s`` passed; the last values
         (the caller asserts on them, so a timeout shows what the node had)."""
-        deadline = time.monotonic() + timeout_s
+        deadline = time.monotonic() + timeout_s * self.time_scale
         while True:
             try:
                 values = self.read()

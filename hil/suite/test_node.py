@@ -45,9 +45,21 @@ def test_physical_values_reach_the_registers_scaled(node, physics):
         ("noise.voltage", 1.4),  # 50 dB per volt on this board
     ):
         physics.set(path, value)
-    values = node.wait_for(
-        lambda v: v["temperature"] == 27.25 and v["pm2_5"] == 17 and v["noise"] == 70.0
-    )
+
+    def scaled(v: dict[str, Any]) -> bool:
+        return (
+            v["temperature"] == 27.25
+            and v["humidity"] == 44.5
+            and v["illuminance"] == pytest.approx(980, abs=1)
+            and (v["pm2_5"], v["pm10"], v["noise"]) == (17, 29, 70.0)
+            and v["tilt"] == pytest.approx(1.0, abs=0.3)
+            and v["valid"] & 0x1F == 0x1F
+        )
+
+    # the node samples its sensors one after another: a read can fall between two of them,
+    # so wait for every value, then say which one never came
+    values = node.wait_for(scaled)
+    assert values, "the node did not answer"
     assert values["temperature"] == 27.25 and values["humidity"] == 44.5
     assert values["illuminance"] == pytest.approx(980, abs=1)
     assert (values["pm2_5"], values["pm10"], values["noise"]) == (17, 29, 70.0)
@@ -93,7 +105,7 @@ def test_lamp_level_written_by_the_master_survives_a_soft_reset(node, board, req
         if board.emulated:
             physics = request.getfixturevalue("physics")
             assert physics.get("lamp.level") == pytest.approx(35, abs=0.1)
-        restart_firmware(board.repl)
+        restart_firmware(board.repl, timeout_s=30 * node.time_scale)
         values = node.wait_for(lambda v: v["lamp_level"] == 35 and v["valid"], timeout_s=20)
         assert values["lamp_level"] == 35
         if board.emulated:
