@@ -49,12 +49,12 @@ class MqttConfig:
     cert_file: Path | None
     key_file: Path | None
     username: str | None
-    password: str | None
+    password: str | None = field(repr=False)
     topic_prefix: str
     format: str
     secondary_units: bool
     keepalive_s: int
-    url: str
+    url: str = field(repr=False)  # may hold the password: shown_url is what people see
 
     @property
     def shown_url(self) -> str:
@@ -129,7 +129,7 @@ class BleDeviceConfig:
 
     code: str
     address: str  # MAC, upper case with colons
-    bindkey: bytes | None  # AES-CCM key for encrypted adverts
+    bindkey: bytes | None = field(repr=False)  # AES-CCM key for encrypted adverts
     interval_s: float  # expected advert interval; offline after three missed
 
 

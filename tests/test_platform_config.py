@@ -216,3 +216,26 @@ def test_platform_preview_hides_the_sub_device_signatures_of_alibaba(tmp_path: P
     assert out.returncode == 0, out.stderr
     assert '"sign": "***"' in out.stdout, out.stdout
     assert not re.search(r'"sign": ?"[0-9a-fA-F]{16,}"', out.stdout), out.stdout
+
+
+SECRET_KEYS = {"access_token", "secret", "key", "device_secret", "pw", "password"}
+
+
+@pytest.mark.parametrize("kind", available())
+def test_a_loaded_platforms_repr_holds_no_secret(kind: str) -> None:
+    # a settings object ends up in a log line or a traceback's locals: its repr must not
+    # carry what it authenticates with (nor the broker password of [mqtt], nor a bind key)
+    example = dict(adapter_class(kind).EXAMPLE)
+    secrets = [v for k, v in example.items() if k in SECRET_KEYS]
+    secrets += list(example.get("sub_devices", {}).values())
+    config = parse_config(
+        {
+            **BASE,
+            "mqtt": {"url": "mqtt://user:broker-pass-1@broker:1883"},
+            "platform": example,
+        }
+    )
+    shown = repr(config)
+    assert kind in shown  # the repr is there and names the platform
+    for secret in [*secrets, "broker-pass-1"]:
+        assert secret not in shown, f"{kind}: {secret!r} in {shown[:300]}..."

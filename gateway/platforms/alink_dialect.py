@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from polekit.gateway.platforms.credentials import Credentials
@@ -180,7 +180,7 @@ class SubDevice:
 
     product_key: str
     device_name: str
-    device_secret: str
+    device_secret: str = field(repr=False)
     mqtt_client_id: str | None = None  # signed as clientId; default {productKey}.{deviceName}
 
     @property

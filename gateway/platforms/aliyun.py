@@ -22,7 +22,7 @@ from __future__ import annotations
 import difflib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from polekit.gateway.platforms import alink_dialect as alink
@@ -58,7 +58,7 @@ def _key_ok(value: str) -> bool:
 class AliyunSettings:
     product_key: str
     device_name: str
-    device_secret: str
+    device_secret: str = field(repr=False)
     sign_method: str
     sub_product_key: str | None
     sub_devices: dict[str, alink.SubDevice]

@@ -169,7 +169,7 @@ class BrokerSettings:
     port: int
     tls: Tls | None
     keepalive_s: int
-    url: str
+    url: str = field(repr=False)  # may hold the password: shown_url is what people see
     shown_url: str
     username: str | None = None  # from the url's user info or [mqtt] (senml only)
     password: str | None = field(default=None, repr=False)

@@ -97,7 +97,7 @@ class Hj212Settings:
     host: str
     port: int
     mn: str
-    pw: str
+    pw: str = field(repr=False)
     st: int
     realtime: bool
     minute_s: int

@@ -16,7 +16,7 @@ with ``device_ids``; with neither, the device code is the IoTDA device id.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from polekit.gateway.platforms import iotda_dialect as iotda
@@ -43,7 +43,7 @@ def _id_ok(value: str) -> bool:
 @dataclass(frozen=True)
 class IotdaSettings:
     device_id: str
-    secret: str
+    secret: str = field(repr=False)
     check_timestamp: bool
     service_id: str
     sub_product_id: str | None

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from polekit.gateway.platforms import onenet_dialect as onenet
@@ -58,7 +58,7 @@ def _key_ok(value: str) -> bool:
 class OnenetSettings:
     product_id: str
     device_name: str
-    key: str
+    key: str = field(repr=False)
     method: str
     token_lifetime_s: int
     sub_product_id: str

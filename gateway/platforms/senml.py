@@ -9,7 +9,7 @@ Device online/offline is not published (the packs' presence says it; unchanged).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from polekit.gateway.config import FORMATS
@@ -32,7 +32,7 @@ class SenmlSettings:
     format: str
     secondary_units: bool
     username: str | None
-    password: str | None
+    password: str | None = field(repr=False)
 
 
 class SenmlAdapter(Adapter):

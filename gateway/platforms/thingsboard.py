@@ -16,7 +16,7 @@ API" and its ``tb-mqtt-client`` (TBGatewayMqttClient), which tests compare again
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from polekit.gateway.platforms.base import (
@@ -46,7 +46,7 @@ def _json(obj: Any) -> bytes:
 
 @dataclass(frozen=True)
 class ThingsBoardSettings:
-    access_token: str
+    access_token: str = field(repr=False)
     client_id: str | None
 
 
