@@ -34,6 +34,7 @@ from polekit.gateway.platforms.base import (
     Outgoing,
     PlatformCommand,
     Reading,
+    Refusals,
     Section,
     command_body,
 )
@@ -107,7 +108,7 @@ def _sub_devices(section: Section, product_key: str | None) -> dict[str, alink.S
     return out
 
 
-class AliyunAdapter(Adapter):
+class AliyunAdapter(Refusals, Adapter):
     KIND = "aliyun"
     KEYS = (
         "product_key",
@@ -299,11 +300,7 @@ class AliyunAdapter(Adapter):
             r = alink.parse_reply(payload)
         except alink.AlinkMessageError as exc:
             return Downlink(ignored=str(exc))
-        if r.ok:
-            return Downlink(ignored=f"accepted: {topic} id {r.id}")
-        self.refused += 1
-        log.warning("Alibaba refused message %s (%s): code %d %s", r.id, topic, r.code, r.message)
-        return Downlink(ignored=f"refused: {topic} id {r.id}: code {r.code} {r.message}")
+        return self.answered("Alibaba", topic, r.id, r.ok, r.code, r.message)
 
 
 ADAPTER = AliyunAdapter

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -36,6 +37,8 @@ from typing import Any, ClassVar, NamedTuple
 
 from polekit.protocols import model, senml
 from polekit.protocols.errors import SenMLError
+
+log = logging.getLogger("polekit.gateway.platforms")
 
 Value = bool | int | float | str
 
@@ -158,6 +161,24 @@ class Downlink:
     publish: list[Outgoing] = field(default_factory=list)
     reannounce: bool = False
     ignored: str | None = None
+
+
+class Refusals:
+    """The platform's answers to what the gateway posted (Alibaba's and OneNET's ``_reply``
+    topics): an acceptance is only noted, a refusal is counted in ``refused`` and logged
+    with the platform's code and reason, the one place an operator sees that a platform
+    took the connection but not the data."""
+
+    refused: int = 0
+
+    def answered(
+        self, platform: str, topic: str, msg_id: Any, ok: bool, code: int, reason: str
+    ) -> Downlink:
+        if ok:
+            return Downlink(ignored=f"accepted: {topic} id {msg_id}")
+        self.refused += 1
+        log.warning("%s refused message %s (%s): code %d %s", platform, msg_id, topic, code, reason)
+        return Downlink(ignored=f"refused: {topic} id {msg_id}: code {code} {reason}")
 
 
 @dataclass(frozen=True)

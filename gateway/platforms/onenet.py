@@ -31,6 +31,7 @@ from polekit.gateway.platforms.base import (
     Outgoing,
     PlatformCommand,
     Reading,
+    Refusals,
     Section,
     command_body,
 )
@@ -70,7 +71,7 @@ def _compact(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-class OnenetAdapter(Adapter):
+class OnenetAdapter(Refusals, Adapter):
     KIND = "onenet"
     KEYS = (
         "product_id",
@@ -245,11 +246,7 @@ class OnenetAdapter(Adapter):
             r = onenet.parse_reply(payload)
         except onenet.OnenetMessageError as exc:
             return Downlink(ignored=str(exc))
-        if r.ok:
-            return Downlink(ignored=f"accepted: {topic} id {r.id}")
-        self.refused += 1
-        log.warning("OneNET refused message %s (%s): code %d %s", r.id, topic, r.code, r.msg)
-        return Downlink(ignored=f"refused: {topic} id {r.id}: code {r.code} {r.msg}")
+        return self.answered("OneNET", topic, r.id, r.ok, r.code, r.msg)
 
 
 ADAPTER = OnenetAdapter
