@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +86,9 @@ class LocalBroker:
         self.persistent = persistent
         self._exe = exe
         self._dir = Path(tempfile.mkdtemp(prefix="polekit-broker-"))
+        # its config, log and saved sessions go when the broker object does (or at exit):
+        # a test run leaves no broker folders behind; stop() keeps them for a restart
+        weakref.finalize(self, shutil.rmtree, self._dir, True)
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -127,7 +131,7 @@ class LocalBroker:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                raise RuntimeError(f"{self.kind} exited at start; see {self._dir / 'broker.log'}")
+                raise RuntimeError(f"{self.kind} exited at start: {self._log_tail()}")
             try:
                 socket.create_connection((self.host, self.port), timeout=0.2).close()
                 return self
@@ -135,6 +139,13 @@ class LocalBroker:
                 time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"{self.kind} did not listen on port {self.port} within {timeout_s} s")
+
+    def _log_tail(self) -> str:
+        try:
+            text = (self._dir / "broker.log").read_text(errors="replace").strip()
+        except OSError:
+            text = ""
+        return text[-500:] or "(it printed nothing)"
 
     def stop(self) -> None:
         """Stop the broker (SIGTERM, then SIGKILL) if it runs."""
