@@ -265,6 +265,17 @@ def test_watchdog_resets_a_board_blocked_in_a_socket_read(bare_board, listener):
     assert board_exec(bare_board, "import machine\nprint(machine.reset_cause())") == "3"
 
 
+def test_a_power_cut_ends_the_boards_connections(bare_board, listener):
+    # RAM and the TCP stack are gone with the power: the peer sees the connection end
+    port = listener.getsockname()[1]
+    board_exec(bare_board, WIFI_UP + f"s = socket.socket()\ns.connect(('127.0.0.1', {port}))")
+    conn, _ = listener.accept()
+    with conn:
+        conn.settimeout(15)
+        bare_board.power_cycle()
+        assert conn.recv(10) == b""
+
+
 def test_ctrl_c_interrupts_a_blocked_read_as_on_the_chip(bare_board, listener):
     # the chip checks for a pending KeyboardInterrupt between its 100 ms polls of the socket,
     # so Ctrl-C ends a blocked recv() with KeyboardInterrupt; the board is not restarted
