@@ -231,16 +231,16 @@ class Outbox:
 
     def _save(self):
         new = self.path + ".new"
-        with open(new, "w") as f:
-            f.write("%d %d %d" % (self.head, self.offset, self.dropped))
+        with open(new, "wb") as f:
+            f.write(("%d %d %d" % (self.head, self.offset, self.dropped)).encode())
         os.rename(new, self.path)
 
     def _load(self):
         # (head, offset, dropped) from {path}, else from {path}.new (a cut in FAT's rename)
         for name in (self.path, self.path + ".new"):
             try:
-                with open(name) as f:
-                    parts = f.read().split()
+                with open(name, "rb") as f:
+                    parts = f.read().decode().split()
                 if len(parts) == 3:
                     head, offset, dropped = int(parts[0]), int(parts[1]), int(parts[2])
                     if head >= 0 and offset >= 0 and dropped >= 0:
