@@ -328,3 +328,28 @@ def test_a_node_on_the_emulated_board_delivers_through_outage_and_reset(
     assert by_id["r1"] == {"id": "r1", "ok": True, "set": {"report_ms": 400}}
     assert by_id["r2"]["ok"] is False and by_id["r2"]["error"] == "report_ms takes 100..60000"
     assert online == {"state": "online", "node": NODE_ID, "dropped": 0, "rssi": -55}
+
+
+def test_a_planned_close_says_offline_and_the_next_flush_comes_back_online(
+    tmp_path: Path,
+) -> None:
+    # before deep sleep: the retained state says offline at once (a will would wait for the
+    # broker's keepalive), and the next wake's flush says online again
+    with LocalBroker() as broker, Subscriber(broker.host, broker.port, f"{BASE}/state") as sub:
+        node = Node(tmp_path, broker)
+        node.link.flush()
+        node.link.close()
+        assert not node.link.connected and node.link.faults == 0
+        wait_for(lambda: len(sub.on(f"{BASE}/state")) >= 2, 5, "online, then offline")
+        node.link.report(CODE, {"water_level": 0.5})
+        assert node.link.flush() == 1
+
+        def said() -> list[str]:
+            # the will may repeat "offline" (the transport closes without a DISCONNECT)
+            out: list[str] = []
+            for m in sub.on(f"{BASE}/state"):
+                if not out or out[-1] != m.json()["state"]:
+                    out.append(m.json()["state"])
+            return out
+
+        wait_for(lambda: said() == ["online", "offline", "online"], 5, "online again")
