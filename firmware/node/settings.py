@@ -132,7 +132,8 @@ def save_json(path, data):
 # The Wi-Fi MQTT uplink (uplinks/wifi_mqtt.py, uplinks/mqtt_link.py), for nodes that talk to
 # the broker themselves; a node kind that has it merges these into its own tables.
 # `node_id` names the node in its topics ({mqtt_prefix}/{node_id}/...); `mqtt_tls` 1 wraps
-# the socket in TLS (the ESP32 port's ssl; the emulated board has none).
+# the socket in TLS (the ESP32 port's ssl; the emulated board has none), verified against
+# the CA certificate (DER) at `mqtt_ca_file` on the node's flash.
 MQTT_DEFAULTS = {
     "mqtt_port": 1883,
     "mqtt_keepalive_s": 60,
@@ -156,4 +157,5 @@ MQTT_TEXTS = (
     "mqtt_user",
     "mqtt_password",
     "mqtt_prefix",
+    "mqtt_ca_file",
 )

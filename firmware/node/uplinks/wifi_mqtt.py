@@ -9,8 +9,13 @@
 # on a malformed reply become OSError here, so a caller handles one error family.
 # The session is persistent (clean_session=False): commands sent while the node was away
 # (asleep, out of coverage) wait at the broker and arrive when it connects.
-# TLS: the ESP32 port wraps the socket with its ssl module (ssl_params go to
-# ssl.wrap_socket); the emulated board has no TLS.
+# The client is built with the arguments umqtt.simple 1.3.4 (our bundle's) and 1.7.0 (frozen
+# in the ESP32 firmware, found before /lib on a real board) both take.
+# TLS: an ssl.SSLContext that verifies the broker against `ca_file` (the CA's DER
+# certificate on flash; TLS without one is refused: encrypted but unauthenticated is not
+# offered). It works with the ESP32 firmware's frozen umqtt.simple 1.7.0 (ssl= takes a
+# context); the bundle's 1.3.4 would `import ussl`, which 1.27 lacks (docs/hil.md); the
+# emulated board has no TLS.
 import time
 from errno import ECONNREFUSED, ETIMEDOUT
 
@@ -29,7 +34,7 @@ class WifiMqtt:
         tls=False,
         keepalive=60,
         timeout_s=10,
-        ssl_params=None,
+        ca_file=None,
     ):
         self.ssid = ssid
         self.key = key
@@ -37,8 +42,10 @@ class WifiMqtt:
         self.port = port
         self.user = user
         self.password = password
+        if tls and not ca_file:
+            raise ValueError("mqtt_tls needs the broker's CA certificate (ca_file, DER)")
         self.tls = tls
-        self.ssl_params = ssl_params or {}
+        self.ca_file = ca_file
         self.keepalive = keepalive
         self.timeout_s = timeout_s
         self.client = None
@@ -64,16 +71,8 @@ class WifiMqtt:
 
         self.close()
         self._join()
-        client = MQTTClient(
-            client_id,
-            self.host,
-            self.port,
-            self.user,
-            self.password,
-            self.keepalive,
-            self.tls,
-            self.ssl_params,
-        )
+        args = (client_id, self.host, self.port, self.user, self.password, self.keepalive)
+        client = MQTTClient(*args, ssl=self._tls()) if self.tls else MQTTClient(*args)
         client.set_callback(self._on_message)
         client.set_last_will(will_topic, will_payload, True, 1)
         self.client = client
@@ -84,6 +83,16 @@ class WifiMqtt:
             raise _link_error(exc) from None
         self._timed()
         self._last_ms = time.ticks_ms()
+
+    def _tls(self):
+        # a client context verifies the server (CERT_REQUIRED is MicroPython's ssl.py default
+        # for PROTOCOL_TLS_CLIENT); the broker's name is checked by umqtt 1.7.0's wrap_socket
+        import ssl
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        with open(self.ca_file, "rb") as f:
+            ctx.load_verify_locations(cadata=f.read())
+        return ctx
 
     def _on_message(self, topic, payload):
         self.received.append((topic.decode(), bytes(payload)))
@@ -170,4 +179,5 @@ def from_settings(s):
         bool(s.get("mqtt_tls", 0)),
         s.get("mqtt_keepalive_s", 60),
         s.get("mqtt_timeout_s", 10),
+        s.get("mqtt_ca_file"),
     )
