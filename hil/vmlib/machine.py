@@ -284,7 +284,8 @@ class UART:
         self.id = _id
         self._pins = _UART_PINS[_id]
         self.baudrate = 115200
-        self.init(baudrate, bits, parity, stop, tx=tx, rx=rx)
+        self._timeout = 0
+        self.init(baudrate, bits, parity, stop, tx=tx, rx=rx, timeout=timeout)
 
     # baudrate 0 keeps the rate the UART has, as on the chip
     def init(
@@ -307,6 +308,8 @@ class UART:
     ):
         if baudrate:
             self.baudrate = baudrate
+        if timeout is not None:
+            self._timeout = max(0, int(timeout))  # ms a read waits for its bytes
         self._pins = (
             self._pins[0] if tx is None else _pin_id(tx),
             self._pins[1] if rx is None else _pin_id(rx),
@@ -325,9 +328,26 @@ class UART:
     def any(self):
         if not self._wired(1):
             return 0
+        _board.pull_uart(self.id)
         return len(_board.uart_rx.get(self.id, b""))
 
+    def _wait(self, enough):
+        # the chip's read blocks up to `timeout` ms for what it asks: a byte, n bytes, a line
+        _board.pull_uart(self.id)
+        if not self._timeout or not self._wired(1):
+            return
+        import time
+
+        deadline = time.ticks_add(time.ticks_ms(), self._timeout)
+        while not enough(_board.uart_rx.get(self.id, b"")):
+            left = time.ticks_diff(deadline, time.ticks_ms())
+            if left <= 0:
+                return
+            _board.wait_uart(self.id, left)
+
     def read(self, _nbytes=None):
+        want = 1 if _nbytes is None else _nbytes
+        self._wait(lambda buf: len(buf) >= want)
         buf = _board.uart_rx.get(self.id) if self._wired(1) else None
         if not buf:
             return None
@@ -344,6 +364,7 @@ class UART:
         return len(data)
 
     def readline(self):
+        self._wait(lambda buf: b"\n" in buf)
         buf = _board.uart_rx.get(self.id) if self._wired(1) else None
         if not buf:
             return None
