@@ -98,7 +98,7 @@ def parse_args(text: str) -> tuple[int | str | None, ...]:
             end = text.find('"', i + 1)
             if end < 0:
                 raise AtSyntaxError(f"unterminated string in {text!r}")
-            args.append(text[i + 1 : end])
+            args.append(unescape(text[i + 1 : end]))
             i = end + 1
             if i < n and text[i] != ",":
                 raise AtSyntaxError(f"text after a string in {text!r}")
@@ -116,6 +116,23 @@ def parse_args(text: str) -> tuple[int | str | None, ...]:
         if i >= n:
             return tuple(args)
         i += 1  # the comma
+
+
+def unescape(text: str) -> str:
+    """A string constant's characters: ITU-T V.250 5.4.2.2 writes any character as a
+    backslash and two hex digits (a quote inside a string is \\22)."""
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\":
+            code = text[i + 1 : i + 3]
+            if len(code) != 2 or not all(c in "0123456789abcdefABCDEF" for c in code):
+                raise AtSyntaxError(f"bad escape in {text!r}: a backslash needs two hex digits")
+            out.append(chr(int(code, 16)))
+            i += 3
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
 
 
 def parse_command(line: str) -> AtCommand:

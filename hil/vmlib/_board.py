@@ -7,6 +7,7 @@
 # host's end of a UART wait in the hardware's FIFO (shared memory, hil/js/board.mjs) until
 # the firmware reads: pull_uart() moves them into uart_rx, wait_uart() blocks for them.
 import json
+from binascii import hexlify
 
 import js  # the worker's globals: polekitHw.uartWrite, .wdtStart, .wdtFeed, .reset, .log
 
@@ -26,7 +27,9 @@ reset_cause = DEFINITION.get("reset_cause", 1)
 
 
 def hex_of(data):
-    return "".join("%02x" % b for b in data)
+    # one string, not one a byte: a chip's UART write allocates nothing, and the VM cannot
+    # collect garbage while firmware code runs (only between runs)
+    return hexlify(data).decode()
 
 
 def uart_write(uart_id, data):

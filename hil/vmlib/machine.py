@@ -11,6 +11,7 @@
 # pins, as the chip does: a bus is wired to the pins in the board definition, so firmware that
 # leaves them out reads nothing, as it would on the board.
 import errno as _errno
+import time as _time
 
 import _board
 import js as _js
@@ -316,11 +317,14 @@ class UART:
         )
         p = 0 if parity is None else parity + 1
         _js.polekitHw.uartConfig(self.id, self.baudrate, bits, p, stop)
+        wired = _wiring("uart").get(self.id)
+        # whether the TX pin reaches the bus (0) and the RX pin hears it (1), found once: a
+        # chip's read or write allocates nothing, and the VM collects no garbage while
+        # firmware code runs
+        self._wires = tuple(wired is not None and wired[end] == self._pins[end] for end in (0, 1))
 
     def _wired(self, end):
-        # end 0: the TX pin reaches the bus, 1: the RX pin hears it
-        wired = _wiring("uart").get(self.id)
-        return wired is not None and wired[end] == self._pins[end]
+        return self._wires[end]
 
     def deinit(self):
         pass
@@ -331,23 +335,23 @@ class UART:
         _board.pull_uart(self.id)
         return len(_board.uart_rx.get(self.id, b""))
 
-    def _wait(self, enough):
-        # the chip's read blocks up to `timeout` ms for what it asks: a byte, n bytes, a line
+    def _wait(self, nbytes, line=False):
+        # the chip's read blocks up to `timeout` ms for what it asks: n bytes, or a line
         _board.pull_uart(self.id)
-        if not self._timeout or not self._wired(1):
+        if not self._timeout or not self._wires[1]:
             return
-        import time
-
-        deadline = time.ticks_add(time.ticks_ms(), self._timeout)
-        while not enough(_board.uart_rx.get(self.id, b"")):
-            left = time.ticks_diff(deadline, time.ticks_ms())
+        deadline = _time.ticks_add(_time.ticks_ms(), self._timeout)
+        while True:
+            buf = _board.uart_rx.get(self.id, b"")
+            if (line and b"\n" in buf) or (not line and len(buf) >= nbytes):
+                return
+            left = _time.ticks_diff(deadline, _time.ticks_ms())
             if left <= 0:
                 return
             _board.wait_uart(self.id, left)
 
     def read(self, _nbytes=None):
-        want = 1 if _nbytes is None else _nbytes
-        self._wait(lambda buf: len(buf) >= want)
+        self._wait(1 if _nbytes is None else _nbytes)
         buf = _board.uart_rx.get(self.id) if self._wired(1) else None
         if not buf:
             return None
@@ -364,7 +368,7 @@ class UART:
         return len(data)
 
     def readline(self):
-        self._wait(lambda buf: b"\n" in buf)
+        self._wait(0, True)
         buf = _board.uart_rx.get(self.id) if self._wired(1) else None
         if not buf:
             return None

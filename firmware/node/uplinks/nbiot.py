@@ -19,7 +19,8 @@
 # (timers as TS 24.008 GPRS Timer 3 and Timer 2 bit strings), +CME ERROR; the BC260Y
 # hardware design for PWRKEY (low >= 500 ms powers the module up; low wakes it from PSM;
 # driven through a transistor, so the MCU pin is active high by default). Plain commands
-# answer within 300 ms.
+# answer within 300 ms. Strings (the will's JSON) are escaped as ITU-T V.250 5.4.2.2 says
+# (\22 for a quote); a module firmware without those escapes needs a quote-free will.
 #
 # Power: the node wakes, attaches (PSM kept the registration), sends its backlog, reads
 # the commands the broker queued for it (a persistent session, clean_session 0, and a
@@ -73,10 +74,13 @@ def _left(deadline):
     return time.ticks_diff(deadline, time.ticks_ms())
 
 
-def _quoted(text, what):
-    if '"' in text or "\r" in text or "\n" in text:
-        raise ValueError("%s %r: no quotes or line breaks in an AT string" % (what, text))
-    return text
+def _quoted(text):
+    # an AT string constant (ITU-T V.250 5.4.2.2): a quote, a backslash or a control
+    # character inside is written as a backslash and two hex digits (\22 for ")
+    out = []
+    for ch in text:
+        out.append("\\%02X" % ord(ch) if ch in '"\\' or ord(ch) < 0x20 else ch)
+    return "".join(out)
 
 
 class NbIot:
@@ -98,7 +102,7 @@ class NbIot:
         self._key = pwrkey_pin
         self._key_on = pwrkey_active
         self._key.value(1 - pwrkey_active)  # released
-        self.host = _quoted(host, "host")
+        self.host = _quoted(host)
         self.port = port
         self.user = user
         self.password = password
@@ -132,12 +136,12 @@ class NbIot:
         self._cmd("ATE0")
         self._cmd("AT+CMEE=1")
         self._attach()
-        will = _quoted(bytes(will_payload).decode(), "will")
+        will = _quoted(bytes(will_payload).decode())
         for setting in (
             '"version",0,4',
             '"keepalive",0,%d' % self.keepalive,
             '"session",0,0',  # the broker keeps our subscription and queues QoS 1 for us
-            '"will",0,1,1,1,"%s","%s"' % (_quoted(will_topic, "topic"), will),
+            '"will",0,1,1,1,"%s","%s"' % (_quoted(will_topic), will),
             '"recv/mode",0,0,1',  # +QMTRECV carries the payload's length
         ):
             self._cmd("AT+QMTCFG=" + setting)
@@ -149,11 +153,11 @@ class NbIot:
         if result != 0:
             code = errno.EHOSTUNREACH if result in (3, 4) else errno.ECONNREFUSED
             self._fail(code, "AT+QMTOPEN: result %d" % result)
-        login = '"%s"' % _quoted(client_id, "client id")
+        login = '"%s"' % _quoted(client_id)
         if self.user is not None:
-            login += ',"%s"' % _quoted(self.user, "user")
+            login += ',"%s"' % _quoted(self.user)
             if self.password is not None:
-                login += ',"%s"' % _quoted(self.password, "password")
+                login += ',"%s"' % _quoted(self.password)
         self._cmd("AT+QMTCONN=0," + login)
         fields = self._fields(self._wait_urc("+QMTCONN: 0,", _MQTT_MS))
         if fields[1] != 0 or (len(fields) > 2 and fields[2] != 0):
@@ -169,8 +173,7 @@ class NbIot:
             raise ValueError("payload of %d bytes: the module takes 1..1548" % len(payload))
         mid = self._next_mid()
         self._send(
-            'AT+QMTPUB=0,%d,1,%d,"%s",%d'
-            % (mid, 1 if retain else 0, _quoted(topic, "topic"), len(payload))
+            'AT+QMTPUB=0,%d,1,%d,"%s",%d' % (mid, 1 if retain else 0, _quoted(topic), len(payload))
         )
         self._expect_prompt()
         self._uart.write(payload)
@@ -186,7 +189,7 @@ class NbIot:
     def subscribe(self, topic):
         self._need_link()
         mid = self._next_mid()
-        self._cmd('AT+QMTSUB=0,%d,"%s",1' % (mid, _quoted(topic, "topic")))
+        self._cmd('AT+QMTSUB=0,%d,"%s",1' % (mid, _quoted(topic)))
         fields = self._fields(self._wait_urc("+QMTSUB: 0,%d," % mid, _MQTT_MS))
         if fields[2] != 0:
             self._fail(errno.EIO, "AT+QMTSUB: result %d" % fields[2])
@@ -414,29 +417,34 @@ class NbIot:
 
     def _frame(self):
         # one item off the front of the receive buffer: a line, ">", True for a message
-        # put in the inbox, None if more bytes are needed
+        # put in the inbox, None if more bytes are needed (indexes, not copies: the buffer
+        # is looked at often)
         rx = self._rx
-        while rx[:1] in (b"\r", b"\n"):
-            rx = rx[1:]
-        self._rx = rx
-        if rx.startswith(b"> "):
-            self._rx = rx[2:]
+        n = len(rx)
+        i = 0
+        while i < n and (rx[i] == 13 or rx[i] == 10):
+            i += 1
+        if i == n:
+            if n:
+                self._rx = b""
+            return None
+        if rx[i] == 62 and i + 1 < n and rx[i + 1] == 32:  # "> "
+            self._rx = rx[i + 2 :]
             return ">"
-        if rx.startswith(b"+QMTRECV:"):
-            return self._message()
-        end = rx.find(b"\r")
+        if rx[i] == 43 and rx.startswith(b"+QMTRECV:", i):
+            return self._message(i)
+        end = rx.find(b"\r", i)
         if end < 0:
             return None
         self._rx = rx[end + 1 :]
-        line = rx[:end].decode()
-        if line.startswith("AT"):  # our own command echoed (before ATE0 took)
+        if rx[i] == 65 and rx[i + 1 : i + 2] == b"T":  # our own command echoed (before ATE0)
             return True
-        return line
+        return rx[i:end].decode()
 
-    def _message(self):
+    def _message(self, i):
         # +QMTRECV: 0,<msgID>,"<topic>",<len>,"<payload>" (the payload may hold anything)
         rx = self._rx
-        start = rx.find(b'"')
+        start = rx.find(b'"', i)
         end = rx.find(b'"', start + 1) if start > 0 else -1
         comma = rx.find(b',"', end + 1) if end > 0 else -1
         if comma < 0:
@@ -445,7 +453,7 @@ class NbIot:
         body = comma + 2
         if len(rx) < body + length + 1:
             return None
-        self._inbox.append((rx[start + 1 : end].decode(), bytes(rx[body : body + length])))
+        self._inbox.append((rx[start + 1 : end].decode(), rx[body : body + length]))
         self._rx = rx[body + length + 1 :]
         return True
 
