@@ -18,7 +18,6 @@ from typing import Any
 
 import paho.mqtt.publish as publish
 import pytest
-from boardkit import board_exec
 from linkkit import Subscriber, records, seq_of, wait_for
 
 from polekit.boards import Board, load
@@ -27,6 +26,8 @@ from polekit.hil.atmodem import AtModem
 from polekit.hil.broker import LocalBroker
 from polekit.hil.emulator import EmulatedBoard
 from polekit.protocols import identity
+
+from boardkit import board_exec
 
 BOARD = Path(__file__).with_name("boards") / "nbiot-test-esp32.toml"
 PWRKEY = 18
