@@ -1,6 +1,6 @@
 """The emulated board's ROM modules are no more lenient than the ESP32's.
 
-hil/vmlib/{machine,bluetooth,esp32,network,cryptolib}.py stand in for the chip's C modules in
+hil/vmlib/{machine,bluetooth,esp32,network,cryptolib,socket}.py stand in for the chip's C modules in
 the MicroPython VM. The reference is MicroPython 1.27's micropython-esp32-stubs, corrected
 from the C source where they are wrong (tests/chip_overrides/, via tests/chipapi.py). Every
 public class, function, method and constant the emulator provides is walked and compared:
@@ -24,7 +24,7 @@ import pytest
 from chipapi import ROOT, Api, Signature, api_of, chip_api
 
 VMLIB = ROOT / "hil" / "vmlib"
-MODULES = ("machine", "bluetooth", "esp32", "network", "cryptolib")
+MODULES = ("machine", "bluetooth", "esp32", "network", "cryptolib", "socket")
 INF = math.inf
 
 # What the emulator may do that the stubs do not describe, each with why. Keys are

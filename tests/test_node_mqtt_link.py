@@ -14,6 +14,7 @@ reference CBOR decoder), against RFC 8428's labels and the reference model's uni
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -201,3 +202,154 @@ def test_seq_is_on_flash_before_the_pack_carrying_it_is_queued(tmp_path: Path) -
         node.link.report(CODE, {"water_level": 2.0})
     node.link.event(CODE, {"water": True})
     assert on_flash == [1, 2, 3, 1]
+
+
+# ---- on the emulated board: MicroPython, umqtt.simple, the board's TCP sockets --------
+
+BOARD_MAIN = """
+# the test's node: a report every %(interval_ms)d ms through MqttLink over WifiMqtt, until
+# seq %(total)d; then it stays connected for commands. asyncio, as the node app runs: the
+# board saves its flash while the loop waits
+import asyncio
+
+from node.outbox import Outbox
+from node.state import StateFile
+from node.uplinks.mqtt_link import MqttLink
+from node.uplinks.wifi_mqtt import WifiMqtt
+
+CODE = %(code)r
+state = StateFile("/state.json")
+box = Outbox("/outbox.bin", 8192)
+wifi = WifiMqtt("polekit-lab", "lab-key", "127.0.0.1", %(port)d, timeout_s=2)
+link = MqttLink(wifi, box, %(node_id)r, state, clock=lambda: None)
+report_ms = [%(interval_ms)d]
+
+
+def handler(code, body):
+    value = body["set"].get("report_ms")
+    if not isinstance(value, int) or not 100 <= value <= 60000:
+        raise ValueError("report_ms takes 100..60000")
+    report_ms[0] = value
+    return {"report_ms": value}
+
+
+link.on_command(handler)
+print("node up, held %%d, seq %%d" %% (len(box), state.get("seq.data." + CODE, 0)))
+
+
+async def main():
+    while True:
+        seq = state.get("seq.data." + CODE, 0)
+        if seq < %(total)d:
+            seq = link.report(CODE, {"water_level": (seq + 1) * 10, "temperature": (20.5, "Cel")})
+            seq -= 1
+        sent = link.flush(3000)
+        print("seq %%d sent %%d held %%d faults %%d" %% (seq + 1, sent, len(box), link.faults))
+        await asyncio.sleep_ms(report_ms[0])
+
+
+asyncio.run(main())
+"""
+
+
+def test_a_node_on_the_emulated_board_delivers_through_outage_and_reset(
+    tmp_path: Path,
+) -> None:
+    from polekit.firmware.install import install
+    from polekit.hil.emulator import EmulatedBoard
+
+    total = 30
+    flash = install(tmp_path / "flash", "pole-env-esp32", start=False)
+    assert (flash / "lib" / "umqtt" / "simple.py").exists() or (
+        flash / "lib" / "umqtt" / "simple.mpy"
+    ).exists(), "umqtt.simple is not in the node bundle"
+    broker = LocalBroker().start()
+    (flash / "main.py").write_text(
+        BOARD_MAIN
+        % {
+            "interval_ms": 150,
+            "total": total,
+            "code": CODE,
+            "port": broker.port,
+            "node_id": NODE_ID,
+        }
+    )
+    data = f"{BASE}/data/{CODE}"
+    results = f"{BASE}/cmd-result/{CODE}"
+    state = f"{BASE}/state"
+    try:
+        with Subscriber(broker.host, broker.port, f"{BASE}/#") as sub:
+            with EmulatedBoard("pole-env-esp32", fs_dir=flash) as board:
+                wait_for(lambda: len(sub.on(data)) >= 4, 60, "four packs from the board")
+                board.set("wifi.up", 0)  # the access point gone: open connections drop
+                board.wait_output("faults 1", 30)
+                board.set("wifi.up", 1)
+                at = len(sub.on(data))
+                wait_for(lambda: len(sub.on(data)) >= at + 3, 30, "packs after Wi-Fi is back")
+                broker.stop()  # the platform goes away while the node keeps reporting
+                board.wait_output("faults 2", 30)
+                at = len(board.serial_log)
+                wait_for(lambda: b"held 4 " in board.serial_log[at:], 30, "four packs held")
+                board.reset()  # RAM gone in the middle of the outage; the flash stays
+                board.wait_output("node up, held", 30)
+                broker.start()  # the same port
+                wait_for(sub.subscribed.is_set, 10, "the subscriber back")
+                wait_for(
+                    lambda: {seq_of(m.pack()) for m in sub.on(data)} >= set(range(1, total + 1)),
+                    90,
+                    f"seq 1..{total} at the subscriber",
+                )
+                # a command from the platform: its result comes back on cmd-result/{code}
+                _command(sub, broker, b'{"id": "r1", "set": {"report_ms": 400}}')
+                _command(sub, broker, b'{"id": "r2", "set": {"report_ms": 5}}')
+                wait_for(lambda: len(sub.on(results)) >= 2, 30, "two command results")
+                online = sub.on(state)[-1].json()
+                log = bytes(board.serial_log).decode(errors="replace")
+            # the board is gone (no DISCONNECT): the broker publishes its will
+            wait_for(lambda: sub.on(state)[-1].json()["state"] == "offline", 10, "the will")
+    finally:
+        broker.stop()
+    packs = [m.pack() for m in sub.on(data)]
+    base = f"urn:dev:pk:{CODE}:"
+    for pack in packs:
+        recs = records(pack)
+        seq = seq_of(pack)
+        assert recs[base + "water_level"][U] == "m"
+        assert recs[base + "water_level"][V] == seq * 10, (seq, recs)  # the value it sent
+        assert recs[base + "temperature"][U] == "Cel" and recs[base + "temperature"][V] == 20.5
+        assert BT not in pack[0]  # the board's clock was never set: no base time
+    seqs = sorted(seq_of(p) for p in packs)
+    assert sorted(set(seqs)) == list(range(1, total + 1)), seqs
+    # the reset came with packs held, and they went out after it
+    boots = [int(n) for n in re.findall(r"node up, held (\d+)", log)]
+    assert boots[0] == 0 and boots[1] >= 4, boots
+    print(f"{len(packs)} packs for {total} seqs (duplicates allowed); boots held {boots}")
+    by_id = {json.loads(m.payload)["id"]: json.loads(m.payload) for m in sub.on(results)}
+    assert by_id["r1"] == {"id": "r1", "ok": True, "set": {"report_ms": 400}}
+    assert by_id["r2"]["ok"] is False and by_id["r2"]["error"] == "report_ms takes 100..60000"
+    assert online == {"state": "online", "node": NODE_ID, "dropped": 0, "rssi": -55}
+
+
+def test_a_planned_close_says_offline_and_the_next_flush_comes_back_online(
+    tmp_path: Path,
+) -> None:
+    # before deep sleep: the retained state says offline at once (a will would wait for the
+    # broker's keepalive), and the next wake's flush says online again
+    with LocalBroker() as broker, Subscriber(broker.host, broker.port, f"{BASE}/state") as sub:
+        node = Node(tmp_path, broker)
+        node.link.flush()
+        node.link.close()
+        assert not node.link.connected and node.link.faults == 0
+        wait_for(lambda: len(sub.on(f"{BASE}/state")) >= 2, 5, "online, then offline")
+        node.link.report(CODE, {"water_level": 0.5})
+        assert node.link.flush() == 1
+
+        def said() -> list[str]:
+            # the will may repeat "offline" (the transport closes without a DISCONNECT)
+            out: list[str] = []
+            for m in sub.on(f"{BASE}/state"):
+                if not out or out[-1] != m.json()["state"]:
+                    out.append(m.json()["state"])
+            return out
+
+        wait_for(lambda: said() == ["online", "offline", "online"], 5, "online again")

@@ -133,8 +133,9 @@ class MqttLink:
             self._close()
         return sent
 
-    # a planned stop (before deep sleep): the retained state says "offline" at once, as the
-    # will would have, then the link closes; a fault on the way is counted, not raised
+    # a planned stop (before deep sleep): the retained state says "offline" at once (the
+    # will would wait for the broker to notice), then the link closes; the will may repeat
+    # it (transports close without a DISCONNECT). A fault on the way is counted, not raised
     def close(self):
         if self.connected:
             try:

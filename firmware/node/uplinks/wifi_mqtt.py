@@ -149,3 +149,25 @@ def _link_error(exc):
     if isinstance(exc, OSError):
         return exc
     return OSError(ECONNREFUSED, "MQTT %s: %r" % (type(exc).__name__, exc.args))
+
+
+# A WifiMqtt from a node's checked settings (settings.MQTT_DEFAULTS/LIMITS/TEXTS merged in);
+# ValueError naming what is missing
+def from_settings(s):
+    missing = [k for k in ("wifi_ssid", "mqtt_host") if not s.get(k)]
+    if missing:
+        raise ValueError(
+            "config: %s needed for the Wi-Fi MQTT uplink; set them with `polekit deploy --set`"
+            % " and ".join(missing)
+        )
+    return WifiMqtt(
+        s["wifi_ssid"],
+        s.get("wifi_key", ""),
+        s["mqtt_host"],
+        s.get("mqtt_port", 1883),
+        s.get("mqtt_user"),
+        s.get("mqtt_password"),
+        bool(s.get("mqtt_tls", 0)),
+        s.get("mqtt_keepalive_s", 60),
+        s.get("mqtt_timeout_s", 10),
+    )
