@@ -467,3 +467,23 @@ class NbIot:
             except ValueError:
                 out.append(part)
         return out
+
+
+def from_settings(s, uart, pwrkey_pin):
+    # the transport from the node's settings (the broker keys are the Wi-Fi uplink's)
+    if not s.get("mqtt_host"):
+        raise ValueError(
+            "config: mqtt_host needed for the NB-IoT uplink; set it with `polekit deploy --set`"
+        )
+    return NbIot(
+        uart,
+        pwrkey_pin,
+        s["mqtt_host"],
+        s.get("mqtt_port", 1883),
+        s.get("mqtt_user"),
+        s.get("mqtt_password"),
+        s.get("mqtt_keepalive_s", 300),
+        s.get("nbiot_attach_s", 120) * 1000,
+        s.get("nbiot_psm_tau_s", 7200),
+        s.get("nbiot_psm_active_s", 10),
+    )
