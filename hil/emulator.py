@@ -10,7 +10,9 @@ host if one is given; without one, the board keeps its flash in a temporary fold
 Virtual peripherals (hil/vmlib/_vdev.py) are attached from the board definition; ``set``
 and ``get`` reach their physical values and actuator states. UARTs without a virtual
 sensor are wired to pseudo-terminals in ``uarts`` through a virtual line paced at the
-UART's baud rate.
+UART's baud rate. The levels the firmware drives on its pins reach the host as it drives
+them (``pin_levels``, ``watch_pin``, ``get("pin.18")``), even while the firmware is busy:
+a peripheral emulated on the host (a modem's PWRKEY, hil/atmodem.py) sees them as a wire.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import tempfile
 import threading
 import time
 import tty
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +52,8 @@ ROM_ALLOWANCE_BYTES = 34 * 1024
 # The radio repeats its last advert at the advertising interval, but not more often than
 # this on the virtual air (a node's event pace, 100 ms, is kept; faster ones are slowed)
 ADVERT_REPEAT_MIN_S = 0.1
+# board events after which the firmware no longer drives its pins
+_PINS_RELEASED = ("hard-reset", "soft-reset", "deepsleep", "power-off", "crash-loop")
 
 
 class EmulatorError(RuntimeError):
@@ -134,6 +139,8 @@ class EmulatedBoard:
         self._extra_lines: list[VirtualLine] = []
         self._uart_fds: dict[int, int] = {}  # UART id -> our end of its bridge
         self._throttle: Any = None  # hil/throttle.py, while the board runs at a CPU share
+        self.pin_levels: dict[int, int] = {}  # GPIO -> level the firmware drives on it
+        self._pin_watchers: dict[int, list[Callable[[int], None]]] = {}
 
     def __enter__(self) -> EmulatedBoard:
         return self.start()
@@ -307,8 +314,25 @@ class EmulatedBoard:
         self.request("set", path=path, value=value)
 
     def get(self, path: str) -> Any:
-        """Read a peripheral's value or an actuator's state: ``get("lamp.level")``."""
+        """Read a peripheral's value or an actuator's state: ``get("lamp.level")``; or the
+        level the firmware drives on a pin: ``get("pin.18")`` (None: it never drove it)."""
+        name, _, pin = path.partition(".")
+        if name == "pin":
+            if not pin.isdigit():
+                raise ControlError(f"{path}: name a GPIO number, e.g. pin.18")
+            return self.pin_levels.get(int(pin))
         return json.loads(self.request("get", path=path)["json"])
+
+    def watch_pin(self, pin: int, callback: Callable[[int], None]) -> None:
+        """Call ``callback(level)`` (in the board's reader thread) each time the firmware
+        changes the level of GPIO ``pin``, and with 0 when a reset or deep sleep lets it go
+        (the pins float back to inputs; a pulled-down driver stage reads 0)."""
+        self._pin_watchers.setdefault(pin, []).append(callback)
+
+    def _pin_changed(self, pin: int, level: int) -> None:
+        self.pin_levels[pin] = level
+        for callback in self._pin_watchers.get(pin, ()):
+            callback(level)
 
     @property
     def rs485_line(self) -> VirtualLine | None:
@@ -555,6 +579,9 @@ class EmulatedBoard:
         for line in self._proc.stderr:
             try:
                 self.events.append(json.loads(line))
+                if self.events[-1].get("event") in _PINS_RELEASED:
+                    for pin in [p for p, level in self.pin_levels.items() if level]:
+                        self._pin_changed(pin, 0)
             except ValueError:
                 self.events.append(
                     {"event": "stderr", "text": line.decode(errors="replace").rstrip()}
@@ -580,6 +607,8 @@ class EmulatedBoard:
                         self._reply_ready.notify_all()
                 elif msg.get("ev") == "radio":
                     self._radio_out(msg["text"])
+                elif msg.get("ev") == "pin":
+                    self._pin_changed(int(msg["pin"]), int(msg["level"]))
                 elif msg.get("ev") == "uart":
                     fd = self._uart_fds.get(msg["uart"])
                     if fd is not None:

@@ -7,8 +7,9 @@
 // micropython.mjs, the heap, the board, the host folder mirroring the flash, and the
 // folder of ROM modules. stderr carries one JSON object a line of events for the host.
 // The socket on fd CONFIG.controlFd carries JSON lines both ways: requests from the host
-// ({id, op: set|get|uart-in|reset|power-cycle, ...}) and their replies, and the board's
-// UART output ({ev: "uart", uart, hex}).
+// ({id, op: set|get|uart-in|reset|power-cycle, ...}) and their replies, the board's
+// UART output ({ev: "uart", uart, hex}) and the levels the firmware drives on its output
+// pins ({ev: "pin", pin, level}: a modem on the host watches its PWRKEY this way).
 import fs from "node:fs";
 import net from "node:net";
 import path from "node:path";
@@ -74,11 +75,36 @@ let probe = [];  // bytes that may be the start of mpremote's raw-paste probe
 const radio = { up: true };
 let sockets = null;
 
+// The UARTs' receive FIFOs live in memory shared with the VM's worker, filled here as bytes
+// arrive: firmware blocked in a UART read (its `timeout`, as on the chip) sees them at once,
+// which a message to a busy worker would not. Per UART: a write and a read counter, a ring.
+const UARTS = 3, UART_RING = 16384;
+const uartShared = new SharedArrayBuffer(4 * 2 * UARTS + UARTS * UART_RING);
+const uartCounters = new Int32Array(uartShared, 0, 2 * UARTS);
+const uartRing = new Uint8Array(uartShared, 4 * 2 * UARTS);
+function uartIn(id, hex) {
+  if (!worker || !(id >= 0 && id < UARTS)) return;  // asleep or no such UART: bytes lost
+  const bytes = Buffer.from(hex, "hex");
+  let w = Atomics.load(uartCounters, 2 * id);
+  const r = Atomics.load(uartCounters, 2 * id + 1);
+  for (const b of bytes) {
+    if (w - r >= UART_RING) break;  // the FIFO is full: the rest is lost, as on the chip
+    uartRing[id * UART_RING + (w % UART_RING)] = b;
+    w++;
+  }
+  Atomics.store(uartCounters, 2 * id, w);
+  Atomics.notify(uartCounters, 2 * id);
+}
+function uartReset() {  // a new boot starts with empty FIFOs
+  for (let id = 0; id < UARTS; id++) Atomics.store(uartCounters, 2 * id + 1, Atomics.load(uartCounters, 2 * id));
+}
+
 function boot({ raw = false, runMain = true, banner = "" } = {}) {
   booted = false;
   busySince = 0;  // whatever the last VM was doing died with it
   if (banner) process.stdout.write(banner);
   wdt = null;  // a reset stops the watchdog, as on the chip
+  uartReset();
   const net = new MessageChannel();
   const netSignal = new Int32Array(new SharedArrayBuffer(4));
   worker = new Worker(workerUrl, {
@@ -86,7 +112,8 @@ function boot({ raw = false, runMain = true, banner = "" } = {}) {
                   files: flash, libFiles: rom, rawRepl: raw, runMain: runMain && !raw,
                   board: config.board, chip: config.chip,
                   boardDef: { ...config.boardDef, reset_cause: resetCause },
-                  physics: Object.fromEntries(physics), netPort: net.port2, netSignal },
+                  physics: Object.fromEntries(physics), uartShared, uartRingBytes: UART_RING,
+                  netPort: net.port2, netSignal },
     transferList: [net.port2],
   });
   const w = worker;
@@ -105,6 +132,7 @@ function boot({ raw = false, runMain = true, banner = "" } = {}) {
     else if (msg.type === "reset") softReset();
     else if (msg.type === "log") event({ event: "vm-log", text: msg.text });
     else if (msg.type === "uart") toHost({ ev: "uart", uart: msg.id, hex: msg.hex });
+    else if (msg.type === "pin") toHost({ ev: "pin", pin: msg.pin, level: msg.level });
     else if (msg.type === "radio") toHost({ ev: "radio", text: msg.text });
     else if (msg.type === "uart-config") toHost({ ev: "uart-config", uart: msg.id, baud: msg.baud });
     else if (msg.type === "control-reply") { waiting.delete(msg.id); toHost({ reply: msg.id, ...msg, type: undefined }); }
@@ -266,6 +294,7 @@ function fromControl(req) {
     if (!radio.up && sockets) sockets.dropAll();
   }
   if (req.op === "power-cycle") withSnapshot(() => powerCycle(req));
+  else if (req.op === "uart-in") uartIn(req.uart, req.hex);  // no reply: a wire has none
   else toWorker(req);
 }
 

@@ -6,7 +6,12 @@
 import { parentPort, receiveMessageOnPort, workerData } from "node:worker_threads";
 import { pathToFileURL } from "node:url";
 
-const { mjs, heapBytes, files, rawRepl, runMain, libFiles, boardDef, romAllowance, physics, netPort, netSignal } = workerData;
+const { mjs, heapBytes, files, rawRepl, runMain, libFiles, boardDef, romAllowance, physics,
+        uartShared, uartRingBytes, netPort, netSignal } = workerData;
+// the UARTs' receive FIFOs, filled by the hardware (board.mjs) while this VM runs
+const uartCounters = new Int32Array(uartShared, 0, 6);
+const uartRing = new Uint8Array(uartShared, 4 * 6);
+const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, "0"));
 
 // A blocking socket call (hil/vmlib/socket.py): the request goes to the board's network
 // (sockets.mjs, in the main thread) and the VM waits, as the chip's task does, until the
@@ -45,6 +50,27 @@ globalThis.polekitHw = {
   },
   deepsleep: (ms) => parentPort.postMessage({ type: "deepsleep", ms }),
   radio: (text) => parentPort.postMessage({ type: "radio", text }),  // adverts, notifications
+  pinOut: (pin, level) => parentPort.postMessage({ type: "pin", pin, level }),
+  // what arrived on UART `id` since the last call, as hex ("" for nothing)
+  uartTake: (id) => {
+    const w = Atomics.load(uartCounters, 2 * id);
+    let r = Atomics.load(uartCounters, 2 * id + 1);
+    let hex = "";
+    for (; r < w; r++) hex += HEX[uartRing[id * uartRingBytes + (r % uartRingBytes)]];
+    Atomics.store(uartCounters, 2 * id + 1, r);
+    return hex;
+  },
+  // block this VM until a byte arrives on UART `id` or `ms` pass, as a read with a timeout
+  // blocks its task on the chip; true if bytes are there
+  // (in slices, so that the worker stays killable)
+  uartWait: (id, ms) => {
+    const w = Atomics.load(uartCounters, 2 * id);
+    if (w !== Atomics.load(uartCounters, 2 * id + 1)) return true;
+    for (let left = Math.max(0, ms); left > 0; left -= 100) {
+      if (Atomics.wait(uartCounters, 2 * id, w, Math.min(100, left)) !== "timed-out") return true;
+    }
+    return false;
+  },
   net: netCall,  // TCP sockets: JSON request in, JSON reply out (blocks)
 };
 
@@ -222,7 +248,6 @@ parentPort.on("message", (msg) => {
         mp.runPython(`import json\n_ctl_value = json.dumps(_board.get(${JSON.stringify(msg.path)}))`);
         reply = { ok: true, json: mp.globals.get("_ctl_value") };
       }
-      else if (msg.op === "uart-in") { mp.runPython(`_board.feed_uart(${msg.uart}, "${msg.hex}")`); reply = { ok: true }; }
       else reply = { error: `unknown op ${msg.op}` };
     } catch (e) {
       reply = { error: String(e.message || e).trim().split("\n").pop() };

@@ -3,8 +3,11 @@
 # Built from the board definition at boot. Virtual peripherals register here by name; the
 # host sets their physical values (set/get by "device.quantity") through the emulator's
 # control channel, and the `machine` module finds devices by pin, I2C address or UART id.
-# JS in the worker calls the functions at the bottom: set(), get(), uart_rx(), tick().
+# JS in the worker calls the functions at the bottom: set(), get(), tick(). Bytes from the
+# host's end of a UART wait in the hardware's FIFO (shared memory, hil/js/board.mjs) until
+# the firmware reads: pull_uart() moves them into uart_rx, wait_uart() blocks for them.
 import json
+from binascii import hexlify
 
 import js  # the worker's globals: polekitHw.uartWrite, .wdtStart, .wdtFeed, .reset, .log
 
@@ -24,7 +27,9 @@ reset_cause = DEFINITION.get("reset_cause", 1)
 
 
 def hex_of(data):
-    return "".join("%02x" % b for b in data)
+    # one string, not one a byte: a chip's UART write allocates nothing, and the VM cannot
+    # collect garbage while firmware code runs (only between runs)
+    return hexlify(data).decode()
 
 
 def uart_write(uart_id, data):
@@ -44,6 +49,7 @@ def set_pin(pin, value):
     if pins.get(pin) == value:
         return
     pins[pin] = value
+    js.polekitHw.pinOut(pin, value)  # the host sees the level (a modem's PWRKEY)
     for cb in pin_listeners.get(pin, ()):
         cb(value)
 
@@ -82,8 +88,19 @@ def receive(uart_id, data):
         uart_rx[uart_id] = buf[len(buf) - RX_BUFFER :]
 
 
-def feed_uart(uart_id, hex_text):
-    receive(uart_id, bytes.fromhex(hex_text))
+def pull_uart(uart_id):
+    # what the UART's FIFO took in from the wire since the last look
+    hex_text = js.polekitHw.uartTake(uart_id)
+    if hex_text:
+        receive(uart_id, bytes.fromhex(hex_text))
+
+
+def wait_uart(uart_id, ms):
+    # block (the VM, as a read blocks its task on the chip) until bytes arrive or ms pass
+    pull_uart(uart_id)
+    if not uart_rx.get(uart_id) and ms > 0:
+        js.polekitHw.uartWait(uart_id, ms)
+        pull_uart(uart_id)
 
 
 def tick(now_ms):

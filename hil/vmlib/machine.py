@@ -11,6 +11,7 @@
 # pins, as the chip does: a bus is wired to the pins in the board definition, so firmware that
 # leaves them out reads nothing, as it would on the board.
 import errno as _errno
+import time as _time
 
 import _board
 import js as _js
@@ -284,7 +285,8 @@ class UART:
         self.id = _id
         self._pins = _UART_PINS[_id]
         self.baudrate = 115200
-        self.init(baudrate, bits, parity, stop, tx=tx, rx=rx)
+        self._timeout = 0
+        self.init(baudrate, bits, parity, stop, tx=tx, rx=rx, timeout=timeout)
 
     # baudrate 0 keeps the rate the UART has, as on the chip
     def init(
@@ -307,17 +309,22 @@ class UART:
     ):
         if baudrate:
             self.baudrate = baudrate
+        if timeout is not None:
+            self._timeout = max(0, int(timeout))  # ms a read waits for its bytes
         self._pins = (
             self._pins[0] if tx is None else _pin_id(tx),
             self._pins[1] if rx is None else _pin_id(rx),
         )
         p = 0 if parity is None else parity + 1
         _js.polekitHw.uartConfig(self.id, self.baudrate, bits, p, stop)
+        wired = _wiring("uart").get(self.id)
+        # whether the TX pin reaches the bus (0) and the RX pin hears it (1), found once: a
+        # chip's read or write allocates nothing, and the VM collects no garbage while
+        # firmware code runs
+        self._wires = tuple(wired is not None and wired[end] == self._pins[end] for end in (0, 1))
 
     def _wired(self, end):
-        # end 0: the TX pin reaches the bus, 1: the RX pin hears it
-        wired = _wiring("uart").get(self.id)
-        return wired is not None and wired[end] == self._pins[end]
+        return self._wires[end]
 
     def deinit(self):
         pass
@@ -325,9 +332,26 @@ class UART:
     def any(self):
         if not self._wired(1):
             return 0
+        _board.pull_uart(self.id)
         return len(_board.uart_rx.get(self.id, b""))
 
+    def _wait(self, nbytes, line=False):
+        # the chip's read blocks up to `timeout` ms for what it asks: n bytes, or a line
+        _board.pull_uart(self.id)
+        if not self._timeout or not self._wires[1]:
+            return
+        deadline = _time.ticks_add(_time.ticks_ms(), self._timeout)
+        while True:
+            buf = _board.uart_rx.get(self.id, b"")
+            if (line and b"\n" in buf) or (not line and len(buf) >= nbytes):
+                return
+            left = _time.ticks_diff(deadline, _time.ticks_ms())
+            if left <= 0:
+                return
+            _board.wait_uart(self.id, left)
+
     def read(self, _nbytes=None):
+        self._wait(1 if _nbytes is None else _nbytes)
         buf = _board.uart_rx.get(self.id) if self._wired(1) else None
         if not buf:
             return None
@@ -344,6 +368,7 @@ class UART:
         return len(data)
 
     def readline(self):
+        self._wait(0, True)
         buf = _board.uart_rx.get(self.id) if self._wired(1) else None
         if not buf:
             return None

@@ -1,0 +1,489 @@
+# NB-IoT uplink: MQTT through the MQTT client inside a Quectel BC260Y-class module.
+#
+# Why MQTT AT commands (AT+QMT*) and not LwM2M (AT+QLW*, CTWing/OceanConnect): the node
+# then speaks the same platform contract as the gateway and the Wi-Fi node (one broker,
+# one topic layout, SenML-CBOR, QoS 1 with the node forgetting a pack only after the
+# broker's PUBACK, seen here as "+QMTPUB: 0,<msgID>,0"; commands on cmd/{code}), and
+# MqttLink drives this transport exactly as it drives WifiMqtt. LwM2M would need an
+# object model and a platform-side bridge of its own for the same data.
+#
+# Followed (Quectel's own documents; the BC260Y's MQTT note uses the same command family):
+# BC26 MQTT Application Note V1.1 and BG95&BG77&BG600L Series MQTT Application Note V1.1
+# for AT+QMTCFG "version"/"keepalive"/"session"/"will"/"recv/mode", AT+QMTOPEN (URC within
+# 75 s; 0 opened, 2 identifier occupied, 3 no PDP, 4 DNS, 5 connection error),
+# AT+QMTCONN/QMTSUB/QMTPUB (URC within <pkt_timeout> x (<retry_times> + 1), 10 s x 4 by
+# default; result 0 acked, 1 retransmitting, 2 failed), the fixed-length publish
+# ("...,<msglen>" then ">" then exactly msglen bytes, so binary CBOR needs no escaping),
+# +QMTRECV with its length (recv/mode 0,0,1) and +QMTSTAT; 3GPP TS 27.007 for +CEREG
+# (stat 1 home, 5 roaming), +CSQ (rssi 0..31 -> -113..-51 dBm, 99 unknown), +CPSMS
+# (timers as TS 24.008 GPRS Timer 3 and Timer 2 bit strings), +CME ERROR; the BC260Y
+# hardware design for PWRKEY (low >= 500 ms powers the module up; low wakes it from PSM;
+# driven through a transistor, so the MCU pin is active high by default). Plain commands
+# answer within 300 ms. Strings (the will's JSON) are escaped as ITU-T V.250 5.4.2.2 says
+# (\22 for a quote); a module firmware without those escapes needs a quote-free will.
+#
+# Power: the node wakes, attaches (PSM kept the registration), sends its backlog, reads
+# the commands the broker queued for it (a persistent session, clean_session 0, and a
+# QoS 1 subscription: the broker holds them while the node sleeps), disconnects and asks
+# for PSM (sleep()); the module then powers its radio down after the active time. A
+# module that stops answering AT is pressed on its PWRKEY: that wakes one in PSM and
+# powers a hung one up again.
+#
+# The UART should have a read timeout (UART(1, 9600, tx=17, rx=16, timeout=50)): reads
+# then block in the UART driver instead of spinning.
+import errno
+import time
+
+_LINK = 0  # the module's MQTT client index (<tcpconnectID>)
+_AT_MS = 300
+_OPEN_MS = 75000
+_MQTT_MS = 40000
+_PROBES = 3
+_WAKE_PRESS_MS = 100
+_POWER_PRESS_MS = 650  # >= 500 ms: powers the module up
+_BOOT_MS = 10000  # a powered-up module answers within this
+_MAX_PAYLOAD = 1548  # AT+QMTPUB <msglen> range
+
+
+def timer3_bits(seconds):
+    # T3412 extended (periodic TAU) as TS 24.008 GPRS Timer 3: 3 unit bits, 5 value bits
+    for code, unit in ((3, 2), (4, 30), (5, 60), (0, 600), (1, 3600), (2, 36000)):
+        if seconds <= 31 * unit:
+            return _bits(code, (seconds + unit - 1) // unit)
+    return _bits(6, min(31, (seconds + 1151999) // 1152000))
+
+
+def timer2_bits(seconds):
+    # T3324 (active time) as TS 24.008 GPRS Timer 2
+    for code, unit in ((0, 2), (1, 60), (2, 360)):
+        if seconds <= 31 * unit:
+            return _bits(code, (seconds + unit - 1) // unit)
+    return _bits(2, 31)
+
+
+def _bits(code, count):
+    value = code << 5 | count
+    return "".join("1" if value >> (7 - i) & 1 else "0" for i in range(8))
+
+
+def _ms():
+    return time.ticks_ms()
+
+
+def _left(deadline):
+    return time.ticks_diff(deadline, time.ticks_ms())
+
+
+def _quoted(text):
+    # an AT string constant (ITU-T V.250 5.4.2.2): a quote, a backslash or a control
+    # character inside is written as a backslash and two hex digits (\22 for ")
+    out = []
+    for ch in text:
+        out.append("\\%02X" % ord(ch) if ch in '"\\' or ord(ch) < 0x20 else ch)
+    return "".join(out)
+
+
+class NbIot:
+    def __init__(
+        self,
+        uart,
+        pwrkey_pin,
+        host,
+        port,
+        user=None,
+        password=None,
+        keepalive=300,
+        attach_timeout_ms=120000,
+        psm_tau_s=7200,
+        psm_active_s=10,
+        pwrkey_active=1,
+    ):
+        self._uart = uart
+        self._key = pwrkey_pin
+        self._key_on = pwrkey_active
+        self._key.value(1 - pwrkey_active)  # released
+        self.host = _quoted(host)
+        self.port = port
+        self.user = user
+        self.password = password
+        self.keepalive = keepalive
+        self.attach_timeout_ms = attach_timeout_ms
+        self.psm = (timer3_bits(psm_tau_s), timer2_bits(psm_active_s))
+        self._rx = b""
+        self._inbox = []
+        self._mid = 0
+        self._connected = False
+        self._lost = False  # +QMTSTAT ended the link since connect()
+        self._asleep = False  # sleep() asked for PSM: the module will not answer at first
+        self._psm_asked = False  # AT+CPSMS sent since the module powered up
+        self.csq = 99
+        self.ber = 99
+        self.cereg = 0
+        self.wakes = 0
+        self.recoveries = 0  # PWRKEY presses that brought a silent module back
+        self.link_losses = 0  # +QMTSTAT
+        self.last_error = None
+
+    # ---- Transport -------------------------------------------------------------------
+
+    def connect(self, client_id, will_topic, will_payload):
+        # wake, attach, open and CONNECT with a persistent session and the will; OSError
+        # (ETIMEDOUT, EHOSTUNREACH: no network, ECONNREFUSED: the broker said no) if not
+        if self._connected:
+            self.close()
+        self._wake()
+        self._lost = False
+        self._cmd("ATE0")
+        self._cmd("AT+CMEE=1")
+        self._attach()
+        will = _quoted(bytes(will_payload).decode())
+        for setting in (
+            '"version",0,4',
+            '"keepalive",0,%d' % self.keepalive,
+            '"session",0,0',  # the broker keeps our subscription and queues QoS 1 for us
+            '"will",0,1,1,1,"%s","%s"' % (_quoted(will_topic), will),
+            '"recv/mode",0,0,1',  # +QMTRECV carries the payload's length
+        ):
+            self._cmd("AT+QMTCFG=" + setting)
+        result = self._open()
+        if result == 2:  # a link left open from before (we reset, the module did not)
+            self._cmd("AT+QMTCLOSE=0")
+            self._wait_urc("+QMTCLOSE: 0,", _AT_MS * 10)
+            result = self._open()
+        if result != 0:
+            code = errno.EHOSTUNREACH if result in (3, 4) else errno.ECONNREFUSED
+            self._fail(code, "AT+QMTOPEN: result %d" % result)
+        login = '"%s"' % _quoted(client_id)
+        if self.user is not None:
+            login += ',"%s"' % _quoted(self.user)
+            if self.password is not None:
+                login += ',"%s"' % _quoted(self.password)
+        self._cmd("AT+QMTCONN=0," + login)
+        fields = self._fields(self._wait_urc("+QMTCONN: 0,", _MQTT_MS))
+        if fields[1] != 0 or (len(fields) > 2 and fields[2] != 0):
+            self._cmd("AT+QMTCLOSE=0")
+            self._fail(errno.ECONNREFUSED, "AT+QMTCONN: %s" % fields)
+        self._connected = True
+
+    def publish(self, topic, payload, retain=False):
+        # QoS 1: returns once the broker's PUBACK came back, else OSError
+        self._need_link()
+        payload = bytes(payload)
+        if not 0 < len(payload) <= _MAX_PAYLOAD:
+            raise ValueError("payload of %d bytes: the module takes 1..1548" % len(payload))
+        mid = self._next_mid()
+        self._send(
+            'AT+QMTPUB=0,%d,1,%d,"%s",%d' % (mid, 1 if retain else 0, _quoted(topic), len(payload))
+        )
+        self._expect_prompt()
+        self._uart.write(payload)
+        # the payload crosses the UART (10 bits a byte) before the module answers OK
+        self._result(_AT_MS + len(payload) * 10000 // self._baud() + 100)
+        while True:
+            fields = self._fields(self._wait_urc("+QMTPUB: 0,%d," % mid, _MQTT_MS))
+            if fields[2] == 0:
+                return
+            if fields[2] != 1:  # 1: the module is retransmitting; 2: it gave up
+                self._fail(errno.ETIMEDOUT, "AT+QMTPUB: no PUBACK (result %d)" % fields[2])
+
+    def subscribe(self, topic):
+        self._need_link()
+        mid = self._next_mid()
+        self._cmd('AT+QMTSUB=0,%d,"%s",1' % (mid, _quoted(topic)))
+        fields = self._fields(self._wait_urc("+QMTSUB: 0,%d," % mid, _MQTT_MS))
+        if fields[2] != 0:
+            self._fail(errno.EIO, "AT+QMTSUB: result %d" % fields[2])
+
+    def poll(self, wait_ms=0):
+        # the messages the module handed over; OSError once the link is gone and they are
+        if self._connected or self._lost:
+            self._pump(_ms() + max(0, wait_ms), stop_on_message=True)
+        got, self._inbox = self._inbox, []
+        if not got and not self._connected:
+            self._fail(errno.ECONNRESET if self._lost else errno.ENOTCONN, "MQTT link down")
+        return got
+
+    def close(self):
+        # DISCONNECT (the session stays on the broker); never raises
+        was, self._connected = self._connected, False
+        if not was:
+            return
+        try:
+            self._cmd("AT+QMTDISC=0")
+            self._wait_urc("+QMTDISC: 0,", _MQTT_MS)
+        except OSError:
+            pass  # the module or the network is gone; the broker will time the link out
+
+    def status(self):
+        # signal and registration: asked afresh while the module is awake
+        if not self._asleep:
+            try:
+                for line in self._cmd("AT+CSQ", "+CSQ:"):
+                    self.csq, self.ber = self._fields(line)[:2]
+                for line in self._cmd("AT+CEREG?", "+CEREG:"):
+                    self.cereg = self._fields(line)[-1]
+            except OSError:
+                pass  # a silent module: the last values stand, last_error says why
+        return {
+            "csq": self.csq,
+            "rssi": None if self.csq == 99 else -113 + 2 * self.csq,
+            "ber": self.ber,
+            "cereg": self.cereg,
+            "registered": self.cereg in (1, 5),
+            "psm": self._asleep,
+            "wakes": self.wakes,
+            "recoveries": self.recoveries,
+            "link_losses": self.link_losses,
+            "last_error": self.last_error,
+        }
+
+    def sleep(self):
+        # disconnect and let the module go to PSM after its active time; the UART is quiet
+        # from here until the next connect() wakes it
+        self.close()
+        if not self._psm_asked:
+            try:
+                self._cmd('AT+CPSMS=1,,,"%s","%s"' % self.psm)
+                self._psm_asked = True
+            except OSError:
+                return  # not asleep: the next connect() will find out why
+        self._asleep = True
+
+    # ---- the module ------------------------------------------------------------------
+
+    def _wake(self):
+        if self._asleep:
+            self._press(_WAKE_PRESS_MS)  # PSM: its UART is off until PWRKEY
+        if self._probe(_PROBES):
+            if self._asleep:
+                self.wakes += 1
+            self._asleep = False
+            return
+        self._asleep = False
+        for press in (_POWER_PRESS_MS, _POWER_PRESS_MS):
+            self._press(press)
+            if self._probe(_BOOT_MS // _AT_MS):
+                self.recoveries += 1
+                self._psm_asked = False
+                return
+        self._fail(errno.ETIMEDOUT, "the modem does not answer AT, even after PWRKEY")
+
+    def _probe(self, tries):
+        for _ in range(tries):
+            try:
+                self._cmd("AT")
+                return True
+            except OSError:
+                pass
+        return False
+
+    def _press(self, ms):
+        self._key.value(self._key_on)
+        self._pump(_ms() + ms)
+        self._key.value(1 - self._key_on)
+
+    def _attach(self):
+        deadline = _ms() + self.attach_timeout_ms
+        while True:
+            for line in self._cmd("AT+CEREG?", "+CEREG:"):
+                self.cereg = self._fields(line)[-1]
+            if self.cereg in (1, 5):
+                return
+            if _left(deadline) <= 0:
+                self._fail(errno.EHOSTUNREACH, "not registered (+CEREG stat %d)" % self.cereg)
+            self._pump(min(_ms() + 1000, deadline))
+
+    def _open(self):
+        self._cmd('AT+QMTOPEN=0,"%s",%d' % (self.host, self.port))
+        return self._fields(self._wait_urc("+QMTOPEN: 0,", _OPEN_MS))[1]
+
+    def _need_link(self):
+        if not self._connected:
+            self._fail(errno.ECONNRESET if self._lost else errno.ENOTCONN, "MQTT link down")
+
+    def _next_mid(self):
+        self._mid = self._mid % 65535 + 1
+        return self._mid
+
+    def _baud(self):
+        return getattr(self._uart, "baudrate", 9600) or 9600
+
+    def _fail(self, code, why):
+        self.last_error = why
+        raise OSError(code, why)
+
+    # ---- the AT conversation -----------------------------------------------------------
+
+    def _send(self, line):
+        self._uart.write(line.encode() + b"\r")
+
+    def _cmd(self, line, want=None, timeout_ms=_AT_MS):
+        # send one command; its information lines starting with `want`; OSError on ERROR
+        # or silence
+        self._send(line)
+        return self._result(timeout_ms + len(line) * 10000 // self._baud(), want, line)
+
+    def _result(self, timeout_ms, want=None, line="AT"):
+        deadline = _ms() + timeout_ms
+        info = []
+        while True:
+            item = self._next(deadline)
+            if item is None:
+                self._fail(errno.ETIMEDOUT, "%s: no answer" % line.split("=")[0])
+            if item == "OK":
+                return info
+            if item == "ERROR" or item.startswith("+CME ERROR:"):
+                self._fail(errno.EIO, "%s: %s" % (line.split("=")[0], item))
+            if want and item.startswith(want):
+                info.append(item)
+            else:
+                self._urc(item)
+
+    def _expect_prompt(self):
+        deadline = _ms() + _AT_MS + 200
+        while True:
+            item = self._next(deadline)
+            if item is None:
+                self._fail(errno.ETIMEDOUT, "AT+QMTPUB: no prompt")
+            if item == ">":
+                return
+            if item == "ERROR" or item.startswith("+CME ERROR:"):
+                self._fail(errno.EIO, "AT+QMTPUB: " + item)
+            self._urc(item)
+
+    def _wait_urc(self, prefix, timeout_ms):
+        # the result URC of a command; other URCs are taken as they come; a +QMTSTAT on
+        # the way means the link is gone
+        deadline = _ms() + timeout_ms
+        while True:
+            item = self._next(deadline)
+            if item is None:
+                self._fail(errno.ETIMEDOUT, "no %s within %d ms" % (prefix.strip(", "), timeout_ms))
+            if item.startswith(prefix):
+                return item
+            self._urc(item)
+            if self._lost and not prefix.startswith("+QMTOPEN"):
+                self._fail(errno.ECONNRESET, "MQTT link lost (+QMTSTAT)")
+
+    def _urc(self, item):
+        if item.startswith("+QMTSTAT:"):
+            self._connected = False
+            self._lost = True
+            self.link_losses += 1
+        elif item.startswith("+CEREG:"):
+            self.cereg = self._fields(item)[-1]
+        elif item == "RDY":  # the module powered up again: its settings are gone
+            self._connected = False
+            self._psm_asked = False
+
+    def _pump(self, deadline, stop_on_message=False):
+        # take what the module says until `deadline` (at least what is there now); a
+        # received message ends it early if asked
+        self._fill(False)
+        while True:
+            item = self._frame()
+            if item is None:
+                if _left(deadline) <= 0:
+                    return
+                self._fill()
+            elif item is not True:
+                self._urc(item)
+            if stop_on_message and self._inbox:
+                return
+
+    def _next(self, deadline):
+        # the next thing the module said: a line, ">" (publish prompt), or None by the
+        # deadline; a +QMTRECV goes to the inbox and the search goes on
+        while True:
+            item = self._frame()
+            if item is not None:
+                if item is not True:
+                    return item
+                continue
+            if _left(deadline) <= 0:
+                return None
+            self._fill()
+
+    def _fill(self, block=True):
+        n = self._uart.any()
+        if not n and block:
+            data = self._uart.read(1)  # waits up to the UART's timeout
+            if not data:
+                return
+            self._rx += data
+            n = self._uart.any()
+        if n:
+            self._rx += self._uart.read(n)
+
+    def _frame(self):
+        # one item off the front of the receive buffer: a line, ">", True for a message
+        # put in the inbox, None if more bytes are needed (indexes, not copies: the buffer
+        # is looked at often)
+        rx = self._rx
+        n = len(rx)
+        i = 0
+        while i < n and (rx[i] == 13 or rx[i] == 10):
+            i += 1
+        if i == n:
+            if n:
+                self._rx = b""
+            return None
+        if rx[i] == 62 and i + 1 < n and rx[i + 1] == 32:  # "> "
+            self._rx = rx[i + 2 :]
+            return ">"
+        if rx[i] == 43 and rx.startswith(b"+QMTRECV:", i):
+            return self._message(i)
+        end = rx.find(b"\r", i)
+        if end < 0:
+            return None
+        self._rx = rx[end + 1 :]
+        if rx[i] == 65 and rx[i + 1 : i + 2] == b"T":  # our own command echoed (before ATE0)
+            return True
+        return rx[i:end].decode()
+
+    def _message(self, i):
+        # +QMTRECV: 0,<msgID>,"<topic>",<len>,"<payload>" (the payload may hold anything)
+        rx = self._rx
+        start = rx.find(b'"', i)
+        end = rx.find(b'"', start + 1) if start > 0 else -1
+        comma = rx.find(b',"', end + 1) if end > 0 else -1
+        if comma < 0:
+            return None
+        length = int(rx[end + 2 : comma])
+        body = comma + 2
+        if len(rx) < body + length + 1:
+            return None
+        self._inbox.append((rx[start + 1 : end].decode(), rx[body : body + length]))
+        self._rx = rx[body + length + 1 :]
+        return True
+
+    def _fields(self, line):
+        # "+QMTPUB: 0,3,0" -> [0, 3, 0]; strings stay strings
+        out = []
+        for part in line.split(":", 1)[1].split(","):
+            part = part.strip().strip('"')
+            try:
+                out.append(int(part))
+            except ValueError:
+                out.append(part)
+        return out
+
+
+def from_settings(s, uart, pwrkey_pin):
+    # the transport from the node's settings (the broker keys are the Wi-Fi uplink's)
+    if not s.get("mqtt_host"):
+        raise ValueError(
+            "config: mqtt_host needed for the NB-IoT uplink; set it with `polekit deploy --set`"
+        )
+    return NbIot(
+        uart,
+        pwrkey_pin,
+        s["mqtt_host"],
+        s.get("mqtt_port", 1883),
+        s.get("mqtt_user"),
+        s.get("mqtt_password"),
+        s.get("mqtt_keepalive_s", 300),
+        s.get("nbiot_attach_s", 120) * 1000,
+        s.get("nbiot_psm_tau_s", 7200),
+        s.get("nbiot_psm_active_s", 10),
+    )
