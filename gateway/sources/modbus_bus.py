@@ -21,6 +21,7 @@ a "lane" that polls whichever device is due next and no other lane is holding.
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import itertools
 import logging
@@ -572,9 +573,8 @@ class ModbusBus:
             call, what, req = self._requests.get_nowait()
             if req.done():  # its caller gave up (cancelled) meanwhile
                 continue
-            client = link.client
             try:
-                response = await self._transaction(lambda: call(client), what, link)
+                response = await self._transaction(functools.partial(call, link.client), what, link)
             except (ConnectionException, OSError) as exc:
                 if not req.done():
                     req.set_exception(exc)

@@ -1,0 +1,244 @@
+"""The RS-485 link for updates: the gateway's client of the node's Modbus transfer window
+(docs/protocols.md, "OTA over Modbus"; the registers and codes are protocols/ota.py).
+
+Every transaction goes through the bus's own task (``ModbusBus.request``), between its
+polls, with the line's t3.5 gaps: the update shares the line with the polling instead of
+taking the port away from it. While a transfer runs, every device on that bus is polled
+at most every ``poll_interval_s`` ([ota] poll_interval): the stated reduced rate; the
+transfer takes the rest of the line. One transfer at a time per bus is the rollout's rule
+(rollout.py), so a transfer's chunks never queue behind another's.
+
+A chunk whose answer is lost is sent again (the node answers a repeat as taken and does
+not write it twice); a chunk the node refuses as out of place (exception 3) makes the
+client read ``need`` and go on from there; "busy" (exception 6: the node is checking a
+signature or hashing its files) is waited out. A node that a few tries in a row do not
+reach is reported lost, and the rollout's next push resumes where the node stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pymodbus.exceptions import ConnectionException
+
+from polekit.gateway.config import DeviceConfig
+from polekit.gateway.ota.transport import LinkLost, NodeRefused, NodeUpdate, Progress, Pushed
+from polekit.gateway.sources.modbus_bus import DeviceNoResponse, DeviceRefused, ModbusBus
+
+log = logging.getLogger("polekit.gateway.ota.modbus")
+
+TRIES = 6  # a transaction that gets no answer is sent this many times in all
+BUSY_WAIT_S = 0.2  # between status reads while the node checks or hashes
+CHECK_TIMEOUT_S = 600.0  # the node's signature check (pure Ed25519 on the chip: seconds)
+VERIFY_TIMEOUT_S = 600.0  # every file's SHA-256 read back from the flash at commit
+ILLEGAL_DATA_VALUE = 3
+SERVER_BUSY = 6
+
+
+class _Window:
+    """protocols/ota.py (the window's registers and codes), imported at the first update:
+    like the node, the gateway loads it only when it has an update to carry."""
+
+    def __getattr__(self, name: str) -> Any:
+        from polekit.protocols import ota as window
+
+        return getattr(window, name)
+
+
+ota = _Window()
+
+
+class ModbusTransport:
+    """Updates the Modbus devices of the gateway's config (``devices``: code -> its
+    config and the bus it is on). ``poll_interval_s``: the polling floor on a bus while
+    it carries a transfer. ``clock`` is monotonic seconds (tests)."""
+
+    def __init__(
+        self,
+        devices: dict[str, tuple[DeviceConfig, ModbusBus]],
+        poll_interval_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.devices = devices
+        self.poll_interval_s = poll_interval_s
+        self.clock = clock
+
+    def line_of(self, device: str) -> str:
+        return f"bus:{self.devices[device][1].config.name}"
+
+    async def _call(self, device: str, call: Callable[[Any], Any], what: str) -> Any:
+        # one transaction with the tries a noisy line needs; busy answers waited out
+        dev, bus = self.devices[device]
+        last: Exception | None = None
+        for _ in range(TRIES):
+            try:
+                return await bus.request(call, f"{dev.code} {what}")
+            except DeviceNoResponse as exc:
+                last = exc
+            except DeviceRefused as exc:
+                if exc.code != SERVER_BUSY:
+                    raise
+                last = exc
+                await asyncio.sleep(BUSY_WAIT_S)
+            except (ConnectionException, OSError) as exc:  # the port went away: reopening
+                last = exc
+                await asyncio.sleep(1.0)
+        raise LinkLost(f"{dev.code} does not answer ({what}): {last}")
+
+    async def _status(self, device: str) -> dict[str, Any]:
+        dev = self.devices[device][0]
+        rr = await self._call(
+            device,
+            lambda c: c.read_holding_registers(
+                ota.WINDOW_STATUS, count=ota.STATUS_REGS, device_id=dev.unit
+            ),
+            "OTA status",
+        )
+        if len(rr.registers) != ota.STATUS_REGS:
+            raise LinkLost(f"{dev.code}: OTA status of {len(rr.registers)} registers")
+        status: dict[str, Any] = ota.decode_status(list(rr.registers))
+        return status
+
+    async def status(self, device: str) -> NodeUpdate:
+        try:
+            s = await self._status(device)
+        except DeviceRefused as exc:  # no transfer window: firmware from before updates
+            raise LinkLost(f"{device} has no OTA window (firmware too old?): {exc}") from None
+        return NodeUpdate(
+            running=s["running"],
+            previous=s["previous"],
+            state=s["state"],
+            error=s["error"],
+            rollback=s["rollback"],
+        )
+
+    async def _command(self, device: str, code: int, *args: int) -> None:
+        dev = self.devices[device][0]
+        regs = [code, *args]
+        await self._call(
+            device,
+            lambda c: c.write_registers(ota.WINDOW_COMMAND, regs, device_id=dev.unit),
+            f"OTA command {code}",
+        )
+
+    async def _write(self, device: str, file_index: int, offset: int, chunk: bytes) -> bool:
+        # True when the node took it; False when it refused it as out of place (read
+        # ``need`` and go on from there)
+        dev = self.devices[device][0]
+        regs = ota.data_registers(file_index, offset, chunk)
+        try:
+            await self._call(
+                device,
+                lambda c: c.write_registers(ota.WINDOW_DATA, regs, device_id=dev.unit),
+                f"OTA data {file_index}:{offset}",
+            )
+        except DeviceRefused as exc:
+            if exc.code == ILLEGAL_DATA_VALUE:
+                return False
+            if exc.code == 4:  # the flash refused the write: full
+                s = await self._status(device)
+                raise NodeRefused(s["error"] or 5, ota.error_text(s["error"] or 5)) from None
+            raise
+        return True
+
+    async def _wait_leaving(
+        self, device: str, states: tuple[int, ...], timeout_s: float
+    ) -> dict[str, Any]:
+        # read the status until the node's state is none of ``states``
+        deadline = self.clock() + timeout_s
+        while True:
+            s = await self._status(device)
+            if s["state_code"] not in states:
+                return s
+            if self.clock() > deadline:
+                raise LinkLost(f"{device} stayed {s['state']} for {timeout_s:g} s")
+            await asyncio.sleep(BUSY_WAIT_S)
+
+    async def push(
+        self,
+        device: str,
+        manifest: bytes,
+        sig: bytes,
+        files: list[bytes],
+        progress: Progress,
+    ) -> Pushed:
+        bus = self.devices[device][1]
+        bus.poll_floor_s = self.poll_interval_s
+        log.info(
+            "bus %s: update transfer to %s; its devices polled every %g s at most until it ends",
+            bus.config.name,
+            device,
+            self.poll_interval_s,
+        )
+        try:
+            return await self._push(device, manifest, sig, files, progress)
+        except DeviceRefused as exc:
+            raise LinkLost(f"{device} refused a transfer step: {exc}") from None
+        finally:
+            bus.poll_floor_s = 0.0
+
+    async def _push(
+        self,
+        device: str,
+        manifest: bytes,
+        sig: bytes,
+        files: list[bytes],
+        progress: Progress,
+    ) -> Pushed:
+        header = sig + manifest
+        await self._command(device, ota.CMD_OPEN, len(header) >> 16, len(header) & 0xFFFF)
+        for offset in range(0, len(header), ota.CHUNK_BYTES):
+            part = header[offset : offset + ota.CHUNK_BYTES]
+            if not await self._write(device, ota.HEADER_FILE, offset, part):
+                raise LinkLost(f"{device} refused the header at byte {offset}")
+        await self._command(device, ota.CMD_BEGIN)
+        s = await self._wait_leaving(device, (ota.HEADER, ota.CHECKING), CHECK_TIMEOUT_S)
+        if s["state_code"] == ota.REFUSED:
+            raise NodeRefused(s["error"], ota.error_text(s["error"]))
+        starts = [sum(len(f) for f in files[:i]) for i in range(len(files))]
+        total = sum(len(f) for f in files)
+        chunk_bytes = min(s["chunk"] or ota.CHUNK_BYTES, ota.CHUNK_BYTES)
+        resumed_at = self._held(s["need"], starts, total)
+        sent = 0
+        need = s["need"]
+        progress(resumed_at, total)
+        while True:
+            while need is not None:
+                index, offset = need
+                if index >= len(files):
+                    raise LinkLost(f"{device} asks for file {index}; the bundle has {len(files)}")
+                part = files[index][offset : offset + chunk_bytes]
+                if part and await self._write(device, index, offset, part):
+                    sent += len(part)
+                    offset += len(part)
+                    while index < len(files) and offset >= len(files[index]):
+                        index, offset = index + 1, 0
+                    need = (index, offset) if index < len(files) else None
+                    progress(starts[index] + offset if need else total, total)
+                else:  # out of place (or an empty file): where does the node stand?
+                    need = (await self._status(device))["need"]
+            # every byte sent: the node's own word on it before the commit
+            s = await self._status(device)
+            if s["need"] is None:
+                break
+            need = s["need"]
+        await self._command(device, ota.CMD_COMMIT)
+        try:
+            s = await self._wait_leaving(device, (ota.RECEIVING, ota.VERIFYING), VERIFY_TIMEOUT_S)
+        except LinkLost:  # it reset into the new version before we saw it installing
+            return Pushed(sent, resumed_at)
+        if s["state_code"] == ota.REFUSED:
+            raise NodeRefused(s["error"], ota.error_text(s["error"]))
+        return Pushed(sent, resumed_at)
+
+    @staticmethod
+    def _held(need: tuple[int, int] | None, starts: list[int], total: int) -> int:
+        # bytes of the files the node already holds, from its ``need``
+        if need is None:
+            return total
+        index, offset = need
+        return starts[index] + offset if index < len(starts) else total
