@@ -10,50 +10,19 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from gwproc import CountingDevices, GatewayProcess, write_config
+from otakit import events, make_key, pole_codes, pole_line, polekit, rtu_bus, signed_bundle
 
 from polekit.hil.broker import LocalBroker
-from polekit.protocols import cbor, identity
+from polekit.protocols import cbor, identity, senml
 
 from gwkit import Collector, run, until
 
 POLE = identity.make("371600", "PL", 41)
 WINDOW = 0x1000  # the OTA window's first register (docs/protocols.md): none below is OTA
-
-
-def polekit(
-    *args: str, cwd: Path | None = None, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    """``polekit ARGS`` as a user runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", "polekit", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=cwd,
-    )
-
-
-def make_key(folder: Path, name: str) -> Path:
-    """``polekit keys new NAME`` in ``folder``: the .pub's path."""
-    done = polekit("keys", "new", name, cwd=folder)
-    assert done.returncode == 0, done.stderr
-    return folder / f"{name}.pub"
-
-
-def signed_bundle(folder: Path, key: Path, version: str, **extra: str) -> Path:
-    """``polekit build --sign KEY --version V -o folder`` for the pole board."""
-    args = ["build", "--board", "pole-env-esp32", "--sign", str(key), "--version", version]
-    for option, value in extra.items():
-        args += [f"--{option.replace('_', '-')}", value]
-    done = polekit(*args, "-o", str(folder))
-    assert done.returncode == 0, done.stdout + done.stderr
-    return folder
 
 
 class WatchedDevices(CountingDevices):
@@ -96,9 +65,8 @@ def rollouts_in(database: Path) -> list[tuple[Any, ...]]:
 
 
 def test_bundle_signed_by_another_key_is_refused_before_any_transfer(tmp_path: Path) -> None:
-    ours = make_key(tmp_path, "city")
-    theirs = tmp_path / "intruder.key"
-    make_key(tmp_path, "intruder")
+    ours = make_key(tmp_path, "city").with_suffix(".pub")
+    theirs = make_key(tmp_path, "intruder")
     bundle = signed_bundle(tmp_path / "evil", theirs, "0.2")
 
     async def scenario() -> None:
@@ -170,3 +138,109 @@ def test_bundle_signed_by_another_key_is_refused_before_any_transfer(tmp_path: P
         assert not any((tmp_path / "data" / "ota").glob("*/manifest.cbor"))  # nothing kept
 
     run(scenario(), 120)
+
+
+def _pole_devices(codes: list[str], poll_s: float = 1.0) -> list[dict[str, Any]]:
+    return [
+        {"code": c, "bus": "line", "unit": u, "map": "pole-env", "poll_interval": poll_s}
+        for u, c in enumerate(codes, 1)
+    ]
+
+
+def _fw_version(sub: Collector, code: str) -> int | None:
+    """The ``fw_version`` of the last pack of ``code`` at the broker."""
+    packs = sub.packs(code)
+    for pack in reversed(packs):
+        for r in pack:
+            if r["n"].endswith(":fw_version"):
+                return int(r["v"])
+    return None
+
+
+def _pack_time(payload: bytes) -> float:
+    """The time of a SenML pack (CBOR) at the broker."""
+    return float(senml.resolve(senml.decode_cbor(payload), now=0)[0]["t"])
+
+
+def test_signed_update_reaches_three_nodes_on_one_line_while_the_others_keep_being_polled(
+    tmp_path: Path,
+) -> None:
+    # issue 16's first proof: three emulated pole nodes on one paced 9600-baud line, the
+    # field tool's push (canary, then a batch of two), one transfer at a time on the
+    # line, the nodes not being updated polled all along at the stated reduced rate
+    key = make_key(tmp_path, "city")
+    bundle = signed_bundle(tmp_path / "v0.2", key, "0.2")
+    codes = pole_codes(3)
+    floor_s = 3.0
+
+    async def scenario() -> None:
+        with pole_line(tmp_path, key, codes, 9600) as (line, _boards), LocalBroker() as broker:
+            config = ota_config(
+                tmp_path / "gateway.toml",
+                tmp_path / "data",
+                broker.url,
+                _pole_devices(codes),
+                [rtu_bus(line.endpoint(), 9600)],
+                key.with_suffix(".pub"),
+                poll_interval=floor_s,
+                trial_wait=180,
+                batch_size=2,
+            )
+            async with Collector(broker.host, broker.port) as sub:
+                gw = GatewayProcess(config, tmp_path / "gateway.log")
+                try:
+                    await until(
+                        lambda: all(_fw_version(sub, c) == 1 for c in codes), 60, "0.1 everywhere"
+                    )
+                    push = await asyncio.to_thread(
+                        polekit,
+                        "ota", "push", "-c", str(config), "--bundle", str(bundle),
+                        "--devices", ",".join(codes),
+                        timeout=1500,
+                    )  # fmt: skip
+                    assert push.returncode == 0, push.stdout + push.stderr + gw.output()[-3000:]
+                    await until(
+                        lambda: all(_fw_version(sub, c) == 2 for c in codes), 30, "0.2 everywhere"
+                    )
+                    messages = list(sub.messages)
+                finally:
+                    gw.proc.terminate()
+                    gw.proc.wait(timeout=15)
+        assert "3 of 3 device(s) on 0.2" in push.stdout, push.stdout
+        size = sum(f.stat().st_size for f in (bundle / "lib").rglob("*") if f.is_file())
+        reports = {dev: value for _, dev, value in events(messages, "ota_result")}
+        assert sorted(reports) == sorted(codes)
+        for code in codes:
+            r = reports[code]
+            assert (r["result"], r["version_before"], r["version_after"]) == (
+                "updated",
+                "0.1",
+                "0.2",
+            )
+            assert r["bytes"] >= size and r["duration_s"] > 0, r
+        assert [v["state"] for _, _, v in events(messages, "ota_rollout")] == ["running", "done"]
+        # each transfer: from its "sending" to its "installing" progress event, the other
+        # two nodes' packs at the broker; one transfer at a time (they do not overlap)
+        progress = events(messages, "ota_progress")
+        spans = []
+        for code in codes:
+            begin = next(i for i, d, v in progress if d == code and v["state"] == "sending")
+            end = next(i for i, d, v in progress if d == code and v["state"] == "installing")
+            spans.append((begin, end, code))
+        spans.sort()
+        for (_, end, _), (begin, _, _) in zip(spans, spans[1:], strict=False):
+            assert end < begin, "two transfers at once on one line"
+        for begin, end, code in spans:
+            for other in (c for c in codes if c != code):
+                times = [
+                    _pack_time(m.payload)
+                    for m in messages[begin:end]
+                    if m.topic.endswith(f"/data/{other}")
+                ]
+                gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+                assert len(times) >= 5, (code, other, times)  # polling went on
+                # at the stated reduced rate: one poll every [ota] poll_interval (after
+                # the one already due when the transfer began)
+                assert min(gaps[1:]) >= 0.9 * floor_s, (code, other, gaps)
+
+    run(scenario(), 1800)

@@ -321,7 +321,6 @@ class RolloutRunner:
         except UpdateError as exc:
             await self._done(row, "failed", f"transfer: {exc}")
             return False
-        row.sent += pushed.sent
         row.bytes = row.total
         row.state = "installing"
         await self.store.save_device(row)
@@ -397,7 +396,10 @@ class RolloutRunner:
 
     def _on_progress(self, row: DeviceRow, have: int, total: int) -> None:
         # called by the transport as chunks are taken: memory at once, the database and
-        # the platforms now and then (each quarter of the way)
+        # the platforms now and then (each quarter of the way). What the node gained was
+        # sent to it (a transfer resumed after a restart counts only the rest)
+        if have > row.bytes:
+            row.sent += have - row.bytes
         row.bytes, row.total = have, total
         now = self.clock()
         if now - self._saved_at.get(row.device, 0.0) >= SAVE_EVERY_S:

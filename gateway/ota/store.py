@@ -67,8 +67,9 @@ SUCCESS = ("updated", "already")  # results that let a rollout go on
 @dataclass
 class DeviceRow:
     """One device of a rollout. ``bytes``: of the bundle's files the node holds (after
-    the last progress saved); ``sent``: bytes that crossed the link for it in all (a
-    resumed push sends only the rest); ``started``/``finished``: wall clock."""
+    the last progress saved); ``sent``: file bytes the node took from this gateway in all
+    (a transfer resumed after a restart adds only the rest; resends of a lost answer are
+    not counted); ``started``/``finished``: wall clock."""
 
     rollout: int
     device: str
