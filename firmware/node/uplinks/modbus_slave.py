@@ -15,13 +15,23 @@ import time
 from protocols import modbus
 from protocols.errors import FrameError, ModbusException
 
+# The OTA transfer window's first address (protocols.ota.WINDOW_STATUS; not imported here:
+# the node loads its update code at the first request to the window, tests/test_ota_node.py
+# checks the two agree)
+OTA_WINDOW = 0x1000
+
 # CPython has no ticks_diff; MicroPython's wraps around like this
 _diff = getattr(time, "ticks_diff", lambda a, b: a - b)
 
 
 class ModbusSlave:
-    def __init__(self, uart, unit, registers, baudrate=9600):
+    # ``ota_window``: None, or a function that makes the OTA transfer window
+    # (node/ota/modbus_window.py) at the first request to its addresses, which then go to
+    # it instead of the register file
+    def __init__(self, uart, unit, registers, baudrate=9600, ota_window=None):
         self.uart = uart
+        self.ota_window = ota_window
+        self.window = None
         self.unit = unit
         self.registers = registers
         self.gap_ms = max(2, int(modbus.t35_s(baudrate) * 1000 + 0.999))
@@ -48,6 +58,15 @@ class ModbusSlave:
         if req.error:
             return modbus.exception_response(self.unit, fc, req.error)
         try:
+            w = self.window
+            if w is None and self.ota_window and req.address >= OTA_WINDOW:
+                w = self.window = self.ota_window()
+            if w is not None and fc != modbus.READ_INPUT and w.handles(req.address):
+                if fc == modbus.READ_HOLDING:
+                    return modbus.read_response(self.unit, fc, w.read(req.address, req.count))
+                w.write(req.address, list(req.values))
+                value = req.values[0] if fc == modbus.WRITE_SINGLE else req.count
+                return modbus.write_response(self.unit, fc, req.address, value)
             if fc == modbus.READ_HOLDING or fc == modbus.READ_INPUT:
                 table = "holding" if fc == modbus.READ_HOLDING else "input"
                 regs = self.registers.read(table, req.address, req.count)
