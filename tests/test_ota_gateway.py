@@ -9,12 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 from gwproc import CountingDevices, GatewayProcess, write_config
-from otakit import events, make_key, pole_codes, pole_line, polekit, rtu_bus, signed_bundle
+from otakit import (
+    broken_bundle,
+    events,
+    make_key,
+    pole_codes,
+    pole_line,
+    polekit,
+    rtu_bus,
+    signed_bundle,
+)
 
 from polekit.hil.broker import LocalBroker
 from polekit.protocols import cbor, identity, senml
@@ -244,3 +254,116 @@ def test_signed_update_reaches_three_nodes_on_one_line_while_the_others_keep_bei
                 assert min(gaps[1:]) >= 0.9 * floor_s, (code, other, gaps)
 
     run(scenario(), 1800)
+
+
+def test_failing_canary_stops_the_rollout_and_the_report_says_so(tmp_path: Path) -> None:
+    # a bundle whose new version raises at start-up, sent by the platform's ota command:
+    # the canary takes it, fails, rolls back by itself; nobody else gets it
+    key = make_key(tmp_path, "city")
+    bundle = broken_bundle(tmp_path / "v0.2-broken", key, "0.2")
+    codes = pole_codes(2, 70)
+
+    async def scenario() -> None:
+        with pole_line(tmp_path, key, codes, 115200) as (line, _), LocalBroker() as broker:
+            config = ota_config(
+                tmp_path / "gateway.toml",
+                tmp_path / "data",
+                broker.url,
+                _pole_devices(codes),
+                [rtu_bus(line.endpoint(), 115200)],
+                key.with_suffix(".pub"),
+                trial_wait=120,
+                batch_size=1,
+            )
+            async with Collector(broker.host, broker.port) as sub:
+                gw = GatewayProcess(config, tmp_path / "gateway.log")
+                try:
+                    await until(
+                        lambda: all(_fw_version(sub, c) == 1 for c in codes), 60, "0.1 everywhere"
+                    )
+                    command = {"id": "u-1", "ota": {"bundle": str(bundle), "devices": codes}}
+                    await sub.publish(
+                        "polekit/v1/gw-fault/cmd/gw-fault", json.dumps(command).encode()
+                    )
+                    await until(
+                        lambda: len(events(sub.messages, "ota_rollout")) == 2, 600, "the end"
+                    )
+                    accepted = cbor.loads(sub.on("/cmd-result/gw-fault")[0].payload)
+                    status = await asyncio.to_thread(polekit, "ota", "status", "-c", str(config))
+                    messages = list(sub.messages)
+                    await until(lambda: _fw_version(sub, codes[0]) == 1, 30, "the canary on 0.1")
+                finally:
+                    gw.proc.terminate()
+                    gw.proc.wait(timeout=15)
+        assert accepted["ok"] is True and accepted["ota"]["devices"] == codes, accepted
+        final = events(messages, "ota_rollout")[-1][2]
+        assert final["state"] == "stopped" and codes[0] in final["reason"], final
+        reports = {dev: value for _, dev, value in events(messages, "ota_result")}
+        canary, other = reports[codes[0]], reports[codes[1]]
+        assert canary["result"] == "rolled_back", canary
+        assert "exception at start-up" in canary["reason"], canary
+        assert (canary["version_before"], canary["version_after"]) == ("0.1", "0.1")
+        assert other["result"] == "skipped" and other["bytes"] == 0, other
+        assert status.returncode == 1 and "rolled_back" in status.stdout, status.stdout
+
+    run(scenario(), 900)
+
+
+def test_gateway_restart_mid_rollout_resumes_from_its_database(tmp_path: Path) -> None:
+    # the gateway is killed (-9) in the middle of a transfer; started again, it takes the
+    # rollout up from its database and the node goes on from what it had staged
+    key = make_key(tmp_path, "city")
+    bundle = signed_bundle(tmp_path / "v0.2", key, "0.2")
+    codes = pole_codes(1, 80)
+    size = sum(f.stat().st_size for f in (bundle / "lib").rglob("*") if f.is_file())
+
+    async def scenario() -> None:
+        with pole_line(tmp_path, key, codes, 115200) as (line, _), LocalBroker() as broker:
+            config = ota_config(
+                tmp_path / "gateway.toml",
+                tmp_path / "data",
+                broker.url,
+                _pole_devices(codes),
+                [rtu_bus(line.endpoint(), 115200)],
+                key.with_suffix(".pub"),
+                trial_wait=120,
+            )
+            async with Collector(broker.host, broker.port) as sub:
+                gw = GatewayProcess(config, tmp_path / "gateway.log")
+                try:
+                    await until(lambda: _fw_version(sub, codes[0]) == 1, 60, "0.1")
+                    push = await asyncio.to_thread(
+                        polekit,
+                        "ota", "push", "-c", str(config), "--bundle", str(bundle),
+                        "--devices", codes[0], "--no-wait",
+                    )  # fmt: skip
+                    assert push.returncode == 0, push.stderr
+
+                    def have() -> int:
+                        h = gw.health()
+                        rollout = h and h["ota"]["rollout"]
+                        return rollout["devices"][0]["have"] if rollout else 0
+
+                    await until(lambda: have() > size // 3, 120, "a third of the transfer")
+                    gw.proc.kill()  # mid-transfer, no goodbye
+                    gw.proc.wait(timeout=15)
+                    gw = GatewayProcess(config, tmp_path / "gateway.log")
+                    await until(
+                        lambda: len(events(sub.messages, "ota_result")) == 1, 300, "the report"
+                    )
+                    second_run = gw.output()
+                finally:
+                    gw.proc.terminate()
+                    gw.proc.wait(timeout=15)
+        report = events(sub.messages, "ota_result")[0][2]
+        assert report["result"] == "updated" and report["version_after"] == "0.2", report
+        assert "rollout 1 resumed" in second_run, second_run[-3000:]
+        held = re.search(
+            r"bundle delivered \((\d+) bytes sent, (\d+) held from before\)", second_run
+        )
+        assert held is not None, second_run[-3000:]
+        assert int(held.group(2)) > size // 3 and int(held.group(1)) < size - size // 3, held.group(
+            0
+        )
+
+    run(scenario(), 600)

@@ -28,6 +28,7 @@ from pymodbus.exceptions import ConnectionException
 from polekit.gateway.config import DeviceConfig
 from polekit.gateway.ota.transport import LinkLost, NodeRefused, NodeUpdate, Progress, Pushed
 from polekit.gateway.sources.modbus_bus import DeviceNoResponse, DeviceRefused, ModbusBus
+from polekit.protocols import ota
 
 log = logging.getLogger("polekit.gateway.ota.modbus")
 
@@ -37,19 +38,6 @@ CHECK_TIMEOUT_S = 600.0  # the node's signature check (pure Ed25519 on the chip:
 VERIFY_TIMEOUT_S = 600.0  # every file's SHA-256 read back from the flash at commit
 ILLEGAL_DATA_VALUE = 3
 SERVER_BUSY = 6
-
-
-class _Window:
-    """protocols/ota.py (the window's registers and codes), imported at the first update:
-    like the node, the gateway loads it only when it has an update to carry."""
-
-    def __getattr__(self, name: str) -> Any:
-        from polekit.protocols import ota as window
-
-        return getattr(window, name)
-
-
-ota = _Window()
 
 
 class ModbusTransport:
