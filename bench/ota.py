@@ -34,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from otakit import make_key, pole_codes, pole_line, rtu_bus, signed_bundle  # noqa: E402
+from otagwkit import make_key, pole_codes, pole_line, rtu_bus, signed_bundle  # noqa: E402
 
 from polekit.gateway.app import Gateway  # noqa: E402
 from polekit.gateway.config import parse_config  # noqa: E402

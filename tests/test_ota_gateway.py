@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gwproc import CountingDevices, GatewayProcess, write_config
-from otakit import (
+from otagwkit import (
     broken_bundle,
     events,
     make_key,
