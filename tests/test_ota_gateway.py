@@ -2,7 +2,7 @@
 process (``polekit gateway run``), a real mosquitto, signed bundles made by ``polekit
 keys``/``polekit build --sign``, and the field tool as a user runs it. The rollouts that
 reach nodes run against emulated pole nodes with the real firmware on one paced 9600-baud
-RS-485 line (tests/otakit.py); the refusals against pymodbus devices (gwproc.py), where
+RS-485 line (tests/otagwkit.py); the refusals against pymodbus devices (gwproc.py), where
 every request on the wire is seen, so "nothing was sent" is checked, not assumed."""
 
 from __future__ import annotations
