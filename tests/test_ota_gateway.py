@@ -345,6 +345,10 @@ def test_gateway_restart_mid_rollout_resumes_from_its_database(tmp_path: Path) -
                         return rollout["devices"][0]["have"] if rollout else 0
 
                     await until(lambda: have() > size // 3, 120, "a third of the transfer")
+                    assert gw.status_url is not None
+                    shown = await asyncio.to_thread(
+                        polekit, "gateway", "status", "--url", gw.status_url.rsplit("/", 1)[0]
+                    )
                     gw.proc.kill()  # mid-transfer, no goodbye
                     gw.proc.wait(timeout=15)
                     gw = GatewayProcess(config, tmp_path / "gateway.log")
@@ -357,6 +361,8 @@ def test_gateway_restart_mid_rollout_resumes_from_its_database(tmp_path: Path) -
                     gw.proc.wait(timeout=15)
         report = events(sub.messages, "ota_result")[0][2]
         assert report["result"] == "updated" and report["version_after"] == "0.2", report
+        assert "update rollout 1" in shown.stdout and "sending" in shown.stdout, shown.stdout
+        assert "polled every 10 s at most" in shown.stdout, shown.stdout
         assert "rollout 1 resumed" in second_run, second_run[-3000:]
         held = re.search(
             r"bundle delivered \((\d+) bytes sent, (\d+) held from before\)", second_run

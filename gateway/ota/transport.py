@@ -17,19 +17,12 @@ from typing import Protocol
 # (bytes the node holds of the bundle's files, bytes in all): called as chunks are taken
 Progress = Callable[[int, int], None]
 
-# the node's rollback reasons (I16.md section 2), as the report words them
-ROLLBACK_REASONS = {
-    1: "the new version raised an exception at start-up",
-    2: "a watchdog reset during the trial",
-    3: "a crash loop (it restarted without confirming)",
-    4: "its self-test failed",
-    5: "its uplink was not healthy within the trial time",
-}
-
 
 def rollback_text(code: int) -> str:
-    """The words for a node's rollback reason code."""
-    return ROLLBACK_REASONS.get(code, f"rollback reason {code}")
+    """The words for a node's rollback reason code (protocols/ota.py's table)."""
+    from polekit.protocols import ota
+
+    return str(ota.rollback_text(code))
 
 
 @dataclass(frozen=True)
@@ -50,6 +43,11 @@ class NodeUpdate:
     def on_trial(self) -> bool:
         """The new version runs and has not confirmed itself yet."""
         return self.state == "trial"
+
+    @property
+    def rolled_back(self) -> bool:
+        """The node went back to its previous version by itself after a failed trial."""
+        return self.state == "rolled_back"
 
 
 @dataclass(frozen=True)
