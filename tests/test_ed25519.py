@@ -125,3 +125,18 @@ def test_vectors_agree_with_cryptography_inside_the_micropython_vm() -> None:
             assert w[2] == hashlib.sha512(data).hexdigest(), n
     times = {name: int(w[2]) for name, w in cases.items() if name.startswith("TEST")}
     print("verify in the MicroPython VM (ms, unthrottled):", times)
+
+
+def test_the_base_point_table_holds_the_multiples_of_b() -> None:
+    # the literals in ed25519.py: [i]B, from the RFC 8032 base point, as (Y+X, Y-X, 2dT, 2)
+    p, d = ed25519.P, ed25519.D
+    bx, by = ed25519._BX, ed25519._BY
+    assert (by * by - bx * bx - 1 - d * bx * bx * by * by) % p == 0  # -x^2 + y^2 = 1 + dx^2y^2
+    point = (bx, by, 1, bx * by % p)
+    acc = point
+    for i in range(1, 16):
+        x, y, z, t = acc
+        zi = pow(z, p - 2, p)
+        x, y = x * zi % p, y * zi % p
+        assert ed25519._BASE[i] == ((y + x) % p, (y - x) % p, 2 * d * x * y % p, 2), i
+        acc = ed25519._add(acc, ed25519._cached(point))
