@@ -58,15 +58,16 @@ def _cached(p1):
     return ((y + x) % P, (y - x) % P, t * _D2 % P, 2 * z % P)
 
 
-# [1..15]Q as cached points (index 0 unused)
-def _table(q):
+# [1..15]Q as cached points into ``out`` (index 0 unused), in steps of a few additions
+def _table(q, out):
     one = _cached(q)
-    out = [None, one]
+    out += [None, one]
     acc = q
-    for _ in range(14):
+    for i in range(14):
         acc = _add(acc, one)
         out.append(_cached(acc))
-    return out
+        if i & 3 == 3:
+            yield None
 
 
 # [1..15]B as affine cached points (Y+X, Y-X, 2dT, 2Z with Z = 1: an addition of one costs
@@ -214,13 +215,15 @@ def verify_steps(public_key, message, signature):
     if a is None:
         yield False
         return
-    h = SHA512(r + bytes(public_key))
+    h = SHA512()
+    yield from h.update_steps(r + bytes(public_key))
     for i in range(0, len(message), 128):
-        h.update(message[i : i + 128])
-        yield None
+        yield from h.update_steps(message[i : i + 128])
+    yield from h.finish_steps()
     k = int.from_bytes(h.digest(), "little") % L
     yield None
-    neg = _table((P - a[0], a[1], 1, (P - a[0]) * a[1] % P))
+    neg = []
+    yield from _table((P - a[0], a[1], 1, (P - a[0]) * a[1] % P), neg)
     sb = s.to_bytes(32, "little")
     kb = k.to_bytes(32, "little")
     base = _BASE
