@@ -45,25 +45,7 @@ STATES = (
     "rolled_back",
 )
 
-# refusals (status +1, ota_error): 1-4, 6, 7 are check_manifest's ManifestError codes
-E_SIGNATURE = 1
-E_BOARD = 2
-E_DOWNGRADE = 3
-E_MIN_VERSION = 4
-E_TOO_LARGE = 5
-E_MALFORMED = 6
-E_NO_KEY = 7
-E_FILE_HASH = 8
-ERRORS = """
-1 bad signature (another key, or the manifest was changed after signing)
-2 the manifest is for another board
-3 a downgrade: older than the running version and not marked "downgrade"
-4 the running version is older than the manifest's min_version
-5 too large for the node's flash
-6 malformed manifest or header
-7 no update key installed on the node (/ota.pub): deploy with --key
-8 a file's SHA-256 differs from the manifest's (changed after signing, or corrupted)
-"""
+# refusals (status +1, ota_error): protocols.manifest's codes (ManifestError, REASONS)
 
 # rollback reasons (status +7, ota_rollback)
 RB_EXCEPTION = 1
@@ -89,7 +71,9 @@ def _text(table, code):
 
 # What a refusal code means, in words.
 def error_text(code):
-    return _text(ERRORS, code)
+    from .manifest import REASONS
+
+    return REASONS.get(code, "code %d" % code)
 
 
 # What a rollback code means, in words.

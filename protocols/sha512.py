@@ -38,6 +38,9 @@ def _rotr(x, n):
     return (x >> n | x << (64 - n)) & _M
 
 
+# One block's compression as steps: yields None every few rounds (each 64-bit word is a big
+# integer on MicroPython: a whole block makes ~180 KB of garbage, more than the emulated
+# ESP32 can hold between two collections), then writes the new state into ``h``.
 def _compress(h, block):
     w = [int.from_bytes(block[i : i + 8], "big") for i in range(0, 128, 8)]
     for t in range(16, 80):
@@ -46,6 +49,8 @@ def _compress(h, block):
         s0 = _rotr(a, 1) ^ _rotr(a, 8) ^ a >> 7
         s1 = _rotr(b, 19) ^ _rotr(b, 61) ^ b >> 6
         w.append((w[t - 16] + s0 + w[t - 7] + s1) & _M)
+        if t & 7 == 7:
+            yield None
     a, b, c, d, e, f, g, hh = h
     for t in range(80):
         t1 = (
@@ -64,12 +69,16 @@ def _compress(h, block):
         c = b
         b = a
         a = (t1 + t2) & _M
-    return [(x + y) & _M for x, y in zip(h, (a, b, c, d, e, f, g, hh))]
+        if t & 7 == 7:
+            yield None
+    new = (a, b, c, d, e, f, g, hh)
+    for i in range(8):
+        h[i] = (h[i] + new[i]) & _M
 
 
 # hashlib-style: update() with bytes as often as needed, then digest() (64 bytes).
-# Whole 128-byte blocks are compressed as they arrive, so a caller that feeds one block
-# at a time can yield between blocks.
+# update_steps() and finish_steps() are the same work as generators of steps, for a caller
+# that yields to its event loop between them (protocols/ed25519.py).
 class SHA512:
     block_size = 128
     digest_size = 64
@@ -78,24 +87,36 @@ class SHA512:
         self._h = list(_H0)
         self._buf = b""
         self._n = 0
+        self._done = None
         if data:
             self.update(data)
 
-    def update(self, data):
+    def update_steps(self, data):
+        self._done = None
         data = self._buf + bytes(data)
         self._n += len(data) - len(self._buf)
         end = len(data) - len(data) % 128
-        for i in range(0, end, 128):
-            self._h = _compress(self._h, data[i : i + 128])
         self._buf = data[end:]
+        for i in range(0, end, 128):
+            yield from _compress(self._h, data[i : i + 128])
 
-    def digest(self):
-        h = self._h
+    def finish_steps(self):
         pad = b"\x80" + bytes((111 - self._n) % 128) + (self._n * 8).to_bytes(16, "big")
         data = self._buf + pad
+        h = list(self._h)
         for i in range(0, len(data), 128):
-            h = _compress(h, data[i : i + 128])
-        return b"".join(x.to_bytes(8, "big") for x in h)
+            yield from _compress(h, data[i : i + 128])
+        self._done = b"".join(x.to_bytes(8, "big") for x in h)
+
+    def update(self, data):
+        for _ in self.update_steps(data):
+            pass
+
+    def digest(self):
+        if self._done is None:
+            for _ in self.finish_steps():
+                pass
+        return self._done
 
 
 def sha512(data=b""):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -22,6 +23,9 @@ from polekit.protocols.sha512 import SHA512, sha512
 from conftest import ROOT, VECTORS, load_vectors
 
 V = load_vectors("ed25519")
+# garbage one step of verify_async() may make: an ESP32 without PSRAM leaves ~110 KiB to
+# MicroPython, the node holds less than half of it (tests/test_micropython.py)
+STEP_BYTES_MAX = 24 * 1024
 ALL = V["rfc8032"] + V["rejected"] + V["refused_beyond_openssl"]
 
 
@@ -125,3 +129,52 @@ def test_vectors_agree_with_cryptography_inside_the_micropython_vm() -> None:
             assert w[2] == hashlib.sha512(data).hexdigest(), n
     times = {name: int(w[2]) for name, w in cases.items() if name.startswith("TEST")}
     print("verify in the MicroPython VM (ms, unthrottled):", times)
+
+
+def test_the_base_point_table_holds_the_multiples_of_b() -> None:
+    # the literals in ed25519.py: [i]B, from the RFC 8032 base point, as (Y+X, Y-X, 2dT, 2);
+    # the same as the table verify() builds for a public key
+    p, d = ed25519.P, ed25519.D
+    bx, by = ed25519._BX, ed25519._BY
+    assert (by * by - bx * bx - 1 - d * bx * bx * by * by) % p == 0  # -x^2 + y^2 = 1 + dx^2y^2
+    point = (bx, by, 1, bx * by % p)
+    acc = point
+    for i in range(1, 16):
+        x, y, z, t = acc
+        zi = pow(z, p - 2, p)
+        x, y = x * zi % p, y * zi % p
+        assert ed25519._BASE[i] == ((y + x) % p, (y - x) % p, 2 * d * x * y % p, 2), i
+        acc = ed25519._add(acc, ed25519._cached(point))
+    built: list = []
+    for _ in ed25519._table(point, built):
+        pass
+    for i in range(1, 16):
+        yp, ym, t2, z2 = built[i]
+        zi = pow(z2 * pow(2, p - 2, p) % p, p - 2, p)
+        assert ed25519._BASE[i] == (yp * zi % p, ym * zi % p, t2 * zi % p, 2), i
+
+
+def test_each_async_step_makes_little_enough_garbage_for_the_emulated_esp32(
+    tmp_path: Path,
+) -> None:
+    # the emulated board collects garbage only at the yields (docs/hil.md): what one step
+    # allocates must fit in the heap an update leaves free, with room to spare
+    case = V["rfc8032"][3]  # TEST 1024: several SHA-512 blocks
+    (tmp_path / "case").mkdir()
+    for name, key in (("pk", "public"), ("msg", "message"), ("sig", "signature")):
+        (tmp_path / "case" / name).write_bytes(bytes.fromhex(case[key]))
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "ed25519_heap.py").write_bytes(
+        (ROOT / "tests" / "mpy" / "ed25519_heap.py").read_bytes()
+    )
+    mounts = {
+        ROOT / "protocols": "/lib/protocols",
+        tmp_path / "lib": "/jobs",
+        tmp_path / "case": "/ed25519_case",
+    }
+    script = "import sys\nsys.path.append('/jobs')\nimport ed25519_heap\n"
+    result = run_script(script + "await ed25519_heap.main()\nprint(ed25519_heap.RESULT)", mounts)
+    assert result.returncode == 0, result.stderr
+    ok, _ms, steps, _total, step_bytes = result.stdout.strip()[1:-1].split(", ")
+    print(f"{steps} steps, at most {step_bytes} bytes allocated by one")
+    assert ok == "True" and int(step_bytes) < STEP_BYTES_MAX

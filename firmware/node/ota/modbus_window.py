@@ -9,6 +9,7 @@
 # to the window, so a node that is never updated does not carry it on its heap.
 from protocols import ota
 from protocols.errors import ModbusException
+from protocols.manifest import TOO_LARGE, ManifestError
 from protocols.modbus import ILLEGAL_ADDRESS, ILLEGAL_VALUE
 
 DEVICE_FAILURE = 4
@@ -117,7 +118,7 @@ class ModbusWindow:
             raise ModbusException("no command %d" % code, ILLEGAL_VALUE)
 
     def _data(self, values):
-        from .session import OtaBusyError, OtaOutOfOrderError, OtaRefusedError
+        from .session import OtaBusyError, OtaOutOfOrderError
 
         if self.pending:
             raise ModbusException("busy", DEVICE_BUSY)
@@ -135,13 +136,13 @@ class ModbusWindow:
             return
         try:
             self._session().write(index, offset, data)
-        except (OtaOutOfOrderError, OtaRefusedError):
+        except (OtaOutOfOrderError, ManifestError):
             raise ModbusException("chunk refused", ILLEGAL_VALUE) from None
         except OtaBusyError:
             raise ModbusException("busy", DEVICE_BUSY) from None
         except OSError:
             self.session.state = ota.REFUSED
-            self.session.error = ota.E_TOO_LARGE
+            self.session.error = TOO_LARGE
             raise ModbusException("the flash refused the write", DEVICE_FAILURE) from None
 
     def _start(self, state, coro):
@@ -151,16 +152,21 @@ class ModbusWindow:
         self.task = asyncio.create_task(self._run(coro))
 
     async def _run(self, coro):
-        from .session import OtaBusyError, OtaRefusedError
+        from .session import OtaBusyError
 
         try:
             await coro
-        except (OtaRefusedError, OtaBusyError, ValueError) as exc:
+        except (ManifestError, OtaBusyError, ValueError) as exc:
             print("polekit: update refused: %s" % exc)
         except OSError as exc:
             self.session.state = ota.REFUSED
-            self.session.error = ota.E_TOO_LARGE
+            self.session.error = TOO_LARGE
             print("polekit: update stopped: the flash failed (%s)" % exc)
+        except Exception as exc:  # noqa: BLE001 - a bug must not kill the slave: shown, state reset
+            import sys
+
+            print("polekit: update stopped by an error:")
+            sys.print_exception(exc)
         finally:
             self.pending = 0
 

@@ -19,21 +19,14 @@ import json
 import os
 
 from protocols import ota
+from protocols.manifest import FILE_HASH, MALFORMED, NO_KEY, REASONS, TOO_LARGE, ManifestError
 
 from . import record
 
 STAGE = "/ota/stage.json"
 KEY = "/ota.pub"
 READ_BYTES = 512  # a flash read per step: small, so every step is short and makes no garbage
-MAX_FILES = 256
 LIB_DIRS = ("lib/node", "lib/protocols", "lib/umqtt")  # what a slot holds at least
-
-
-# An update refused: ``code`` is one of protocols.ota's E_* codes (the ManifestError codes).
-class OtaRefusedError(ValueError):
-    def __init__(self, code, text=None):
-        super().__init__(text or ota.error_text(code))
-        self.code = code
 
 
 # An update step that cannot be taken now (the node is checking, verifying or on trial).
@@ -85,9 +78,16 @@ def _remove(path):
         pass  # already gone
 
 
-async def _remove_tree(path):
+# One step of long work ends here. 1 ms, not 0: a task that sleeps 0 runs again before the
+# scheduler returns to its caller, and on the emulated board (MicroPython's WebAssembly
+# port, whose scheduler is JavaScript's setTimeout) garbage is only collected there.
+async def _pause():
     from asyncio import sleep_ms
 
+    await sleep_ms(1)
+
+
+async def _remove_tree(path):
     try:
         entries = list(os.ilistdir(path))
     except OSError:
@@ -98,7 +98,7 @@ async def _remove_tree(path):
             await _remove_tree(child)
         else:
             os.remove(child)
-        await sleep_ms(0)
+        await _pause()
     os.rmdir(path)
 
 
@@ -110,27 +110,27 @@ def _path_ok(path):
     return len(parts) >= 3 and all(p and p != "." and p != ".." for p in parts)
 
 
-# Parse and check a signed manifest: the shared check_manifest (signature, board, version),
-# with the signature verified in yielding steps; the files' table as three lists.
+# Check a signed manifest as protocols.manifest.check_manifest does (the signature first,
+# then board, versions and the files' table), with the signature verified one step at a
+# time between pauses; then every path must be in a slot's lib/<package>/.
 async def check(manifest, sig, key, board, running):
-    from protocols import manifest as signed_manifest
+    from protocols.ed25519 import verify_steps
+    from protocols.manifest import BAD_SIGNATURE, check_parsed, parse
 
-    info = await signed_manifest.check_manifest_async(manifest, sig, key, board, running)
-    files = info.get("files")
-    if not isinstance(files, list) or not 0 < len(files) <= MAX_FILES:
-        raise OtaRefusedError(ota.E_MALFORMED, "the manifest must list 1..%d files" % MAX_FILES)
-    for f in files:
-        if not (
-            isinstance(f, dict)
-            and _path_ok(f.get("path"))
-            and isinstance(f.get("size"), int)
-            and f["size"] >= 0
-            and isinstance(f.get("sha256"), bytes)
-            and len(f["sha256"]) == 32
-        ):
-            raise OtaRefusedError(
-                ota.E_MALFORMED, "a file entry is not {path: lib/..., size, sha256}"
-            )
+    if len(key) != 32:
+        raise ManifestError(NO_KEY, "the update key /ota.pub is %d bytes, not 32" % len(key))
+    ok = False
+    for result in verify_steps(key, manifest, sig):
+        if result is not None:
+            ok = result
+            break
+        await _pause()
+    if not ok:
+        raise ManifestError(BAD_SIGNATURE, "the manifest's signature is not the update key's")
+    info = check_parsed(parse(manifest), board, running)
+    for f in info["files"]:
+        if not _path_ok(f["path"]):
+            raise ManifestError(MALFORMED, "file %s is not under lib/<package>/" % f["path"])
     return info
 
 
@@ -203,7 +203,7 @@ class OtaSession:
     # ---- the update -----------------------------------------------------------------
 
     async def begin(self, manifest, sig):
-        """Check the signed manifest (OtaRefusedError with the reason, before any file byte is
+        """Check the signed manifest (ManifestError with the reason, before any file byte is
         taken), then start staging into the inactive slot, or resume the staging of the
         same manifest. Raises OtaBusyError while a version is on trial or work is under way."""
         if self.state in (ota.CHECKING, ota.VERIFYING, ota.INSTALLING, ota.TRIAL):
@@ -217,17 +217,17 @@ class OtaSession:
                 with open(self.key_path, "rb") as f:
                     key = f.read()
             except OSError:
-                raise OtaRefusedError(ota.E_NO_KEY) from None
+                raise ManifestError(NO_KEY, REASONS[NO_KEY]) from None
             info = await self.checker(manifest, sig, key, self.board, self.running)
             files = info["files"]
             need_bytes = sum(f["size"] for f in files)
             st = os.statvfs("/")
             if need_bytes > st[0] * st[4]:
-                raise OtaRefusedError(
-                    ota.E_TOO_LARGE,
+                raise ManifestError(
+                    TOO_LARGE,
                     "the files take %d bytes; the flash has %d free" % (need_bytes, st[0] * st[4]),
                 )
-        except OtaRefusedError as exc:
+        except ManifestError as exc:
             self.state = ota.REFUSED
             self.error = exc.code
             raise
@@ -256,7 +256,7 @@ class OtaSession:
         """Take ``data`` for file ``file_index`` at ``offset``: appended when it starts at
         (or overlaps) the next byte expected; a chunk already staged is taken again without
         a write. Returns the offset expected next in that file. OtaOutOfOrderError for a gap,
-        another file than need()'s or data past the file's size; OtaRefusedError(E_FILE_HASH)
+        another file than need()'s or data past the file's size; ManifestError(FILE_HASH)
         when the file's last byte lands and its hash differs (the file is dropped)."""
         if self.state != ota.RECEIVING:
             raise OtaBusyError("not receiving (the node is %s)" % ota.STATES[self.state])
@@ -295,16 +295,16 @@ class OtaSession:
             self._h, self._h_index = None, -1
             if digest != self.hashes[32 * file_index : 32 * file_index + 32]:
                 self._drop(file_index)
-                raise OtaRefusedError(
-                    ota.E_FILE_HASH,
-                    "%s: %s" % (self.paths[file_index], ota.error_text(ota.E_FILE_HASH)),
+                raise ManifestError(
+                    FILE_HASH,
+                    "%s: %s" % (self.paths[file_index], REASONS[FILE_HASH]),
                 )
         self._heap()
         return end
 
     async def commit(self):
         """Hash every staged file from the flash, mark the new slot on trial in the boot
-        record, then reset into it. OtaRefusedError(E_FILE_HASH) for a file that differs (it is
+        record, then reset into it. ManifestError(FILE_HASH) for a file that differs (it is
         dropped: need() points at it again); ValueError when files are still missing."""
         if self.state != ota.RECEIVING:
             raise OtaBusyError("nothing to commit (the node is %s)" % ota.STATES[self.state])
@@ -315,9 +315,7 @@ class OtaSession:
             digest = (await self._hash_file(self.root + "/" + self.paths[i])).digest()
             if digest != self.hashes[32 * i : 32 * i + 32]:
                 self._drop(i)
-                raise OtaRefusedError(
-                    ota.E_FILE_HASH, "%s: %s" % (self.paths[i], ota.error_text(ota.E_FILE_HASH))
-                )
+                raise ManifestError(FILE_HASH, "%s: %s" % (self.paths[i], REASONS[FILE_HASH]))
         self.state = ota.INSTALLING
         rec = self.boot
         record.save(
@@ -356,7 +354,7 @@ class OtaSession:
         self.have[i] = 0
         self._h, self._h_index = None, -1
         self.state = ota.REFUSED
-        self.error = ota.E_FILE_HASH
+        self.error = FILE_HASH
 
     def _scan(self):
         for i, path in enumerate(self.paths):
@@ -379,8 +377,6 @@ class OtaSession:
             await _remove_tree("/" + d)
 
     async def _hash_file(self, path, limit=-1):
-        from asyncio import sleep_ms
-
         if self._buf is None:
             self._buf = bytearray(READ_BYTES)
         buf = self._buf
@@ -397,7 +393,7 @@ class OtaSession:
                 h.update(mv[:n])
                 left -= n
                 self._heap()
-                await sleep_ms(0)
+                await _pause()
         return h
 
     async def _rehash(self):
@@ -409,8 +405,6 @@ class OtaSession:
 
     async def _reuse(self):
         # files the running slot has with the same hash are copied on the flash
-        from asyncio import sleep_ms
-
         here = record.ROOTS[record.other(self.slot)]
         for i, path in enumerate(self.paths):
             src = here + "/" + path
@@ -428,7 +422,7 @@ class OtaSession:
                     if not n:
                         break
                     fo.write(memoryview(buf)[:n])
-                    await sleep_ms(0)
+                    await _pause()
             self.have[i] = self.sizes[i]
 
     def _heap(self):

@@ -36,8 +36,10 @@ class ModbusSlave:
         self.registers = registers
         self.gap_ms = max(2, int(modbus.t35_s(baudrate) * 1000 + 0.999))
         # a frame whose length is known is given longer to finish than t3.5: read timing
-        # jitters (a busy loop, a GC pause) while the UART's FIFO keeps the bytes
-        self.fragment_ms = max(50, self.gap_ms)
+        # jitters (a busy loop, a GC pause) while the UART's FIFO keeps the bytes, and a long
+        # frame (an update's 255-byte write) reaches the reader a FIFO-full at a time: the
+        # ESP32's UART hands over its 128-byte FIFO, an RS-485 adapter 64 bytes
+        self.fragment_ms = max(50, self.gap_ms) + int(128 * modbus.char_time_s(baudrate) * 1000)
         self.requests = 0
         self.ignored = 0  # bad CRC, other units, noise
         self._buf = b""
@@ -106,15 +108,27 @@ class ModbusSlave:
 
     def _next_frame(self):
         # (start, size) of the first whole frame with a valid CRC; size 0 when none is whole.
-        # A frame to our unit can only be a request (no one else answers as us)
+        # A frame to our unit can only be a request (no one else answers as us). A frame
+        # still arriving at the head of the buffer is waited for: the data of a long frame
+        # (an update's chunk, another slave's answer) may hold a few bytes that look like a
+        # frame with a good CRC (FF FF 00 00 00 is one), which must not be taken for one
         buf = memoryview(self._buf)
         for start in range(len(buf) - 3):
-            sizes = modbus.frame_lengths(buf[start:]) or ()
+            sizes = modbus.frame_lengths(buf[start:])
+            if sizes is None:
+                if start == 0:
+                    return 0, 0
+                continue
+            arriving = False
             for size in sizes[:1] if buf[start] == self.unit else sizes:
                 end = start + size
                 if size and end <= len(buf):
                     if modbus.crc16(buf[start : end - 2]) == buf[end - 2] | buf[end - 1] << 8:
                         return start, size
+                elif size:
+                    arriving = True
+            if start == 0 and arriving:
+                return 0, 0
         return 0, 0
 
     def _reply(self, frame):
