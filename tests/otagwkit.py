@@ -103,6 +103,7 @@ def pole_line(
                     "sample_ms": 1000,
                     "ota_trial_s": trial_s,
                 },
+                compiled=True,  # .mpy, as polekit deploy installs it on a node
             )
             (flash / "ota.pub").write_bytes(raw_key)
             boards.append(EmulatedBoard(BOARD, fs_dir=flash, rs485_line=line).start())

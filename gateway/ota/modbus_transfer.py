@@ -187,6 +187,8 @@ class ModbusTransport:
         s = await self._wait_leaving(device, (ota.HEADER, ota.CHECKING), CHECK_TIMEOUT_S)
         if s["state_code"] == ota.REFUSED:
             raise NodeRefused(s["error"], ota.error_text(s["error"]))
+        if s["state_code"] != ota.RECEIVING:  # it gave up on its own (see its log)
+            raise LinkLost(f"{device} went {s['state']} instead of receiving the files")
         starts = [sum(len(f) for f in files[:i]) for i in range(len(files))]
         total = sum(len(f) for f in files)
         chunk_bytes = min(s["chunk"] or ota.CHUNK_BYTES, ota.CHUNK_BYTES)
@@ -208,9 +210,14 @@ class ModbusTransport:
                     need = (index, offset) if index < len(files) else None
                     progress(starts[index] + offset if need else total, total)
                 else:  # out of place (or an empty file): where does the node stand?
-                    need = (await self._status(device))["need"]
+                    s = await self._status(device)
+                    if s["state_code"] != ota.RECEIVING:
+                        raise LinkLost(f"{device} went {s['state']} while receiving the files")
+                    need = s["need"]
             # every byte sent: the node's own word on it before the commit
             s = await self._status(device)
+            if s["state_code"] != ota.RECEIVING:
+                raise LinkLost(f"{device} went {s['state']} while receiving the files")
             if s["need"] is None:
                 break
             need = s["need"]
