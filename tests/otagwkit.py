@@ -100,7 +100,6 @@ def pole_line(
                     "device_code": code,
                     "unit": unit,
                     "baudrate": baudrate,
-                    "sample_ms": 1000,
                     "ota_trial_s": trial_s,
                 },
                 compiled=True,  # .mpy, as polekit deploy installs it on a node

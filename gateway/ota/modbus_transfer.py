@@ -33,7 +33,7 @@ from polekit.protocols import ota
 log = logging.getLogger("polekit.gateway.ota.modbus")
 
 TRIES = 6  # a transaction that gets no answer is sent this many times in all
-BUSY_WAIT_S = 0.2  # between status reads while the node checks or hashes
+BUSY_WAIT_S = 1.0  # between status reads while the node checks or hashes (each costs it heap)
 CHECK_TIMEOUT_S = 600.0  # the node's signature check (pure Ed25519 on the chip: seconds)
 VERIFY_TIMEOUT_S = 600.0  # every file's SHA-256 read back from the flash at commit
 ILLEGAL_DATA_VALUE = 3
