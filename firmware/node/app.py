@@ -293,7 +293,38 @@ def main(boot=None):
             "Fix the config, then delete %s." % (crashes, CRASH_FILE)
         )
         return
-    on_trial = bool(boot) and boot.get("state") == "trial"
+    try:
+        os.stat("/ota/check")  # node/ota/verify.py's PENDING: an update's signature to check
+    except OSError:
+        node = _make_node(config, board, boot, crashes)
+        if node:
+            asyncio.run(_run(node, boot))
+        return
+    asyncio.run(_check_then_run(config, board, boot, crashes))
+
+
+# An update's signature checked before the node starts, in the heap it would hold (a boot
+# of its own: node/ota/verify.py boot_check), then the node.
+async def _check_then_run(config, board, boot, crashes):
+    from .ota.verify import boot_check, pause
+
+    await boot_check(board.get("name"), "%d.%d" % VERSION)
+    await pause(10, True)  # the node starts in a heap without the check's garbage
+    node = _make_node(config, board, boot, crashes)
+    if node:
+        await _run(node, boot)
+
+
+def _run(node, boot):
+    if boot and boot.get("state") == "trial":
+        from .ota.trial import selftest_then
+
+        return selftest_then(node)  # a failed self-test rolls the version back
+    return node.run()
+
+
+# The node for this board, or None when it cannot start (counted toward safe mode).
+def _make_node(config, board, boot, crashes):
     try:
         if board.get("uplink") == "ble":
             from .community import CommunityNode
@@ -302,14 +333,14 @@ def main(boot=None):
         else:
             node = PoleNode(config, board, boot)  # type: ignore[assignment]  # both have run()
     except Exception as exc:  # noqa: BLE001 - counted, shown, and the REPL stays usable
-        if on_trial:
+        if boot and boot.get("state") == "trial":
             raise  # the boot selector (/main.py) rolls this version back
         save_json(CRASH_FILE, {"count": crashes + 1})
         print("polekit: start failed (%d/%d before safe mode):" % (crashes + 1, SAFE_MODE_AFTER))
         import sys
 
         sys.print_exception(exc)
-        return
+        return None
     if crashes:
         save_json(CRASH_FILE, {"count": 0})
     if board.get("uplink") == "ble":
@@ -319,9 +350,4 @@ def main(boot=None):
             "polekit node %s up, unit %d"
             % (node.config.get("device_code", "?"), node.config["unit"])
         )
-    if on_trial:
-        from .ota.trial import selftest_then
-
-        asyncio.run(selftest_then(node))  # a failed self-test rolls the version back
-    else:
-        asyncio.run(node.run())
+    return node
