@@ -36,6 +36,8 @@ TRIES = 6  # a transaction that gets no answer is sent this many times in all
 BUSY_WAIT_S = 1.0  # between status reads while the node checks or hashes (each costs it heap)
 CHECK_TIMEOUT_S = 600.0  # the node's signature check (pure Ed25519 on the chip: seconds)
 VERIFY_TIMEOUT_S = 600.0  # every file's SHA-256 read back from the flash at commit
+BACK_TIMEOUT_S = 120.0  # a node that restarted mid-transfer: to answer again
+RESUMES = 5  # restarts of the node in a row without a byte gained before the push fails
 ILLEGAL_DATA_VALUE = 3
 SERVER_BUSY = 6
 
@@ -54,6 +56,7 @@ class ModbusTransport:
         self.devices = devices
         self.poll_interval_s = poll_interval_s
         self.clock = clock
+        self._gained = False  # the last _send gave the node bytes
 
     def line_of(self, device: str) -> str:
         return f"bus:{self.devices[device][1].config.name}"
@@ -136,10 +139,17 @@ class ModbusTransport:
     async def _wait_leaving(
         self, device: str, states: tuple[int, ...], timeout_s: float
     ) -> dict[str, Any]:
-        # read the status until the node's state is none of ``states``
+        # read the status until the node's state is none of ``states``. The node may
+        # restart meanwhile (it checks a signature in a boot of its own, with the heap to
+        # itself): silence is waited out until the deadline, as the checking is
         deadline = self.clock() + timeout_s
         while True:
-            s = await self._status(device)
+            try:
+                s = await self._status(device)
+            except LinkLost:
+                if self.clock() > deadline:
+                    raise
+                continue
             if s["state_code"] not in states:
                 return s
             if self.clock() > deadline:
@@ -177,7 +187,60 @@ class ModbusTransport:
         files: list[bytes],
         progress: Progress,
     ) -> Pushed:
-        header = sig + manifest
+        # a node that restarts mid-transfer (a power cut, a watchdog) keeps its staging:
+        # once it answers again it is sent the header and BEGIN again and goes on from
+        # its ``need``; RESUMES restarts in a row without a byte gained end the push
+        sent, resumed_at, fruitless = 0, -1, 0
+        while True:
+            try:
+                need, chunk_bytes = await self._begin(device, sig + manifest)
+            except LinkLost:
+                fruitless += 1
+                if fruitless > RESUMES:
+                    raise
+                await self._until_back(device)
+                continue
+            held = self._held(need, files)
+            if resumed_at < 0:
+                resumed_at = held
+            progress(held, sum(len(f) for f in files))
+            try:
+                sent += await self._send(device, files, need, chunk_bytes, progress)
+                break
+            except LinkLost as exc:
+                log.info("%s: %s; resuming when it answers again", device, exc)
+                fruitless = 0 if self._gained else fruitless + 1
+                if fruitless > RESUMES:
+                    raise
+                await self._until_back(device)
+        await self._command(device, ota.CMD_COMMIT)
+        deadline = self.clock() + VERIFY_TIMEOUT_S
+        try:
+            s = await self._status(device)
+            while s["state_code"] in (ota.RECEIVING, ota.VERIFYING):
+                if self.clock() > deadline:
+                    raise LinkLost(f"{device} stayed {s['state']} for {VERIFY_TIMEOUT_S:g} s")
+                await asyncio.sleep(BUSY_WAIT_S)
+                s = await self._status(device)
+        except LinkLost:  # it reset into the new version: the rollout waits for its trial
+            return Pushed(sent, resumed_at)
+        if s["state_code"] == ota.REFUSED:
+            raise NodeRefused(s["error"], ota.error_text(s["error"]))
+        return Pushed(sent, resumed_at)
+
+    async def _until_back(self, device: str) -> None:
+        # wait (BACK_TIMEOUT_S at most) for a node that went silent to answer again
+        deadline = self.clock() + BACK_TIMEOUT_S
+        while True:
+            try:
+                await self._status(device)
+                return
+            except LinkLost:
+                if self.clock() > deadline:
+                    raise
+
+    async def _begin(self, device: str, header: bytes) -> tuple[tuple[int, int] | None, int]:
+        # the header (signature, then manifest) and BEGIN; the node's ``need`` and chunk
         await self._command(device, ota.CMD_OPEN, len(header) >> 16, len(header) & 0xFFFF)
         for offset in range(0, len(header), ota.CHUNK_BYTES):
             part = header[offset : offset + ota.CHUNK_BYTES]
@@ -189,13 +252,22 @@ class ModbusTransport:
             raise NodeRefused(s["error"], ota.error_text(s["error"]))
         if s["state_code"] != ota.RECEIVING:  # it gave up on its own (see its log)
             raise LinkLost(f"{device} went {s['state']} instead of receiving the files")
+        return s["need"], min(s["chunk"] or ota.CHUNK_BYTES, ota.CHUNK_BYTES)
+
+    async def _send(
+        self,
+        device: str,
+        files: list[bytes],
+        need: tuple[int, int] | None,
+        chunk_bytes: int,
+        progress: Progress,
+    ) -> int:
+        # every file from ``need`` on, until the node says it holds them all; the bytes
+        # it took (``_gained``: whether it took any, for the resume count)
         starts = [sum(len(f) for f in files[:i]) for i in range(len(files))]
         total = sum(len(f) for f in files)
-        chunk_bytes = min(s["chunk"] or ota.CHUNK_BYTES, ota.CHUNK_BYTES)
-        resumed_at = self._held(s["need"], starts, total)
         sent = 0
-        need = s["need"]
-        progress(resumed_at, total)
+        self._gained = False
         while True:
             while need is not None:
                 index, offset = need
@@ -204,36 +276,29 @@ class ModbusTransport:
                 part = files[index][offset : offset + chunk_bytes]
                 if part and await self._write(device, index, offset, part):
                     sent += len(part)
+                    self._gained = True
                     offset += len(part)
                     while index < len(files) and offset >= len(files[index]):
                         index, offset = index + 1, 0
                     need = (index, offset) if index < len(files) else None
                     progress(starts[index] + offset if need else total, total)
                 else:  # out of place (or an empty file): where does the node stand?
-                    s = await self._status(device)
-                    if s["state_code"] != ota.RECEIVING:
-                        raise LinkLost(f"{device} went {s['state']} while receiving the files")
-                    need = s["need"]
-            # every byte sent: the node's own word on it before the commit
-            s = await self._status(device)
-            if s["state_code"] != ota.RECEIVING:
-                raise LinkLost(f"{device} went {s['state']} while receiving the files")
-            if s["need"] is None:
-                break
-            need = s["need"]
-        await self._command(device, ota.CMD_COMMIT)
-        try:
-            s = await self._wait_leaving(device, (ota.RECEIVING, ota.VERIFYING), VERIFY_TIMEOUT_S)
-        except LinkLost:  # it reset into the new version before we saw it installing
-            return Pushed(sent, resumed_at)
-        if s["state_code"] == ota.REFUSED:
-            raise NodeRefused(s["error"], ota.error_text(s["error"]))
-        return Pushed(sent, resumed_at)
+                    need = await self._need(device)
+            need = await self._need(device)  # every byte sent: the node's own word on it
+            if need is None:
+                return sent
+
+    async def _need(self, device: str) -> tuple[int, int] | None:
+        s = await self._status(device)
+        if s["state_code"] != ota.RECEIVING:
+            raise LinkLost(f"{device} went {s['state']} while receiving the files")
+        need: tuple[int, int] | None = s["need"]
+        return need
 
     @staticmethod
-    def _held(need: tuple[int, int] | None, starts: list[int], total: int) -> int:
+    def _held(need: tuple[int, int] | None, files: list[bytes]) -> int:
         # bytes of the files the node already holds, from its ``need``
         if need is None:
-            return total
+            return sum(len(f) for f in files)
         index, offset = need
-        return starts[index] + offset if index < len(starts) else total
+        return sum(len(f) for f in files[:index]) + offset
