@@ -13,13 +13,13 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from otakit import Update, signed_update
 
 from polekit.firmware.deploy import signing
 from polekit.hil.mpvm import run_script
 from polekit.protocols import manifest, modbus, ota
 
 from conftest import ROOT
-from otakit import Update, signed_update
 
 NODE = ROOT / "firmware" / "node"
 PROTOCOLS = ROOT / "protocols"
