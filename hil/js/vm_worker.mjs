@@ -6,7 +6,7 @@
 import { parentPort, workerData } from "node:worker_threads";
 import { pathToFileURL } from "node:url";
 
-const { mjs, heapBytes, files, rawRepl, runMain, libFiles, boardDef, romAllowance, physics } = workerData;
+const { mjs, heapBytes, files, rawRepl, runMain, libFiles, boardDef, romAllowance, physics, events } = workerData;
 
 function pyLiteral(value) {
   if (value === true) return "1";
@@ -26,7 +26,13 @@ globalThis.polekitHw = {
     parentPort.postMessage({ type: "files", files: readTree("/", {}) });
     parentPort.postMessage({ type: "reset-request", kind });
   },
-  deepsleep: (ms) => parentPort.postMessage({ type: "deepsleep", ms }),
+  // machine.deepsleep(): the flash is saved first, as for a reset (the chip's flash writes
+  // are done when they return); `spec` (JSON) names the timer and the wake pins to watch
+  deepsleep: (spec) => {
+    parentPort.postMessage({ type: "files", files: readTree("/", {}) });
+    parentPort.postMessage({ type: "deepsleep", spec: JSON.parse(spec) });
+  },
+  rtcMemory: (hex) => parentPort.postMessage({ type: "rtc-memory", hex }),  // RTC slow memory
   radio: (text) => parentPort.postMessage({ type: "radio", text }),  // adverts, notifications
 };
 
@@ -145,6 +151,12 @@ except BaseException as e:
 mp.FS.writeFile("/rom/_board_def.json", JSON.stringify(boardDef));
 mp.runPython("import _board, _vdev, machine\n_vdev.attach()\nimport gc\ngc.collect()");
 for (const [path, value] of Object.entries(physics)) {
+  try { mp.runPython(`_board.set(${JSON.stringify(path)}, ${pyLiteral(value)})`); }
+  catch (e) { parentPort.postMessage({ type: "log", text: `replaying ${path}: ${e}` }); }
+}
+// what happened in the world while the chip slept (a rain tip that woke it): once, after
+// the physical values and before the firmware runs
+for (const [path, value] of events || []) {
   try { mp.runPython(`_board.set(${JSON.stringify(path)}, ${pyLiteral(value)})`); }
   catch (e) { parentPort.postMessage({ type: "log", text: `replaying ${path}: ${e}` }); }
 }
