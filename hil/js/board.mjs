@@ -68,7 +68,7 @@ let wdt = null;  // {timeoutMs, fedAt} once the firmware starts the watchdog
 
 const control = config.controlFd >= 0 ? new net.Socket({ fd: config.controlFd, readable: true, writable: true }) : null;
 const toHost = (obj) => { if (control) control.write(JSON.stringify(obj) + "\n"); };
-const waiting = new Map();  // control request id -> true while the worker answers
+const waiting = new Map();  // control request id -> the request, while the worker answers
 // the physical world outlives every boot: values the host set are replayed into each VM
 const physics = new Map();
 let rawMode = false;
@@ -167,7 +167,11 @@ function deepSleep(spec) {
   worker.terminate();
   worker = null;
   booted = false;
+  // asked while it booted, or sent to a VM that went to sleep before reading it: the world
+  // changes all the same
+  const queued = [...bootQueue, ...waiting.values()];
   bootQueue = [];
+  waiting.clear();
   event({ event: "deepsleep", ms: spec.ms });
   const levels = new Map(Object.entries(spec.levels).map(([p, v]) => [Number(p), v]));
   sleeping = { spec, levels, timers: [], buckets: [] };
@@ -184,6 +188,7 @@ function deepSleep(spec) {
   // tips the gauge had queued when the chip went down come now, while it sleeps
   for (const b of [...sleeping.buckets]) if (b.pending > 0 && sleeping) tipWhileAsleep(b, b.pending);
   checkWake();
+  for (const req of queued) toWorker(req);
 }
 
 function wakeLevelReached() {
@@ -407,7 +412,7 @@ function toWorker(req) {
   if (!worker || !booted) { toHost({ reply: req.id, error: "the board is not running (booting or asleep)" }); return; }
   // a press or a spike happens once: it is not a physical value to restore after a reboot
   if (req.op === "set" && !/\.(press|spike|tips)$/.test(req.path)) physics.set(req.path, req.value);
-  waiting.set(req.id, true);
+  waiting.set(req.id, req);
   worker.postMessage({ type: "control", ...req });
 }
 
