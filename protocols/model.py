@@ -42,6 +42,8 @@ flow v m3/s -
 volume v m3 -
 cover_open vb - -
 awake_time v s ms
+alarm vs - -
+alarm_on vb - -
 rssi v dBW dBm
 uptime v s -
 free_heap v B -

@@ -257,6 +257,13 @@ def main():
         )
         return
     try:
+        if board.get("uplink") == "mqtt":  # the water node: its cycle ends in deep sleep
+            from .water import main as water_main
+
+            water_main(config, board)
+            if crashes:
+                save_json(CRASH_FILE, {"count": 0})
+            return
         if board.get("uplink") == "ble":
             from .community import CommunityNode
 

@@ -71,8 +71,8 @@ WATER_DEFAULTS = {
 }
 WATER_LIMITS = {
     "broker_port": (1, 65535),
-    "report_s": (10, 86400),
-    "storm_report_s": (10, 86400),
+    "report_s": (5, 86400),
+    "storm_report_s": (5, 86400),
     "level_high_m": (0, 100),
     "level_hysteresis_m": (0, 10),
     "rise_m_h": (0, 100),

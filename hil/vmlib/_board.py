@@ -67,7 +67,8 @@ def uart_write(uart_id, data):
 
 
 def adc_u16(pin):
-    return adc.get(pin, 0)
+    v = adc.get(pin, 0)
+    return v() if callable(v) else v  # a device that answers at the moment of conversion
 
 
 def set_pin(pin, value):

@@ -10,6 +10,7 @@
 # the next measurement only reads that wild value; reads back {} once it has been measured).
 import math
 import random
+import time
 
 import _board
 
@@ -267,25 +268,30 @@ class LoopTransducer(Device):
         super().__init__(name, spec)
         self.pin = spec["pin"]
         self.powered_at = None
-
-    def current_ma(self, now):
-        power = self.spec.get("power_pin")
+        power = spec.get("power_pin")
         if power is not None:
-            if not _board.pins.get(power):
-                self.powered_at = None
-                return 0.0
+            _board.pin_listeners.setdefault(power, []).append(self._power)
+            if _board.pins.get(power):
+                self._power(1)
+        _board.adc[self.pin] = self.adc_u16  # converted when the firmware reads it
+
+    def _power(self, level):
+        self.powered_at = time.ticks_ms() if level else None
+
+    def current_ma(self):
+        if self.spec.get("power_pin") is not None:
             if self.powered_at is None:
-                self.powered_at = now
-            if now - self.powered_at < self.spec.get("warmup_ms", 0):
+                return 0.0
+            if time.ticks_diff(time.ticks_ms(), self.powered_at) < self.spec.get("warmup_ms", 0):
                 return 0.0
         if self.absent or self.values["open"]:
             return 0.0
         ma = 4 + 16 * self.reading("metres") / self.spec.get("range_m", 5.0)
         return max(3.9, min(22.0, ma))
 
-    def tick(self, now):
-        volts = self.current_ma(now) / 1000 * self.spec.get("shunt_ohm", 120)
-        _board.adc[self.pin] = max(0, min(65535, int(volts / 3.3 * 65535)))
+    def adc_u16(self):
+        volts = self.current_ma() / 1000 * self.spec.get("shunt_ohm", 120)
+        return max(0, min(65535, int(volts / 3.3 * 65535)))
 
 
 class RainGauge(Device):
