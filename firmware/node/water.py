@@ -92,13 +92,12 @@ class WaterNode:
         return self.sensors[name]["params"]
 
     def _build(self):
+        from . import buses
         from .drivers.adxl345 import ADXL345
         from .drivers.cover import Cover
         from .drivers.flow_meter import FlowMeter
         from .drivers.loop_level import LoopLevel
         from .drivers.rain_gauge import RainGauge
-
-        from . import buses
 
         p = self._params("level")
         self.power = machine.Pin(p["power_pin"], machine.Pin.OUT) if "power_pin" in p else None
@@ -274,7 +273,7 @@ class WaterNode:
         except ImportError as e:
             print("water: no uplink in this bundle (%s); values stay on the console" % e)
             return 0
-        for name, on, value in events:
+        for name, on, _value in events:
             body = {"alarm": name, "alarm_on": on}
             quantity = {"level_high": "water_level", "level_rising": "water_level"}.get(name)
             if quantity and "water_level" in (values or {}):
