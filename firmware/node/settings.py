@@ -174,3 +174,33 @@ def load_json(path, default):
 def save_json(path, data):
     with open(path, "w") as f:
         json.dump(data, f)
+
+
+# The Wi-Fi MQTT uplink (uplinks/wifi_mqtt.py, uplinks/mqtt_link.py), for nodes that talk to
+# the broker themselves; a node kind that has it merges these into its own tables.
+# `node_id` names the node in its topics ({mqtt_prefix}/{node_id}/...); `mqtt_tls` 1 wraps
+# the socket in TLS (the ESP32 port's ssl; the emulated board has none).
+MQTT_DEFAULTS = {
+    "mqtt_port": 1883,
+    "mqtt_keepalive_s": 60,
+    "mqtt_timeout_s": 10,
+    "mqtt_tls": 0,
+    "mqtt_prefix": "polekit/v1",
+    "outbox_bytes": 32768,
+}
+MQTT_LIMITS = {
+    "mqtt_port": (1, 65535),
+    "mqtt_keepalive_s": (0, 65535),
+    "mqtt_timeout_s": (1, 120),
+    "mqtt_tls": (0, 1),
+    "outbox_bytes": (2048, 262144),
+}
+MQTT_TEXTS = (
+    "node_id",
+    "wifi_ssid",
+    "wifi_key",
+    "mqtt_host",
+    "mqtt_user",
+    "mqtt_password",
+    "mqtt_prefix",
+)
