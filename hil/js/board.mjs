@@ -12,7 +12,8 @@
 import fs from "node:fs";
 import net from "node:net";
 import path from "node:path";
-import { Worker } from "node:worker_threads";
+import { MessageChannel, Worker } from "node:worker_threads";
+import { SocketHost } from "./sockets.mjs";
 
 const config = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
 const workerUrl = new URL("./vm_worker.mjs", import.meta.url);
@@ -76,22 +77,30 @@ let busySince = 0;
 let pending = [];
 let booted = false;
 let probe = [];  // bytes that may be the start of mpremote's raw-paste probe
+// the Wi-Fi link (a fault the host sets with wifi.up) and the TCP connections of this boot
+const radio = { up: true };
+let sockets = null;
 
 function boot({ raw = false, runMain = true, banner = "" } = {}) {
   booted = false;
   busySince = 0;  // whatever the last VM was doing died with it
   if (banner) process.stdout.write(banner);
   wdt = null;  // a reset stops the watchdog, as on the chip
+  const net = new MessageChannel();
+  const netSignal = new Int32Array(new SharedArrayBuffer(4));
   worker = new Worker(workerUrl, {
     workerData: { mjs: config.mjs, heapBytes: config.heapBytes, romAllowance: config.romAllowance,
                   files: flash, libFiles: rom, rawRepl: raw, runMain: runMain && !raw,
                   board: config.board, chip: config.chip,
                   boardDef: { ...config.boardDef, reset_cause: resetCause, wake_reason: wakeReason,
                               rtc_memory: rtcMemory },
-                  physics: Object.fromEntries(physics), events: wakeEvents },
+                  physics: Object.fromEntries(physics), events: wakeEvents, netPort: net.port2, netSignal },
+    transferList: [net.port2],
   });
   wakeEvents = [];
   const w = worker;
+  const host = sockets = new SocketHost(net.port1, netSignal, radio);
+  w.on("exit", () => host.closeAll());  // reset, deep sleep, power cut: its connections end
   w.on("message", (msg) => {
     if (w !== worker) return;
     if (msg.type === "out") process.stdout.write(msg.data);
@@ -319,6 +328,7 @@ function flush() {
 function fromHost(bytes) {
   if (!worker) return;  // asleep or stopped: the chip does not hear its UART
   for (const c of bytes) {
+    if (c === 0x03 && sockets && sockets.interrupt()) continue;  // KeyboardInterrupt in a socket call
     // mpremote probes raw-paste mode with \x05 A \x01; the port's raw-paste hangs the VM,
     // so answer "not supported" (R\x00) and mpremote uses the plain raw REPL
     if (rawMode && (c === 0x05 || probe.length)) {
@@ -383,6 +393,11 @@ function fromControl(req) {
   if (req.op === "reset") {
     withSnapshot(() => { hardReset("host", RESET.HARD); toHost({ reply: req.id, ok: true }); });
     return;
+  }
+  if (req.op === "set" && req.path === "wifi.up" && [0, 1, true, false].includes(req.value)) {
+    // the link is the hardware's: connections drop at once, even under a VM blocked in a read
+    radio.up = Boolean(req.value);
+    if (!radio.up && sockets) sockets.dropAll();
   }
   if (req.op === "power-cycle") withSnapshot(() => powerCycle(req));
   else toWorker(req);

@@ -3,10 +3,27 @@
 // on reset, deep sleep or a hung VM. Messages in: {type: "chars", data: Uint8Array},
 // {type: "snapshot"}. Messages out: {type: "out", data}, {type: "idle"},
 // {type: "reset", soft: bool}, {type: "files", files: {path: Uint8Array}}, {type: "log", text}.
-import { parentPort, workerData } from "node:worker_threads";
+import { parentPort, receiveMessageOnPort, workerData } from "node:worker_threads";
 import { pathToFileURL } from "node:url";
 
-const { mjs, heapBytes, files, rawRepl, runMain, libFiles, boardDef, romAllowance, physics, events } = workerData;
+const { mjs, heapBytes, files, rawRepl, runMain, libFiles, boardDef, romAllowance, physics, events, netPort, netSignal } = workerData;
+
+// A blocking socket call (hil/vmlib/socket.py): the request goes to the board's network
+// (sockets.mjs, in the main thread) and the VM waits, as the chip's task does, until the
+// answer's seq is in netSignal. The wait is sliced so that the worker stays killable.
+let netSeq = 0;
+function netCall(text) {
+  const seq = ++netSeq;
+  netPort.postMessage({ seq, ...JSON.parse(text) });
+  for (let seen = Atomics.load(netSignal, 0); seen !== seq; seen = Atomics.load(netSignal, 0)) {
+    Atomics.wait(netSignal, 0, seen, 100);
+  }
+  for (;;) {
+    const got = receiveMessageOnPort(netPort);
+    if (got && got.message.seq === seq) return JSON.stringify(got.message);
+    if (!got) Atomics.wait(netSignal, 0, seq, 1);  // posted, not yet delivered
+  }
+}
 
 function pyLiteral(value) {
   if (value === true) return "1";
@@ -34,6 +51,7 @@ globalThis.polekitHw = {
   },
   rtcMemory: (hex) => parentPort.postMessage({ type: "rtc-memory", hex }),  // RTC slow memory
   radio: (text) => parentPort.postMessage({ type: "radio", text }),  // adverts, notifications
+  net: netCall,  // TCP sockets: JSON request in, JSON reply out (blocks)
 };
 
 // The heap budget. The port's GC heap starts at `heapsize` and grows on demand into new
@@ -149,7 +167,7 @@ except BaseException as e:
 // gc.mem_free() of the port counts memory the heap could still grow into (~134 MB); the
 // board reports what is left of its budget, as the chip does
 mp.FS.writeFile("/rom/_board_def.json", JSON.stringify(boardDef));
-mp.runPython("import _board, _vdev, machine\n_vdev.attach()\nimport gc\ngc.collect()");
+mp.runPython("import _board, _vdev, machine, _wifi, socket\n_vdev.attach()\nimport gc\ngc.collect()");
 for (const [path, value] of Object.entries(physics)) {
   try { mp.runPython(`_board.set(${JSON.stringify(path)}, ${pyLiteral(value)})`); }
   catch (e) { parentPort.postMessage({ type: "log", text: `replaying ${path}: ${e}` }); }

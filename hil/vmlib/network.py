@@ -1,12 +1,16 @@
 # `network` for the emulated board: a WLAN interface that is connected to the host network.
-# The WebAssembly port has no sockets; what firmware needs to see is the ESP32 API and a
-# station that comes up when asked to. Calls are held to the chip's (see machine.py):
-# "_name" parameters are positional-only.
+# What firmware needs to see is the ESP32 API and a station that comes up when asked to, and
+# goes when the host takes the Wi-Fi link down (`wifi.up` = 0, hil/vmlib/_wifi.py); sockets
+# are in socket.py. Calls are held to the chip's (see machine.py): "_name" parameters are
+# positional-only.
+import _wifi
+
 STA_IF = 0
 AP_IF = 1
 STAT_IDLE = 1000
 STAT_CONNECTING = 1001
 STAT_GOT_IP = 1010
+STAT_NO_AP_FOUND = 201
 
 
 class WLAN:
@@ -31,12 +35,16 @@ class WLAN:
         WLAN._connected.pop(self.id, None)
 
     def isconnected(self):
-        return self.id in WLAN._connected
+        # the station stays associated while the access point is in reach; the chip
+        # reconnects by itself when it comes back (WLAN.config(reconnects=-1), the default)
+        return self.id in WLAN._connected and (self.id != STA_IF or _wifi.LINK.up == 1)
 
     def status(self, _param=None):
         if _param == "rssi":
             return -55
-        return STAT_GOT_IP if self.isconnected() else STAT_IDLE
+        if self.isconnected():
+            return STAT_GOT_IP
+        return STAT_NO_AP_FOUND if self.id in WLAN._connected else STAT_IDLE
 
     def ifconfig(self, _configtuple=None):
         return ("127.0.0.1", "255.0.0.0", "127.0.0.1", "127.0.0.1")
