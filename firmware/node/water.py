@@ -133,6 +133,8 @@ class WaterNode:
         self.divider = p.get("divider", 1.0)
 
     def _heap(self):
+        # the low-water mark of the cycle: free heap at its fullest moments (after a sample,
+        # with the pack built, during the flush), without a collection before the look
         free = gc.mem_free()
         if free < self.heap_min:
             self.heap_min = free
@@ -165,6 +167,7 @@ class WaterNode:
         sent = 0
         if events or values is not None:
             sent = self.send(values, events)
+        gc.collect()  # the link and its client are gone: what is left is this cycle's state
         self._heap()
         if values is not None:
             interval = c["storm_report_s"] if self._raining(now) else c["report_s"]
@@ -355,6 +358,7 @@ class WaterNode:
             esp32.wake_on_ext1([self.cover.pin], esp32.WAKEUP_ANY_HIGH)
         else:
             esp32.wake_on_ext1(None, esp32.WAKEUP_ANY_HIGH)
+        gc.collect()
         self.rtc.save()
         machine.deepsleep(ms)
 
