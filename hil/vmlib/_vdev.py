@@ -296,11 +296,13 @@ class LoopTransducer(Device):
 
 class RainGauge(Device):
     # a tipping-bucket rain gauge: a reed contact closes for closure_ms at each tip of
-    # mm_per_tip. rain.tips = N: N tips from now (gap_ms apart); rain.rate_mm_h: the bucket
+    # mm_per_tip. rain.tips = N: N tips from now (GAP_MS apart); rain.rate_mm_h: the bucket
     # fills and tips on its own; rain.bounce: extra make/break chatters at each closure (a
     # worn reed); rain.fill_mm: the water in the bucket now (the board keeps it across sleep)
     DEFAULTS = {"tips": 0, "rate_mm_h": 0.0, "fill_mm": 0.0, "bounce": 0}
-    GAP_MS = 150  # a bucket takes this long to tip over and settle
+    # tips=N comes one tip a second: faster than any rain (300 mm/h, about the wettest hour
+    # on record, is a tip every 2.4 s at 0.2 mm), and still inside a woken node's boot
+    GAP_MS = 900
 
     def __init__(self, name, spec):
         super().__init__(name, spec)

@@ -22,8 +22,10 @@ class RainGauge:
         self.closed = 0 if active_low else 1
         self.debounce_ms = debounce_ms
         now = time.ticks_ms()
-        self._opened_at = now if pin.value() != self.closed else None
-        self._counted_at = time.ticks_add(now, -debounce_ms)
+        # an open contact at start has been open for long enough: its first closing counts
+        past = time.ticks_add(now, -debounce_ms)
+        self._opened_at = past if pin.value() != self.closed else None
+        self._counted_at = past
         trigger = machine.Pin.IRQ_FALLING | machine.Pin.IRQ_RISING
         pin.irq(self._edge, trigger)
 
