@@ -17,7 +17,7 @@ from . import buses
 from .loopwatch import LoopWatch
 from .policy import Policy
 from .registers import RegisterFile
-from .settings import REPORTED, load_json, save_json, validate
+from .settings import REPORTED, validate
 from .state import StateFile
 from .uplinks.modbus_slave import ModbusSlave
 
@@ -226,57 +226,3 @@ class PoleNode:
             # fed only by the loop watch: a task that blocks the loop starves it
             self.watch.wdt = machine.WDT(timeout=self.config["watchdog_ms"])
         await asyncio.gather(*tasks)
-
-
-CRASH_FILE = "/crashes.json"
-SAFE_MODE_AFTER = 3  # start-up crashes in a row; resets alone (brownouts) never count
-
-
-def main():
-    import os
-
-    try:
-        os.stat("/maintenance")
-        print("polekit: maintenance: node not started (a deploy is running; it clears this)")
-        return
-    except OSError:
-        pass
-    config = load_json("/config.json", None)
-    board = load_json("/board.json", None)
-    crashes = load_json(CRASH_FILE, {"count": 0}).get("count", 0)
-    if board is None or not isinstance(config, dict):
-        print(
-            "polekit: safe mode: /board.json or /config.json missing or not JSON; the REPL is up. "
-            "Redeploy with `polekit deploy`."
-        )
-        return
-    if crashes >= SAFE_MODE_AFTER:
-        print(
-            "polekit: safe mode: the node crashed at start %d times in a row; the REPL is up. "
-            "Fix the config, then delete %s." % (crashes, CRASH_FILE)
-        )
-        return
-    try:
-        if board.get("uplink") == "ble":
-            from .community import CommunityNode
-
-            node = CommunityNode(config, board)
-        else:
-            node = PoleNode(config, board)  # type: ignore[assignment]  # both have run()
-    except Exception as exc:  # noqa: BLE001 - counted, shown, and the REPL stays usable
-        save_json(CRASH_FILE, {"count": crashes + 1})
-        print("polekit: start failed (%d/%d before safe mode):" % (crashes + 1, SAFE_MODE_AFTER))
-        import sys
-
-        sys.print_exception(exc)
-        return
-    if crashes:
-        save_json(CRASH_FILE, {"count": 0})
-    if board.get("uplink") == "ble":
-        print("polekit community node %s up, BTHome over BLE" % config.get("device_code", "?"))
-    else:
-        print(
-            "polekit node %s up, unit %d"
-            % (node.config.get("device_code", "?"), node.config["unit"])
-        )
-    asyncio.run(node.run())

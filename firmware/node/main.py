@@ -1,4 +1,4 @@
 # Installed as /main.py on the board: start the polekit node.
-from node.app import main
+from node.start import main
 
 main()

@@ -50,6 +50,42 @@ COMMUNITY_DEFAULTS = {"advert_s": 30, "event_s": 5, "long_press_ms": 2000, "name
 COMMUNITY_LIMITS = {"advert_s": (1, 3600), "event_s": (1, 60), "long_press_ms": (100, 60000)}
 COMMUNITY_TEXTS = ("device_code", "board", "name", "bindkey")
 
+# The water node (MQTT straight to the broker over Wi-Fi or NB-IoT; boards with uplink "mqtt")
+WATER_DEFAULTS = {
+    "uplink": "wifi",
+    "broker_host": "",
+    "broker_port": 1883,
+    "wifi_ssid": "",
+    "wifi_key": "",
+    "report_s": 3600,
+    "storm_report_s": 300,
+    "level_high_m": 1.5,
+    "level_hysteresis_m": 0.1,
+    "rise_m_h": 0.5,
+    "rise_hysteresis_m_h": 0.2,
+    "rain_mm_h": 30,
+    "rain_hysteresis_mm_h": 10,
+    "tilt_deg": 20,
+    "flow_gate_ms": 1000,
+    "flush_ms": 30000,
+}
+WATER_LIMITS = {
+    "broker_port": (1, 65535),
+    "report_s": (5, 86400),
+    "storm_report_s": (5, 86400),
+    "level_high_m": (0, 100),
+    "level_hysteresis_m": (0, 10),
+    "rise_m_h": (0, 100),
+    "rise_hysteresis_m_h": (0, 100),
+    "rain_mm_h": (0, 500),
+    "rain_hysteresis_mm_h": (0, 500),
+    "tilt_deg": (0, 90),
+    "flow_gate_ms": (100, 10000),
+    "flush_ms": (1000, 120000),
+}
+WATER_TEXTS = ("device_code", "board", "broker_host", "wifi_ssid", "wifi_key", "uplink")
+WATER_UPLINKS = ("wifi", "nbiot")
+
 
 # (settings, problems): `limits` maps a numeric key to (low, high); `texts` are keys whose
 # value is a string.
@@ -82,6 +118,8 @@ def check(config, defaults, limits, texts=POLE_TEXTS):
 def known_keys(uplink):
     if uplink == "ble":
         return set(COMMUNITY_LIMITS) | set(COMMUNITY_TEXTS)
+    if uplink == "mqtt":
+        return set(WATER_LIMITS) | set(WATER_TEXTS)
     return set(POLE_LIMITS) | set(POLE_TEXTS) | {"report"}
 
 
@@ -90,6 +128,15 @@ def known_keys(uplink):
 def validate(config, uplink):
     if uplink == "ble":
         return check(config, COMMUNITY_DEFAULTS, COMMUNITY_LIMITS, COMMUNITY_TEXTS)
+    if uplink == "mqtt":
+        good, problems = check(config, WATER_DEFAULTS, WATER_LIMITS, WATER_TEXTS)
+        if good["uplink"] not in WATER_UPLINKS:
+            problems.append(
+                "config: uplink = %r must be one of %s; using %r"
+                % (good["uplink"], ", ".join(WATER_UPLINKS), WATER_DEFAULTS["uplink"])
+            )
+            good["uplink"] = WATER_DEFAULTS["uplink"]
+        return good, problems
     rest = {k: v for k, v in config.items() if k != "report"}
     good, problems = check(rest, POLE_DEFAULTS, POLE_LIMITS)
     good["report"], more = _check_report(config.get("report", {}))

@@ -7,7 +7,7 @@ import { parentPort, receiveMessageOnPort, workerData } from "node:worker_thread
 import { pathToFileURL } from "node:url";
 
 const { mjs, heapBytes, files, rawRepl, runMain, libFiles, boardDef, romAllowance, physics,
-        uartShared, uartRingBytes, netPort, netSignal } = workerData;
+        events, uartShared, uartRingBytes, netPort, netSignal } = workerData;
 // the UARTs' receive FIFOs, filled by the hardware (board.mjs) while this VM runs
 const uartCounters = new Int32Array(uartShared, 0, 6);
 const uartRing = new Uint8Array(uartShared, 4 * 6);
@@ -48,7 +48,13 @@ globalThis.polekitHw = {
     parentPort.postMessage({ type: "files", files: readTree("/", {}) });
     parentPort.postMessage({ type: "reset-request", kind });
   },
-  deepsleep: (ms) => parentPort.postMessage({ type: "deepsleep", ms }),
+  // machine.deepsleep(): the flash is saved first, as for a reset (the chip's flash writes
+  // are done when they return); `spec` (JSON) names the timer and the wake pins to watch
+  deepsleep: (spec) => {
+    parentPort.postMessage({ type: "files", files: readTree("/", {}) });
+    parentPort.postMessage({ type: "deepsleep", spec: JSON.parse(spec) });
+  },
+  rtcMemory: (hex) => parentPort.postMessage({ type: "rtc-memory", hex }),  // RTC slow memory
   radio: (text) => parentPort.postMessage({ type: "radio", text }),  // adverts, notifications
   pinOut: (pin, level) => parentPort.postMessage({ type: "pin", pin, level }),
   // what arrived on UART `id` since the last call, as hex ("" for nothing)
@@ -189,6 +195,12 @@ except BaseException as e:
 mp.FS.writeFile("/rom/_board_def.json", JSON.stringify(boardDef));
 mp.runPython("import _board, _vdev, machine, _wifi, socket\n_vdev.attach()\nimport gc\ngc.collect()");
 for (const [path, value] of Object.entries(physics)) {
+  try { mp.runPython(`_board.set(${JSON.stringify(path)}, ${pyLiteral(value)})`); }
+  catch (e) { parentPort.postMessage({ type: "log", text: `replaying ${path}: ${e}` }); }
+}
+// what happened in the world while the chip slept (a rain tip that woke it): once, after
+// the physical values and before the firmware runs
+for (const [path, value] of events || []) {
   try { mp.runPython(`_board.set(${JSON.stringify(path)}, ${pyLiteral(value)})`); }
   catch (e) { parentPort.postMessage({ type: "log", text: `replaying ${path}: ${e}` }); }
 }

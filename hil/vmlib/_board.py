@@ -24,12 +24,43 @@ pwm = {}  # GPIO number -> duty (0..65535) the firmware set
 adc = {}  # GPIO number -> raw reading (0..65535) the outside world drives
 ticks_ms = 0
 reset_cause = DEFINITION.get("reset_cause", 1)
+rtc_memory = bytes.fromhex(DEFINITION.get("rtc_memory", ""))  # kept by the board across deep sleep
+wake = {}  # deep-sleep wake sources: "ext0": (pin, level), "ext1": ([pins], level)
 
 
 def hex_of(data):
     # one string, not one a byte: a chip's UART write allocates nothing, and the VM cannot
     # collect garbage while firmware code runs (only between runs)
     return hexlify(data).decode()
+
+
+def deep_sleep(ms):
+    # what the board watches while the chip sleeps: the timer, the wake pins and their
+    # levels now, and how each device on a wake pin moves it (its wake_rule)
+    pins = []
+    if "ext0" in wake:
+        pins.append(wake["ext0"][0])
+    if "ext1" in wake:
+        pins += wake["ext1"][0]
+    rules = []
+    for dev in devices.values():
+        rule = getattr(dev, "wake_rule", None)
+        if rule is not None and getattr(dev, "pin", None) in pins:
+            rules.append(rule())
+    spec = {
+        "ms": ms,
+        "ext0": wake.get("ext0"),
+        "ext1": wake.get("ext1"),
+        "levels": {str(p): pins_level(p) for p in pins},
+        "rules": rules,
+    }
+    js.polekitHw.deepsleep(json.dumps(spec))
+    while True:  # the chip never returns from deep sleep: the board ends this VM
+        pass
+
+
+def pins_level(pin):
+    return pins.get(pin, 0)
 
 
 def uart_write(uart_id, data):
@@ -41,7 +72,8 @@ def uart_write(uart_id, data):
 
 
 def adc_u16(pin):
-    return adc.get(pin, 0)
+    v = adc.get(pin, 0)
+    return v() if callable(v) else v  # a device that answers at the moment of conversion
 
 
 def set_pin(pin, value):

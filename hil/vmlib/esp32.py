@@ -79,6 +79,28 @@ if _board.DEFINITION.get("chip", "esp32") == "esp32":
     def raw_temperature():
         return 113
 
+    # deep-sleep wake sources on RTC GPIOs (ports/esp32/modesp32.c; RTC_IS_VALID_EXT_PIN):
+    # the board (hil/js/board.mjs) watches these pins while the chip sleeps
+    _RTC_PINS = (0, 2, 4, 12, 13, 14, 15, 25, 26, 27, 32, 33, 34, 35, 36, 37, 38, 39)
+
+    def _rtc_pin(pin):
+        n = pin.id if hasattr(pin, "id") else pin
+        if n not in _RTC_PINS:
+            raise ValueError("invalid pin")
+        return n
+
+    def wake_on_ext0(_pin, _level):
+        if _pin is None:
+            _board.wake.pop("ext0", None)
+        else:
+            _board.wake["ext0"] = (_rtc_pin(_pin), 1 if _level else 0)
+
+    def wake_on_ext1(_pins, _level):
+        if _pins is None:
+            _board.wake.pop("ext1", None)
+        else:
+            _board.wake["ext1"] = ([_rtc_pin(p) for p in _pins], 1 if _level else 0)
+
 else:
 
     def mcu_temperature():

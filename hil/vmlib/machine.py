@@ -45,6 +45,16 @@ HARD_RESET = 2
 WDT_RESET = 3
 DEEPSLEEP_RESET = 4
 SOFT_RESET = 5
+# machine.wake_reason() is esp_sleep_get_wakeup_cause() (ports/esp32/modmachine.c): ESP-IDF's
+# esp_sleep_source_t numbers; 0 (undefined) after any start that was not a wake from sleep
+PIN_WAKE = 2
+EXT0_WAKE = 2
+EXT1_WAKE = 3
+TIMER_WAKE = 4
+TOUCHPAD_WAKE = 5
+ULP_WAKE = 6
+SLEEP = 2
+DEEPSLEEP = 4
 
 
 class Pin:
@@ -409,6 +419,17 @@ class RTC:
     def init(self, _datetime):
         pass
 
+    # RTC slow memory: kept across deep sleep and resets, lost when the power goes
+    # (ports/esp32/machine_rtc.c: at most MICROPY_HW_RTC_USER_MEM_MAX = 2048 bytes)
+    def memory(self, _data=None):
+        if _data is None:
+            return bytes(_board.rtc_memory)
+        data = bytes(_data)
+        if len(data) > 2048:
+            raise ValueError("buffer too long")
+        _board.rtc_memory = data
+        _js.polekitHw.rtcMemory(_board.hex_of(data))
+
 
 class Timer:
     ONE_SHOT = 0
@@ -462,8 +483,14 @@ def freq(_hz=None):
     return (160000000 if _CHIP == "esp32c3" else 240000000) if _hz is None else None
 
 
+# never returns, as on the chip: the board powers the CPU down (the VM is thrown away) and
+# starts a new one on the timer or on a wake source (esp32.wake_on_ext0/ext1)
 def deepsleep(_time_ms=0):
-    _js.polekitHw.deepsleep(_time_ms)
+    _board.deep_sleep(_time_ms)
+
+
+def wake_reason():
+    return _board.DEFINITION.get("wake_reason", 0)
 
 
 def lightsleep(_time_ms=0):

@@ -1,0 +1,375 @@
+# The water-and-lifeline node: a battery node in a manhole or on a riverbank that reports
+# straight to the broker (MqttLink over Wi-Fi or NB-IoT) and sleeps deeply in between.
+#
+# One wake is one cycle: count what woke it (a rain tip is the EXT0 wake itself), sample,
+# raise or clear alarms (each with hysteresis, sent at once), report when the report is due,
+# flush the outbox, then deep sleep until the next report or a wake source: the rain gauge's
+# contact (EXT0, low) or the manhole cover's (EXT1, high). What must outlive the sleep (tip
+# count, recent tip times, the last level, alarm states, the next report time, the last
+# cycle's awake time and heap low-water mark) is in RTC memory (rtcstore.py); the totals are
+# copied to /state.json at each report so a power cut loses at most one report's worth.
+#
+# A tip wake does the least: count, check the rain intensity, sleep again once the contact is
+# open (docs/firmware.md: the awake time budget). The level, flow and cover are sampled on
+# timer and cover wakes, i.e. every report: report_s in dry weather, storm_report_s while it
+# rains (a tip within the last report_s), so a rising river is seen within minutes.
+import gc
+import json
+import time
+
+import machine
+
+from .rtcstore import RtcStore
+from .settings import check, validate
+from .state import StateFile
+
+STATE_FILE = "/state.json"
+SEQ_FILE = "/seq.json"
+RAIN_WINDOW_S = 600  # rain intensity over the last 10 minutes
+TIPS_KEPT = 60  # tip times in RTC memory: 60 tips in 10 min is 72 mm/h at 0.2 mm a tip
+SETTABLE = (
+    "report_s",
+    "storm_report_s",
+    "level_high_m",
+    "level_hysteresis_m",
+    "rise_m_h",
+    "rise_hysteresis_m_h",
+    "rain_mm_h",
+    "rain_hysteresis_mm_h",
+    "tilt_deg",
+)
+
+
+def _now_ms():
+    # wall time across deep sleep (the RTC keeps running); ticks_ms restarts at each wake
+    return time.time_ns() // 1000000
+
+
+class Alarm:
+    """On above `on`, off below `on - hysteresis`: one event per crossing, not one per sample
+    while the value wavers around the threshold."""
+
+    def __init__(self, name, active):
+        self.name = name
+        self.active = active
+
+    def update(self, value, on, hysteresis):
+        if value is None:
+            return None
+        if not self.active and value > on:
+            self.active = True
+            return True
+        if self.active and value < on - hysteresis:
+            self.active = False
+            return False
+        return None
+
+
+class WaterNode:
+    def __init__(self, config, board):
+        from .settings import WATER_LIMITS, load_json
+
+        self.config, problems = validate(config, "mqtt")
+        state = StateFile(STATE_FILE)
+        given = state.get("settings", {})  # what the platform set: over the config
+        good, more = check(given, self.config, WATER_LIMITS, ())
+        self.config.update(good)
+        for line in problems + more:
+            print(line)
+        self.state = state
+        self.board = board
+        self.code = self.config.get("device_code", "node")
+        self.rtc = RtcStore()
+        if self.rtc.fresh:  # a power-on: the totals come back from flash, the rest starts over
+            self.rtc.set("tips", state.get("tips", 0))
+            self.rtc.set("litres", state.get("litres", 0.0))
+        self.heap_min = gc.mem_free()
+        self.sensors = {s["name"]: s for s in board["sensors"]}
+        self.load_json = load_json
+        self._build()
+
+    def _params(self, name):
+        return self.sensors[name]["params"]
+
+    def _build(self):
+        from . import buses
+        from .drivers.adxl345 import ADXL345
+        from .drivers.cover import Cover
+        from .drivers.flow_meter import FlowMeter
+        from .drivers.loop_level import LoopLevel
+        from .drivers.rain_gauge import RainGauge
+
+        p = self._params("level")
+        self.power = machine.Pin(p["power_pin"], machine.Pin.OUT) if "power_pin" in p else None
+        self.level = LoopLevel(
+            machine.ADC(machine.Pin(p["pin"])),
+            p["shunt_ohm"],
+            p["range_m"],
+            self.power,
+            p.get("warmup_ms", 0),
+        )
+        p = self._params("rain")
+        self.rain = RainGauge(
+            machine.Pin(p["pin"], machine.Pin.IN),
+            self.rtc,
+            p.get("mm_per_tip", 0.2),
+            p.get("active_low", True),
+        )
+        p = self._params("flow")
+        self.flow = FlowMeter(
+            machine.Pin(p["pin"], machine.Pin.IN), p["pulses_per_litre"], self.power
+        )
+        p = self.sensors["cover"]
+        bus = next(b for b in self.board["buses"] if b["name"] == p["bus"])
+        p = p["params"]
+        self.cover = Cover(
+            machine.Pin(p["pin"], machine.Pin.IN),
+            ADXL345(buses.i2c(bus["params"]), p["address"]),
+            p.get("active_low", False),
+            self.config["tilt_deg"],
+        )
+        p = self._params("battery")
+        self.battery = machine.ADC(machine.Pin(p["pin"]))
+        self.divider = p.get("divider", 1.0)
+
+    def _heap(self):
+        # the low-water mark of the cycle: free heap at its fullest moments (after a sample,
+        # with the pack built, during the flush), without a collection before the look
+        free = gc.mem_free()
+        if free < self.heap_min:
+            self.heap_min = free
+
+    # ---- one cycle ---------------------------------------------------------------------
+
+    async def run(self):
+        try:
+            await self.cycle()
+        finally:
+            self.sleep()
+
+    async def cycle(self):
+        c = self.config
+        rtc = self.rtc
+        wake = machine.wake_reason()
+        if wake == machine.EXT0_WAKE:
+            self.rain.woke_by_tip()
+        now = _now_ms()
+        self._record_tips(now)
+        rtc.add("cycle", 1)
+        events = []
+        rate = self._rain_rate(now)
+        self._alarm("rain_heavy", rate, c["rain_mm_h"], c["rain_hysteresis_mm_h"], events)
+        due = rtc.fresh or now >= rtc.get("next", 0) or wake == machine.EXT1_WAKE
+        values = None
+        if due:
+            values = await self.sample(now, rate, events)
+        self._heap()
+        sent = 0
+        if events or values is not None:
+            sent = self.send(values, events)
+        gc.collect()  # the link and its client are gone: what is left is this cycle's state
+        self._heap()
+        if values is not None:
+            interval = c["storm_report_s"] if self._raining(now) else c["report_s"]
+            rtc.set("next", now + interval * 1000)
+            self.state.set("tips", rtc.get("tips", 0))
+            self.state.set("litres", rtc.get("litres", 0.0))
+            self.state.flush()
+        await self.rain.settle()
+        self._record_tips(_now_ms())  # tips counted while it was awake
+        awake_ms = time.ticks_ms()
+        rtc.set("awake_ms", awake_ms)
+        rtc.set("heap_min", self.heap_min)
+        summary = {
+            "cycle": rtc.get("cycle"),
+            "wake": wake,
+            "tips": rtc.get("tips", 0),
+            "rain_mm_h": round(rate, 2),
+            "reported": values is not None,
+            "alarms": [e[0] + (" on" if e[1] else " off") for e in events],
+            "sent": sent,
+            "awake_ms": awake_ms,
+            "heap_min": self.heap_min,
+        }
+        if values is not None:
+            summary["values"] = values
+        print("water cycle " + json.dumps(summary))
+
+    def _record_tips(self, now):
+        # times of the tips since the last look (RTC memory keeps the last TIPS_KEPT)
+        tips = self.rtc.get("tips", 0)
+        new = tips - self.rtc.get("seen", tips)
+        self.rtc.set("seen", tips)
+        if new > 0:
+            times = self.rtc.get("tt", []) + [now] * min(new, TIPS_KEPT)
+            self.rtc.set("tt", times[-TIPS_KEPT:])
+
+    def _rain_rate(self, now):
+        since = now - RAIN_WINDOW_S * 1000
+        n = sum(1 for t in self.rtc.get("tt", []) if t > since)
+        return n * self.rain.mm_per_tip * 3600 / RAIN_WINDOW_S  # mm/h
+
+    def _raining(self, now):
+        tt = self.rtc.get("tt", [])
+        return bool(tt) and now - tt[-1] < self.config["report_s"] * 1000
+
+    def _alarm(self, name, value, on, hysteresis, events):
+        active = self.rtc.get("alarms", {})
+        alarm = Alarm(name, active.get(name, False))
+        changed = alarm.update(value, on, hysteresis)
+        if changed is not None:
+            active[name] = alarm.active
+            self.rtc.set("alarms", active)
+            events.append((name, alarm.active, value))
+
+    async def sample(self, now, rate_mm_h, events):
+        c = self.config
+        rtc = self.rtc
+        values = {}
+        metres, fault = await self.level.measure()
+        self._heap()
+        if fault is None:
+            values["water_level"] = round(metres, 4)
+            rise = None
+            last, last_t = rtc.get("lv"), rtc.get("lt")
+            if last is not None and now > last_t:
+                rise = (metres - last) * 3600000 / (now - last_t)  # m/h
+            rtc.set("lv", metres)
+            rtc.set("lt", now)
+            self._alarm("level_high", metres, c["level_high_m"], c["level_hysteresis_m"], events)
+            self._alarm("level_rising", rise, c["rise_m_h"], c["rise_hysteresis_m_h"], events)
+        else:
+            values["level_fault"] = fault
+        l_min = await self.flow.measure(c["flow_gate_ms"])
+        if self.power is not None:
+            self.power.value(0)  # the loop and the meter draw mA: off until the next sample
+        # volume: what was counted while awake, plus the sleep between samples as a trapezoid
+        litres = rtc.get("litres", 0.0) + self.flow.pulses / self.flow.k
+        last_q, last_qt = rtc.get("q"), rtc.get("qt")
+        if last_q is not None and now > last_qt:
+            litres += (last_q + l_min) / 2 * (now - last_qt) / 60000
+        rtc.set("litres", litres)
+        rtc.set("q", l_min)
+        rtc.set("qt", now)
+        opened, tilt = await self.cover.measure()
+        self._alarm("cover_open", 1 if opened else 0, 0.5, 0, events)
+        values["rain"] = round(self.rain.rain_mm / 1000, 6)
+        values["rain_rate"] = rate_mm_h / 3600000
+        values["flow"] = l_min / 60000
+        values["volume"] = round(litres / 1000, 6)
+        values["cover_open"] = bool(opened)
+        if tilt is not None:
+            values["tilt"] = round(tilt, 1)
+        values["voltage"] = round(self.battery.read_uv() / 1e6 * self.divider, 3)
+        if rtc.get("awake_ms") is not None:  # the previous cycle's, whole (this one is not over)
+            values["awake_time"] = rtc.get("awake_ms") / 1000
+            values["free_heap"] = rtc.get("heap_min")
+        return values
+
+    # ---- the uplink --------------------------------------------------------------------
+
+    def send(self, values, events):
+        """Alarms and the report into the outbox, then one flush: packs sent (0 when the
+        uplink is away: the outbox keeps them for the next wake)."""
+        try:
+            link = self._link()
+        except ImportError as e:
+            print("water: no uplink in this bundle (%s); values stay on the console" % e)
+            return 0
+        for name, on, _value in events:
+            body = {"alarm": name, "alarm_on": on}
+            quantity = {"level_high": "water_level", "level_rising": "water_level"}.get(name)
+            if quantity and "water_level" in (values or {}):
+                body[quantity] = values["water_level"]
+            link.event(self.code, body)
+        if values is not None:
+            link.report(self.code, values)
+        self._heap()
+        sent = link.flush(self.config["flush_ms"])
+        link.transport.sleep()
+        return sent
+
+    def _link(self):
+        from .outbox import Outbox
+        from .uplinks.mqtt_link import MqttLink
+
+        c = self.config
+        if c["uplink"] == "nbiot":
+            from . import buses
+
+            # s23-nbiot's transport: imported by name so this module type-checks before it
+            # is merged (an ImportError until then, reported like any missing uplink)
+            NbIot = __import__("node.uplinks.nbiot", None, None, ("NbIot",)).NbIot  # noqa: N806
+
+            bus = next(b for b in self.board["buses"] if b["name"] == "modem")["params"]
+            transport = NbIot(
+                buses.uart(bus, bus.get("baudrate", 9600)),
+                machine.Pin(bus["pwrkey"], machine.Pin.OUT),
+                c["broker_host"],
+                c["broker_port"],
+            )
+        else:
+            from .uplinks.wifi_mqtt import WifiMqtt
+
+            transport = WifiMqtt(c["wifi_ssid"], c["wifi_key"], c["broker_host"], c["broker_port"])
+        link = MqttLink(transport, Outbox(), self.code, StateFile(SEQ_FILE))
+        link.on_command(self.on_command)
+        return link
+
+    def on_command(self, code, body):
+        """A platform command: {"id": ..., "set": {"report_s": 600}} changes settings, kept
+        on flash; the new report interval applies from this wake on."""
+        from .settings import WATER_LIMITS
+
+        changes = body.get("set")
+        if not isinstance(changes, dict) or not changes:
+            return {"ok": False, "error": 'give settings like {"set": {"report_s": 600}}'}
+        unknown = [k for k in changes if k not in SETTABLE]
+        if unknown:
+            return {"ok": False, "error": "cannot set %s; settable: %s" % (unknown, SETTABLE)}
+        good, problems = check(changes, self.config, WATER_LIMITS, ())
+        if problems:
+            return {"ok": False, "error": "; ".join(problems)}
+        self.config.update(good)
+        kept = self.state.get("settings", {})
+        kept.update(changes)
+        self.state.set("settings", kept, now=True)
+        if "report_s" in changes or "storm_report_s" in changes:
+            self.rtc.set("next", 0)  # recomputed at the end of this cycle
+        return {"ok": True, "set": changes}
+
+    # ---- sleep -------------------------------------------------------------------------
+
+    def sleep(self):
+        import esp32
+
+        now = _now_ms()
+        if self.power is not None:
+            self.power.value(0)
+        self.rain.stop()
+        self.flow.stop()
+        if self.rtc.get("next", 0) <= now:  # a cycle that failed before it reported
+            self.rtc.set("next", now + self.config["report_s"] * 1000)
+        ms = max(1000, self.rtc.get("next") - now)
+        # a contact at its wake level would wake the chip at once, again and again: a stuck
+        # reed or a cover left open wakes it on the timer only
+        if self.rain.is_open():
+            esp32.wake_on_ext0(self.rain.pin, self.rain.closed)
+        else:
+            esp32.wake_on_ext0(None, esp32.WAKEUP_ALL_LOW)
+        if not self.cover.contact_open():
+            esp32.wake_on_ext1([self.cover.pin], esp32.WAKEUP_ANY_HIGH)
+        else:
+            esp32.wake_on_ext1(None, esp32.WAKEUP_ANY_HIGH)
+        self.rtc.save()
+        print("water: asleep for %d ms" % ms)
+        machine.deepsleep(ms)
+
+
+def main(config, board):
+    import asyncio
+
+    node = WaterNode(config, board)
+    print("polekit water node %s up, uplink %s" % (node.code, node.config["uplink"]))
+    asyncio.run(node.run())
+    return node
