@@ -180,6 +180,22 @@ def test_pytest_embedded_drives_the_emulated_board(board: EmulatedBoard, tmp_pat
     assert "1 passed" in result.stdout
 
 
+def test_the_rom_modules_fit_their_allowance(board: EmulatedBoard) -> None:
+    # the VM's heap is the budget plus ROM_ALLOWANCE_BYTES for the ROM modules (on the chip
+    # they are in flash): a ROM larger than its allowance takes heap from the firmware
+    from polekit.hil.emulator import ROM_ALLOWANCE_BYTES
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        rom = [e["bytes"] for e in board.events if e.get("event") == "rom-bytes"]
+        if rom:
+            break
+        time.sleep(0.05)
+    assert rom, "the board did not report its ROM's heap"
+    print(f"ROM modules: {rom[-1]} bytes of heap, allowance {ROM_ALLOWANCE_BYTES}")
+    assert rom[-1] <= ROM_ALLOWANCE_BYTES
+
+
 def test_heap_budget_gives_memory_error_like_the_chip(board: EmulatedBoard) -> None:
     script = (
         "import gc\n"
