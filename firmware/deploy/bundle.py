@@ -1,8 +1,9 @@
 """A deployable bundle: what goes on a board's flash, with a manifest of hashes.
 
 The node, protocols/ and micropython-lib's umqtt.simple (vendored in firmware/vendor/umqtt:
-the copy MicroPython v1.27.0 freezes into the ESP32 firmware, unmodified) are compiled to .mpy by mpy-cross for the target's bytecode version (bytecode only, so one build
-serves every chip of that MicroPython, and the emulated board);
+the copy MicroPython v1.27.0 freezes into the ESP32 firmware, unmodified) are compiled to
+.mpy by mpy-cross for the target's bytecode version (bytecode only, so one build serves
+every chip of that MicroPython, and the emulated board);
 main.py stays source, as MicroPython needs. ``march`` compiles for a chip's native code
 emitter as well (``xtensawin`` for the ESP32, ``rv32imc`` for the C3): a module with native
 code is then marked for that architecture only (one without stays plain bytecode), and a
