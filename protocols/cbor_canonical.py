@@ -30,12 +30,12 @@ def _encode(obj, out, depth):
         head(out, 5, len(obj))
         pairs = []
         for key, value in obj.items():
-            k = bytearray()
-            _encode(key, k, depth + 1)
-            pairs.append((bytes(k), value))
+            encoded = bytearray()
+            _encode(key, encoded, depth + 1)
+            pairs.append((bytes(encoded), value))
         pairs.sort(key=lambda pair: pair[0])
-        for k, value in pairs:
-            out += k
+        for key_bytes, value in pairs:
+            out += key_bytes
             _encode(value, out, depth + 1)
     elif isinstance(obj, Tag):
         head(out, 6, obj.tag)
