@@ -50,42 +50,6 @@ COMMUNITY_DEFAULTS = {"advert_s": 30, "event_s": 5, "long_press_ms": 2000, "name
 COMMUNITY_LIMITS = {"advert_s": (1, 3600), "event_s": (1, 60), "long_press_ms": (100, 60000)}
 COMMUNITY_TEXTS = ("device_code", "board", "name", "bindkey")
 
-# The water node (MQTT straight to the broker over Wi-Fi or NB-IoT; boards with uplink "mqtt")
-WATER_DEFAULTS = {
-    "uplink": "wifi",
-    "broker_host": "",
-    "broker_port": 1883,
-    "wifi_ssid": "",
-    "wifi_key": "",
-    "report_s": 3600,
-    "storm_report_s": 300,
-    "level_high_m": 1.5,
-    "level_hysteresis_m": 0.1,
-    "rise_m_h": 0.5,
-    "rise_hysteresis_m_h": 0.2,
-    "rain_mm_h": 30,
-    "rain_hysteresis_mm_h": 10,
-    "tilt_deg": 20,
-    "flow_gate_ms": 1000,
-    "flush_ms": 30000,
-}
-WATER_LIMITS = {
-    "broker_port": (1, 65535),
-    "report_s": (5, 86400),
-    "storm_report_s": (5, 86400),
-    "level_high_m": (0, 100),
-    "level_hysteresis_m": (0, 10),
-    "rise_m_h": (0, 100),
-    "rise_hysteresis_m_h": (0, 100),
-    "rain_mm_h": (0, 500),
-    "rain_hysteresis_mm_h": (0, 500),
-    "tilt_deg": (0, 90),
-    "flow_gate_ms": (100, 10000),
-    "flush_ms": (1000, 120000),
-}
-WATER_TEXTS = ("device_code", "board", "broker_host", "wifi_ssid", "wifi_key", "uplink")
-WATER_UPLINKS = ("wifi", "nbiot")
-
 
 # (settings, problems): `limits` maps a numeric key to (low, high); `texts` are keys whose
 # value is a string.
@@ -116,35 +80,24 @@ def check(config, defaults, limits, texts=POLE_TEXTS):
 
 # The keys a node with this uplink accepts ("ble": the community node; else the pole node).
 def known_keys(uplink):
-    if uplink == "wifi":  # the pole node reporting over Wi-Fi MQTT
-        return set(POLE_LIMITS) | set(POLE_TEXTS) | {"report"} | set(MQTT_LIMITS) | set(MQTT_TEXTS)
+    if uplink in ("wifi", "mqtt"):  # the tables of nodes that talk to a broker themselves
+        from .settings_mqtt import known_keys as broker_keys
+
+        return broker_keys(uplink, set(POLE_LIMITS) | set(POLE_TEXTS) | {"report"})
     if uplink == "ble":
         return set(COMMUNITY_LIMITS) | set(COMMUNITY_TEXTS)
-    if uplink == "mqtt":
-        return set(WATER_LIMITS) | set(WATER_TEXTS)
     return set(POLE_LIMITS) | set(POLE_TEXTS) | {"report"}
 
 
 # (settings, problems) of a config for a node with this uplink: the defaults merged in,
 # one line per problem (the default is kept for each).
 def validate(config, uplink):
-    if uplink == "wifi":
-        mqtt = {k: v for k, v in config.items() if k in MQTT_LIMITS or k in MQTT_TEXTS}
-        good, problems = validate({k: v for k, v in config.items() if k not in mqtt}, "modbus")
-        more, problems2 = check(mqtt, MQTT_DEFAULTS, MQTT_LIMITS, MQTT_TEXTS)
-        good.update(more)
-        return good, problems + problems2 + mqtt_problems(good)
+    if uplink in ("wifi", "mqtt"):
+        from .settings_mqtt import validate as validate_broker
+
+        return validate_broker(config, uplink)
     if uplink == "ble":
         return check(config, COMMUNITY_DEFAULTS, COMMUNITY_LIMITS, COMMUNITY_TEXTS)
-    if uplink == "mqtt":
-        good, problems = check(config, WATER_DEFAULTS, WATER_LIMITS, WATER_TEXTS)
-        if good["uplink"] not in WATER_UPLINKS:
-            problems.append(
-                "config: uplink = %r must be one of %s; using %r"
-                % (good["uplink"], ", ".join(WATER_UPLINKS), WATER_DEFAULTS["uplink"])
-            )
-            good["uplink"] = WATER_DEFAULTS["uplink"]
-        return good, problems
     rest = {k: v for k, v in config.items() if k != "report"}
     good, problems = check(rest, POLE_DEFAULTS, POLE_LIMITS)
     good["report"], more = _check_report(config.get("report", {}))
@@ -182,50 +135,3 @@ def load_json(path, default):
 def save_json(path, data):
     with open(path, "w") as f:
         json.dump(data, f)
-
-
-# The Wi-Fi MQTT uplink (uplinks/wifi_mqtt.py, uplinks/mqtt_link.py), for nodes that talk to
-# the broker themselves; a node kind that has it merges these into its own tables.
-# `node_id` names the node in its topics ({mqtt_prefix}/{node_id}/...); `mqtt_tls` 1 wraps
-# the socket in TLS (the ESP32 port's ssl; the emulated board has none), verified against
-# the CA certificate (DER) at `mqtt_ca_file` on the node's flash.
-MQTT_DEFAULTS = {
-    "mqtt_port": 1883,
-    "mqtt_keepalive_s": 60,
-    "mqtt_timeout_s": 10,
-    "mqtt_tls": 0,
-    "mqtt_prefix": "polekit/v1",
-    "outbox_bytes": 32768,
-}
-MQTT_LIMITS = {
-    "mqtt_port": (1, 65535),
-    "mqtt_keepalive_s": (0, 65535),
-    "mqtt_timeout_s": (1, 120),
-    "mqtt_tls": (0, 1),
-    "outbox_bytes": (2048, 262144),
-}
-MQTT_TEXTS = (
-    "node_id",
-    "wifi_ssid",
-    "wifi_key",
-    "mqtt_host",
-    "mqtt_user",
-    "mqtt_password",
-    "mqtt_prefix",
-    "mqtt_ca_file",
-)
-
-
-# what the MQTT tables cannot say: a topic level with an MQTT wildcard or "/" in node_id
-# (a wildcard in a publish topic makes the broker drop the link), none in mqtt_prefix
-def mqtt_problems(good):
-    problems = []
-    for key, banned in (("node_id", "/+#"), ("mqtt_prefix", "+#")):
-        value = good.get(key, "")
-        if any(ch in value for ch in banned):
-            problems.append(
-                "config: %s = %r must not contain %s (MQTT topic characters); using %r"
-                % (key, value, " ".join(banned), MQTT_DEFAULTS.get(key, ""))
-            )
-            good[key] = MQTT_DEFAULTS.get(key, "")
-    return problems

@@ -67,7 +67,8 @@ class Alarm:
 
 class WaterNode:
     def __init__(self, config, board):
-        from .settings import WATER_LIMITS, load_json
+        from .settings import load_json
+        from .settings_mqtt import WATER_LIMITS
 
         self.config, problems = validate(config, "mqtt")
         state = StateFile(STATE_FILE)
@@ -319,7 +320,7 @@ class WaterNode:
     def on_command(self, code, body):
         """A platform command: {"id": ..., "set": {"report_s": 600}} changes settings, kept
         on flash; the new report interval applies from this wake on."""
-        from .settings import WATER_LIMITS
+        from .settings_mqtt import WATER_LIMITS
 
         changes = body.get("set")
         if not isinstance(changes, dict) or not changes:

@@ -279,7 +279,7 @@ def _link_error(exc):
     return OSError(ECONNREFUSED, "MQTT %s: %r" % (type(exc).__name__, exc.args))
 
 
-# A WifiMqtt from a node's checked settings (settings.MQTT_DEFAULTS/LIMITS/TEXTS merged in);
+# A WifiMqtt from a node's checked settings (settings_mqtt.MQTT_DEFAULTS/LIMITS/TEXTS merged in);
 # ValueError naming what is missing
 def from_settings(s):
     missing = [k for k in ("wifi_ssid", "mqtt_host") if not s.get(k)]
