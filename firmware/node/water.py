@@ -22,9 +22,9 @@
 import gc
 import json
 import time
+from asyncio import sleep_ms
 
 import machine
-from asyncio import sleep_ms
 
 from .rtcstore import RtcStore
 from .settings import check, validate
