@@ -32,6 +32,7 @@ from .state import StateFile
 
 STATE_FILE = "/state.json"
 SEQ_FILE = "/seq.json"
+PSM_ACTIVE_S = 2  # T3324 asked of the NB-IoT module
 FLUSH_SLICE_MS = 1  # a flush slice sends about one pack: then the cycle yields
 RAIN_WINDOW_S = 600  # rain intensity over the last 10 minutes
 TIPS_KEPT = 60  # tip times in RTC memory: 60 tips in 10 min is 72 mm/h at 0.2 mm a tip
@@ -341,6 +342,11 @@ class WaterNode:
                 machine.Pin(bus["pwrkey"], machine.Pin.OUT),
                 c["broker_host"],
                 c["broker_port"],
+                # out of coverage, the cycle gives up within its flush budget, not 2 minutes
+                attach_timeout_ms=c["flush_ms"],
+                # reachable only briefly after a flush: commands wait at the broker (a
+                # persistent session) for the next wake, so the module sleeps at once
+                psm_active_s=PSM_ACTIVE_S,
                 asleep=self.rtc.get("psm", False),  # PSM from the last cycle: PWRKEY wakes it
             )
             self.rtc.set("psm", False)
