@@ -240,3 +240,67 @@ def test_each_alarm_fires_once_per_crossing_and_clears_with_hysteresis(tmp_path:
     assert sorted(seq_of(p) for p in events) == list(range(1, 8))  # the events' own seq
     # each one sent in the cycle that saw the crossing, with that cycle's report
     assert all(c["sent"] >= len(c["alarms"]) for c in seen)
+
+
+UNITS = {  # SenML units of what the node reports (RFC 8428 section 12.1; protocols/model.py)
+    "water_level": "m",
+    "rain": "m",
+    "rain_rate": "m/s",
+    "flow": "m3/s",
+    "volume": "m3",
+    "tilt": "deg",
+    "voltage": "V",
+    "awake_time": "s",
+    "free_heap": "B",
+}
+
+
+def check_reports(sub: Subscriber, level_m: float, l_min: float) -> list[int]:
+    """Every data pack's values and units as the world was set; their seqs, sorted."""
+    base = f"urn:dev:pk:{NODE_CODE}:"
+    seqs = []
+    for pack in packs(sub, "data"):
+        recs = records(pack)
+        for name, unit in UNITS.items():
+            if base + name in recs:
+                assert recs[base + name][U] == unit, (name, recs[base + name])
+        assert recs[base + "water_level"][V] == pytest.approx(level_m, abs=0.01)
+        assert recs[base + "flow"][V] == pytest.approx(l_min / 60000, rel=0.3)
+        assert recs[base + "cover_open"][VB] is False
+        seqs.append(seq_of(pack))
+    return sorted(seqs)
+
+
+def test_wifi_node_delivers_through_a_broker_outage_and_a_reset(tmp_path: Path) -> None:
+    broker = LocalBroker().start()
+    try:
+        with (
+            Subscriber(broker.host, broker.port, f"{BASE}/#") as sub,
+            water_node(tmp_path, broker) as (board, flash),
+        ):
+            board.set("level.metres", 0.8)
+            board.set("flow.l_min", 60.0)  # 100 pulses a second: 10 in the 100 ms gate
+            wait_cycle(board, "two reports", lambda c: c["sent"] > 0 and c["cycle"] >= 2)
+            broker.stop()  # the platform away: reports go to the ring file
+            at = len(cycles(board))
+            wait_cycle(board, "two reports held", lambda c: c["held"] >= 2, at)
+            board.reset()  # the chip loses its RAM and RTC memory; the flash stays
+            at = len(cycles(board))
+            wait_cycle(board, "a report after the reset", lambda c: c["cycle"] == 1, at)
+            broker.start()  # the same port
+            wait_for(sub.subscribed.is_set, 10, "the subscriber back")
+            at = len(cycles(board))
+            last = wait_cycle(
+                board, "the backlog sent", lambda c: c["held"] == 0 and c["sent"] > 1, at
+            )
+            wait_for(lambda: len(packs(sub, "data")) >= last["sent"], 10, "the packs")
+            seqs = check_reports(sub, 0.8, 60.0)
+            low = heap_low_water(board)
+    finally:
+        broker.stop()
+    assert set(seqs) == set(range(1, max(seqs) + 1)), seqs  # nothing lost (repeats allowed)
+    assert max(seqs) >= 5
+    print(
+        f"Wi-Fi: seq 1..{max(seqs)} delivered across an outage and a reset; heap low-water "
+        f"{low} B free of {board.board.heap_bytes}"
+    )
