@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.publish as publish
 import pytest
 from linkkit import VB, N, Subscriber, U, V, records, seq_of, wait_for
 
@@ -129,7 +130,7 @@ FAST = {
 def cycles(board: EmulatedBoard) -> list[dict[str, Any]]:
     """The node's cycle summaries ("water cycle {...}" lines on its console), in order."""
     log = bytes(board.serial_log).decode(errors="replace")
-    return [json.loads(m) for m in re.findall(r"water cycle (\{[^\r\n]*\})", log)]
+    return [json.loads(m) for m in re.findall(r"water cycle (\{[^\r\n]*\})\r?\n", log)]
 
 
 def wait_cycle(
@@ -304,3 +305,59 @@ def test_wifi_node_delivers_through_a_broker_outage_and_a_reset(tmp_path: Path) 
         f"Wi-Fi: seq 1..{max(seqs)} delivered across an outage and a reset; heap low-water "
         f"{low} B free of {board.board.heap_bytes}"
     )
+
+
+def test_nbiot_node_delivers_through_a_coverage_gap_sleeps_in_psm_and_takes_a_command(
+    tmp_path: Path,
+) -> None:
+    from polekit.hil.atmodem import AtModem
+
+    results = f"{BASE}/cmd-result/{NODE_CODE}"
+    with (
+        LocalBroker() as broker,
+        Subscriber(broker.host, broker.port, f"{BASE}/#") as sub,
+        water_node(tmp_path, broker, uplink="nbiot") as (board, _),
+        AtModem(
+            board.uarts["modem"],
+            board=board,
+            pwrkey_pin=18,
+            registration_delay_s=0.6,  # BC260Y-like, shortened (tests/test_nbiot.py)
+            send_latency_s=0.15,
+            boot_s=0.3,
+        ) as modem,
+    ):
+        board.set("flow.l_min", 60.0)
+        wait_cycle(board, "a report through the modem", lambda c: c["sent"] > 0, timeout_s=30)
+        wait_for(lambda: modem.state == "psm", 10, "the module in PSM while the node sleeps")
+        modem.set_coverage(False)  # out of coverage: the cycle gives up, the outbox keeps it
+        at = len(cycles(board))
+        wait_cycle(board, "a report held", lambda c: c["held"] >= 1 and c["sent"] == 0, at, 30)
+        # the platform sets a new report interval while the node is away
+        publish.single(
+            f"{BASE}/cmd/{NODE_CODE}",
+            json.dumps({"id": 7, "set": {"report_s": 9}}),
+            qos=1,
+            hostname=broker.host,
+            port=broker.port,
+        )
+        modem.set_coverage(True)
+        at = len(cycles(board))
+        wait_cycle(board, "the backlog sent", lambda c: c["held"] == 0 and c["sent"] >= 2, at, 30)
+        wait_for(lambda: bool(sub.on(results)), 30, "the command's result")
+        sleeps = [e["ms"] for e in board.events if e.get("event") == "deepsleep"]
+        wait_for(
+            lambda: [e["ms"] for e in board.events if e.get("event") == "deepsleep"][-1] > 6000,
+            30,
+            "a sleep of the new interval",
+        )
+        seqs = check_reports(sub, 1.0, 60.0)
+        low = heap_low_water(board)
+        status = [m.json() for m in sub.on(f"{BASE}/state") if m.json()["state"] == "online"]
+        events = [e for _, e in modem.events]
+    assert sub.on(results)[-1].json() == {"id": 7, "ok": True, "set": {"report_s": 9}}
+    assert max(sleeps[:2]) < 5000  # the old interval until the command came
+    assert set(seqs) == set(range(1, max(seqs) + 1)), seqs
+    # PSM between reports: woken by PWRKEY each time, never rebooted as a hung module
+    assert events.count("psm") >= 2 and "wake" in events and "reboot" not in events, events
+    assert status[-1]["recoveries"] == 0 and status[-1]["registered"] is True, status[-1]
+    print(f"NB-IoT: seq 1..{max(seqs)}, coverage gap, PSM, command; heap low-water {low} B free")
