@@ -198,11 +198,11 @@ class PoleNode:
     async def _health(self):
         while True:
             self.regs.set("uptime", time.ticks_diff(time.ticks_ms(), self.started) // 1000)
-            # a collection a second keeps fragmentation down and the figure honest; the short
-            # sleep lets it happen on the emulated board too, whose VM collects only when
-            # control returns to JavaScript, i.e. when no task is ready (docs/hil.md)
+            # a collection a second keeps fragmentation down and the figure honest; the yield
+            # lets it happen on the emulated board too, whose VM collects only at a yield
+            # (docs/hil.md, "Garbage collection")
             gc.collect()
-            await asyncio.sleep_ms(1)
+            await asyncio.sleep_ms(0)
             self.regs.set("free_heap", gc.mem_free())
             self.regs.set("errors", min(self.errors, 65535))
             self.regs.set("loop_stalls", min(self.watch.stalls, 65535))
