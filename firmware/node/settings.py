@@ -116,6 +116,8 @@ def check(config, defaults, limits, texts=POLE_TEXTS):
 
 # The keys a node with this uplink accepts ("ble": the community node; else the pole node).
 def known_keys(uplink):
+    if uplink == "wifi":  # the pole node reporting over Wi-Fi MQTT
+        return set(POLE_LIMITS) | set(POLE_TEXTS) | {"report"} | set(MQTT_LIMITS) | set(MQTT_TEXTS)
     if uplink == "ble":
         return set(COMMUNITY_LIMITS) | set(COMMUNITY_TEXTS)
     if uplink == "mqtt":
@@ -126,6 +128,12 @@ def known_keys(uplink):
 # (settings, problems) of a config for a node with this uplink: the defaults merged in,
 # one line per problem (the default is kept for each).
 def validate(config, uplink):
+    if uplink == "wifi":
+        mqtt = {k: v for k, v in config.items() if k in MQTT_LIMITS or k in MQTT_TEXTS}
+        good, problems = validate({k: v for k, v in config.items() if k not in mqtt}, "modbus")
+        more, problems2 = check(mqtt, MQTT_DEFAULTS, MQTT_LIMITS, MQTT_TEXTS)
+        good.update(more)
+        return good, problems + problems2 + mqtt_problems(good)
     if uplink == "ble":
         return check(config, COMMUNITY_DEFAULTS, COMMUNITY_LIMITS, COMMUNITY_TEXTS)
     if uplink == "mqtt":
@@ -206,3 +214,18 @@ MQTT_TEXTS = (
     "mqtt_prefix",
     "mqtt_ca_file",
 )
+
+
+# what the MQTT tables cannot say: a topic level with an MQTT wildcard or "/" in node_id
+# (a wildcard in a publish topic makes the broker drop the link), none in mqtt_prefix
+def mqtt_problems(good):
+    problems = []
+    for key, banned in (("node_id", "/+#"), ("mqtt_prefix", "+#")):
+        value = good.get(key, "")
+        if any(ch in value for ch in banned):
+            problems.append(
+                "config: %s = %r must not contain %s (MQTT topic characters); using %r"
+                % (key, value, " ".join(banned), MQTT_DEFAULTS.get(key, ""))
+            )
+            good[key] = MQTT_DEFAULTS.get(key, "")
+    return problems

@@ -193,7 +193,7 @@ except BaseException as e:
 // gc.mem_free() of the port counts memory the heap could still grow into (~134 MB); the
 // board reports what is left of its budget, as the chip does
 mp.FS.writeFile("/rom/_board_def.json", JSON.stringify(boardDef));
-mp.runPython("import _board, _vdev, machine, _wifi, socket\n_vdev.attach()\nimport gc\ngc.collect()");
+mp.runPython("import _board, _vdev, machine, _wifi, socket, _asyncio_gc\n_vdev.attach()\n_asyncio_gc.install()\nimport gc\ngc.collect()");
 for (const [path, value] of Object.entries(physics)) {
   try { mp.runPython(`_board.set(${JSON.stringify(path)}, ${pyLiteral(value)})`); }
   catch (e) { parentPort.postMessage({ type: "log", text: `replaying ${path}: ${e}` }); }
@@ -211,7 +211,7 @@ mp.FS.writeFile("/rom/_board_gc.py", `
 import gc as _gc
 BUDGET = ${heapBytes}
 ROM = ${romBytes}
-collect = _gc.collect
+from _asyncio_gc import collect  # due now, run at the next yield (hil/vmlib/_asyncio_gc.py)
 enable = _gc.enable
 disable = _gc.disable
 isenabled = _gc.isenabled

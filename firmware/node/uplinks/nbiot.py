@@ -84,6 +84,12 @@ def _quoted(text):
 
 
 class NbIot:
+    # the module's MQTT client pings on its own keepalive and acknowledges a message before
+    # it reaches the UART: MqttLink keeps the link between flushes and reads commands from
+    # poll() (its `handler` is not used here)
+    keeps_alive = True
+    handler = None
+
     def __init__(
         self,
         uart,
