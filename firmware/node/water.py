@@ -13,9 +13,16 @@
 # open (docs/firmware.md: the awake time budget). The level, flow and cover are sampled on
 # timer and cover wakes, i.e. every report: report_s in dry weather, storm_report_s while it
 # rains (a tip within the last report_s), so a rising river is seen within minutes.
+#
+# The cycle is one asyncio task that yields (`await sleep_ms(0)`, `_breathe`) between its
+# steps and between the packs of a flush, and allocates little: on the chip a yield costs
+# nothing; on the emulated board (MicroPython's WebAssembly port) garbage is collected only
+# at a yield, so a cycle that ran start to sleep without one ran out of heap there
+# (docs/hil.md: garbage collection).
 import gc
 import json
 import time
+from asyncio import sleep_ms
 
 import machine
 
@@ -25,6 +32,7 @@ from .state import StateFile
 
 STATE_FILE = "/state.json"
 SEQ_FILE = "/seq.json"
+FLUSH_SLICE_MS = 1  # a flush slice sends about one pack: then the cycle yields
 RAIN_WINDOW_S = 600  # rain intensity over the last 10 minutes
 TIPS_KEPT = 60  # tip times in RTC memory: 60 tips in 10 min is 72 mm/h at 0.2 mm a tip
 SETTABLE = (
@@ -84,6 +92,7 @@ class WaterNode:
             self.rtc.set("tips", state.get("tips", 0))
             self.rtc.set("litres", state.get("litres", 0.0))
         self.heap_min = gc.mem_free()
+        self.held = 0  # packs left in the outbox after the flush
         self.sensors = {s["name"]: s for s in board["sensors"]}
         self.load_json = load_json
         self._build()
@@ -132,9 +141,12 @@ class WaterNode:
         self.battery = machine.ADC(machine.Pin(p["pin"]))
         self.divider = p.get("divider", 1.0)
 
-    def _heap(self):
-        # the low-water mark of the cycle: free heap at its fullest moments (after a sample,
-        # with the pack built, during the flush), without a collection before the look
+    async def _breathe(self):
+        # a collection, then the heap's low-water mark: the free heap at the cycle's fullest
+        # moments (samples taken, packs built, the link and its client up), what is live
+        # there, not the garbage a collection would give back
+        gc.collect()
+        await sleep_ms(0)  # where the emulated board collects (the chip already has)
         free = gc.mem_free()
         if free < self.heap_min:
             self.heap_min = free
@@ -163,12 +175,11 @@ class WaterNode:
         values = None
         if due:
             values = await self.sample(now, rate, events)
-        self._heap()
+        await self._breathe()
         sent = 0
         if events or values is not None:
-            sent = self.send(values, events)
-        gc.collect()  # the link and its client are gone: what is left is this cycle's state
-        self._heap()
+            sent = await self.send(values, events)
+        await self._breathe()  # the link and its client are gone: this cycle's state is left
         if values is not None:
             interval = c["storm_report_s"] if self._raining(now) else c["report_s"]
             rtc.set("next", now + interval * 1000)
@@ -188,6 +199,7 @@ class WaterNode:
             "reported": values is not None,
             "alarms": [e[0] + (" on" if e[1] else " off") for e in events],
             "sent": sent,
+            "held": self.held,
             "awake_ms": awake_ms,
             "heap_min": self.heap_min,
         }
@@ -227,7 +239,7 @@ class WaterNode:
         rtc = self.rtc
         values = {}
         metres, fault = await self.level.measure()
-        self._heap()
+        await sleep_ms(0)
         if fault is None:
             values["water_level"] = round(metres, 4)
             rise = None
@@ -251,6 +263,7 @@ class WaterNode:
         rtc.set("litres", litres)
         rtc.set("q", l_min)
         rtc.set("qt", now)
+        await sleep_ms(0)
         opened, tilt = await self.cover.measure()
         self._alarm("cover_open", 1 if opened else 0, 0.5, 0, events)
         values["rain"] = round(self.rain.rain_mm / 1000, 6)
@@ -268,8 +281,8 @@ class WaterNode:
 
     # ---- the uplink --------------------------------------------------------------------
 
-    def send(self, values, events):
-        """Alarms and the report into the outbox, then one flush: packs sent (0 when the
+    async def send(self, values, events):
+        """Alarms and the report into the outbox, then the flush: packs sent (0 when the
         uplink is away: the outbox keeps them for the next wake)."""
         try:
             link = self._link()
@@ -282,11 +295,35 @@ class WaterNode:
             if quantity and "water_level" in (values or {}):
                 body[quantity] = values["water_level"]
             link.event(self.code, body)
+            await sleep_ms(0)
         if values is not None:
             link.report(self.code, values)
-        self._heap()
-        sent = link.flush(self.config["flush_ms"])
+        await self._breathe()
+        sent = await self.flush(link)
         link.transport.sleep()
+        if link.transport.status().get("psm"):
+            self.rtc.set("psm", True)  # the next wake finds the modem asleep
+        return sent
+
+    async def flush(self, link):
+        # the outbox a pack or so at a time, yielding in between, within flush_ms; the link
+        # stays up between slices and closes at the end (a DISCONNECT: no will, the node
+        # is asleep, not lost). A link fault ends it: the rest waits for the next wake
+        deadline = time.ticks_add(time.ticks_ms(), self.config["flush_ms"])
+        sent = 0
+        slice_ms = FLUSH_SLICE_MS
+        while True:
+            left = time.ticks_diff(deadline, time.ticks_ms())
+            n = link.flush(min(slice_ms, max(0, left)), stay=True)
+            sent += n
+            # a slice the connect or the commands took whole gets twice the time next
+            slice_ms = FLUSH_SLICE_MS if n else slice_ms * 2
+            await self._breathe()
+            if not link.connected or not len(link.outbox) or left <= 0:
+                break
+        if link.connected:
+            sent += link.flush(0)  # the commands that came last, then the DISCONNECT
+        self.held = len(link.outbox)
         return sent
 
     def _link(self):
@@ -296,18 +333,17 @@ class WaterNode:
         c = self.config
         if c["uplink"] == "nbiot":
             from . import buses
-
-            # s23-nbiot's transport: imported by name so this module type-checks before it
-            # is merged (an ImportError until then, reported like any missing uplink)
-            NbIot = __import__("node.uplinks.nbiot", None, None, ("NbIot",)).NbIot  # noqa: N806
+            from .uplinks.nbiot import NbIot
 
             bus = next(b for b in self.board["buses"] if b["name"] == "modem")["params"]
             transport = NbIot(
-                buses.uart(bus, bus.get("baudrate", 9600)),
+                buses.uart(bus, bus.get("baudrate", 9600), timeout=50),
                 machine.Pin(bus["pwrkey"], machine.Pin.OUT),
                 c["broker_host"],
                 c["broker_port"],
+                asleep=self.rtc.get("psm", False),  # PSM from the last cycle: PWRKEY wakes it
             )
+            self.rtc.set("psm", False)
         else:
             from .uplinks.wifi_mqtt import WifiMqtt
 

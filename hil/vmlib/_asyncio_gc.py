@@ -16,10 +16,9 @@
 # JavaScript and resumes at once, so the garbage is collected there. On the chip a yield
 # costs nothing and the collector runs whenever an allocation needs it; here firmware that
 # yields between its steps and inside its long loops gets the same heap (docs/hil.md).
+import asyncio.core as _core
 import gc as _gc  # the port's own (the board's budgeted gc wraps it)
 from time import ticks_diff, ticks_ms
-
-import asyncio.core as _core
 
 DUE_BYTES = 16 * 1024  # the port's gc_alloc_threshold: a collection is due after this
 _asked = [False]

@@ -103,6 +103,7 @@ class NbIot:
         psm_tau_s=7200,
         psm_active_s=10,
         pwrkey_active=1,
+        asleep=False,
     ):
         self._uart = uart
         self._key = pwrkey_pin
@@ -120,8 +121,11 @@ class NbIot:
         self._mid = 0
         self._connected = False
         self._lost = False  # +QMTSTAT ended the link since connect()
-        self._asleep = False  # sleep() asked for PSM: the module will not answer at first
-        self._psm_asked = False  # AT+CPSMS sent since the module powered up
+        # sleep() asked for PSM: the module will not answer at first. `asleep`: a previous
+        # boot left it in PSM (a node that deep-sleeps between reports), so the first
+        # connect presses PWRKEY to wake it instead of taking its silence for a hang
+        self._asleep = asleep
+        self._psm_asked = asleep  # AT+CPSMS sent since the module powered up
         self.csq = 99
         self.ber = 99
         self.cereg = 0
