@@ -279,7 +279,8 @@ def wakes(weather: Weather, rules: Rules, awake_s: dict[str, float]) -> list[Wak
         if at >= DAY_S:
             return out
         t = at
-        cause = "timer" if at == next_report else "tip" if at == next_tip else "cover"
+        # a tie wakes it once; the cover's wake samples like a timer's
+        cause = "cover" if at == cover_at else "tip" if at == next_tip else "timer"
         if cause == "cover":
             cover_woke = True
         while next_tip <= t:
@@ -288,7 +289,9 @@ def wakes(weather: Weather, rules: Rules, awake_s: dict[str, float]) -> list[Wak
         events: list[str] = []
         rate = sum(1 for x in seen if x > t - rules.rain_window_s) * rules.mm_per_tip
         rate *= 3600 / rules.rain_window_s
-        _note(alarms["rain_heavy"], rate, rules.rain_mm_h, rules.rain_hysteresis_mm_h, events, "rain")
+        _note(
+            alarms["rain_heavy"], rate, rules.rain_mm_h, rules.rain_hysteresis_mm_h, events, "rain"
+        )
         due = t >= next_report or cause == "cover"
         level = None
         if due:
@@ -297,8 +300,22 @@ def wakes(weather: Weather, rules: Rules, awake_s: dict[str, float]) -> list[Wak
             if last_level is not None and t > last_level[1]:
                 rise = (level - last_level[0]) * 3600 / (t - last_level[1])
             last_level = (level, t)
-            _note(alarms["level_high"], level, rules.level_high_m, rules.level_hysteresis_m, events, "level")
-            _note(alarms["level_rising"], rise, rules.rise_m_h, rules.rise_hysteresis_m_h, events, "rise")
+            _note(
+                alarms["level_high"],
+                level,
+                rules.level_high_m,
+                rules.level_hysteresis_m,
+                events,
+                "level",
+            )
+            _note(
+                alarms["level_rising"],
+                rise,
+                rules.rise_m_h,
+                rules.rise_hysteresis_m_h,
+                events,
+                "rise",
+            )
             opened = 1.0 if weather.cover_is_open(t) else 0.0
             _note(alarms["cover"], opened, 0.5, 0.0, events, "cover")
             raining = bool(seen) and t - seen[-1] < rules.report_s
@@ -312,7 +329,9 @@ def wakes(weather: Weather, rules: Rules, awake_s: dict[str, float]) -> list[Wak
         t = awake_until
 
 
-def _note(alarm: _Alarm, value: float | None, on: float, hyst: float, out: list[str], name: str) -> None:
+def _note(
+    alarm: _Alarm, value: float | None, on: float, hyst: float, out: list[str], name: str
+) -> None:
     changed = alarm.update(value, on, hyst)
     if changed is not None:
         out.append(name + (" on" if changed else " off"))
@@ -374,7 +393,9 @@ def day_budget(
             awake += f("wifi_join_s")
             tx_s = m["up_bytes"] * 8 / (f("wifi_kbit_s") * 1000)
             budget.add("esp32 awake", (awake - radio) * f("esp32_awake_ma"))
-            budget.add("wi-fi radio", radio * f("wifi_rx_ma") + tx_s * (f("wifi_tx_ma") - f("wifi_rx_ma")))
+            budget.add(
+                "wi-fi radio", radio * f("wifi_rx_ma") + tx_s * (f("wifi_tx_ma") - f("wifi_rx_ma"))
+            )
         else:
             budget.add("esp32 awake", awake * f("esp32_awake_ma"))
         if uplink == "nbiot" and uses_radio:
@@ -648,7 +669,12 @@ def measure(
             if times:
                 radio_s = times[-1] - times[0]
         rows[kind].append(
-            {"awake_s": summary["awake_ms"] / 1000, "loop_s": loop_s, "radio_s": radio_s, "up_bytes": up}
+            {
+                "awake_s": summary["awake_ms"] / 1000,
+                "loop_s": loop_s,
+                "radio_s": radio_s,
+                "up_bytes": up,
+            }
         )
         log(f"  {uplink} cycle {k}: {kind:6} {rows[kind][-1]}")
     out: dict[str, dict[str, float]] = {}
@@ -673,8 +699,9 @@ def _rows(result: dict[str, dict[str, Any]]) -> Iterator[str]:
         for day in ("dry", "storm"):
             b: DayBudget = r[day]
             kinds = ", ".join(f"{b.counts.get(k, 0)} {k}" for k in ("report", "tip", "alarm"))
+            n = sum(b.counts.values())
             yield (
-                f"  {day:5} day: {sum(b.counts.values()):4} wakes ({kinds}); awake {b.awake_s:7.1f} s, "
+                f"  {day:5} day: {n:4} wakes ({kinds}); awake {b.awake_s:7.1f} s, "
                 f"radio on {b.radio_s:7.1f} s, loop powered {b.loop_s:6.1f} s; "
                 f"{b.total_mas / 3600:6.2f} mAh, {b.average_ma * 1000:6.1f} uA average"
             )
@@ -696,14 +723,17 @@ def print_projection(result: dict[str, dict[str, Any]], battery: Battery) -> Non
     for line in _rows(result):
         print(line)
     print(
-        f"\nBattery: {battery.cells} x {battery.cell_ah:g} Ah Li-SOCl2 = {battery.rated_mah / 1000:g} Ah;"
+        f"\nBattery: {battery.cells} x {battery.cell_ah:g} Ah Li-SOCl2"
+        f" = {battery.rated_mah / 1000:g} Ah;"
         f" included: self-discharge {battery.self_discharge_per_year:.0%}/year, cut-off (usable"
         f" {battery.usable:.0%} of rated, board browns out near 3.0 V); temperature derating"
         f" {'x%.2f' % battery.derate if battery.derate != 1 else 'NOT included'}."
     )
     print(f"Measured awake times: {MEASURED_ON}")
     for uplink, r in result.items():
-        print(f"RESULT {uplink}: {r['years']:.1f} years, ratio to the 2-year target {r['ratio']:.2f}")
+        print(
+            f"RESULT {uplink}: {r['years']:.1f} years, ratio to the 2-year target {r['ratio']:.2f}"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -712,7 +742,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cycles", type=int, default=3, help="cycles of each kind to measure")
     parser.add_argument("--uplink", choices=("wifi", "nbiot"), action="append")
     parser.add_argument("--rounds", type=int, default=7, help="Pystone rounds for the speed")
-    parser.add_argument("--share", type=float, help="CPU share for the chip's speed (skip finding it)")
+    parser.add_argument(
+        "--share", type=float, help="CPU share for the chip's speed (skip finding it)"
+    )
     parser.add_argument("--derate", type=float, default=1.0, help="temperature derating factor")
     args = parser.parse_args(argv)
     battery = Battery(derate=args.derate)
@@ -732,7 +764,9 @@ def main(argv: list[str] | None = None) -> None:
             measured[uplink] = measure(uplink, share, args.cycles)
         for kind, got in measured["nbiot"].items():  # the modem sends what the Wi-Fi node does
             got["up_bytes"] = measured["wifi"][kind]["up_bytes"]
-        MEASURED_ON = f"this run, at a CPU share of {share:.3f} ({achieved / 1661:.2f} of the chip's speed)"
+        MEASURED_ON = (
+            f"this run, at a CPU share of {share:.3f} ({achieved / 1661:.2f} of the chip's speed)"
+        )
         print("MEASURED = " + repr(measured))
     print_projection(project(measured, battery), battery)
 
