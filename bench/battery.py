@@ -99,7 +99,6 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -641,13 +640,14 @@ def measure(
         shutil.rmtree(work, ignore_errors=True)
     log_text = bytes(board.serial_log).decode(errors="replace")
     summaries = [json.loads(m) for m in re.findall(r"water cycle (\{.*\})", log_text)]
-    boots = [t for t, e in stamps if e == "booted"]
     asleep = [t for t, e in stamps if e == "deepsleep"]
     rows: dict[str, list[dict[str, float]]] = {"report": [], "tip": [], "alarm": []}
     for k, summary in enumerate(summaries[1:], start=1):  # the power-on cycle left out
-        if k >= len(asleep) or k >= len(boots):
+        if k >= len(asleep):
             break
-        start, end = boots[k], asleep[k]
+        # from the previous deep sleep to this one: the pin and link events of the cycle
+        # (the board's "booted" can come after the firmware's first steps)
+        start, end = asleep[k - 1], asleep[k]
         kind = "alarm" if summary["alarms"] else "report" if summary["reported"] else "tip"
         on = None
         loop_s = 0.0
@@ -772,4 +772,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
