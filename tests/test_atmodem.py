@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import paho.mqtt.publish as publish
 import pytest
-from linkkit import Subscriber, wait_for
 from nodekit_host import node_module
+from uplinkkit import Subscriber, wait_for
 
 from polekit.hil.atmodem import AtCommand, AtModem, AtSyntaxError, parse_command, timer_s
 from polekit.hil.broker import LocalBroker

@@ -18,7 +18,7 @@ from typing import Any
 
 import paho.mqtt.publish as publish
 import pytest
-from linkkit import Subscriber, records, seq_of, wait_for
+from uplinkkit import Subscriber, records, seq_of, wait_for
 
 from polekit.boards import Board, load
 from polekit.firmware.install import install

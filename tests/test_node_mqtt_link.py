@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import cbor2
-from linkkit import BN, BT, VB, PahoTransport, Subscriber, U, V, records, seq_of, wait_for
 from nodekit_host import node_module
+from uplinkkit import BN, BT, VB, PahoTransport, Subscriber, U, V, records, seq_of, wait_for
 
 from polekit.hil.broker import LocalBroker
 from polekit.protocols import identity

@@ -16,7 +16,7 @@ from typing import Any
 
 import paho.mqtt.publish as publish
 import pytest
-from linkkit import VB, N, Subscriber, U, V, records, seq_of, wait_for
+from uplinkkit import VB, N, Subscriber, U, V, records, seq_of, wait_for
 
 from polekit.firmware.install import install
 from polekit.hil.broker import LocalBroker

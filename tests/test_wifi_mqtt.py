@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from linkkit import Subscriber, wait_for
+from uplinkkit import Subscriber, wait_for
 
 from polekit.hil.broker import LocalBroker
 from polekit.hil.emulator import EmulatedBoard

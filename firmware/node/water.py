@@ -351,11 +351,12 @@ class WaterNode:
                 asleep=self.rtc.get("psm", False),  # PSM from the last cycle: PWRKEY wakes it
             )
             self.rtc.set("psm", False)
+            link = MqttLink(transport, Outbox(), self.code, StateFile(SEQ_FILE))
         else:
             from .uplinks.wifi_mqtt import WifiMqtt
 
-            transport = WifiMqtt(c["wifi_ssid"], c["wifi_key"], c["broker_host"], c["broker_port"])
-        link = MqttLink(transport, Outbox(), self.code, StateFile(SEQ_FILE))
+            wifi = WifiMqtt(c["wifi_ssid"], c["wifi_key"], c["broker_host"], c["broker_port"])
+            link = MqttLink(wifi, Outbox(), self.code, StateFile(SEQ_FILE))
         link.on_command(self.on_command)
         return link
 
