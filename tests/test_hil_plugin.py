@@ -122,7 +122,7 @@ def test_pytest_embedded_keeps_its_files_in_the_runs_own_tmp(tmp_path: Path) -> 
         (
             ["--hil-board", "pole-env-esp33"],
             "ERROR: --hil-board pole-env-esp33: no such board; did you mean pole-env-esp32? "
-            "(known boards: community-sos-esp32c3, pole-env-esp32)",
+            "(known boards: community-sos-esp32c3, pole-env-esp32, water-esp32)",
         ),
         (  # the emulated board would start while pytest configures: before any test
             ["--hil-board", "pole-env-esp33", "--embedded-services", "serial"],
