@@ -193,7 +193,7 @@ function withSnapshot(then) {
 
 // Deep sleep: the CPU and its RAM are off (the VM is thrown away; the flash was saved just
 // before, RTC memory lives here), and the board watches what wakes the chip: the timer
-// (spec.ms, 0: none), EXT0 (one RTC pin at a level) and EXT1 (pins: all low, or any high).
+// (spec.ms; null: none), EXT0 (one RTC pin at a level) and EXT1 (pins: all low, or any high).
 // The devices on wake pins said how the world moves them (spec.rules, from _vdev.py):
 //   {kind: "level", path, pin, invert}: the pin is the value (0/1) set on `path`, inverted
 //     or not (a contact, the manhole cover);
@@ -212,7 +212,8 @@ function deepSleep(spec) {
   event({ event: "deepsleep", ms: spec.ms });
   const levels = new Map(Object.entries(spec.levels).map(([p, v]) => [Number(p), v]));
   sleeping = { spec, levels, timers: [], buckets: [] };
-  if (spec.ms > 0) sleeping.timers.push(setTimeout(() => wakeUp(WAKE.TIMER), spec.ms));
+  // a time given arms the timer, 0 included (it wakes at once); null: the pins only
+  if (typeof spec.ms === "number") sleeping.timers.push(setTimeout(() => wakeUp(WAKE.TIMER), Math.max(0, spec.ms)));
   for (const rule of spec.rules) {
     if (rule.kind === "bucket") {
       const b = { ...rule, since: Date.now(), timer: null };

@@ -36,6 +36,7 @@ function pyLiteral(value) {
   return JSON.stringify(value);
 }
 
+const napCell = new Int32Array(new SharedArrayBuffer(4));  // nobody notifies it: a plain wait
 // what the VM's `machine` and `_board` call to reach the board's hardware (board.mjs)
 globalThis.polekitHw = {
   uartWrite: (id, hex) => parentPort.postMessage({ type: "uart", id, hex }),
@@ -78,6 +79,11 @@ globalThis.polekitHw = {
     return false;
   },
   net: netCall,  // TCP sockets: JSON request in, JSON reply out (blocks)
+  // machine.lightsleep(ms): the VM blocks for ms (in slices, so the worker stays killable)
+  sleepMs: (ms) => {
+    const until = Date.now() + ms;
+    for (let left = ms; left > 0; left = until - Date.now()) Atomics.wait(napCell, 0, 0, Math.min(100, left));
+  },
 };
 
 // The heap budget. The port's GC heap starts at `heapsize` and grows on demand into new

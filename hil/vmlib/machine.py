@@ -485,7 +485,9 @@ def freq(_hz=None):
 
 # never returns, as on the chip: the board powers the CPU down (the VM is thrown away) and
 # starts a new one on the timer or on a wake source (esp32.wake_on_ext0/ext1)
-def deepsleep(_time_ms=0):
+# (ports/esp32/modmachine.c machine_sleep_helper: a time given, even 0, arms the timer; none
+# given, only the wake pins wake it)
+def deepsleep(_time_ms=None):
     _board.deep_sleep(_time_ms)
 
 
@@ -493,8 +495,11 @@ def wake_reason():
     return _board.DEFINITION.get("wake_reason", 0)
 
 
-def lightsleep(_time_ms=0):
-    pass
+# the CPU paused for the time given (the VM blocks; timers and wake pins do not end it early
+# here, a difference the chip would not show a firmware that sleeps by time)
+def lightsleep(_time_ms=None):
+    if _time_ms is not None and _time_ms > 0:
+        _js.polekitHw.sleepMs(int(_time_ms))
 
 
 def idle():
