@@ -576,6 +576,18 @@ class AtModem:
     def _csq(self, cmd: AtCommand) -> None:
         self._ok("+CSQ: 99,99" if not self.coverage or not self.fun else f"+CSQ: {self.csq},99")
 
+    def _cclk(self, cmd: AtCommand) -> None:
+        # TS 27.007 +CCLK: "yy/MM/dd,hh:mm:ss+zz" (zz: quarter hours from GMT): the host's UTC
+        # once the network has given its time (at registration), the unset clock before
+        if cmd.kind != "read":
+            self._ok() if cmd.kind == "test" else self._error(4)
+            return
+        if self.registered():
+            now = time.strftime("%y/%m/%d,%H:%M:%S", time.gmtime()) + "+00"
+        else:
+            now = "00/01/01,00:00:00+00"
+        self._ok(f'+CCLK: "{now}"')
+
     def _cfun(self, cmd: AtCommand) -> None:
         if cmd.kind == "read":
             self._ok(f"+CFUN: {self.fun}")
@@ -914,6 +926,7 @@ _HANDLERS: dict[str, Callable[[AtModem, AtCommand], None]] = {
     "+CGATT": AtModem._cgatt,
     "+CPSMS": AtModem._cpsms,
     "+CFUN": AtModem._cfun,
+    "+CCLK": AtModem._cclk,
     "+QMTCFG": AtModem._qmtcfg,
     "+QMTOPEN": AtModem._qmtopen,
     "+QMTCLOSE": AtModem._qmtclose,

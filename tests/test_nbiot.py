@@ -337,3 +337,23 @@ def test_the_registration_stat_is_read_by_position_with_location_reports_on(
         assert node.flush() == (1, 0, 0)
         assert node.value("nb.status()['cereg']") == 1
         wait_for(lambda: _seqs(sub) == [1], 10, "the pack")
+
+
+def test_a_board_powered_on_has_no_clock_until_the_network_gives_its_time(
+    rig: tuple[NbNode, Subscriber, LocalBroker],
+) -> None:
+    # an ESP32 counts from 2000-01-01 at power-on (MicroPython's epoch on the port): before
+    # the clock is set a pack has no base time; the network's time (AT+CCLK?) sets it
+    node, sub, _ = rig
+    node.run("from node.uplinks.mqtt_link import unix_time\nfrom node.clock import set_clock")
+    assert node.value("unix_time()") is None
+    assert node.value("set_clock(nb)") is False  # not registered yet: no network time
+    assert node.flush() == (0, 0, 0)  # connected
+    assert node.value("set_clock(nb)") is True
+    assert "AT+CCLK?" in node.modem.commands
+    assert abs(node.value("unix_time()") - time.time()) < 5
+    node.run("link.clock = unix_time\nreport(11.0)")
+    assert node.flush() == (1, 0, 0)
+    wait_for(lambda: bool(_seqs(sub)), 10, "the pack")
+    pack = sub.on(f"{BASE}/data/{CODE}")[-1].pack()
+    assert abs(pack[0][-3] - time.time()) < 5  # bt (RFC 8428 label -3): the node's time

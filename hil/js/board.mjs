@@ -62,6 +62,9 @@ const WAKE = { NONE: 0, EXT0: 2, EXT1: 3, TIMER: 4 };
 let resetCause = RESET.PWRON;
 let wakeReason = WAKE.NONE;
 let rtcMemory = "";  // RTC slow memory (hex): kept across deep sleep and resets, not power cuts
+// the RTC (ms since 2000-01-01 = Date.now() + rtcOffsetMs): 0 at power-on, running across
+// deep sleep and resets, lost with the power (as rtcMemory); machine.RTC().datetime() sets it
+let rtcOffsetMs = -Date.now();
 let sleeping = null;  // while the chip is in deep sleep: what wakes it (see deepSleep)
 let wakeEvents = [];  // [path, value] that happened while it slept, replayed once at boot
 let bootQueue = [];  // control requests that came while the VM was booting
@@ -119,7 +122,7 @@ function boot({ raw = false, runMain = true, banner = "" } = {}) {
                   files: flash, libFiles: rom, rawRepl: raw, runMain: runMain && !raw,
                   board: config.board, chip: config.chip,
                   boardDef: { ...config.boardDef, reset_cause: resetCause, wake_reason: wakeReason,
-                              rtc_memory: rtcMemory },
+                              rtc_memory: rtcMemory, rtc_offset_ms: rtcOffsetMs },
                   physics: Object.fromEntries(physics), events: wakeEvents, uartShared,
                   uartRingBytes: UART_RING, netPort: net.port2, netSignal },
     transferList: [net.port2],
@@ -142,6 +145,7 @@ function boot({ raw = false, runMain = true, banner = "" } = {}) {
       queued.forEach(toWorker);
     }
     else if (msg.type === "rtc-memory") rtcMemory = msg.hex;
+    else if (msg.type === "rtc-set") rtcOffsetMs = msg.ms;
     else if (msg.type === "files") { persist(msg.files); if (afterSnapshot) afterSnapshot(); }
     else if (msg.type === "reset") softReset();
     else if (msg.type === "log") event({ event: "vm-log", text: msg.text });
@@ -330,7 +334,7 @@ function hardReset(why, cause = RESET.HARD) {
   if (worker) worker.terminate();
   cancelSleep();
   wakeReason = WAKE.NONE;
-  if (why === "host") rtcMemory = "";  // the EN pin powers the whole chip down, RTC domain too
+  if (why === "host") { rtcMemory = ""; rtcOffsetMs = -Date.now(); }  // EN: the RTC domain too
   resetCause = cause;
   if (why === "crash") {
     crashes.push(Date.now());
@@ -443,6 +447,7 @@ function powerCycle(req) {  // power cut: everything not on flash is gone
   event({ event: "power-off" });
   setTimeout(() => {
     resetCause = RESET.PWRON;
+    rtcOffsetMs = -Date.now();  // the clock starts again at 2000-01-01
     rawMode = false;
     boot({ banner: "\r\n" });
     toHost({ reply: req.id, ok: true });

@@ -27,6 +27,8 @@ reset_cause = DEFINITION.get("reset_cause", 1)
 rtc_memory = bytes.fromhex(DEFINITION.get("rtc_memory", ""))  # kept by the board across deep sleep
 # deep-sleep wake sources as the chip keeps them (machine_rtc_config): "ext0": (pin or None,
 # level), "ext1": ([pins], level); none at boot
+# the RTC: its time (ms since 2000-01-01) is the host's Unix ms plus this; the board keeps it
+rtc_offset_ms = DEFINITION.get("rtc_offset_ms", 0)
 wake = {"ext0": (None, 0), "ext1": ([], 0)}
 
 
@@ -159,3 +161,12 @@ def interrupt():
     if alive:
         print("Traceback (most recent call last):\r\nKeyboardInterrupt: ")
     return len(alive)
+
+
+def set_rtc(ms_since_2000):
+    # machine.RTC().datetime(...): the board keeps the new offset across deep sleep and resets
+    global rtc_offset_ms
+    import time as _t  # the port's, or _rtc_time: both give host ms plus the offset
+
+    rtc_offset_ms = ms_since_2000 - (_t.time_ns() // 1000000 - rtc_offset_ms)
+    js.polekitHw.rtcSet(rtc_offset_ms)

@@ -408,16 +408,33 @@ class WDT:
 
 
 class RTC:
+    # ports/esp32/machine_rtc.c v1.27.0 machine_rtc_datetime_helper: read (year, month, day,
+    # weekday, hours, minutes, seconds, microseconds) from the clock; set from such a tuple
+    # of exactly 8 (the weekday is not used); init() takes (year, month, day, hours, minutes,
+    # seconds, microseconds, tzinfo)
     def datetime(self, _datetimetuple=None):
         import time
 
         if _datetimetuple is None:
-            t = time.localtime()
-            return (t[0], t[1], t[2], t[6], t[3], t[4], t[5], 0)
+            ns = time.time_ns()
+            t = time.gmtime(ns // 1000000000)
+            return (t[0], t[1], t[2], t[6], t[3], t[4], t[5], ns // 1000 % 1000000)
+        self._set(_datetimetuple, 4)
         return None
 
     def init(self, _datetime):
-        pass
+        self._set(_datetime, 3)
+
+    def _set(self, items, hour):
+        import time
+
+        items = tuple(items)
+        if len(items) != 8:
+            raise ValueError("tuple/list has wrong length")
+        secs = time.mktime(
+            (items[0], items[1], items[2], items[hour], items[hour + 1], items[hour + 2], 0, 0)
+        )
+        _board.set_rtc(secs * 1000 + items[7] // 1000)
 
     # RTC slow memory: kept across deep sleep and resets, lost when the power goes
     # (ports/esp32/machine_rtc.c: at most MICROPY_HW_RTC_USER_MEM_MAX = 2048 bytes)

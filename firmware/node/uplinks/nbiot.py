@@ -288,6 +288,18 @@ class NbIot:
             "refused": self.refused,
         }
 
+    def clock(self):
+        # the network's time as Unix seconds (AT+CCLK?: "yy/MM/dd,hh:mm:ss+zz", local time
+        # and its offset in quarter hours, TS 27.007; the network gives it at registration),
+        # or None: asleep, not registered, or a clock the network has not set yet
+        if self._asleep or self.cereg not in (1, 5):
+            return None
+        try:
+            lines = self._cmd("AT+CCLK?", "+CCLK:")
+        except OSError:
+            return None
+        return _cclk_unix(lines[0]) if lines else None
+
     def sleep(self):
         # disconnect and let the module go to PSM after its active time; the UART is quiet
         # from here until the next connect() wakes it. Returns the messages the module
@@ -618,6 +630,30 @@ class NbIot:
             except ValueError:
                 out.append(part)
         return out
+
+
+def _cclk_unix(line):
+    # '+CCLK: "26/01/01,08:00:00+32"' (a 4-digit year taken too) -> Unix seconds, or None
+    text = line.split(":", 1)[1].strip().strip('"')
+    try:
+        date, clock = text.split(",")
+        y, mo, d = (int(x) for x in date.split("/"))
+        cut = max(clock.rfind("+"), clock.rfind("-"))
+        zone = int(clock[cut:]) if cut > 0 else 0
+        h, mi, sec = (int(x) for x in (clock[:cut] if cut > 0 else clock).split(":"))
+    except ValueError:
+        return None
+    if y < 100:
+        y += 2000 if y < 70 else 1900
+    if y < 2020 or not (1 <= mo <= 12 and 1 <= d <= 31 and h < 24 and mi < 60 and sec < 61):
+        return None  # the module's own clock, never set by the network
+    # days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil)
+    y -= mo <= 2
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (mo + (-3 if mo > 2 else 9)) + 2) // 5 + d - 1
+    days = era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+    return days * 86400 + h * 3600 + mi * 60 + sec - zone * 900
 
 
 def from_settings(s, uart, pwrkey_pin):
