@@ -2,8 +2,9 @@
 # port) until something sets it, and a pack made meanwhile has no base time: the platform
 # stamps it on arrival, which is wrong for a backlog. The uplink knows the time once it is
 # connected: NB-IoT from the network (AT+CCLK?), Wi-Fi from NTP (micropython-lib's ntptime).
-import machine
 import time
+
+import machine
 
 _EPOCH_2000 = 946684800  # Unix seconds at 2000-01-01
 
