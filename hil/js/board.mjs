@@ -432,6 +432,12 @@ function fromControl(req) {
     radio.up = Boolean(req.value);
     if (!radio.up && sockets) sockets.dropAll();
   }
+  const forward = req.op === "set" && /^net\.udp_forward\.\d+$/.exec(req.path || "");
+  if (forward) {  // the test network's NAT for datagrams (sockets.mjs)
+    radio.udpForward = { ...(radio.udpForward || {}), [req.path.split(".")[2]]: Number(req.value) };
+    toHost({ reply: req.id, ok: true });
+    return;
+  }
   if (req.op === "power-cycle") withSnapshot(() => powerCycle(req));
   else if (req.op === "uart-in") uartIn(req.uart, req.hex);  // no reply: a wire has none
   else toWorker(req);
