@@ -3,9 +3,10 @@
 from typing import Any
 
 # esp32_wake_on_ext0 (lines 67-100): a mp_arg_t table, both entries without MP_ARG_KW_ONLY
-# and with defaults (the current pin and level): by position or by name, both optional
-def wake_on_ext0(pin: Any = ..., level: bool = ...) -> None: ...
+# and with defaults (the current pin and level): by position or by name, both optional;
+# level is MP_ARG_BOOL: any object, taken for its truth
+def wake_on_ext0(pin: Any = ..., level: int | bool = ...) -> None: ...
 
 # esp32_wake_on_ext1 (lines 104-138): the same; pins None (its default) keeps the pins set
 # before, so only an empty list ends EXT1
-def wake_on_ext1(pins: Any = None, level: bool = ...) -> None: ...
+def wake_on_ext1(pins: Any = None, level: int | bool = ...) -> None: ...
