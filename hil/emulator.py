@@ -209,7 +209,8 @@ class EmulatedBoard:
         self._thread.start()
         threading.Thread(target=self._read_events, daemon=True).start()
         threading.Thread(target=self._read_control, daemon=True).start()
-        self.wait_event("booted", timeout_s, after=booted_before)
+        # up at its REPL, or (a battery node whose main.py sleeps at once) asleep
+        self.wait_event(("booted", "deepsleep"), timeout_s, after=booted_before)
         return self
 
     def stop(self) -> None:
@@ -241,12 +242,16 @@ class EmulatedBoard:
         if self._scratch.exists():
             shutil.rmtree(self._scratch)
 
-    def wait_event(self, name: str, timeout_s: float = 10.0, after: int = 0) -> dict[str, Any]:
-        """Wait for board event ``name`` (booted, wdt-reset...) after index ``after``."""
+    def wait_event(
+        self, name: str | tuple[str, ...], timeout_s: float = 10.0, after: int = 0
+    ) -> dict[str, Any]:
+        """Wait for board event ``name`` (booted, wdt-reset...; or any of a tuple of names)
+        after index ``after``."""
+        names = (name,) if isinstance(name, str) else name
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for e in self.events[after:]:
-                if e.get("event") == name:
+                if e.get("event") in names:
                     return e
                 if e.get("event") == "crash-loop":
                     crashes = [x for x in self.events if x.get("event") == "vm-crash"]

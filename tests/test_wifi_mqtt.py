@@ -398,3 +398,83 @@ def test_packet_ids_restart_before_they_would_wrap_to_zero(board: EmulatedBoard)
         assert (sent, faults, held) == (6, 0, 0)
         wait_for(lambda: len(sub.on("polekit/v1/n1/data/DEV")) == 6, 5, "six packs")
         assert 0 < int(board_exec(board, "print(wifi.client.pid)")) < 10
+
+
+class NtpServer:
+    """A tiny NTP server (RFC 5905 server mode, version 4) on a UDP port of the loopback: its
+    transmit timestamp is the host's clock in NTP seconds (since 1900)."""
+
+    DELTA_1900 = 2208988800  # NTP seconds at 1970-01-01
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self.asked = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                query, peer = self.sock.recvfrom(512)
+            except TimeoutError:
+                continue
+            if len(query) < 48 or query[0] & 0x07 != 3:  # mode 3: a client's request
+                continue
+            self.asked += 1
+            now = time.time() + self.DELTA_1900
+            secs, frac = int(now), int((now % 1) * 2**32)
+            reply = bytearray(48)
+            reply[0] = 0x24  # LI 0, version 4, mode 4 (server)
+            reply[1] = 1  # stratum 1
+            reply[24:32] = query[40:48]  # originate: the client's transmit
+            reply[32:40] = struct.pack("!II", secs, frac)  # receive
+            reply[40:48] = struct.pack("!II", secs, frac)  # transmit
+            self.sock.sendto(bytes(reply), peer)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self.sock.close()
+
+
+def test_a_board_powered_on_has_no_clock_until_ntp_sets_it(tmp_path: Path) -> None:
+    # an ESP32 counts from 2000-01-01 at power-on (MicroPython's epoch on the port): packs
+    # made before the clock is set have no base time; NTP (micropython-lib's ntptime over the
+    # board's UDP) sets it, and the packs then carry the node's time
+    from polekit.firmware.install import install
+
+    install(tmp_path / "flash", "water-esp32", start=False, compiled=True)
+    ntp = NtpServer()
+    try:
+        with (
+            LocalBroker() as broker,
+            Subscriber(broker.host, broker.port, "polekit/v1/w1/#") as sub,
+            EmulatedBoard("water-esp32", fs_dir=tmp_path / "flash") as board,
+        ):
+            board.set("net.udp_forward.123", ntp.port)  # the test network's NAT: 123 needs root
+            board_exec(
+                board,
+                "from node.outbox import Outbox\nfrom node.state import StateFile\n"
+                "from node.uplinks.mqtt_link import MqttLink, unix_time\n"
+                "from node.uplinks.wifi_mqtt import WifiMqtt\nfrom node.clock import set_clock\n"
+                f"wifi = WifiMqtt('ap', 'key', '127.0.0.1', {broker.port}, ntp_host='127.0.0.1')\n"
+                "link = MqttLink(wifi, Outbox('/o.bin'), 'w1', StateFile('/s.json'))\n",
+            )
+            assert board_exec(board, "print(unix_time())") == "None"
+            assert board_exec(board, "print(link.flush(5000))") == "0"  # Wi-Fi up
+            assert board_exec(board, "print(set_clock(wifi))") == "True"
+            assert ntp.asked == 1
+            node_time = float(board_exec(board, "print(unix_time())"))
+            assert abs(node_time - time.time()) < 5
+            board_exec(board, "link.report('WTR1', {'water_level': 1.0}); link.flush(5000)")
+            wait_for(lambda: bool(sub.on("polekit/v1/w1/data/WTR1")), 10, "the pack")
+            pack = sub.on("polekit/v1/w1/data/WTR1")[-1].pack()
+            assert abs(pack[0][-3] - time.time()) < 5  # bt (RFC 8428 label -3)
+            board.set("wifi.up", 0)  # no network: no time, and no exception
+            assert board_exec(board, "print(set_clock(wifi))") == "False"
+    finally:
+        ntp.close()

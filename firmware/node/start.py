@@ -7,6 +7,26 @@ from .settings import load_json, save_json
 
 CRASH_FILE = "/crashes.json"
 SAFE_MODE_AFTER = 3  # start-up crashes in a row; resets alone (brownouts) never count
+RETRY_S = 3600  # a battery node that cannot start sleeps this long (or its report_s) and retries
+
+
+def started():
+    """The node is up: its start-up crash count starts over. A node whose main never
+    returns (the water node ends each wake in deep sleep) calls this once it has started,
+    before its first deep sleep; the others are cleared by main() below."""
+    if load_json(CRASH_FILE, {"count": 0}).get("count", 0):
+        save_json(CRASH_FILE, {"count": 0})
+
+
+def _sleep_instead(config):
+    # a battery node must not wait at the REPL for a person (its battery would be flat in
+    # days): it sleeps for its report interval and tries again at the next wake
+    import machine
+
+    s = config.get("report_s") if isinstance(config, dict) else None
+    s = s if isinstance(s, int) and 5 <= s <= 86400 else RETRY_S
+    print("polekit: a battery node: asleep for %d s, then it tries again" % s)
+    machine.deepsleep(s * 1000)
 
 
 def main():
@@ -27,20 +47,25 @@ def main():
             "Redeploy with `polekit deploy`."
         )
         return
+    battery = board.get("uplink") == "mqtt"  # the water node: each wake ends in deep sleep
     if crashes >= SAFE_MODE_AFTER:
         print(
             "polekit: safe mode: the node crashed at start %d times in a row; the REPL is up. "
             "Fix the config, then delete %s." % (crashes, CRASH_FILE)
         )
+        if battery:
+            _sleep_instead(config)
         return
-    try:
-        if board.get("uplink") == "mqtt":  # the water node: its cycle ends in deep sleep
+    if battery:
+        try:
             from .water import main as water_main  # alone: its heap is the budget
 
-            water_main(config, board)
-            if crashes:
-                save_json(CRASH_FILE, {"count": 0})
-            return
+            water_main(config, board)  # calls started() once up; sleeps, never returns
+        except Exception as exc:  # noqa: BLE001 - counted, shown, then the node sleeps
+            _failed(crashes, exc)
+            _sleep_instead(config)
+        return
+    try:
         if board.get("uplink") == "ble":
             from .community import CommunityNode
 
@@ -50,11 +75,7 @@ def main():
 
             node = PoleNode(config, board)  # type: ignore[assignment]  # both have run()
     except Exception as exc:  # noqa: BLE001 - counted, shown, and the REPL stays usable
-        save_json(CRASH_FILE, {"count": crashes + 1})
-        print("polekit: start failed (%d/%d before safe mode):" % (crashes + 1, SAFE_MODE_AFTER))
-        import sys
-
-        sys.print_exception(exc)
+        _failed(crashes, exc)
         return
     if crashes:
         save_json(CRASH_FILE, {"count": 0})
@@ -66,3 +87,11 @@ def main():
             % (node.config.get("device_code", "?"), node.config["unit"])
         )
     asyncio.run(node.run())
+
+
+def _failed(crashes, exc):
+    save_json(CRASH_FILE, {"count": crashes + 1})
+    print("polekit: start failed (%d/%d before safe mode):" % (crashes + 1, SAFE_MODE_AFTER))
+    import sys
+
+    sys.print_exception(exc)

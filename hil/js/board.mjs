@@ -62,6 +62,9 @@ const WAKE = { NONE: 0, EXT0: 2, EXT1: 3, TIMER: 4 };
 let resetCause = RESET.PWRON;
 let wakeReason = WAKE.NONE;
 let rtcMemory = "";  // RTC slow memory (hex): kept across deep sleep and resets, not power cuts
+// the RTC (ms since 2000-01-01 = Date.now() + rtcOffsetMs): 0 at power-on, running across
+// deep sleep and resets, lost with the power (as rtcMemory); machine.RTC().datetime() sets it
+let rtcOffsetMs = -Date.now();
 let sleeping = null;  // while the chip is in deep sleep: what wakes it (see deepSleep)
 let wakeEvents = [];  // [path, value] that happened while it slept, replayed once at boot
 let bootQueue = [];  // control requests that came while the VM was booting
@@ -119,7 +122,7 @@ function boot({ raw = false, runMain = true, banner = "" } = {}) {
                   files: flash, libFiles: rom, rawRepl: raw, runMain: runMain && !raw,
                   board: config.board, chip: config.chip,
                   boardDef: { ...config.boardDef, reset_cause: resetCause, wake_reason: wakeReason,
-                              rtc_memory: rtcMemory },
+                              rtc_memory: rtcMemory, rtc_offset_ms: rtcOffsetMs },
                   physics: Object.fromEntries(physics), events: wakeEvents, uartShared,
                   uartRingBytes: UART_RING, netPort: net.port2, netSignal },
     transferList: [net.port2],
@@ -142,6 +145,7 @@ function boot({ raw = false, runMain = true, banner = "" } = {}) {
       queued.forEach(toWorker);
     }
     else if (msg.type === "rtc-memory") rtcMemory = msg.hex;
+    else if (msg.type === "rtc-set") rtcOffsetMs = msg.ms;
     else if (msg.type === "files") { persist(msg.files); if (afterSnapshot) afterSnapshot(); }
     else if (msg.type === "reset") softReset();
     else if (msg.type === "log") event({ event: "vm-log", text: msg.text });
@@ -193,7 +197,7 @@ function withSnapshot(then) {
 
 // Deep sleep: the CPU and its RAM are off (the VM is thrown away; the flash was saved just
 // before, RTC memory lives here), and the board watches what wakes the chip: the timer
-// (spec.ms, 0: none), EXT0 (one RTC pin at a level) and EXT1 (pins: all low, or any high).
+// (spec.ms; null: none), EXT0 (one RTC pin at a level) and EXT1 (pins: all low, or any high).
 // The devices on wake pins said how the world moves them (spec.rules, from _vdev.py):
 //   {kind: "level", path, pin, invert}: the pin is the value (0/1) set on `path`, inverted
 //     or not (a contact, the manhole cover);
@@ -212,7 +216,8 @@ function deepSleep(spec) {
   event({ event: "deepsleep", ms: spec.ms });
   const levels = new Map(Object.entries(spec.levels).map(([p, v]) => [Number(p), v]));
   sleeping = { spec, levels, timers: [], buckets: [] };
-  if (spec.ms > 0) sleeping.timers.push(setTimeout(() => wakeUp(WAKE.TIMER), spec.ms));
+  // a time given arms the timer, 0 included (it wakes at once); null: the pins only
+  if (typeof spec.ms === "number") sleeping.timers.push(setTimeout(() => wakeUp(WAKE.TIMER), Math.max(0, spec.ms)));
   for (const rule of spec.rules) {
     if (rule.kind === "bucket") {
       const b = { ...rule, since: Date.now(), timer: null };
@@ -329,7 +334,7 @@ function hardReset(why, cause = RESET.HARD) {
   if (worker) worker.terminate();
   cancelSleep();
   wakeReason = WAKE.NONE;
-  if (why === "host") rtcMemory = "";  // the EN pin powers the whole chip down, RTC domain too
+  if (why === "host") { rtcMemory = ""; rtcOffsetMs = -Date.now(); }  // EN: the RTC domain too
   resetCause = cause;
   if (why === "crash") {
     crashes.push(Date.now());
@@ -427,6 +432,12 @@ function fromControl(req) {
     radio.up = Boolean(req.value);
     if (!radio.up && sockets) sockets.dropAll();
   }
+  const forward = req.op === "set" && /^net\.udp_forward\.\d+$/.exec(req.path || "");
+  if (forward) {  // the test network's NAT for datagrams (sockets.mjs)
+    radio.udpForward = { ...(radio.udpForward || {}), [req.path.split(".")[2]]: Number(req.value) };
+    toHost({ reply: req.id, ok: true });
+    return;
+  }
   if (req.op === "power-cycle") withSnapshot(() => powerCycle(req));
   else if (req.op === "uart-in") uartIn(req.uart, req.hex);  // no reply: a wire has none
   else toWorker(req);
@@ -442,6 +453,7 @@ function powerCycle(req) {  // power cut: everything not on flash is gone
   event({ event: "power-off" });
   setTimeout(() => {
     resetCause = RESET.PWRON;
+    rtcOffsetMs = -Date.now();  // the clock starts again at 2000-01-01
     rawMode = false;
     boot({ banner: "\r\n" });
     toHost({ reply: req.id, ok: true });

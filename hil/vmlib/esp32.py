@@ -89,17 +89,23 @@ if _board.DEFINITION.get("chip", "esp32") == "esp32":
             raise ValueError("invalid pin")
         return n
 
-    def wake_on_ext0(_pin, _level):
-        if _pin is None:
-            _board.wake.pop("ext0", None)
-        else:
-            _board.wake["ext0"] = (_rtc_pin(_pin), 1 if _level else 0)
+    # ports/esp32/modesp32.c v1.27.0 (esp32_wake_on_ext0/ext1): both arguments optional, by
+    # position or by name, each left out keeps what it was (their defaults are the current
+    # setting); ext0's pin None ends EXT0, ext1's pins None keeps the pins (only an empty
+    # list ends EXT1)
+    def wake_on_ext0(pin=..., level=...):
+        old_pin, old_level = _board.wake["ext0"]
+        if pin is ...:
+            pin = old_pin
+        elif pin is not None:
+            pin = _rtc_pin(pin)
+        _board.wake["ext0"] = (pin, old_level if level is ... else (1 if level else 0))
 
-    def wake_on_ext1(_pins, _level):
-        if _pins is None:
-            _board.wake.pop("ext1", None)
-        else:
-            _board.wake["ext1"] = ([_rtc_pin(p) for p in _pins], 1 if _level else 0)
+    def wake_on_ext1(pins=None, level=...):
+        old_pins, old_level = _board.wake["ext1"]
+        if pins is not None:
+            old_pins = [_rtc_pin(p) for p in pins]
+        _board.wake["ext1"] = (old_pins, old_level if level is ... else (1 if level else 0))
 
 else:
 

@@ -29,7 +29,10 @@
 #   subscribe(topic)                              QoS 1
 #   poll(wait_ms=0)                               [(topic str, payload bytes)] received
 #   close()                                       DISCONNECT when it can (no will); never raises
-#   status() -> dict; sleep()
+#   status() -> dict
+#   sleep()       before deep sleep: DISCONNECT, radio to sleep; returns the messages it
+#                 holds unread ([(topic, payload)], or None): a radio that acknowledges by
+#                 itself may take one during the DISCONNECT, and nobody else will read it
 #   handler      set by MqttLink: a transport whose client acknowledges a message when its
 #                callback returns (umqtt.simple) calls handler(topic, payload, size) from
 #                that callback and poll() returns none; payload may be only the first bytes
@@ -169,6 +172,20 @@ class MqttLink:
                 self.faults += 1
                 self.last_fault = "%s: %r" % (type(exc).__name__, exc.args)
         self._close()
+
+    # before deep sleep: the link ends and the radio sleeps (transport.sleep()). A command
+    # the radio took meanwhile (the BC260Y acknowledges one that comes during its
+    # DISCONNECT; the broker will not send it again) is applied and answered now: its
+    # result waits in the outbox for the next wake. Never raises for a link fault
+    def sleep(self):
+        self.connected = False
+        held = self.transport.sleep()
+        for topic, payload in held or ():
+            try:
+                self._command(topic, payload)
+            except (OSError, MemoryError) as exc:  # the flash or the heap: it is lost
+                self.faults += 1
+                self.last_fault = "%s: %r" % (type(exc).__name__, exc.args)
 
     def _connect(self):
         self.transport.connect(

@@ -45,6 +45,7 @@ from errno import ECONNREFUSED, ECONNRESET, ENOMEM, ETIMEDOUT
 import network
 
 MESSAGE_MAX_BYTES = 4096  # the most one read of a PUBLISH may allocate (topic or body)
+_EPOCH_2000 = 946684800  # Unix seconds at 2000-01-01, the ESP32 port's epoch
 _DRAIN_BYTES = 128  # the buffer an oversize body is drained through
 _HEAD_BYTES = 16  # the first bytes of an oversize body kept (to answer in its encoding)
 _PID_MAX = 65535
@@ -109,6 +110,7 @@ class WifiMqtt:
         timeout_s=10,
         ca_file=None,
         message_max_bytes=MESSAGE_MAX_BYTES,
+        ntp_host="pool.ntp.org",
     ):
         self.ssid = ssid
         self.message_max_bytes = message_max_bytes
@@ -132,6 +134,7 @@ class WifiMqtt:
         self.drained = 0  # messages over MESSAGE_MAX_BYTES, drained unread
         self._last_ms = 0  # ticks_ms of the last packet sent (keepalive pings)
         self.wlan = network.WLAN(network.STA_IF)
+        self.ntp_host = ntp_host
 
     def _join(self):
         # the access point, within timeout_s
@@ -265,6 +268,23 @@ class WifiMqtt:
             return {"rssi": self.wlan.status("rssi")}
         except (OSError, ValueError):
             return {}
+
+    def clock(self):
+        """Unix seconds from NTP (micropython-lib's ntptime, the ESP32 firmware's own copy;
+        one UDP round trip to ``ntp_host``), or None: no Wi-Fi, no answer within 1 s, or no
+        ntptime in this bundle."""
+        if not self.wlan.isconnected():
+            return None
+        try:
+            import ntptime
+        except ImportError:
+            return None
+        ntptime.host = self.ntp_host
+        try:
+            secs = ntptime.time()  # in the port's epoch
+        except (OSError, IndexError, ValueError):  # no answer, or a short one
+            return None
+        return secs + (_EPOCH_2000 if time.gmtime(0)[0] == 2000 else 0)
 
     def sleep(self):
         pass  # the Wi-Fi node's radio sleeps with the chip (deep sleep)
