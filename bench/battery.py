@@ -543,10 +543,15 @@ class _Relay:
 
 
 def measure(
-    uplink: str, share: float, cycles: int, log: Any = print
+    uplink: str,
+    share: float,
+    cycles: int,
+    log: Any = print,
+    kinds: tuple[str, ...] = ("report", "tip", "alarm"),
 ) -> dict[str, dict[str, float]]:
-    """Run the real water node on ``uplink`` at CPU ``share`` for ``cycles`` of each kind
-    (timer reports, rain-tip wakes, cover alarms); the medians per kind (see MEASURED)."""
+    """Run the real water node on ``uplink`` at CPU ``share`` for ``cycles`` of each of
+    ``kinds`` (timer reports, rain-tip wakes, cover alarms); the medians per kind (see
+    MEASURED; a kind not measured keeps its stored figures)."""
     import json
     import re
     import shutil
@@ -576,8 +581,8 @@ def measure(
     config = {
         "device_code": "WATER-BENCH",
         "uplink": uplink,
-        "broker_host": "127.0.0.1",
-        "broker_port": relay.port if relay else broker.port,
+        "mqtt_host": "127.0.0.1",
+        "mqtt_port": relay.port if relay else broker.port,
         "report_s": REPORT_S,
         "storm_report_s": REPORT_S,
     }
@@ -615,15 +620,15 @@ def measure(
             modem = TimedModem(board.uarts["modem"], board=board, pwrkey_pin=18).start()
         n = 1
         wait_sleep(n)  # the power-on cycle: not counted (it starts from nothing)
-        for _ in range(cycles):  # timer reports
+        for _ in range(cycles if "report" in kinds else 0):  # timer reports
             n += 1
             wait_sleep(n)
-        for _ in range(cycles):  # a rain tip shortly after it fell asleep: a tip wake
+        for _ in range(cycles if "tip" in kinds else 0):  # a tip soon after it fell asleep
             time.sleep(1.0)
             board.set("rain.tips", 1)
             n += 1
             wait_sleep(n)
-        for i in range(cycles):  # the cover lifts (EXT1: an alarm), then closes (timer)
+        for i in range(cycles if "alarm" in kinds else 0):  # the cover lifts (EXT1), closes
             if i % 2 == 0:
                 time.sleep(1.0)
                 board.set("cover.open", 1)
@@ -682,7 +687,7 @@ def measure(
         log(f"  {uplink} cycle {k}: {kind:6} {rows[kind][-1]}")
     out: dict[str, dict[str, float]] = {}
     for kind, got in rows.items():
-        if not got:
+        if not got or kind not in kinds:
             out[kind] = dict(MEASURED[uplink][kind])
             log(f"  {uplink}: no {kind} cycle measured; kept the stored figures")
             continue
@@ -744,6 +749,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-only", action="store_true", help="use MEASURED, no board")
     parser.add_argument("--cycles", type=int, default=3, help="cycles of each kind to measure")
     parser.add_argument("--uplink", choices=("wifi", "nbiot"), action="append")
+    parser.add_argument(
+        "--kind",
+        choices=("report", "tip", "alarm"),
+        action="append",
+        help="measure only these wakes (the others keep MEASURED's figures)",
+    )
     parser.add_argument("--rounds", type=int, default=7, help="Pystone rounds for the speed")
     parser.add_argument(
         "--share", type=float, help="CPU share for the chip's speed (skip finding it)"
@@ -764,7 +775,8 @@ def main(argv: list[str] | None = None) -> None:
         )
         measured = {k: dict(v) for k, v in MEASURED.items()}
         for uplink in args.uplink or ("wifi", "nbiot"):
-            measured[uplink] = measure(uplink, share, args.cycles)
+            kinds = tuple(args.kind or ("report", "tip", "alarm"))
+            measured[uplink] = measure(uplink, share, args.cycles, kinds=kinds)
         for kind, got in measured["nbiot"].items():  # the modem sends what the Wi-Fi node does
             got["up_bytes"] = measured["wifi"][kind]["up_bytes"]
         MEASURED_ON = (

@@ -1,10 +1,9 @@
 # What /main.py starts: the node the board is, chosen before any of them is imported (the
 # water node's cycle needs the heap the pole node's Modbus tables would take), with the
-# maintenance flag, the crash count and safe mode shared by all.
-import asyncio
-
-from .settings import load_json, save_json
-
+# maintenance flag, the crash count and safe mode shared by all. A water node woken by a
+# rain tip takes its short wake (tipwake.py) before any of it: no file read, no driver
+# built, unless that wake finds a report or an alarm due. Imports are inside main() for
+# that reason.
 CRASH_FILE = "/crashes.json"
 SAFE_MODE_AFTER = 3  # start-up crashes in a row; resets alone (brownouts) never count
 
@@ -18,6 +17,25 @@ def main():
         return
     except OSError:
         pass
+    import machine
+
+    if machine.wake_reason() == machine.EXT0_WAKE:  # only the water node arms EXT0: a tip
+        try:
+            from .tipwake import start as tip_wake
+
+            wake = tip_wake()
+        except (KeyError, TypeError, ValueError) as exc:  # a record of another version
+            print("polekit: tip wake: %r; the whole cycle runs" % (exc,))
+            wake = None
+        if wake is not None:
+            import asyncio
+
+            asyncio.run(wake.finish())
+            return
+    import asyncio
+
+    from .settings import load_json, save_json
+
     config = load_json("/config.json", None)
     board = load_json("/board.json", None)
     crashes = load_json(CRASH_FILE, {"count": 0}).get("count", 0)
