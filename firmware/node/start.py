@@ -4,6 +4,10 @@
 # rain tip takes its short wake (tipwake.py) before any of it: no file read, no driver
 # built, unless that wake finds a report or an alarm due. Imports are inside main() for
 # that reason.
+import time
+
+BOOT_MS = time.ticks_ms()  # the firmware starts: what came before is the chip's boot
+
 CRASH_FILE = "/crashes.json"
 SAFE_MODE_AFTER = 3  # start-up crashes in a row; resets alone (brownouts) never count
 
@@ -23,7 +27,7 @@ def main():
         try:
             from .tipwake import start as tip_wake
 
-            wake = tip_wake()
+            wake = tip_wake(BOOT_MS)
         except (KeyError, TypeError, ValueError) as exc:  # a record of another version
             print("polekit: tip wake: %r; the whole cycle runs" % (exc,))
             wake = None
@@ -55,7 +59,7 @@ def main():
         if board.get("uplink") == "mqtt":  # the water node: its cycle ends in deep sleep
             from .water import main as water_main  # alone: its heap is the budget
 
-            water_main(config, board)
+            water_main(config, board, BOOT_MS)
             if crashes:
                 save_json(CRASH_FILE, {"count": 0})
             return

@@ -2,10 +2,10 @@
 # or an alarm is due, all that wake has to do is count the tip in RTC memory, wait for the
 # contact to open and sleep again. The whole cycle (water.py) would first read the
 # settings, the board and the state from flash and build every driver (the accelerometer
-# over I2C included): 4.5 s awake a tip at the chip's speed, 90 % of a storm day's charge
-# on Wi-Fi (bench/battery.py). This reads RTC memory only: each whole cycle leaves there,
-# as it goes to sleep, what a tip wake needs ("tipwake": the rain and cover pins, the
-# bucket, the rain alarm's settings). Without it (a first start, a power cut) the whole
+# over I2C included) before it knows the wake was only a tip, and a storm day has ~590 of
+# them (bench/battery.py; docs/firmware.md has the times). This reads RTC memory only:
+# each whole cycle leaves there, as it goes to sleep, what a tip wake needs ("tipwake": the
+# rain and cover pins, the bucket, the rain alarm's settings). Without it (a first start, a power cut) the whole
 # cycle runs, as it does when the tip wake finds a report due, the rain alarm changing
 # with this tip, or the cover's contact newly open.
 import gc
@@ -22,8 +22,9 @@ from .wake_rules import alarm_would_change, cover_news, deep_sleep, now_ms, rain
 class TipWake:
     """A tip already counted (in RAM: kept at sleep); `finish()` ends the wake."""
 
-    def __init__(self, rtc, gauge, cover_pin, cover_low, rate):
+    def __init__(self, rtc, gauge, cover_pin, cover_low, rate, boot_ms):
         self.rtc = rtc
+        self.boot_ms = boot_ms
         self.gauge = gauge
         self.cover_pin = cover_pin
         self.cover_low = cover_low
@@ -47,7 +48,7 @@ class TipWake:
         print(
             'water cycle {"cycle": %d, "wake": %d, "tips": %d, "rain_mm_h": %s, '
             '"reported": false, "alarms": [], "sent": 0, "held": %d, "awake_ms": %d, '
-            '"heap_min": %d, "short": true}'
+            '"heap_min": %d, "boot_ms": %d, "short": true}'
             % (
                 rtc.get("cycle"),
                 machine.EXT0_WAKE,
@@ -56,6 +57,7 @@ class TipWake:
                 rtc.get("held", 0),
                 awake_ms,
                 heap_min,
+                self.boot_ms,
             )
         )
         cover_open = bool(self.cover_pin.value()) != self.cover_low
@@ -63,9 +65,10 @@ class TipWake:
         deep_sleep(rtc, ms, gauge.pin, gauge.closed, self.cover_pin, cover_open)
 
 
-def start():
+def start(boot_ms=0):
     """A TipWake when this EXT0 wake is only a rain tip, its tip counted; None when the whole
-    cycle must run (nothing kept for a tip wake, a report due, an alarm to send). Nothing
+    cycle must run (nothing kept for a tip wake, a report due, an alarm to send); `boot_ms`:
+    ticks_ms when the firmware started (the summary line says it). Nothing
     is kept in RTC memory before it says so: the whole cycle then counts the tip itself."""
     rtc = RtcStore()
     kept = rtc.get("tipwake")
@@ -86,4 +89,4 @@ def start():
         gauge.stop()
         return None
     rtc.add("cycle", 1)
-    return TipWake(rtc, gauge, cover, cover_low, rate)
+    return TipWake(rtc, gauge, cover, cover_low, rate, boot_ms)

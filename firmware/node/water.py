@@ -9,10 +9,12 @@
 # cycle's awake time and heap low-water mark) is in RTC memory (rtcstore.py); the totals are
 # copied to /state.json at each report so a power cut loses at most one report's worth.
 #
-# A tip wake does the least: count, check the rain intensity, sleep again once the contact is
-# open (docs/firmware.md: the awake time budget). The level, flow and cover are sampled on
-# timer and cover wakes, i.e. every report: report_s in dry weather, storm_report_s while it
-# rains (a tip within the last report_s), so a rising river is seen within minutes.
+# A tip wake with nothing else due never gets here: tipwake.py counts it from RTC memory and
+# sleeps again (what it needs is left in RTC memory by sleep() below); this cycle runs for a
+# tip only when a report is due, the rain alarm changes or the cover opened. The level, flow
+# and cover are sampled on timer and cover wakes, i.e. every report: report_s in dry weather,
+# storm_report_s while it rains (a tip within the last report_s), so a rising river is seen
+# within minutes.
 #
 # The cycle is one asyncio task that yields (`await sleep_ms(0)`, `_breathe`) between its
 # steps and between the packs of a flush, and allocates little: on the chip a yield costs
@@ -59,7 +61,8 @@ SETTABLE = (
 
 
 class WaterNode:
-    def __init__(self, config, board):
+    def __init__(self, config, board, boot_ms=0):
+        self.boot_ms = boot_ms  # ticks_ms when the firmware started (start.py)
         from .settings import load_json
         from .settings_mqtt import WATER_LIMITS
 
@@ -196,6 +199,7 @@ class WaterNode:
             "held": self.held,
             "awake_ms": awake_ms,
             "heap_min": self.heap_min,
+            "boot_ms": self.boot_ms,
         }
         if values is not None:
             summary["values"] = values
@@ -408,10 +412,10 @@ class WaterNode:
         )
 
 
-def main(config, board):
+def main(config, board, boot_ms=0):
     import asyncio
 
-    node = WaterNode(config, board)
+    node = WaterNode(config, board, boot_ms)
     print("polekit water node %s up, uplink %s" % (node.code, node.config["uplink"]))
     asyncio.run(node.run())
     return node
