@@ -5,9 +5,9 @@
 # over I2C included) before it knows the wake was only a tip, and a storm day has ~590 of
 # them (bench/battery.py; docs/firmware.md has the times). This reads RTC memory only:
 # each whole cycle leaves there, as it goes to sleep, what a tip wake needs ("tipwake": the
-# rain and cover pins, the bucket, the rain alarm's settings). Without it (a first start, a power cut) the whole
-# cycle runs, as it does when the tip wake finds a report due, the rain alarm changing
-# with this tip, or the cover's contact newly open.
+# rain and cover pins, the bucket, the rain alarm's settings). Without it (a first start,
+# a power cut) the whole cycle runs, as it does when the tip wake finds a report due, the
+# rain alarm changing with this tip, or the cover's contact newly open.
 import gc
 import time
 from asyncio import sleep_ms
