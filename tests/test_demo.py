@@ -276,6 +276,7 @@ def test_demo_water_node_reports_straight_to_the_broker_through_a_storm() -> Non
     values = water["values"]
     assert 0.5 <= values["water_level"] <= 1.8 and values["rain"] > 0
     assert values["awake_time"] > 0
+    assert abs(values["voltage"] - 3.6) < 0.05  # its cells, at the board's nominal 3.6 V
     (device,) = [d for d in summary["devices"] if d["code"] == code]
     assert device["transport"] == "wifi" and device["readings_delivered"] > 0
     # the gateway's own accounting is untouched by the node's readings

@@ -119,7 +119,7 @@ VS = 3  # RFC 8428 table 4: string value
 BASE = f"polekit/v1/{NODE_CODE}"
 FAST = {
     "device_code": NODE_CODE,
-    "broker_host": "127.0.0.1",
+    "mqtt_host": "127.0.0.1",
     "report_s": 5,
     "storm_report_s": 5,
     "flow_gate_ms": 100,
@@ -151,8 +151,8 @@ def heap_low_water(board: EmulatedBoard) -> int:
     return min(c["heap_min"] for c in cycles(board))
 
 
-def packs(sub: Subscriber, kind: str) -> list[list[dict[Any, Any]]]:
-    return [m.pack() for m in sub.on(f"{BASE}/{kind}/{NODE_CODE}")]
+def packs(sub: Subscriber, kind: str, base: str = BASE) -> list[list[dict[Any, Any]]]:
+    return [m.pack() for m in sub.on(f"{base}/{kind}/{NODE_CODE}")]
 
 
 @contextmanager
@@ -162,7 +162,7 @@ def water_node(
     flash = install(
         tmp_path / "flash",
         BOARD,
-        config={**FAST, "broker_port": broker.port, **config},
+        config={**FAST, "mqtt_port": broker.port, **config},
         compiled=True,
     )
     with EmulatedBoard(BOARD, fs_dir=flash) as b:
@@ -187,11 +187,18 @@ def test_rain_tips_during_deep_sleep_are_all_counted_once(tmp_path: Path) -> Non
         wait_for(lambda: len(packs(sub, "data")) >= sum(c["sent"] > 0 for c in seen), 10, "packs")
     tip_wakes = [c for c in seen if c["wake"] == 2]  # EXT0: the gauge's contact
     assert len(tip_wakes) >= 2, seen  # tips came while it slept, and woke it
+    # a tip with no report or alarm due takes the short wake (node/tipwake.py: counted in
+    # RTC memory, no file read, no driver built, no link); one with a report due, the cycle
+    short = [c for c in tip_wakes if c.get("short")]
+    assert short and all(not c["reported"] and not c["sent"] for c in short), seen
     assert [c["tips"] for c in seen] == sorted(c["tips"] for c in seen)  # never counted back
     assert last["tips"] == tips and max(c["tips"] for c in seen) == tips, seen
     rain = records(packs(sub, "data")[-1])[f"urn:dev:pk:{NODE_CODE}:rain"]
     assert rain[U] == "m" and rain[V] == pytest.approx(tips * 0.2 / 1000)
-    print(f"{tips} tips, {len(tip_wakes)} tip wakes over {len(seen)} cycles: all counted once")
+    print(
+        f"{tips} tips, {len(tip_wakes)} tip wakes ({len(short)} short) over {len(seen)} "
+        "cycles: all counted once"
+    )
 
 
 def test_each_alarm_fires_once_per_crossing_and_clears_with_hysteresis(tmp_path: Path) -> None:
@@ -200,8 +207,11 @@ def test_each_alarm_fires_once_per_crossing_and_clears_with_hysteresis(tmp_path:
         "level_hysteresis_m": 0.1,  # on above 1.5 m, off below 1.4 m
         "rise_m_h": 50,  # 0.5 m in 5 s is 360 m/h; steady water is 0
         "rise_hysteresis_m_h": 20,
-        "rain_mm_h": 3,  # three tips in ten minutes: 3.6 mm/h
-        "rain_hysteresis_mm_h": 1,
+        # over a 10 s window a tip is 72 mm/h: on at the third tip (216), off when no more
+        # than one is left in the window (72 < 100); two (144) are inside the band
+        "rain_window_s": 10,
+        "rain_mm_h": 200,
+        "rain_hysteresis_mm_h": 100,
     }
     with (
         LocalBroker() as broker,
@@ -214,18 +224,21 @@ def test_each_alarm_fires_once_per_crossing_and_clears_with_hysteresis(tmp_path:
             board.set("rain.tips", 1)
             time.sleep(0.3)
         wait_cycle(board, "level high", lambda c: "level_high on" in c["alarms"])
+        wait_cycle(board, "heavy rain", lambda c: "rain_heavy on" in c["alarms"])
         at = len(cycles(board))
         board.set("level.metres", 1.45)  # down, but inside the hysteresis band: still high
         wait_cycle(board, "a report at 1.45 m", lambda c: c["reported"], at)
         at = len(cycles(board))
         board.set("level.metres", 1.35)  # under 1.4 m: clears
         wait_cycle(board, "level clear", lambda c: "level_high off" in c["alarms"], at)
+        # the tips have left the 10 s window: the rain rate fell under the band
+        wait_cycle(board, "rain clear", lambda c: "rain_heavy off" in c["alarms"])
         board.set("cover.open", 1)  # the cover lifted: EXT1 wakes the node at once
         opened = wait_cycle(board, "cover", lambda c: "cover_open on" in c["alarms"])
         board.set("cover.open", 0)
         wait_cycle(board, "cover shut", lambda c: "cover_open off" in c["alarms"])
         seen = cycles(board)
-        wait_for(lambda: len(packs(sub, "event")) >= 7, 10, "seven events at the broker")
+        wait_for(lambda: len(packs(sub, "event")) >= 8, 10, "eight events at the broker")
         events = packs(sub, "event")
     assert opened["wake"] == 3  # EXT1: the cover's contact woke it, not the timer
     said: dict[str, list[bool]] = {}
@@ -233,12 +246,12 @@ def test_each_alarm_fires_once_per_crossing_and_clears_with_hysteresis(tmp_path:
         name = next(r[VS] for r in pack if r.get(N) == "alarm")
         said.setdefault(name, []).append(next(r[VB] for r in pack if r.get(N) == "alarm_on"))
     assert said == {
-        "rain_heavy": [True],  # five tips over the intensity: one alarm
+        "rain_heavy": [True, False],  # five tips over the intensity: one alarm, then clear
         "level_high": [True, False],  # 1.45 m inside the band said nothing
         "level_rising": [True, False],
         "cover_open": [True, False],
     }, said
-    assert sorted(seq_of(p) for p in events) == list(range(1, 8))  # the events' own seq
+    assert sorted(seq_of(p) for p in events) == list(range(1, 9))  # the events' own seq
     # each one sent in the cycle that saw the crossing, with that cycle's report
     assert all(c["sent"] >= len(c["alarms"]) for c in seen)
 
@@ -256,11 +269,13 @@ UNITS = {  # SenML units of what the node reports (RFC 8428 section 12.1; protoc
 }
 
 
-def check_reports(sub: Subscriber, level_m: float, l_min: float) -> list[int]:
+def check_reports(
+    sub: Subscriber, level_m: float, l_min: float, battery_v: float, topics: str = BASE
+) -> list[int]:
     """Every data pack's values and units as the world was set; their seqs, sorted."""
     base = f"urn:dev:pk:{NODE_CODE}:"
     seqs = []
-    for pack in packs(sub, "data"):
+    for pack in packs(sub, "data", topics):
         recs = records(pack)
         for name, unit in UNITS.items():
             if base + name in recs:
@@ -268,16 +283,23 @@ def check_reports(sub: Subscriber, level_m: float, l_min: float) -> list[int]:
         assert recs[base + "water_level"][V] == pytest.approx(level_m, abs=0.01)
         assert recs[base + "flow"][V] == pytest.approx(l_min / 60000, rel=0.3)
         assert recs[base + "cover_open"][VB] is False
+        assert recs[base + "voltage"][V] == pytest.approx(battery_v, abs=0.01)
         seqs.append(seq_of(pack))
     return sorted(seqs)
 
 
+# the broker's login, given to the node in the MQTT uplink's settings (mqtt_user,
+# mqtt_password): the test brokers refuse anonymous clients
+LOGIN = ("water", "s3cret")
+CREDENTIALS = {"mqtt_user": LOGIN[0], "mqtt_password": LOGIN[1]}
+
+
 def test_wifi_node_delivers_through_a_broker_outage_and_a_reset(tmp_path: Path) -> None:
-    broker = LocalBroker().start()
+    broker = LocalBroker(users=dict([LOGIN])).start()
     try:
         with (
-            Subscriber(broker.host, broker.port, f"{BASE}/#") as sub,
-            water_node(tmp_path, broker) as (board, flash),
+            Subscriber(broker.host, broker.port, f"{BASE}/#", login=LOGIN) as sub,
+            water_node(tmp_path, broker, **CREDENTIALS) as (board, flash),
         ):
             board.set("level.metres", 0.8)
             board.set("flow.l_min", 60.0)  # 100 pulses a second: 10 in the 100 ms gate
@@ -295,7 +317,7 @@ def test_wifi_node_delivers_through_a_broker_outage_and_a_reset(tmp_path: Path) 
                 board, "the backlog sent", lambda c: c["held"] == 0 and c["sent"] > 1, at
             )
             wait_for(lambda: len(packs(sub, "data")) >= last["sent"], 10, "the packs")
-            seqs = check_reports(sub, 0.8, 60.0)
+            seqs = check_reports(sub, 0.8, 60.0, 3.6)  # the cells' nominal 3.6 V at start
             low = heap_low_water(board)
     finally:
         broker.stop()
@@ -312,11 +334,14 @@ def test_nbiot_node_delivers_through_a_coverage_gap_sleeps_in_psm_and_takes_a_co
 ) -> None:
     from polekit.hil.atmodem import AtModem
 
-    results = f"{BASE}/cmd-result/{NODE_CODE}"
+    # the node's own topic prefix and id, from the MQTT uplink's settings as on Wi-Fi
+    base = "city/water/MH17"
+    results = f"{base}/cmd-result/{NODE_CODE}"
+    topics = {"mqtt_prefix": "city/water", "node_id": "MH17"}
     with (
-        LocalBroker() as broker,
-        Subscriber(broker.host, broker.port, f"{BASE}/#") as sub,
-        water_node(tmp_path, broker, uplink="nbiot") as (board, _),
+        LocalBroker(users=dict([LOGIN])) as broker,
+        Subscriber(broker.host, broker.port, f"{base}/#", login=LOGIN) as sub,
+        water_node(tmp_path, broker, uplink="nbiot", **topics, **CREDENTIALS) as (board, _),
         AtModem(
             board.uarts["modem"],
             board=board,
@@ -327,6 +352,7 @@ def test_nbiot_node_delivers_through_a_coverage_gap_sleeps_in_psm_and_takes_a_co
         ) as modem,
     ):
         board.set("flow.l_min", 60.0)
+        board.set("battery.voltage", 3.3)  # the cells running down: the reports say so
         wait_cycle(board, "a report through the modem", lambda c: c["sent"] > 0, timeout_s=30)
         wait_for(lambda: modem.state == "psm", 10, "the module in PSM while the node sleeps")
         modem.set_coverage(False)  # out of coverage: the cycle gives up, the outbox keeps it
@@ -334,11 +360,12 @@ def test_nbiot_node_delivers_through_a_coverage_gap_sleeps_in_psm_and_takes_a_co
         wait_cycle(board, "a report held", lambda c: c["held"] >= 1 and c["sent"] == 0, at, 30)
         # the platform sets a new report interval while the node is away
         publish.single(
-            f"{BASE}/cmd/{NODE_CODE}",
+            f"{base}/cmd/{NODE_CODE}",
             json.dumps({"id": 7, "set": {"report_s": 9}}),
             qos=1,
             hostname=broker.host,
             port=broker.port,
+            auth={"username": LOGIN[0], "password": LOGIN[1]},
         )
         modem.set_coverage(True)
         at = len(cycles(board))
@@ -350,9 +377,9 @@ def test_nbiot_node_delivers_through_a_coverage_gap_sleeps_in_psm_and_takes_a_co
             30,
             "a sleep of the new interval",
         )
-        seqs = check_reports(sub, 1.0, 60.0)
+        seqs = check_reports(sub, 1.0, 60.0, 3.3, base)
         low = heap_low_water(board)
-        status = [m.json() for m in sub.on(f"{BASE}/state") if m.json()["state"] == "online"]
+        status = [m.json() for m in sub.on(f"{base}/state") if m.json()["state"] == "online"]
         events = [e for _, e in modem.events]
     assert sub.on(results)[-1].json() == {"id": 7, "ok": True, "set": {"report_s": 9}}
     assert max(sleeps[:2]) < 5000  # the old interval until the command came
@@ -360,4 +387,5 @@ def test_nbiot_node_delivers_through_a_coverage_gap_sleeps_in_psm_and_takes_a_co
     # PSM between reports: woken by PWRKEY each time, never rebooted as a hung module
     assert events.count("psm") >= 2 and "wake" in events and "reboot" not in events, events
     assert status[-1]["recoveries"] == 0 and status[-1]["registered"] is True, status[-1]
+    assert status[-1]["node"] == "MH17"
     print(f"NB-IoT: seq 1..{max(seqs)}, coverage gap, PSM, command; heap low-water {low} B free")

@@ -145,13 +145,18 @@ class Message:
 
 class Subscriber:
     """A paho client on its own thread subscribed to ``topic_filter`` (resubscribing after
-    a broker restart); ``messages`` fill in arrival order."""
+    a broker restart), with ``login`` (user, password) if given; ``messages`` fill in
+    arrival order."""
 
-    def __init__(self, host: str, port: int, topic_filter: str) -> None:
+    def __init__(
+        self, host: str, port: int, topic_filter: str, login: tuple[str, str] | None = None
+    ) -> None:
         self.messages: list[Message] = []
         self.subscribed = threading.Event()
         self._lock = threading.Lock()
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        if login is not None:
+            c.username_pw_set(*login)
         c.on_connect = lambda cl, _u, _f, _rc, _p: cl.subscribe(topic_filter, 1)
         c.on_subscribe = lambda _c, _u, _mid, _rc, _p: self.subscribed.set()
         c.on_disconnect = lambda _c, _u, _f, _rc, _p: self.subscribed.clear()

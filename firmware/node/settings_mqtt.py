@@ -5,13 +5,11 @@
 from .settings import check
 from .settings import validate as validate_local
 
-# The water node (MQTT straight to the broker over Wi-Fi or NB-IoT; boards with uplink "mqtt")
+# The water node (MQTT straight to the broker over Wi-Fi or NB-IoT; boards with uplink "mqtt"):
+# its own keys here; its link takes the MQTT uplink's table below (one set of broker
+# settings for both radios; node_id defaults to its device code)
 WATER_DEFAULTS = {
     "uplink": "wifi",
-    "broker_host": "",
-    "broker_port": 1883,
-    "wifi_ssid": "",
-    "wifi_key": "",
     "report_s": 3600,
     "storm_report_s": 300,
     "level_high_m": 1.5,
@@ -20,12 +18,14 @@ WATER_DEFAULTS = {
     "rise_hysteresis_m_h": 0.2,
     "rain_mm_h": 30,
     "rain_hysteresis_mm_h": 10,
+    "rain_window_s": 600,
     "tilt_deg": 20,
     "flow_gate_ms": 1000,
     "flush_ms": 30000,
 }
+# rain_window_s: the rain rate is over this window of the last TIPS_KEPT (60) tip times
+# (water.py), so its ceiling is 60 tips a window: 72 mm/h at 600 s and 0.2 mm a tip
 WATER_LIMITS = {
-    "broker_port": (1, 65535),
     "report_s": (5, 86400),
     "storm_report_s": (5, 86400),
     "level_high_m": (0, 100),
@@ -34,11 +34,12 @@ WATER_LIMITS = {
     "rise_hysteresis_m_h": (0, 100),
     "rain_mm_h": (0, 500),
     "rain_hysteresis_mm_h": (0, 500),
+    "rain_window_s": (10, 600),
     "tilt_deg": (0, 90),
     "flow_gate_ms": (100, 10000),
     "flush_ms": (1000, 120000),
 }
-WATER_TEXTS = ("device_code", "board", "broker_host", "wifi_ssid", "wifi_key", "uplink")
+WATER_TEXTS = ("device_code", "board", "uplink")
 WATER_UPLINKS = ("wifi", "nbiot")
 
 
@@ -92,9 +93,10 @@ def mqtt_problems(good):
 # The keys a node with this uplink accepts ("wifi": the pole node reporting over Wi-Fi MQTT,
 # `pole_keys` its own; "mqtt": the water node)
 def known_keys(uplink, pole_keys):
+    mqtt = set(MQTT_LIMITS) | set(MQTT_TEXTS)
     if uplink == "wifi":
-        return pole_keys | set(MQTT_LIMITS) | set(MQTT_TEXTS)
-    return set(WATER_LIMITS) | set(WATER_TEXTS)
+        return pole_keys | mqtt
+    return set(WATER_LIMITS) | set(WATER_TEXTS) | mqtt
 
 
 def validate(config, uplink):
@@ -105,7 +107,15 @@ def validate(config, uplink):
         more, problems2 = check(mqtt, MQTT_DEFAULTS, MQTT_LIMITS, MQTT_TEXTS)
         good.update(more)
         return good, problems + problems2 + mqtt_problems(good)
-    good, problems = check(config, WATER_DEFAULTS, WATER_LIMITS, WATER_TEXTS)
+    good, problems = check(
+        config,
+        dict(WATER_DEFAULTS, **MQTT_DEFAULTS),
+        dict(WATER_LIMITS, **MQTT_LIMITS),
+        WATER_TEXTS + MQTT_TEXTS,
+    )
+    problems += mqtt_problems(good)
+    if not good.get("node_id"):  # its topics are {mqtt_prefix}/{device code}/... by default
+        good["node_id"] = good.get("device_code", "node")
     if good["uplink"] not in WATER_UPLINKS:
         problems.append(
             "config: uplink = %r must be one of %s; using %r"

@@ -1,9 +1,12 @@
 # What /main.py starts: the node the board is, chosen before any of them is imported (the
 # water node's cycle needs the heap the pole node's Modbus tables would take), with the
-# maintenance flag, the crash count and safe mode shared by all.
-import asyncio
+# maintenance flag, the crash count and safe mode shared by all. A water node woken by a
+# rain tip takes its short wake (tipwake.py) before any of it: no file read, no driver
+# built, unless that wake finds a report or an alarm due. Imports are inside main() for
+# that reason.
+import time
 
-from .settings import load_json, save_json
+BOOT_MS = time.ticks_ms()  # the firmware starts: what came before is the chip's boot
 
 CRASH_FILE = "/crashes.json"
 SAFE_MODE_AFTER = 3  # start-up crashes in a row; resets alone (brownouts) never count
@@ -14,6 +17,8 @@ def started():
     """The node is up: its start-up crash count starts over. A node whose main never
     returns (the water node ends each wake in deep sleep) calls this once it has started,
     before its first deep sleep; the others are cleared by main() below."""
+    from .settings import load_json, save_json
+
     if load_json(CRASH_FILE, {"count": 0}).get("count", 0):
         save_json(CRASH_FILE, {"count": 0})
 
@@ -38,6 +43,25 @@ def main():
         return
     except OSError:
         pass
+    import machine
+
+    if machine.wake_reason() == machine.EXT0_WAKE:  # only the water node arms EXT0: a tip
+        try:
+            from .tipwake import start as tip_wake
+
+            wake = tip_wake(BOOT_MS)
+        except (KeyError, TypeError, ValueError) as exc:  # a record of another version
+            print("polekit: tip wake: %r; the whole cycle runs" % (exc,))
+            wake = None
+        if wake is not None:
+            import asyncio
+
+            asyncio.run(wake.finish())
+            return
+    import asyncio
+
+    from .settings import load_json, save_json
+
     config = load_json("/config.json", None)
     board = load_json("/board.json", None)
     crashes = load_json(CRASH_FILE, {"count": 0}).get("count", 0)
@@ -60,7 +84,7 @@ def main():
         try:
             from .water import main as water_main  # alone: its heap is the budget
 
-            water_main(config, board)  # calls started() once up; sleeps, never returns
+            water_main(config, board, BOOT_MS)  # calls started() once up; sleeps, never returns
         except Exception as exc:  # noqa: BLE001 - counted, shown, then the node sleeps
             _failed(crashes, exc)
             _sleep_instead(config)
@@ -90,6 +114,8 @@ def main():
 
 
 def _failed(crashes, exc):
+    from .settings import save_json
+
     save_json(CRASH_FILE, {"count": crashes + 1})
     print("polekit: start failed (%d/%d before safe mode):" % (crashes + 1, SAFE_MODE_AFTER))
     import sys

@@ -9,10 +9,12 @@
 # cycle's awake time and heap low-water mark) is in RTC memory (rtcstore.py); the totals are
 # copied to /state.json at each report so a power cut loses at most one report's worth.
 #
-# A tip wake does the least: count, check the rain intensity, sleep again once the contact is
-# open (docs/firmware.md: the awake time budget). The level, flow and cover are sampled on
-# timer and cover wakes, i.e. every report: report_s in dry weather, storm_report_s while it
-# rains (a tip within the last report_s), so a rising river is seen within minutes.
+# A tip wake with nothing else due never gets here: tipwake.py counts it from RTC memory and
+# sleeps again (what it needs is left in RTC memory by sleep() below); this cycle runs for a
+# tip only when a report is due, the rain alarm changes or the cover opened. The level, flow
+# and cover are sampled on timer and cover wakes, i.e. every report: report_s in dry weather,
+# storm_report_s while it rains (a tip within the last report_s), so a rising river is seen
+# within minutes.
 #
 # The cycle is one asyncio task that yields (`await sleep_ms(0)`, `_breathe`) between its
 # steps and between the packs of a flush, and allocates little: on the chip a yield costs
@@ -29,13 +31,21 @@ import machine
 from .rtcstore import RtcStore
 from .settings import check, validate
 from .state import StateFile
+from .wake_rules import (
+    alarm_change,
+    cover_news,
+    deep_sleep,
+    rain_rate,
+    record_tips,
+)
+from .wake_rules import (
+    now_ms as _now_ms,
+)
 
 STATE_FILE = "/state.json"
 SEQ_FILE = "/seq.json"
 PSM_ACTIVE_S = 2  # T3324 asked of the NB-IoT module
 FLUSH_SLICE_MS = 1  # a flush slice sends about one pack: then the cycle yields
-RAIN_WINDOW_S = 600  # rain intensity over the last 10 minutes
-TIPS_KEPT = 60  # tip times in RTC memory: 60 tips in 10 min is 72 mm/h at 0.2 mm a tip
 SETTABLE = (
     "report_s",
     "storm_report_s",
@@ -45,37 +55,14 @@ SETTABLE = (
     "rise_hysteresis_m_h",
     "rain_mm_h",
     "rain_hysteresis_mm_h",
+    "rain_window_s",
     "tilt_deg",
 )
 
 
-def _now_ms():
-    # wall time across deep sleep (the RTC keeps running); ticks_ms restarts at each wake
-    return time.time_ns() // 1000000
-
-
-class Alarm:
-    """On above `on`, off below `on - hysteresis`: one event per crossing, not one per sample
-    while the value wavers around the threshold."""
-
-    def __init__(self, name, active):
-        self.name = name
-        self.active = active
-
-    def update(self, value, on, hysteresis):
-        if value is None:
-            return None
-        if not self.active and value > on:
-            self.active = True
-            return True
-        if self.active and value < on - hysteresis:
-            self.active = False
-            return False
-        return None
-
-
 class WaterNode:
-    def __init__(self, config, board):
+    def __init__(self, config, board, boot_ms=0):
+        self.boot_ms = boot_ms  # ticks_ms when the firmware started (start.py)
         from .settings import load_json
         from .settings_mqtt import WATER_LIMITS
 
@@ -168,12 +155,19 @@ class WaterNode:
         if wake == machine.EXT0_WAKE:
             self.rain.woke_by_tip()
         now = _now_ms()
-        self._record_tips(now)
+        record_tips(rtc, now)
         rtc.add("cycle", 1)
         events = []
-        rate = self._rain_rate(now)
+        rate = rain_rate(rtc, now, self.rain.mm_per_tip, c["rain_window_s"])
         self._alarm("rain_heavy", rate, c["rain_mm_h"], c["rain_hysteresis_mm_h"], events)
-        due = rtc.fresh or now >= rtc.get("next", 0) or wake == machine.EXT1_WAKE
+        # a report is due on time, or when the cover opened (its EXT1 wake, or found open
+        # at a rain tip's wake: tipwake.py then leaves it to this cycle)
+        due = (
+            rtc.fresh
+            or now >= rtc.get("next", 0)
+            or wake == machine.EXT1_WAKE
+            or cover_news(self.cover.contact_open(), rtc)
+        )
         values = None
         if due:
             values = await self.sample(now, rate, events)
@@ -189,10 +183,11 @@ class WaterNode:
             self.state.set("litres", rtc.get("litres", 0.0))
             self.state.flush()
         await self.rain.settle()
-        self._record_tips(_now_ms())  # tips counted while it was awake
+        record_tips(rtc, _now_ms())  # tips counted while it was awake
         awake_ms = time.ticks_ms()
         rtc.set("awake_ms", awake_ms)
         rtc.set("heap_min", self.heap_min)
+        rtc.set("held", self.held)
         summary = {
             "cycle": rtc.get("cycle"),
             "wake": wake,
@@ -204,37 +199,20 @@ class WaterNode:
             "held": self.held,
             "awake_ms": awake_ms,
             "heap_min": self.heap_min,
+            "boot_ms": self.boot_ms,
         }
         if values is not None:
             summary["values"] = values
         print("water cycle " + json.dumps(summary))
-
-    def _record_tips(self, now):
-        # times of the tips since the last look (RTC memory keeps the last TIPS_KEPT)
-        tips = self.rtc.get("tips", 0)
-        new = tips - self.rtc.get("seen", tips)
-        self.rtc.set("seen", tips)
-        if new > 0:
-            times = self.rtc.get("tt", []) + [now] * min(new, TIPS_KEPT)
-            self.rtc.set("tt", times[-TIPS_KEPT:])
-
-    def _rain_rate(self, now):
-        since = now - RAIN_WINDOW_S * 1000
-        n = sum(1 for t in self.rtc.get("tt", []) if t > since)
-        return n * self.rain.mm_per_tip * 3600 / RAIN_WINDOW_S  # mm/h
 
     def _raining(self, now):
         tt = self.rtc.get("tt", [])
         return bool(tt) and now - tt[-1] < self.config["report_s"] * 1000
 
     def _alarm(self, name, value, on, hysteresis, events):
-        active = self.rtc.get("alarms", {})
-        alarm = Alarm(name, active.get(name, False))
-        changed = alarm.update(value, on, hysteresis)
+        changed = alarm_change(self.rtc, name, value, on, hysteresis)
         if changed is not None:
-            active[name] = alarm.active
-            self.rtc.set("alarms", active)
-            events.append((name, alarm.active, value))
+            events.append((name, changed, value))
 
     async def sample(self, now, rate_mm_h, events):
         c = self.config
@@ -291,6 +269,9 @@ class WaterNode:
         except ImportError as e:
             print("water: no uplink in this bundle (%s); values stay on the console" % e)
             return 0
+        except ValueError as e:  # the broker or the access point not set: said, not sent
+            print("water: %s" % e)
+            return 0
         for name, on, _value in events:
             body = {"alarm": name, "alarm_on": on}
             quantity = {"level_high": "water_level", "level_rising": "water_level"}.get(name)
@@ -302,7 +283,13 @@ class WaterNode:
             link.report(self.code, values)
         await self._breathe()
         sent = await self.flush(link)
-        link.transport.sleep()
+        from .uplinks.mqtt_link import unix_time
+
+        if unix_time() is None:  # no clock since power-on: the network's (NTP or AT+CCLK?)
+            from .clock import set_clock
+
+            set_clock(link.transport)
+        link.sleep()  # commands the modem took while disconnecting are answered, not lost
         if link.transport.status().get("psm"):
             self.rtc.set("psm", True)  # the next wake finds the modem asleep
         return sent
@@ -329,20 +316,21 @@ class WaterNode:
         return sent
 
     def _link(self):
+        # the link from the MQTT uplink's settings (settings_mqtt.MQTT_*), whichever radio:
+        # ValueError names a missing broker or access point
         from .outbox import Outbox
         from .uplinks.mqtt_link import MqttLink
 
         c = self.config
         if c["uplink"] == "nbiot":
             from . import buses
-            from .uplinks.nbiot import NbIot
+            from .uplinks import nbiot
 
             bus = next(b for b in self.board["buses"] if b["name"] == "modem")["params"]
-            transport = NbIot(
+            transport = nbiot.from_settings(
+                c,
                 buses.uart(bus, bus.get("baudrate", 9600), timeout=50),
                 machine.Pin(bus["pwrkey"], machine.Pin.OUT),
-                c["broker_host"],
-                c["broker_port"],
                 # out of coverage, the cycle gives up within its flush budget, not 2 minutes
                 attach_timeout_ms=c["flush_ms"],
                 # reachable only briefly after a flush: commands wait at the broker (a
@@ -351,12 +339,23 @@ class WaterNode:
                 asleep=self.rtc.get("psm", False),  # PSM from the last cycle: PWRKEY wakes it
             )
             self.rtc.set("psm", False)
-            link = MqttLink(transport, Outbox(), self.code, StateFile(SEQ_FILE))
+            link = MqttLink(
+                transport,
+                Outbox(capacity=c["outbox_bytes"]),
+                c["node_id"],
+                StateFile(SEQ_FILE),
+                c["mqtt_prefix"],
+            )
         else:
-            from .uplinks.wifi_mqtt import WifiMqtt
+            from .uplinks import wifi_mqtt
 
-            wifi = WifiMqtt(c["wifi_ssid"], c["wifi_key"], c["broker_host"], c["broker_port"])
-            link = MqttLink(wifi, Outbox(), self.code, StateFile(SEQ_FILE))
+            link = MqttLink(
+                wifi_mqtt.from_settings(c),
+                Outbox(capacity=c["outbox_bytes"]),
+                c["node_id"],
+                StateFile(SEQ_FILE),
+                c["mqtt_prefix"],
+            )
         link.on_command(self.on_command)
         return link
 
@@ -385,8 +384,6 @@ class WaterNode:
     # ---- sleep -------------------------------------------------------------------------
 
     def sleep(self):
-        import esp32
-
         now = _now_ms()
         if self.power is not None:
             self.power.value(0)
@@ -395,25 +392,39 @@ class WaterNode:
         if self.rtc.get("next", 0) <= now:  # a cycle that failed before it reported
             self.rtc.set("next", now + self.config["report_s"] * 1000)
         ms = max(1000, self.rtc.get("next") - now)
-        # a contact at its wake level would wake the chip at once, again and again: a stuck
-        # reed or a cover left open wakes it on the timer only
-        if self.rain.is_open():
-            esp32.wake_on_ext0(self.rain.pin, self.rain.closed)
-        else:
-            esp32.wake_on_ext0(None, esp32.WAKEUP_ALL_LOW)
-        if not self.cover.contact_open():
-            esp32.wake_on_ext1([self.cover.pin], esp32.WAKEUP_ANY_HIGH)
-        else:
-            esp32.wake_on_ext1(None, esp32.WAKEUP_ANY_HIGH)
-        self.rtc.save()
-        print("water: asleep for %d ms" % ms)
-        machine.deepsleep(ms)
+        # what a rain tip's wake needs to be short (tipwake.py), so that it reads no file:
+        # the pins, the bucket, the rain alarm's settings, as of this cycle
+        c = self.config
+        self.rtc.set(
+            "tipwake",
+            [
+                self._params("rain")["pin"],
+                self.rain.closed,
+                self.rain.mm_per_tip,
+                c["rain_window_s"],
+                c["rain_mm_h"],
+                c["rain_hysteresis_mm_h"],
+                self._params("cover")["pin"],
+                self.cover.active_low,
+            ],
+        )
+        deep_sleep(
+            self.rtc,
+            ms,
+            self.rain.pin,
+            self.rain.closed,
+            self.cover.pin,
+            self.cover.contact_open(),
+        )
 
 
-def main(config, board):
+def main(config, board, boot_ms=0):
     import asyncio
 
-    node = WaterNode(config, board)
+    node = WaterNode(config, board, boot_ms)
+    from .start import started
+
+    started()  # up: the start-up crash count starts over (this main never returns)
     print("polekit water node %s up, uplink %s" % (node.code, node.config["uplink"]))
     asyncio.run(node.run())
     return node

@@ -225,12 +225,15 @@ class Button(Contact):
 
 
 class Analog(Device):
-    # a voltage on an ADC pin (3.3 V full scale), through an optional divider
+    # a voltage on an ADC pin (3.3 V full scale), through an optional divider; a battery's
+    # input starts at the cells' nominal_v (the board definition's), not at a bare 1.0 V
     DEFAULTS = {"voltage": 1.0}
 
     def __init__(self, name, spec):
         super().__init__(name, spec)
         self.pin = spec["pin"]
+        if "nominal_v" in spec:
+            self.values["voltage"] = float(spec["nominal_v"])
 
     def tick(self, now):
         if self.absent:

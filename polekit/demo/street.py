@@ -150,8 +150,8 @@ class Street:
             {
                 "device_code": code,
                 "uplink": "wifi",
-                "broker_host": "127.0.0.1",
-                "broker_port": self.wan_port,
+                "mqtt_host": "127.0.0.1",
+                "mqtt_port": self.wan_port,
                 "report_s": 10,
                 "storm_report_s": 5,
                 "flow_gate_ms": 500,

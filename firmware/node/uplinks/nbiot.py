@@ -656,21 +656,26 @@ def _cclk_unix(line):
     return days * 86400 + h * 3600 + mi * 60 + sec - zone * 900
 
 
-def from_settings(s, uart, pwrkey_pin):
-    # the transport from the node's settings (the broker keys are the Wi-Fi uplink's)
+def from_settings(s, uart, pwrkey_pin, **options):
+    # the transport from the node's settings (the MQTT uplink's broker keys, as the Wi-Fi
+    # transport takes them); `options`: NbIot keywords the node decides itself, over those
+    # (the water node's attach budget, PSM active time, `asleep`). ValueError says what to set
     if not s.get("mqtt_host"):
         raise ValueError(
             "config: mqtt_host needed for the NB-IoT uplink; set it with `polekit deploy --set`"
         )
-    return NbIot(
-        uart,
-        pwrkey_pin,
-        s["mqtt_host"],
-        s.get("mqtt_port", 1883),
-        s.get("mqtt_user"),
-        s.get("mqtt_password"),
-        s.get("mqtt_keepalive_s", 300),
-        s.get("nbiot_attach_s", 120) * 1000,
-        s.get("nbiot_psm_tau_s", 7200),
-        s.get("nbiot_psm_active_s", 10),
-    )
+    if s.get("mqtt_tls"):  # never fall back to clear text when TLS was asked for
+        raise ValueError(
+            "config: mqtt_tls = 1 is not available on the NB-IoT uplink (this driver has no "
+            "TLS); set mqtt_tls = 0 or use the Wi-Fi uplink"
+        )
+    kw = {
+        "user": s.get("mqtt_user"),
+        "password": s.get("mqtt_password"),
+        "keepalive": s.get("mqtt_keepalive_s", 300),
+        "attach_timeout_ms": s.get("nbiot_attach_s", 120) * 1000,
+        "psm_tau_s": s.get("nbiot_psm_tau_s", 7200),
+        "psm_active_s": s.get("nbiot_psm_active_s", 10),
+    }
+    kw.update(options)
+    return NbIot(uart, pwrkey_pin, s["mqtt_host"], s.get("mqtt_port", 1883), **kw)
