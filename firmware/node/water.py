@@ -82,6 +82,7 @@ class WaterNode:
             self.rtc.set("litres", state.get("litres", 0.0))
         self.heap_min = gc.mem_free()
         self.held = 0  # packs left in the outbox after the flush
+        self.clock_shift = 0  # ms the wall clock jumped when the network set it this wake
         self.sensors = {s["name"]: s for s in board["sensors"]}
         self.load_json = load_json
         self._build()
@@ -175,6 +176,8 @@ class WaterNode:
         sent = 0
         if events or values is not None:
             sent = await self.send(values, events)
+            now += self.clock_shift  # the clock was set during the send: `now` moves with it
+            self.clock_shift = 0
         await self._breathe()  # the link and its client are gone: this cycle's state is left
         if values is not None:
             interval = c["storm_report_s"] if self._raining(now) else c["report_s"]
@@ -288,11 +291,25 @@ class WaterNode:
         if unix_time() is None:  # no clock since power-on: the network's (NTP or AT+CCLK?)
             from .clock import set_clock
 
-            set_clock(link.transport)
+            before = _now_ms()
+            if set_clock(link.transport):
+                self._clock_moved(_now_ms() - before)
         link.sleep()  # commands the modem took while disconnecting are answered, not lost
         if link.transport.status().get("psm"):
             self.rtc.set("psm", True)  # the next wake finds the modem asleep
         return sent
+
+    def _clock_moved(self, delta_ms):
+        # the wall clock jumped from the chip's power-on epoch (2000) to the network's time:
+        # what RTC memory holds as wall times (the next report, the last level and flow
+        # samples, the rain tips) moves with it, or the next report would be due at once
+        # and every tip would look decades old (the rain rate alarm would clear)
+        rtc = self.rtc
+        for key in ("next", "lt", "qt"):
+            if rtc.get(key) is not None:
+                rtc.set(key, rtc.get(key) + delta_ms)
+        rtc.set("tt", [t + delta_ms for t in rtc.get("tt", [])])
+        self.clock_shift += delta_ms
 
     async def flush(self, link):
         # the outbox a pack or so at a time, yielding in between, within flush_ms; the link
