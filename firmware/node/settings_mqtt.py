@@ -40,7 +40,47 @@ WATER_LIMITS = {
     "flush_ms": (1000, 120000),
 }
 WATER_TEXTS = ("device_code", "board", "uplink")
+# each alarm's (threshold, hysteresis): on above the threshold, off below it minus the
+# hysteresis, which must be inside (0, threshold): at or above the threshold the alarm
+# never clears, at 0 it chatters on the sensor's noise
+WATER_HYSTERESES = (
+    ("level_high_m", "level_hysteresis_m"),
+    ("rise_m_h", "rise_hysteresis_m_h"),
+    ("rain_mm_h", "rain_hysteresis_mm_h"),
+)
 WATER_UPLINKS = ("wifi", "nbiot")
+
+
+def hysteresis_faults(settings):
+    """What is wrong with each alarm's hysteresis against its threshold in `settings` (all
+    keys present): a (hysteresis key, threshold key, why) a pair not 0 < hysteresis <
+    threshold."""
+    faults = []
+    for on, band in WATER_HYSTERESES:
+        if not 0 < settings[band] < settings[on]:
+            why = "%s = %r must be more than 0 and less than %s = %r (%s)" % (
+                band,
+                settings[band],
+                on,
+                settings[on],
+                "at 0 the alarm chatters" if settings[band] <= 0 else "the alarm never clears",
+            )
+            faults.append((band, on, why))
+    return faults
+
+
+def check_hystereses(good):
+    """The config lines for `hysteresis_faults(good)`; each pair at fault goes back to its
+    defaults (the hysteresis alone when its default fits the threshold given)."""
+    problems = []
+    for band, on, why in hysteresis_faults(good):
+        good[band] = WATER_DEFAULTS[band]
+        kept = "using %s = %r" % (band, good[band])
+        if not good[band] < good[on]:
+            good[on] = WATER_DEFAULTS[on]
+            kept += " and %s = %r" % (on, good[on])
+        problems.append("config: %s; %s" % (why, kept))
+    return problems
 
 
 # The Wi-Fi MQTT uplink (uplinks/wifi_mqtt.py, uplinks/mqtt_link.py), for nodes that talk to
@@ -113,7 +153,7 @@ def validate(config, uplink):
         dict(WATER_LIMITS, **MQTT_LIMITS),
         WATER_TEXTS + MQTT_TEXTS,
     )
-    problems += mqtt_problems(good)
+    problems += mqtt_problems(good) + check_hystereses(good)
     if not good.get("node_id"):  # its topics are {mqtt_prefix}/{device code}/... by default
         good["node_id"] = good.get("device_code", "node")
     if good["uplink"] not in WATER_UPLINKS:

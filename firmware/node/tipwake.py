@@ -16,7 +16,7 @@ import machine
 
 from .drivers.rain_gauge import RainGauge
 from .rtcstore import RtcStore
-from .wake_rules import alarm_would_change, cover_news, deep_sleep, now_ms, rain_rate, record_tips
+from .wake_rules import alarm_change, cover_news, deep_sleep, now_ms, rain_rate, record_tips
 
 
 class TipWake:
@@ -85,7 +85,7 @@ def start(boot_ms=0):
     gauge.woke_by_tip()
     record_tips(rtc, now)
     rate = rain_rate(rtc, now, mm_per_tip, window_s)
-    if alarm_would_change(rtc, "rain_heavy", rate, rain_mm_h, hysteresis) is not None:
+    if alarm_change(rtc, "rain_heavy", rate, rain_mm_h, hysteresis) is not None:
         gauge.stop()
         return None
     rtc.add("cycle", 1)

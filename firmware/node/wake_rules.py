@@ -4,8 +4,6 @@
 # (tipwake.py), which must agree on every tip and every alarm.
 import time
 
-import machine
-
 TIPS_KEPT = 60  # tip times in RTC memory: 60 tips in 10 min is 72 mm/h at 0.2 mm a tip
 
 
@@ -36,19 +34,38 @@ class Alarm:
 
 def alarm_change(rtc, name, value, on, hysteresis):
     """The alarm `name` (its state kept in `rtc`) given `value`: True raised, False cleared,
-    None unchanged; a change is kept in `rtc`."""
-    active = rtc.get("alarms", {})
-    alarm = Alarm(name, active.get(name, False))
-    changed = alarm.update(value, on, hysteresis)
-    if changed is not None:
-        active[name] = alarm.active
-        rtc.set("alarms", active)
-    return changed
-
-
-def alarm_would_change(rtc, name, value, on, hysteresis):
-    # the same rule, nothing kept: a tip wake asks before it commits to being short
+    None unchanged. Nothing is kept: the change is the caller's to commit (queue_alarm) once
+    its event is safely queued, and a tip wake asks before it commits to being short."""
     return Alarm(name, rtc.get("alarms", {}).get(name, False)).update(value, on, hysteresis)
+
+
+def queue_alarm(rtc, name, on, queue):
+    """Queue an alarm's event (`queue()`, which puts it in the outbox), then keep its new
+    state in `rtc`. An event that could not be queued (`queue` raises) leaves the alarm as
+    it was, so the next wake sees the crossing again and sends it: an alarm kept as raised
+    whose event was lost would never be sent (and its clearing would be the first news)."""
+    queue()
+    active = rtc.get("alarms", {})
+    active[name] = on
+    rtc.set("alarms", active)
+
+
+def rise_rate(rtc, metres, now, min_span_ms):
+    """The water's rise in m/h from the reference sample kept in `rtc` ("lv" m at "lt" ms)
+    to `metres` at `now`, or None (no reference yet, or less than `min_span_ms` since it).
+    The reference moves to this sample only when a rate was taken (or the clock went back):
+    over a short span the ADC's noise is a rate (3 mV, 7.8 mm, in 10 s is 2.8 m/h), so a
+    sample off the schedule (a cover wake seconds after a report) must not be the base of one
+    nor be one."""
+    last, last_t = rtc.get("lv"), rtc.get("lt")
+    rise = None
+    if last is not None and now >= last_t:
+        if now - last_t < max(1, min_span_ms):
+            return None
+        rise = (metres - last) * 3600000 / (now - last_t)
+    rtc.set("lv", metres)
+    rtc.set("lt", now)
+    return rise
 
 
 def record_tips(rtc, now):
@@ -79,6 +96,7 @@ def deep_sleep(rtc, ms, rain_pin, rain_closed, cover_pin, cover_open):
     returns). A contact at its wake level would wake the chip at once, again and again: a
     stuck reed or a cover left open wakes it on the timer only."""
     import esp32
+    import machine
 
     if rain_pin.value() != rain_closed:
         esp32.wake_on_ext0(rain_pin, rain_closed)

@@ -35,8 +35,10 @@ from .wake_rules import (
     alarm_change,
     cover_news,
     deep_sleep,
+    queue_alarm,
     rain_rate,
     record_tips,
+    rise_rate,
 )
 from .wake_rules import (
     now_ms as _now_ms,
@@ -64,13 +66,14 @@ class WaterNode:
     def __init__(self, config, board, boot_ms=0):
         self.boot_ms = boot_ms  # ticks_ms when the firmware started (start.py)
         from .settings import load_json
-        from .settings_mqtt import WATER_LIMITS
+        from .settings_mqtt import WATER_LIMITS, check_hystereses
 
         self.config, problems = validate(config, "mqtt")
         state = StateFile(STATE_FILE)
         given = state.get("settings", {})  # what the platform set: over the config
         good, more = check(given, self.config, WATER_LIMITS, ())
         self.config.update(good)
+        more += check_hystereses(self.config)  # the platform's settings against the config's
         for line in problems + more:
             print(line)
         self.state = state
@@ -213,6 +216,7 @@ class WaterNode:
         return bool(tt) and now - tt[-1] < self.config["report_s"] * 1000
 
     def _alarm(self, name, value, on, hysteresis, events):
+        # the change is kept in RTC memory only once its event is in the outbox (send)
         changed = alarm_change(self.rtc, name, value, on, hysteresis)
         if changed is not None:
             events.append((name, changed, value))
@@ -225,12 +229,10 @@ class WaterNode:
         await sleep_ms(0)
         if fault is None:
             values["water_level"] = round(metres, 4)
-            rise = None
-            last, last_t = rtc.get("lv"), rtc.get("lt")
-            if last is not None and now > last_t:
-                rise = (metres - last) * 3600000 / (now - last_t)  # m/h
-            rtc.set("lv", metres)
-            rtc.set("lt", now)
+            # the rate over at least one report interval: a sample off the schedule (a cover
+            # wake, a command's early report) neither is a rate nor moves its reference
+            span_ms = min(c["report_s"], c["storm_report_s"]) * 1000
+            rise = rise_rate(rtc, metres, now, span_ms)
             self._alarm("level_high", metres, c["level_high_m"], c["level_hysteresis_m"], events)
             self._alarm("level_rising", rise, c["rise_m_h"], c["rise_hysteresis_m_h"], events)
         else:
@@ -266,21 +268,26 @@ class WaterNode:
 
     async def send(self, values, events):
         """Alarms and the report into the outbox, then the flush: packs sent (0 when the
-        uplink is away: the outbox keeps them for the next wake)."""
+        uplink is away: the outbox keeps them for the next wake). Each alarm's new state is
+        kept only once its event is in the outbox: if the link cannot be built or the event
+        not queued (an exception ends the cycle), the alarm stays as it was and the next wake
+        sees the crossing again and sends it."""
         try:
             link = self._link()
         except ImportError as e:
             print("water: no uplink in this bundle (%s); values stay on the console" % e)
+            self._console_alarms(events)
             return 0
         except ValueError as e:  # the broker or the access point not set: said, not sent
             print("water: %s" % e)
+            self._console_alarms(events)
             return 0
         for name, on, _value in events:
             body = {"alarm": name, "alarm_on": on}
             quantity = {"level_high": "water_level", "level_rising": "water_level"}.get(name)
             if quantity and "water_level" in (values or {}):
                 body[quantity] = values["water_level"]
-            link.event(self.code, body)
+            queue_alarm(self.rtc, name, on, lambda b=body: link.event(self.code, b))
             await sleep_ms(0)
         if values is not None:
             link.report(self.code, values)
@@ -298,6 +305,12 @@ class WaterNode:
         if link.transport.status().get("psm"):
             self.rtc.set("psm", True)  # the next wake finds the modem asleep
         return sent
+
+    def _console_alarms(self, events):
+        # no uplink to send on (none in the bundle, or none configured): the cycle's line on
+        # the console is where the alarms go, so they are kept as said, not said every wake
+        for name, on, _value in events:
+            queue_alarm(self.rtc, name, on, lambda: None)
 
     def _clock_moved(self, delta_ms):
         # the wall clock jumped from the chip's power-on epoch (2000) to the network's time:
@@ -379,7 +392,7 @@ class WaterNode:
     def on_command(self, code, body):
         """A platform command: {"id": ..., "set": {"report_s": 600}} changes settings, kept
         on flash; the new report interval applies from this wake on."""
-        from .settings_mqtt import WATER_LIMITS
+        from .settings_mqtt import WATER_LIMITS, hysteresis_faults
 
         changes = body.get("set")
         if not isinstance(changes, dict) or not changes:
@@ -388,6 +401,8 @@ class WaterNode:
         if unknown:
             return {"ok": False, "error": "cannot set %s; settable: %s" % (unknown, SETTABLE)}
         good, problems = check(changes, self.config, WATER_LIMITS, ())
+        if not problems:  # each alarm's hysteresis against its threshold, as they would be
+            problems = [why for _, _, why in hysteresis_faults(good)]
         if problems:
             return {"ok": False, "error": "; ".join(problems)}
         self.config.update(good)
