@@ -424,7 +424,8 @@ class Gateway:
                     await d.queue.drain()  # every poll handed over is on disk
                 for d in self.deliveries:
                     await d.uplink.say_offline()
-                await _cancel_until_done(uplinks)
+                for task in uplinks:
+                    task.cancel()
         finally:
             await self.status.close()
             for bus in self.buses.values():
@@ -486,21 +487,3 @@ class Gateway:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
-
-
-async def _cancel_until_done(tasks: list[asyncio.Task[None]], every_s: float = 2.0) -> None:
-    """Cancel ``tasks`` and wait until each has ended. A session being set up or torn down
-    can take in one cancellation and then wait for the broker (aiomqtt's exit waits for the
-    answer to its DISCONNECT without a timeout): the task is cancelled again every
-    ``every_s`` until it ends, so a stop never hangs on a connection (one did, a stop that
-    came the moment the uplink connected)."""
-    pending = set(tasks)
-    for task in pending:
-        task.cancel()
-    while pending:
-        _, pending = await asyncio.wait(pending, timeout=every_s)
-        for task in pending:
-            log.warning(
-                "stopping: %s did not end when cancelled; cancelling it again", task.get_name()
-            )
-            task.cancel()
