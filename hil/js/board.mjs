@@ -57,13 +57,23 @@ function persist(files) {
 }
 
 const RESET = { PWRON: 1, HARD: 2, WDT: 3, DEEPSLEEP: 4, SOFT: 5 };
+// machine.wake_reason(): ESP-IDF's esp_sleep_source_t (0: not a wake from sleep)
+const WAKE = { NONE: 0, EXT0: 2, EXT1: 3, TIMER: 4 };
 let resetCause = RESET.PWRON;
+let wakeReason = WAKE.NONE;
+let rtcMemory = "";  // RTC slow memory (hex): kept across deep sleep and resets, not power cuts
+// the RTC (ms since 2000-01-01 = Date.now() + rtcOffsetMs): 0 at power-on, running across
+// deep sleep and resets, lost with the power (as rtcMemory); machine.RTC().datetime() sets it
+let rtcOffsetMs = -Date.now();
+let sleeping = null;  // while the chip is in deep sleep: what wakes it (see deepSleep)
+let wakeEvents = [];  // [path, value] that happened while it slept, replayed once at boot
+let bootQueue = [];  // control requests that came while the VM was booting
 let worker = null;
 let wdt = null;  // {timeoutMs, fedAt} once the firmware starts the watchdog
 
 const control = config.controlFd >= 0 ? new net.Socket({ fd: config.controlFd, readable: true, writable: true }) : null;
 const toHost = (obj) => { if (control) control.write(JSON.stringify(obj) + "\n"); };
-const waiting = new Map();  // control request id -> true while the worker answers
+const waiting = new Map();  // control request id -> the request, while the worker answers
 // the physical world outlives every boot: values the host set are replayed into each VM
 const physics = new Map();
 let rawMode = false;
@@ -111,11 +121,13 @@ function boot({ raw = false, runMain = true, banner = "" } = {}) {
     workerData: { mjs: config.mjs, heapBytes: config.heapBytes, romAllowance: config.romAllowance,
                   files: flash, libFiles: rom, rawRepl: raw, runMain: runMain && !raw,
                   board: config.board, chip: config.chip,
-                  boardDef: { ...config.boardDef, reset_cause: resetCause },
-                  physics: Object.fromEntries(physics), uartShared, uartRingBytes: UART_RING,
-                  netPort: net.port2, netSignal },
+                  boardDef: { ...config.boardDef, reset_cause: resetCause, wake_reason: wakeReason,
+                              rtc_memory: rtcMemory, rtc_offset_ms: rtcOffsetMs },
+                  physics: Object.fromEntries(physics), events: wakeEvents, uartShared,
+                  uartRingBytes: UART_RING, netPort: net.port2, netSignal },
     transferList: [net.port2],
   });
+  wakeEvents = [];
   const w = worker;
   const host = sockets = new SocketHost(net.port1, netSignal, radio);
   w.on("exit", () => host.closeAll());  // reset, deep sleep, power cut: its connections end
@@ -127,7 +139,13 @@ function boot({ raw = false, runMain = true, banner = "" } = {}) {
       if (interruptTimer) { clearTimeout(interruptTimer); interruptTimer = null; typedAfterInterrupt = null; }
       scheduleSnapshot();
     }
-    else if (msg.type === "booted") { booted = true; event({ event: "booted", raw }); flush(); }
+    else if (msg.type === "booted") {
+      booted = true; event({ event: "booted", raw, wakeReason }); flush();
+      const queued = bootQueue; bootQueue = [];
+      queued.forEach(toWorker);
+    }
+    else if (msg.type === "rtc-memory") rtcMemory = msg.hex;
+    else if (msg.type === "rtc-set") rtcOffsetMs = msg.ms;
     else if (msg.type === "files") { persist(msg.files); if (afterSnapshot) afterSnapshot(); }
     else if (msg.type === "reset") softReset();
     else if (msg.type === "log") event({ event: "vm-log", text: msg.text });
@@ -143,7 +161,7 @@ function boot({ raw = false, runMain = true, banner = "" } = {}) {
       if (msg.kind === "soft") softReset();
       else { busySince = 0; hardReset("machine.reset", RESET.HARD); }  // the worker saved its files just before
     }
-    else if (msg.type === "deepsleep") deepSleep(msg.ms);
+    else if (msg.type === "deepsleep") deepSleep(msg.spec);
   });
   w.on("error", (err) => { event({ event: "vm-crash", error: String(err) }); if (w === worker) hardReset("crash"); });
 }
@@ -177,25 +195,146 @@ function withSnapshot(then) {
   worker.postMessage({ type: "snapshot" });
 }
 
-function deepSleep(ms) {
+// Deep sleep: the CPU and its RAM are off (the VM is thrown away; the flash was saved just
+// before, RTC memory lives here), and the board watches what wakes the chip: the timer
+// (spec.ms; null: none), EXT0 (one RTC pin at a level) and EXT1 (pins: all low, or any high).
+// The devices on wake pins said how the world moves them (spec.rules, from _vdev.py):
+//   {kind: "level", path, pin, invert}: the pin is the value (0/1) set on `path`, inverted
+//     or not (a contact, the manhole cover);
+//   {kind: "bucket", device, pin, level, tip_mm, fill_mm, rate}: a tipping bucket filling at
+//     device.rate_mm_h; each tip (or a device.tips set) holds the pin at `level`.
+// A wake pin already at its wake level wakes the chip at once, as ext0/ext1 do.
+function deepSleep(spec) {
   worker.terminate();
   worker = null;
   booted = false;
-  event({ event: "deepsleep", ms });
-  setTimeout(() => { resetCause = RESET.DEEPSLEEP; rawMode = false; boot(); }, ms);
+  // asked while it booted, or sent to a VM that went to sleep before reading it: the world
+  // changes all the same
+  const queued = [...bootQueue, ...waiting.values()];
+  bootQueue = [];
+  waiting.clear();
+  event({ event: "deepsleep", ms: spec.ms });
+  const levels = new Map(Object.entries(spec.levels).map(([p, v]) => [Number(p), v]));
+  sleeping = { spec, levels, timers: [], buckets: [] };
+  // a time given arms the timer, 0 included (it wakes at once); null: the pins only
+  if (typeof spec.ms === "number") sleeping.timers.push(setTimeout(() => wakeUp(WAKE.TIMER), Math.max(0, spec.ms)));
+  for (const rule of spec.rules) {
+    if (rule.kind === "bucket") {
+      const b = { ...rule, since: Date.now(), timer: null };
+      const rate = physics.get(`${rule.device}.rate_mm_h`);
+      if (rate !== undefined) b.rate = rate;
+      sleeping.buckets.push(b);
+      scheduleTip(b);
+    }
+  }
+  // tips the gauge had queued when the chip went down come now, while it sleeps
+  for (const b of [...sleeping.buckets]) if (b.pending > 0 && sleeping) tipWhileAsleep(b, b.pending);
+  checkWake();
+  for (const req of queued) toWorker(req);
+}
+
+function wakeLevelReached() {
+  const { ext0, ext1 } = sleeping.spec;
+  const level = (pin) => sleeping.levels.get(pin) ?? 0;
+  if (ext0 && level(ext0[0]) === ext0[1]) return WAKE.EXT0;
+  if (ext1 && ext1[0].length) {
+    const hit = ext1[1] ? ext1[0].some((p) => level(p) === 1) : ext1[0].every((p) => level(p) === 0);
+    if (hit) return WAKE.EXT1;
+  }
+  return WAKE.NONE;
+}
+
+function checkWake() {
+  const why = sleeping && wakeLevelReached();
+  if (why) wakeUp(why);
+}
+
+// the bucket's fill since it was last looked at; the world's state outlives the VM in physics
+function fillBucket(b) {
+  const now = Date.now();
+  b.fill_mm += (b.rate || 0) * (now - b.since) / 3600000;
+  b.since = now;
+}
+
+function scheduleTip(b) {
+  if (b.timer) clearTimeout(b.timer);
+  b.timer = null;
+  if (!(b.rate > 0)) return;
+  const ms = Math.max(0, (b.tip_mm - b.fill_mm) / b.rate * 3600000);
+  b.timer = setTimeout(() => { fillBucket(b); b.fill_mm = Math.max(0, b.fill_mm - b.tip_mm); tipWhileAsleep(b, 1); }, ms);
+}
+
+function tipWhileAsleep(b, n) {
+  // the contact closes now: the VM that wakes finds it closed and the rest to come
+  wakeEvents.push([`${b.device}.tips`, n]);
+  sleeping.levels.set(b.pin, b.level);
+  checkWake();
+  if (sleeping) {  // the pin is not a wake source: the tip goes by unseen, as on the chip
+    wakeEvents = wakeEvents.filter(([p]) => p !== `${b.device}.tips`);
+    sleeping.levels.set(b.pin, b.level ? 0 : 1);
+    scheduleTip(b);
+  }
+}
+
+function wakeUp(why) {
+  if (!sleeping) return;
+  for (const t of sleeping.timers) clearTimeout(t);
+  for (const b of sleeping.buckets) {
+    if (b.timer) clearTimeout(b.timer);
+    fillBucket(b);
+    physics.set(`${b.device}.fill_mm`, Math.min(b.fill_mm, b.tip_mm));
+  }
+  sleeping = null;
+  resetCause = RESET.DEEPSLEEP;
+  wakeReason = why;
+  rawMode = false;
+  event({ event: "wake", reason: why });
+  boot();
+}
+
+// a control request while the chip sleeps: the world changes, the chip hears nothing unless
+// a wake pin moves to its wake level
+function whileAsleep(req) {
+  if (req.op !== "set") {
+    toHost({ reply: req.id, error: "the board is asleep (deep sleep): nothing answers until it wakes" });
+    return;
+  }
+  toHost({ reply: req.id, ok: true });
+  const [device, quantity] = req.path.split(".");
+  const bucket = sleeping.buckets.find((b) => b.device === device);
+  if (bucket && quantity === "tips") { tipWhileAsleep(bucket, Number(req.value)); return; }
+  if (/\.(press|tips)$/.test(req.path)) return;  // over before the chip wakes: unseen, as on the chip
+  if (/\.spike$/.test(req.path)) { wakeEvents.push([req.path, req.value]); return; }
+  physics.set(req.path, req.value);
+  if (bucket && quantity === "rate_mm_h") { fillBucket(bucket); bucket.rate = Number(req.value); scheduleTip(bucket); }
+  for (const rule of sleeping.spec.rules) {
+    if (rule.kind === "level" && rule.path === req.path) sleeping.levels.set(rule.pin, (req.value ? 1 : 0) ^ (rule.invert ? 1 : 0));
+  }
+  checkWake();
 }
 
 function softReset() {
   resetCause = RESET.SOFT;
+  wakeReason = WAKE.NONE;
   const raw = rawMode;
   worker.terminate();
   event({ event: "soft-reset", raw });
   boot({ raw, banner: raw ? "soft reboot\r\n" : "MPY: soft reboot\r\n" });
 }
 
+function cancelSleep() {
+  if (!sleeping) return;
+  for (const t of sleeping.timers) clearTimeout(t);
+  for (const b of sleeping.buckets) if (b.timer) clearTimeout(b.timer);
+  sleeping = null;
+}
+
 const crashes = [];
 function hardReset(why, cause = RESET.HARD) {
   if (worker) worker.terminate();
+  cancelSleep();
+  wakeReason = WAKE.NONE;
+  if (why === "host") { rtcMemory = ""; rtcOffsetMs = -Date.now(); }  // EN: the RTC domain too
   resetCause = cause;
   if (why === "crash") {
     crashes.push(Date.now());
@@ -293,6 +432,12 @@ function fromControl(req) {
     radio.up = Boolean(req.value);
     if (!radio.up && sockets) sockets.dropAll();
   }
+  const forward = req.op === "set" && /^net\.udp_forward\.\d+$/.exec(req.path || "");
+  if (forward) {  // the test network's NAT for datagrams (sockets.mjs)
+    radio.udpForward = { ...(radio.udpForward || {}), [req.path.split(".")[2]]: Number(req.value) };
+    toHost({ reply: req.id, ok: true });
+    return;
+  }
   if (req.op === "power-cycle") withSnapshot(() => powerCycle(req));
   else if (req.op === "uart-in") uartIn(req.uart, req.hex);  // no reply: a wire has none
   else toWorker(req);
@@ -300,11 +445,15 @@ function fromControl(req) {
 
 function powerCycle(req) {  // power cut: everything not on flash is gone
   if (worker) worker.terminate();
+  cancelSleep();
+  rtcMemory = "";
+  wakeReason = WAKE.NONE;
   worker = null;
   booted = false;
   event({ event: "power-off" });
   setTimeout(() => {
     resetCause = RESET.PWRON;
+    rtcOffsetMs = -Date.now();  // the clock starts again at 2000-01-01
     rawMode = false;
     boot({ banner: "\r\n" });
     toHost({ reply: req.id, ok: true });
@@ -314,10 +463,12 @@ function powerCycle(req) {  // power cut: everything not on flash is gone
 
 
 function toWorker(req) {
+  if (sleeping) { whileAsleep(req); return; }
+  if (worker && !booted && req.op !== "uart-in") { bootQueue.push(req); return; }  // answered once up
   if (!worker || !booted) { toHost({ reply: req.id, error: "the board is not running (booting or asleep)" }); return; }
   // a press or a spike happens once: it is not a physical value to restore after a reboot
-  if (req.op === "set" && !/\.(press|spike)$/.test(req.path)) physics.set(req.path, req.value);
-  waiting.set(req.id, true);
+  if (req.op === "set" && !/\.(press|spike|tips)$/.test(req.path)) physics.set(req.path, req.value);
+  waiting.set(req.id, req);
   worker.postMessage({ type: "control", ...req });
 }
 

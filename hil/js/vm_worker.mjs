@@ -7,7 +7,7 @@ import { parentPort, receiveMessageOnPort, workerData } from "node:worker_thread
 import { pathToFileURL } from "node:url";
 
 const { mjs, heapBytes, files, rawRepl, runMain, libFiles, boardDef, romAllowance, physics,
-        uartShared, uartRingBytes, netPort, netSignal } = workerData;
+        events, uartShared, uartRingBytes, netPort, netSignal } = workerData;
 // the UARTs' receive FIFOs, filled by the hardware (board.mjs) while this VM runs
 const uartCounters = new Int32Array(uartShared, 0, 6);
 const uartRing = new Uint8Array(uartShared, 4 * 6);
@@ -36,6 +36,7 @@ function pyLiteral(value) {
   return JSON.stringify(value);
 }
 
+const napCell = new Int32Array(new SharedArrayBuffer(4));  // nobody notifies it: a plain wait
 // what the VM's `machine` and `_board` call to reach the board's hardware (board.mjs)
 globalThis.polekitHw = {
   uartWrite: (id, hex) => parentPort.postMessage({ type: "uart", id, hex }),
@@ -48,7 +49,14 @@ globalThis.polekitHw = {
     parentPort.postMessage({ type: "files", files: readTree("/", {}) });
     parentPort.postMessage({ type: "reset-request", kind });
   },
-  deepsleep: (ms) => parentPort.postMessage({ type: "deepsleep", ms }),
+  // machine.deepsleep(): the flash is saved first, as for a reset (the chip's flash writes
+  // are done when they return); `spec` (JSON) names the timer and the wake pins to watch
+  deepsleep: (spec) => {
+    parentPort.postMessage({ type: "files", files: readTree("/", {}) });
+    parentPort.postMessage({ type: "deepsleep", spec: JSON.parse(spec) });
+  },
+  rtcMemory: (hex) => parentPort.postMessage({ type: "rtc-memory", hex }),  // RTC slow memory
+  rtcSet: (ms) => parentPort.postMessage({ type: "rtc-set", ms }),  // the RTC set: its offset
   radio: (text) => parentPort.postMessage({ type: "radio", text }),  // adverts, notifications
   pinOut: (pin, level) => parentPort.postMessage({ type: "pin", pin, level }),
   // what arrived on UART `id` since the last call, as hex ("" for nothing)
@@ -72,6 +80,11 @@ globalThis.polekitHw = {
     return false;
   },
   net: netCall,  // TCP sockets: JSON request in, JSON reply out (blocks)
+  // machine.lightsleep(ms): the VM blocks for ms (in slices, so the worker stays killable)
+  sleepMs: (ms) => {
+    const until = Date.now() + ms;
+    for (let left = ms; left > 0; left = until - Date.now()) Atomics.wait(napCell, 0, 0, Math.min(100, left));
+  },
 };
 
 // The heap budget. The port's GC heap starts at `heapsize` and grows on demand into new
@@ -187,8 +200,16 @@ except BaseException as e:
 // gc.mem_free() of the port counts memory the heap could still grow into (~134 MB); the
 // board reports what is left of its budget, as the chip does
 mp.FS.writeFile("/rom/_board_def.json", JSON.stringify(boardDef));
-mp.runPython("import _board, _vdev, machine, _wifi, socket\n_vdev.attach()\nimport gc\ngc.collect()");
+// `time` is the ESP32's (hil/vmlib/_rtc_time.py: epoch 2000, the board's RTC), for every
+// import after this one
+mp.runPython("import sys, _board, _rtc_time\nsys.modules['time'] = _rtc_time\nimport _vdev, machine, _wifi, socket, _asyncio_gc\n_vdev.attach()\n_asyncio_gc.install()\nimport gc\ngc.collect()");
 for (const [path, value] of Object.entries(physics)) {
+  try { mp.runPython(`_board.set(${JSON.stringify(path)}, ${pyLiteral(value)})`); }
+  catch (e) { parentPort.postMessage({ type: "log", text: `replaying ${path}: ${e}` }); }
+}
+// what happened in the world while the chip slept (a rain tip that woke it): once, after
+// the physical values and before the firmware runs
+for (const [path, value] of events || []) {
   try { mp.runPython(`_board.set(${JSON.stringify(path)}, ${pyLiteral(value)})`); }
   catch (e) { parentPort.postMessage({ type: "log", text: `replaying ${path}: ${e}` }); }
 }
@@ -199,7 +220,7 @@ mp.FS.writeFile("/rom/_board_gc.py", `
 import gc as _gc
 BUDGET = ${heapBytes}
 ROM = ${romBytes}
-collect = _gc.collect
+from _asyncio_gc import collect  # due now, run at the next yield (hil/vmlib/_asyncio_gc.py)
 enable = _gc.enable
 disable = _gc.disable
 isenabled = _gc.isenabled

@@ -267,7 +267,7 @@ def header_id(size):
 # The check boot: the header's signature (and manifest) checked before the node starts,
 # with the heap a running node would otherwise hold (a pole node leaves ~45 KB, less than
 # the Ed25519 code and one of its steps take); the verdict goes to VERIFIED, which BEGIN
-# then takes without checking again. Called by node.app.main when PENDING exists.
+# then takes without checking again. Called by node.start.main when PENDING exists.
 async def boot_check(board, running):
     import json
     import os
