@@ -233,7 +233,7 @@ def test_session_stages_resumes_after_a_reset_refuses_a_changed_file_and_marks_a
         "rollback": 0,
     }
     assert out["reset"] == []
-    assert out["slot b"] == [["node", "protocols", "umqtt"]]
+    assert out["slot b"] == [["node", "ntptime.LICENSE", "ntptime.mpy", "protocols", "umqtt"]]
 
 
 _VM_REFUSALS = """

@@ -84,8 +84,8 @@ class FileBytes:
 def _path_ok(path):
     if not isinstance(path, str) or not path.startswith("lib/") or path.endswith("/"):
         return False
-    parts = path.split("/")
-    return len(parts) >= 3 and all(p and p != "." and p != ".." for p in parts)
+    parts = path.split("/")  # lib/ntptime.mpy (a vendored module) as well as lib/node/app.mpy
+    return len(parts) >= 2 and all(p and p != "." and p != ".." for p in parts)
 
 
 # protocols modules imported since ``before`` (a set of sys.modules names) are dropped, so
@@ -230,7 +230,7 @@ def scan_manifest(data):
                     e[k] = r.item()
                 path, size, digest = e.get("path"), e.get("size"), e.get("sha256")
                 if not _path_ok(path) or path in seen:
-                    raise _bad("file path %r is not under lib/<package>/ (or repeated)" % (path,))
+                    raise _bad("file path %r is not under lib/ (or repeated)" % (path,))
                 seen.add(path)
                 if not isinstance(size, int) or isinstance(size, bool):
                     raise _bad("file %s: size must be a count of bytes" % path)
