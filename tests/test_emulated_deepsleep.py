@@ -23,7 +23,8 @@ def cycle():
   print("woke cause=%d reason=%d rtc=%r files=%s" % (machine.reset_cause(), machine.wake_reason(),
         rtc.memory(), ",".join(sorted(f for f in os.listdir("/") if f.endswith(".txt")))))
   n = len(rtc.memory())
-  open("/boot%d.txt" % n, "w").write("written before sleep %d" % n)
+  with open("/boot%d.txt" % n, "w") as f:  # closed: a deep sleep closes nothing on the chip
+    f.write("written before sleep %d" % n)
   rtc.memory(rtc.memory() + b"x")
   esp32.wake_on_ext0(machine.Pin(27), esp32.WAKEUP_ALL_LOW)
   esp32.wake_on_ext1([machine.Pin(33)], esp32.WAKEUP_ANY_HIGH)

@@ -35,25 +35,16 @@ function readHostTree(root, prefix = "") {
 let flash = readHostTree(config.fsDir);
 const rom = readHostTree(config.romDir, "/rom");
 
+// The VM's worker writes the flash through to the host folder as the firmware closes,
+// renames and removes files (vm_worker.mjs, writeThrough): what it sends here (before a
+// reset, at idle) is kept only for a board without a folder. Each boot starts from the
+// folder, so a watchdog reset or a power cut keeps every file the firmware had closed.
 function persist(files) {
-  flash = files;
-  if (!config.fsDir) return;
-  // mirror: write what exists, remove what the VM deleted
-  const keep = new Set();
-  for (const [vmPath, data] of Object.entries(files)) {
-    const host = path.join(config.fsDir, vmPath);
-    keep.add(path.resolve(host.replace(/\/$/, "")));
-    if (vmPath.endsWith("/")) fs.mkdirSync(host, { recursive: true });
-    else { fs.mkdirSync(path.dirname(host), { recursive: true }); fs.writeFileSync(host, data); }
-  }
-  const prune = (dir) => {
-    for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
-      const p = path.join(dir, entry.name);
-      if (entry.isDirectory()) prune(p);
-      if (!keep.has(path.resolve(p))) fs.rmSync(p, { recursive: true, force: true });
-    }
-  };
-  if (fs.existsSync(config.fsDir)) prune(config.fsDir);
+  if (!config.fsDir) flash = files;
+}
+
+function flashAtBoot() {
+  return config.fsDir ? readHostTree(config.fsDir) : flash;
 }
 
 const RESET = { PWRON: 1, HARD: 2, WDT: 3, DEEPSLEEP: 4, SOFT: 5 };
@@ -119,7 +110,7 @@ function boot({ raw = false, runMain = true, banner = "" } = {}) {
   const netSignal = new Int32Array(new SharedArrayBuffer(4));
   worker = new Worker(workerUrl, {
     workerData: { mjs: config.mjs, heapBytes: config.heapBytes, romAllowance: config.romAllowance,
-                  files: flash, libFiles: rom, rawRepl: raw, runMain: runMain && !raw,
+                  files: flashAtBoot(), fsDir: config.fsDir || null, libFiles: rom, rawRepl: raw, runMain: runMain && !raw,
                   board: config.board, chip: config.chip,
                   boardDef: { ...config.boardDef, reset_cause: resetCause, wake_reason: wakeReason,
                               rtc_memory: rtcMemory, rtc_offset_ms: rtcOffsetMs },
@@ -166,11 +157,12 @@ function boot({ raw = false, runMain = true, banner = "" } = {}) {
   w.on("error", (err) => { event({ event: "vm-crash", error: String(err) }); if (w === worker) hardReset("crash"); });
 }
 
-// flash writes reach the host folder shortly after the VM goes idle (a file copy is many
-// small commands: one snapshot after the burst, not one per command)
+// a board without a folder keeps its flash here: a snapshot shortly after the VM goes idle
+// (a file copy is many small commands: one snapshot after the burst, not one per command);
+// a board with one has it written through by the worker (persist, above)
 let snapshotTimer = null;
 function scheduleSnapshot() {
-  if (snapshotTimer || !config.fsDir) return;
+  if (snapshotTimer || config.fsDir) return;
   snapshotTimer = setTimeout(() => {
     snapshotTimer = null;
     if (worker && booted) worker.postMessage({ type: "snapshot" });
@@ -185,11 +177,11 @@ setInterval(() => {
   }
 }, 20);
 
-// before a reset the host asked for, the flash the VM has written is saved: on the chip a
-// write is on flash the moment it returns (a hung VM's last writes may be lost instead)
+// before a reset the host asked for, a board without a folder saves the flash the VM has
+// (a hung VM's last writes are lost; with a folder every closed file is already there)
 let afterSnapshot = null;
 function withSnapshot(then) {
-  if (!worker || !booted || busySince) { then(); return; }
+  if (!worker || !booted || busySince || config.fsDir) { then(); return; }
   const timer = setTimeout(() => { afterSnapshot = null; then(); }, 1000);
   afterSnapshot = () => { clearTimeout(timer); afterSnapshot = null; then(); };
   worker.postMessage({ type: "snapshot" });
@@ -487,7 +479,7 @@ if (control) {
 process.stdin.on("data", fromHost);
 process.stdin.on("end", () => process.exit(0));
 process.on("SIGTERM", () => {
-  if (!worker || !booted) process.exit(0);
+  if (!worker || !booted || config.fsDir) process.exit(0);  // with a folder: written through
   worker.once("message", () => process.exit(0));
   worker.postMessage({ type: "snapshot" });
   setTimeout(() => process.exit(0), 1000);

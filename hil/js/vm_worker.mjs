@@ -5,8 +5,10 @@
 // {type: "reset", soft: bool}, {type: "files", files: {path: Uint8Array}}, {type: "log", text}.
 import { parentPort, receiveMessageOnPort, workerData } from "node:worker_threads";
 import { pathToFileURL } from "node:url";
+import fs from "node:fs";
+import nodePath from "node:path";
 
-const { mjs, heapBytes, files, rawRepl, runMain, libFiles, boardDef, romAllowance, physics,
+const { mjs, heapBytes, files, fsDir, rawRepl, runMain, libFiles, boardDef, romAllowance, physics,
         events, uartShared, uartRingBytes, netPort, netSignal } = workerData;
 // the UARTs' receive FIFOs, filled by the hardware (board.mjs) while this VM runs
 const uartCounters = new Int32Array(uartShared, 0, 6);
@@ -44,15 +46,17 @@ globalThis.polekitHw = {
   wdtStart: (ms) => parentPort.postMessage({ type: "wdt-start", ms }),
   wdtFeed: () => parentPort.postMessage({ type: "wdt-feed" }),
   // machine.reset()/soft_reset(): what the firmware wrote and closed is on the flash first,
-  // as on the chip (the worker is busy running that very call, so it saves it now)
+  // as on the chip (with a folder it is there already, written through; without one the
+  // worker, busy running that very call, saves it now)
   reset: (kind) => {
-    parentPort.postMessage({ type: "files", files: readTree("/", {}) });
+    if (kind === "soft") flushOpen();
+    if (!fsDir) parentPort.postMessage({ type: "files", files: readTree("/", {}) });
     parentPort.postMessage({ type: "reset-request", kind });
   },
   // machine.deepsleep(): the flash is saved first, as for a reset (the chip's flash writes
   // are done when they return); `spec` (JSON) names the timer and the wake pins to watch
   deepsleep: (spec) => {
-    parentPort.postMessage({ type: "files", files: readTree("/", {}) });
+    if (!fsDir) parentPort.postMessage({ type: "files", files: readTree("/", {}) });
     parentPort.postMessage({ type: "deepsleep", spec: JSON.parse(spec) });
   },
   rtcMemory: (hex) => parentPort.postMessage({ type: "rtc-memory", hex }),  // RTC slow memory
@@ -138,11 +142,80 @@ function readTree(dir, out) {
   }
   return out;
 }
+// The flash as the chip has it: a file the firmware closed (littlefs commits a file at its
+// close), a rename, a removal or a new folder is in the host folder when the call returns,
+// written from here, synchronously. A watchdog reset or a power cut throws this worker away
+// without a word, and a snapshot taken when the VM goes idle (never, for a VM that hangs)
+// would lose what it wrote since; an update's "signature checked" flag was lost that way.
+// Installed after the boot wrote the flash into the VM, so only the firmware's writes count.
+// A soft reset runs the finalisers of the files still open (MicroPython's gc_sweep_all), so
+// they reach the flash as if closed: flushOpen() does that before the VM is thrown away.
+let flushOpen = () => {};
+function writeThrough() {
+  if (!fsDir) return;
+  const FS = mp.FS;
+  const host = (p) => {
+    const parts = String(p).split("/").filter((x) => x);
+    return parts.length && !SKIP.has(parts[0]) ? nodePath.join(fsDir, ...parts) : null;
+  };
+  const saveFile = (p) => {
+    const h = host(p);
+    if (!h) return;
+    fs.mkdirSync(nodePath.dirname(h), { recursive: true });
+    fs.writeFileSync(h, FS.readFile(p));
+  };
+  const saveTree = (p) => {  // a folder renamed: what it holds, as the VM has it
+    const h = host(p);
+    if (!h) return;
+    if (FS.isDir(FS.stat(p).mode)) {
+      fs.mkdirSync(h, { recursive: true });
+      for (const name of FS.readdir(p)) if (name !== "." && name !== "..") saveTree(p + "/" + name);
+    } else saveFile(p);
+  };
+  flushOpen = () => {
+    for (const stream of FS.streams) {
+      if (stream && stream.path && (stream.flags & 3) !== 0) saveFile(stream.path);
+    }
+  };
+  const { close, rename, unlink, rmdir, mkdir } = FS;
+  FS.close = (stream) => {
+    const path = stream.path, written = (stream.flags & 3) !== 0;  // O_WRONLY or O_RDWR
+    const out = close.call(FS, stream);
+    if (written && path) saveFile(path);
+    return out;
+  };
+  FS.rename = (from, to) => {
+    const out = rename.call(FS, from, to);
+    const a = host(from);
+    if (a) fs.rmSync(a, { recursive: true, force: true });
+    saveTree(to);
+    return out;
+  };
+  FS.unlink = (p) => {
+    const out = unlink.call(FS, p);
+    const h = host(p);
+    if (h) fs.rmSync(h, { force: true });
+    return out;
+  };
+  FS.rmdir = (p) => {
+    const out = rmdir.call(FS, p);
+    const h = host(p);
+    if (h) fs.rmSync(h, { recursive: true, force: true });
+    return out;
+  };
+  FS.mkdir = (p, mode) => {
+    const out = mkdir.call(FS, p, mode);
+    const h = host(p);
+    if (h) fs.mkdirSync(h, { recursive: true });
+    return out;
+  };
+}
 // board flash first, then the ROM-like modules the ESP32 port has and the VM lacks
 for (const [path, data] of Object.entries(files)) {
   if (path.endsWith("/")) mp.FS.mkdirTree(path.slice(0, -1)); else writeTree({ [path]: data });
 }
 writeTree(libFiles);
+writeThrough();
 for (const d of ["/tmp", "/home/web_user", "/home"]) { try { mp.FS.rmdir(d); } catch { /* not there */ } }
 // The port raises Emscripten's errno values (ENOENT is 44); the chip and mpremote expect
 // POSIX ones (ENOENT is 2). File functions are wrapped to translate them.
@@ -285,7 +358,8 @@ parentPort.on("message", (msg) => {
     }
     const ret = mp.replProcessChar(c);
     if (ret & FORCED_EXIT) {
-      parentPort.postMessage({ type: "files", files: readTree("/", {}) });
+      flushOpen();
+      if (!fsDir) parentPort.postMessage({ type: "files", files: readTree("/", {}) });
       parentPort.postMessage({ type: "reset", soft: true });
       executing = false;
       return;
