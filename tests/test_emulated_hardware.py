@@ -259,6 +259,59 @@ def test_watchdog_resets_a_hung_board_and_it_recovers(tmp_path: Path) -> None:
         )
 
 
+def test_what_the_firmware_closed_survives_a_watchdog_reset_of_a_hung_board(
+    tmp_path: Path,
+) -> None:
+    # On the chip a file is on the flash once closed (littlefs commits it there), a rename or
+    # a removal once the call returns. The emulated board used to save its flash when the VM
+    # went idle, which a hung VM never does: the watchdog's reset lost every write since.
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    (flash / "gone.txt").write_text("old")
+    (flash / "old.json").write_text("{}")
+    with EmulatedBoard("pole-env-esp32", fs_dir=flash) as board:
+        before = len(board.events)
+        hung = subprocess.Popen(
+            [
+                MPREMOTE,
+                "connect",
+                board.repl,
+                "exec",
+                "import machine, os\n"
+                "with open('/flag.json', 'w') as f:\n"
+                "    f.write('{\"checked\": 1}')\n"
+                "os.mkdir('/ota')\n"
+                "with open('/ota/stage.bin', 'wb') as f:\n"
+                "    f.write(b'\\x01' * 3000)\n"
+                "with open('/ota/stage.bin', 'ab') as f:\n"
+                "    f.write(b'\\x02' * 10)\n"
+                "os.rename('/old.json', '/new.json')\n"
+                "os.remove('/gone.txt')\n"
+                "w = machine.WDT(timeout=500)\n"
+                "while True:\n"
+                "    pass\n",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            board.wait_event("wdt-start", timeout_s=10, after=before)
+        finally:
+            hung.kill()
+            hung.wait()
+        board.wait_event("wdt-reset", timeout_s=10, after=before)
+        board.wait_event("booted", timeout_s=10, after=before + 1)
+        seen = board_exec(
+            board,
+            "import os\n"
+            "print(open('/flag.json').read(), os.stat('/ota/stage.bin')[6], "
+            "sorted(n for n in os.listdir('/') if n.endswith(('.json', '.txt'))))",
+        )
+    assert seen == "{\"checked\": 1} 3010 ['flag.json', 'new.json']"
+    assert (flash / "ota" / "stage.bin").read_bytes() == b"\x01" * 3000 + b"\x02" * 10
+    assert not (flash / "gone.txt").exists() and not (flash / "old.json").exists()
+
+
 def test_network_and_esp32_modules_firmware_expects(board: EmulatedBoard) -> None:
     out = board_exec(
         board,
@@ -378,8 +431,10 @@ def test_power_cycle_loses_ram_keeps_flash_and_line_faults_reach_the_wire(tmp_pa
     with EmulatedBoard("pole-env-esp32", fs_dir=tmp_path / "flash") as board:
         server = ControlServer(board, tmp_path / "control.sock")
         try:
-            board_exec(
-                board, "import builtins\nbuiltins.marker = 42\nopen('kept.txt', 'w').write('flash')"
+            board_exec(  # closed: littlefs commits a file at its close, not at each write
+                board,
+                "import builtins\nbuiltins.marker = 42\n"
+                "with open('kept.txt', 'w') as f:\n    f.write('flash')",
             )
             assert call(server.path, {"op": "power-cycle", "off_s": 0.2}) == {"ok": True}
             out = board_exec(

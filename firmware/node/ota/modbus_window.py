@@ -119,7 +119,9 @@ class ModbusWindow:
         else:
             rec = self.boot
             prev = rec.get("previous")
-            state = {"trial": ota.TRIAL, "rolled_back": ota.ROLLED_BACK}.get(rec.get("state"), 0)
+            state = {"trial": ota.TRIAL, "rolled_back": ota.ROLLED_BACK}.get(
+                rec.get("state") or "", 0
+            )
             s = {
                 "state_code": ota.REFUSED if self.error else state,
                 "error": self.error,
@@ -219,9 +221,16 @@ class ModbusWindow:
         except OtaBusyError:
             raise ModbusException("busy", DEVICE_BUSY) from None
         except OSError:
-            self.session.state = ota.REFUSED
-            self.session.error = TOO_LARGE
+            self._refuse(TOO_LARGE)
             raise ModbusException("the flash refused the write", DEVICE_FAILURE) from None
+
+    # the update refused with ``code``: the status says so until the next OPEN or ABORT
+    def _refuse(self, code):
+        self.error = code
+        s = self.session
+        if s is not None:
+            s.state = ota.REFUSED
+            s.error = code
 
     def _start(self, state, coro):
         import asyncio
@@ -237,8 +246,7 @@ class ModbusWindow:
         except (OtaBusyError, ValueError) as exc:  # refused: the status says why
             print("polekit: update refused: %s" % exc)
         except OSError as exc:
-            self.session.state = ota.REFUSED
-            self.session.error = TOO_LARGE
+            self._refuse(TOO_LARGE)
             print("polekit: update stopped: the flash failed (%s)" % exc)
         except Exception as exc:  # noqa: BLE001 - a bug must not kill the slave: shown, state reset
             import sys
@@ -280,10 +288,7 @@ class ModbusWindow:
             await pause(1, True)
             info = {"version": verdict["version"], "files": read_table()}
         except OtaRefusedError as exc:
-            self.error = exc.code
-            if self.session is not None:
-                self.session.state = ota.REFUSED
-                self.session.error = exc.code
+            self._refuse(exc.code)
             raise
         await pause(1, True)
         s = self._session()

@@ -242,13 +242,14 @@ class OtaSession:
             _makedirs(path)
         with open(path, "ab" if have else "wb") as f:
             f.write(chunk)
-        if self._h_index != file_index:
-            self._h = hashlib.sha256()
+        h = self._h
+        if h is None or self._h_index != file_index:
+            h = self._h = hashlib.sha256()
             self._h_index = file_index
-        self._h.update(chunk)
+        h.update(chunk)
         self.have[file_index] = end
         if end == size:
-            digest = self._h.digest()
+            digest = h.digest()
             self._h, self._h_index = None, -1
             if digest != self.hashes[32 * file_index : 32 * file_index + 32]:
                 self._drop(file_index)
@@ -376,7 +377,7 @@ class OtaSession:
                 continue
             dst = self.root + "/" + path
             _makedirs(dst)
-            buf = self._buf
+            buf = self._buf or bytearray(READ_BYTES)
             with open(src, "rb") as fi, open(dst, "wb") as fo:
                 while True:
                     n = fi.readinto(buf)

@@ -6,6 +6,8 @@
 # makes up to ~18 KB of garbage, which the emulated board's VM (and a chip's heap, nearly
 # as tight) only has room for without them all loaded at once. The Modbus window runs this
 # before it loads the session (session.py) for the same reason.
+import os
+
 KEY = "/ota.pub"
 HEADER = "/ota/header.bin"  # the signature (64 bytes), then manifest.cbor, as received
 PENDING = "/ota/check"  # a header waits for the boot that checks its signature
@@ -82,8 +84,8 @@ class FileBytes:
 def _path_ok(path):
     if not isinstance(path, str) or not path.startswith("lib/") or path.endswith("/"):
         return False
-    parts = path.split("/")
-    return len(parts) >= 3 and all(p and p != "." and p != ".." for p in parts)
+    parts = path.split("/")  # lib/ntptime.mpy (a vendored module) as well as lib/node/app.mpy
+    return len(parts) >= 2 and all(p and p != "." and p != ".." for p in parts)
 
 
 # protocols modules imported since ``before`` (a set of sys.modules names) are dropped, so
@@ -127,6 +129,7 @@ async def _verify(key, manifest, sig):
 # ``manifest`` may be bytes or a FileBytes (the header the Modbus window keeps on flash: the
 # signature is checked reading it 128 bytes at a time; parse() gets it whole after).
 # ``signed``: the signature was checked already (a check boot's verdict, VERIFIED).
+# Returns {"version", "files": [{path, size, sha256}]}; the files' table is in TABLE too.
 async def check(manifest, sig, key, board, running, signed=False):
     import sys
 
@@ -135,53 +138,114 @@ async def check(manifest, sig, key, board, running, signed=False):
     if not signed and (len(sig) != 64 or not await _verify(key, manifest, sig)):
         raise OtaRefusedError(BAD_SIGNATURE, "the manifest's signature is not the update key's")
     await pause(VERIFY_PAUSE_MS, True)
+    top = scan_manifest(manifest[0 : len(manifest)])
+    await pause(VERIFY_PAUSE_MS, True)
     before = set(sys.modules)
     try:
-        from protocols import cbor
-
-        m = cbor.loads(manifest[0 : len(manifest)])
-        await pause(VERIFY_PAUSE_MS, True)
-        _structure(m)
         from protocols.manifest import check_parsed
 
-        info = check_parsed(m, board, running)
-    except ValueError as exc:  # ManifestError (with its code), or CBOR that is not
+        check_parsed(top, board, running)
+    except ValueError as exc:  # ManifestError, with its code
         code = getattr(exc, "code", MALFORMED)
         raise OtaRefusedError(code, getattr(exc, "text", str(exc))) from None
     finally:
         _unload(before)
-    return info
+    return {"version": top["version"], "files": read_table()}
 
 
-# The manifest map's shape, as protocols.manifest.parse checks it, but without its check
-# that the bytes are the canonical encoding: re-encoding makes ~45 KB of garbage in one
-# go, and the signature already binds these very bytes. Every path in lib/<package>/.
-def _structure(m):
-    def bad(what):
-        raise OtaRefusedError(MALFORMED, "malformed manifest: %s" % what)
+def _bad(what):
+    return OtaRefusedError(MALFORMED, "malformed manifest: %s" % what)
 
-    if not isinstance(m, dict):
-        bad("not a map")
+
+# A reader of the manifest's CBOR (RFC 8949) that makes almost no garbage: definite
+# lengths only (the manifest is deterministic CBOR), the item kinds a manifest holds.
+# protocols.cbor.loads makes ~50 KB of garbage on a 4 KB manifest, more than the node
+# has between two collections.
+class _Reader:
+    def __init__(self, data):
+        self.data = memoryview(data)
+        self.at = 0
+
+    def take(self, n):
+        at = self.at
+        if at + n > len(self.data):
+            raise _bad("truncated")
+        self.at = at + n
+        return self.data[at : at + n]
+
+    def head(self):
+        b = self.take(1)[0]
+        info = b & 31
+        if info < 24:
+            return b >> 5, info
+        if info > 27:
+            raise _bad("indefinite length or reserved value")
+        return b >> 5, int.from_bytes(self.take(1 << (info - 24)), "big")
+
+    def item(self, limit=256):
+        major, value = self.head()
+        if major == 0:
+            return value
+        if major in (2, 3):
+            if value > limit:
+                raise _bad("a string of %d bytes" % value)
+            raw = self.take(value)
+            return bytes(raw) if major == 2 else str(raw, "utf-8")
+        if major == 7 and value == 21:
+            return True
+        raise _bad("an item of kind %d" % major)
+
+
+# The manifest map's fields but "files", which go to TABLE as they are read ("size
+# sha256-hex path" a line); the shape is checked as protocols.manifest.parse does (not its
+# canonical re-encoding: that makes ~45 KB of garbage in one go, and the signature binds
+# these very bytes). Every path must be in lib/<package>/.
+def scan_manifest(data):
+    r = _Reader(data)
+    major, n = r.head()
+    if major != 5 or n > 8:
+        raise _bad("not a map")
+    top = {}
+    for _ in range(n):
+        key = r.item()
+        if key != "files":
+            top[key] = r.item()
+            continue
+        major, count = r.head()
+        if major != 4 or not 0 < count <= 256:
+            raise _bad("files must be a list of 1..256")
+        seen = set()
+        try:
+            os.mkdir("/ota")
+        except OSError:
+            pass  # it exists
+        with open(TABLE, "w") as out:
+            for _ in range(count):
+                major, fields = r.head()
+                if major != 5 or fields != 3:
+                    raise _bad("a file entry must be {path, size, sha256}")
+                e = {}
+                for _ in range(3):
+                    k = r.item()
+                    e[k] = r.item()
+                path, size, digest = e.get("path"), e.get("size"), e.get("sha256")
+                if not _path_ok(path) or path in seen:
+                    raise _bad("file path %r is not under lib/ (or repeated)" % (path,))
+                seen.add(path)
+                if not isinstance(size, int) or isinstance(size, bool):
+                    raise _bad("file %s: size must be a count of bytes" % path)
+                if not isinstance(digest, bytes) or len(digest) != 32:
+                    raise _bad("file %s: sha256 must be 32 bytes" % path)
+                out.write("%d %s %s\n" % (size, digest.hex(), path))
+        top["files"] = count
+    if r.at != len(r.data):
+        raise _bad("bytes after the map")
     for key in ("board", "version", "min_version", "files"):
-        if key not in m:
-            bad("no %r" % key)
-    if "downgrade" in m and m["downgrade"] is not True:
-        bad("downgrade must be true when given")
-    files = m["files"]
-    if not isinstance(files, list) or not 0 < len(files) <= 256:
-        bad("files must be a list of 1..256")
-    seen = set()
-    for f in files:
-        if not isinstance(f, dict) or len(f) != 3:
-            bad("a file entry must be {path, size, sha256}")
-        path, size, digest = f.get("path"), f.get("size"), f.get("sha256")
-        if not _path_ok(path) or path in seen:
-            bad("file path %r is not under lib/<package>/ (or repeated)" % (path,))
-        seen.add(path)
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            bad("file %s: size must be a count of bytes" % path)
-        if not isinstance(digest, bytes) or len(digest) != 32:
-            bad("file %s: sha256 must be 32 bytes" % path)
+        if key not in top:
+            raise _bad("no %r" % key)
+    if "downgrade" in top and top["downgrade"] is not True:
+        raise _bad("downgrade must be true when given")
+    return top
 
 
 # The SHA-256 (hex) of the manifest in HEADER, ``size`` bytes of header in all.
@@ -203,7 +267,7 @@ def header_id(size):
 # The check boot: the header's signature (and manifest) checked before the node starts,
 # with the heap a running node would otherwise hold (a pole node leaves ~45 KB, less than
 # the Ed25519 code and one of its steps take); the verdict goes to VERIFIED, which BEGIN
-# then takes without checking again. Called by node.app.main when PENDING exists.
+# then takes without checking again. Called by node.start.main when PENDING exists.
 async def boot_check(board, running):
     import json
     import os
@@ -218,9 +282,6 @@ async def boot_check(board, running):
             FileBytes(HEADER, SIG_BYTES, size - SIG_BYTES), sig, read_key(), board, running
         )
         version = info["version"]
-        with open(TABLE, "w") as f:
-            for e in info["files"]:
-                f.write("%d %s %s\n" % (e["size"], e["sha256"].hex(), e["path"]))
         del info
     except OtaRefusedError as exc:
         code = exc.code
