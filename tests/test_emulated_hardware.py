@@ -205,6 +205,32 @@ def test_a_button_press_outlasts_a_host_that_starves_the_board() -> None:
     assert released_at == 29
 
 
+def test_a_drop_nobody_reads_never_stalls_the_line() -> None:
+    # An emulated board on a shared line makes a spare endpoint (its `uarts["rs485"]`) that
+    # nobody opens. Its buffer fills; a blocking write into it stopped the line's pump and
+    # every drop went silent at once (an OTA rollout died 40 s in, three nodes "offline")
+    with VirtualLine() as line:
+        line.endpoint()  # never opened, never read
+        sender, receiver = line.endpoint(), line.endpoint()
+        block = bytes(range(256)) * 16  # 4 KiB
+        got = bytearray()
+        tx = serial.Serial(sender, timeout=0, write_timeout=5)
+        with tx, serial.Serial(receiver, timeout=0) as rx:
+            deadline = time.monotonic() + 20
+            for _ in range(64):  # 256 KiB: far more than a pseudo-terminal holds
+                try:
+                    tx.write(block)
+                except serial.SerialTimeoutException:
+                    break  # the line stopped taking bytes
+
+                while len(got) < len(block) * (_ + 1) and time.monotonic() < deadline:
+                    got += rx.read(65536)
+                    time.sleep(0.001)
+        assert len(got) == 64 * len(block), f"the line stalled after {len(got)} bytes"
+        assert got == block * 64
+        assert line.overruns > 0  # what the unread drop lost, counted
+
+
 def test_the_line_hands_a_frame_over_whole_as_a_uart_fifo_does() -> None:
     # a receiver gets a short frame in one piece at its end (as the chip's UART hands its
     # FIFO over, or a USB adapter sends a packet), a long one in bursts of RX_BURST_CHARS:
