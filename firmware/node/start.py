@@ -34,7 +34,8 @@ def _sleep_instead(config):
     machine.deepsleep(s * 1000)
 
 
-def main():
+# ``boot``: the boot record /main.py's boot selector read (None: no update ever ran)
+def main(boot=None):
     import os
 
     try:
@@ -60,7 +61,7 @@ def main():
             return
     import asyncio
 
-    from .settings import load_json, save_json
+    from .settings import load_json
 
     config = load_json("/config.json", None)
     board = load_json("/board.json", None)
@@ -90,6 +91,45 @@ def main():
             _sleep_instead(config)
         return
     try:
+        os.stat("/ota/check")  # node/ota/verify.py's PENDING: an update's signature to check
+    except OSError:
+        node = _make_node(config, board, boot, crashes)
+        if node:
+            asyncio.run(_run(node, boot))
+        return
+    asyncio.run(_check_then_run(config, board, boot, crashes))
+
+
+def _on_trial(boot):
+    return bool(boot) and boot.get("state") == "trial"
+
+
+# An update's signature checked before the node starts, in the heap it would hold (a boot
+# of its own: node/ota/verify.py boot_check), then the node.
+async def _check_then_run(config, board, boot, crashes):
+    from .app import VERSION  # what runs: the version this boot checks the update against
+    from .ota.verify import boot_check, pause
+
+    await boot_check(board.get("name"), "%d.%d" % VERSION)
+    await pause(10, True)  # the node starts in a heap without the check's garbage
+    node = _make_node(config, board, boot, crashes)
+    if node:
+        await _run(node, boot)
+
+
+def _run(node, boot):
+    if _on_trial(boot):
+        from .ota.trial import selftest_then
+
+        return selftest_then(node)  # a failed self-test rolls the version back
+    return node.run()
+
+
+# The node for this board, or None when it cannot start (counted toward safe mode).
+def _make_node(config, board, boot, crashes):
+    from .settings import save_json
+
+    try:
         if board.get("uplink") == "ble":
             from .community import CommunityNode
 
@@ -97,10 +137,12 @@ def main():
         else:
             from .app import PoleNode
 
-            node = PoleNode(config, board)  # type: ignore[assignment]  # both have run()
+            node = PoleNode(config, board, boot)  # type: ignore[assignment]  # both have run()
     except Exception as exc:  # noqa: BLE001 - counted, shown, and the REPL stays usable
+        if _on_trial(boot):
+            raise  # the boot selector (/main.py) rolls this version back
         _failed(crashes, exc)
-        return
+        return None
     if crashes:
         save_json(CRASH_FILE, {"count": 0})
     if board.get("uplink") == "ble":
@@ -110,7 +152,7 @@ def main():
             "polekit node %s up, unit %d"
             % (node.config.get("device_code", "?"), node.config["unit"])
         )
-    asyncio.run(node.run())
+    return node
 
 
 def _failed(crashes, exc):
