@@ -266,3 +266,11 @@ class PoleNode:
     # good exchanges on the uplink (requests to this unit answered): what a trial watches
     def uplink_exchanges(self):
         return self.slave.requests
+
+    # the version on trial confirmed itself (node/ota/trial.py): the registers and the
+    # transfer window say so from now on, not what the boot record said at start
+    def ota_confirmed(self, rec):
+        self.trial = False
+        self.regs.set("ota_state", 0)
+        if self.window:
+            self.window.boot = rec

@@ -52,6 +52,7 @@ class Trial:
         self.quiet_ms = max(5000, self.trial_ms // 2)
         self.exchanges = node.uplink_exchanges
         self.before_reset = node.state.flush
+        self.on_confirmed = node.ota_confirmed
         self.clock = clock or time.ticks_ms
         self.confirmed = False
 
@@ -86,4 +87,5 @@ class Trial:
         rec["boots"] = 0
         record.save(rec)
         self.confirmed = True
+        self.on_confirmed(rec)  # what the node reports: no longer on trial
         print("polekit: version %s confirmed after its trial" % rec.get("version"))
