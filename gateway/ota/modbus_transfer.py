@@ -278,10 +278,13 @@ class ModbusTransport:
                     sent += len(part)
                     self._gained = True
                     offset += len(part)
-                    while index < len(files) and offset >= len(files[index]):
-                        index, offset = index + 1, 0
-                    need = (index, offset) if index < len(files) else None
-                    progress(starts[index] + offset if need else total, total)
+                    if offset < len(files[index]):
+                        need = (index, offset)
+                    else:  # a file's end: the node may hold the next ones already (it copies
+                        # the files its running version has unchanged), so it says what next
+                        need = await self._need(device)
+                    at = starts[need[0]] + need[1] if need and need[0] < len(files) else total
+                    progress(at, total)
                 else:  # out of place (or an empty file): where does the node stand?
                     need = await self._need(device)
             need = await self._need(device)  # every byte sent: the node's own word on it
