@@ -109,6 +109,13 @@ class ModbusWindow:
         regs.set("ota_rollback", s["rollback"])
         regs.set("fw_previous", s["previous_code"])
 
+    # the version on trial confirmed itself: the window reports the new boot record, and a
+    # session made during the trial (it answered "on trial") is dropped with its state
+    def confirmed(self, rec):
+        self.boot = rec
+        if self.session is not None and self.session.status()["state_code"] == ota.TRIAL:
+            self.session = None
+
     def on_heap(self, free):
         if self.heap_low is None or free < self.heap_low:
             self.heap_low = free
