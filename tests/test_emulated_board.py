@@ -282,6 +282,7 @@ def test_a_heap_reading_after_a_collection_holds_no_other_tasks_garbage(
         "    busy = []\n"
         "    for i in range(5):\n"
         "        busy.append(await reading())\n"
+        "        await asyncio.sleep_ms(5)  # the others run between two readings\n"
         "    while left[0]:\n"
         "        await asyncio.sleep_ms(20)\n"
         "    out.append((min(busy), await reading()))\n"

@@ -299,19 +299,23 @@ try:
 except OSError:
     pass
 open(verify.PENDING, "w").close()  # a header marked for its check boot, then lost
-for n in range(2):  # the boot after: the check fails in a way of its own; and the next boot
+
+async def main():
+    for n in range(2):  # the boot after: the check fails in a way of its own; the next boot
+        try:
+            os.stat(verify.PENDING)
+        except OSError:
+            print("OUT boot %d starts the node" % n)
+            continue
+        await verify.boot_check("pole-env-esp32", "0.1")
+        print("OUT boot %d checked" % n)
     try:
-        os.stat(verify.PENDING)
+        os.stat(verify.VERIFIED)
+        print("OUT verdict")
     except OSError:
-        print("OUT boot %d starts the node" % n)
-        continue
-    asyncio.run(verify.boot_check("pole-env-esp32", "0.1"))
-    print("OUT boot %d checked" % n)
-try:
-    os.stat(verify.VERIFIED)
-    print("OUT verdict")
-except OSError:
-    print("OUT no verdict")
+        print("OUT no verdict")
+
+await main()
 """
 
 
