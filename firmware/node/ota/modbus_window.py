@@ -54,7 +54,7 @@ class ModbusWindow:
         self.running = running
         self.reset = reset
         self.session = None
-        self.boot = record.load() or {}
+        self.boot = record.load()
         self.error = 0  # a refusal before the session was made
         # the header (signature, then manifest) goes to the flash as the master writes it: the
         # signature check has the heap its two RAM copies would take
