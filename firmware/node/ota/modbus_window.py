@@ -54,7 +54,7 @@ class ModbusWindow:
         self.running = running
         self.reset = reset
         self.session = None
-        self.boot = record.load() or {}
+        self.boot = record.load()
         self.error = 0  # a refusal before the session was made
         # the header (signature, then manifest) goes to the flash as the master writes it: the
         # signature check has the heap its two RAM copies would take
@@ -108,6 +108,13 @@ class ModbusWindow:
         regs.set("ota_error", s["error"])
         regs.set("ota_rollback", s["rollback"])
         regs.set("fw_previous", s["previous_code"])
+
+    # the version on trial confirmed itself: the window reports the new boot record, and a
+    # session made during the trial (it answered "on trial") is dropped with its state
+    def confirmed(self, rec):
+        self.boot = rec
+        if self.session is not None and self.session.status()["state_code"] == ota.TRIAL:
+            self.session = None
 
     def on_heap(self, free):
         if self.heap_low is None or free < self.heap_low:

@@ -104,7 +104,7 @@ class OtaSession:
         self.reset = reset
         self.key_path = key_path
         self.on_heap = on_heap
-        rec = record.load() or {}
+        rec = record.load()
         self.boot = rec
         self.state = ota.IDLE
         if rec.get("state") == "trial":

@@ -20,7 +20,7 @@ from . import record
 def fail(code, before_reset=None):
     import machine
 
-    rec = record.load() or {}
+    rec = record.load()
     rec["failed"] = code
     record.save(rec)
     print("polekit: trial failed: %s; rolling back" % ota.rollback_text(code))
@@ -82,7 +82,7 @@ class Trial:
                 return
 
     def confirm(self):
-        rec = record.load() or {}
+        rec = record.load()
         rec["state"] = "confirmed"
         rec["boots"] = 0
         record.save(rec)

@@ -272,12 +272,16 @@ async def boot_check(board, running):
     import json
     import os
 
-    size = os.stat(HEADER)[6]
-    with open(HEADER, "rb") as f:
-        sig = f.read(SIG_BYTES)
+    # the mark goes first: a check boot runs once per BEGIN, so a check that fails in a way
+    # of its own (MemoryError, a flash error) leaves a node that starts and answers, never
+    # one that stops at the same error on every boot (off the bus until a visit by cable)
+    os.remove(PENDING)
     code = 0
     version = None
     try:
+        size = os.stat(HEADER)[6]
+        with open(HEADER, "rb") as f:
+            sig = f.read(SIG_BYTES)
         info = await check(
             FileBytes(HEADER, SIG_BYTES, size - SIG_BYTES), sig, read_key(), board, running
         )
@@ -286,9 +290,14 @@ async def boot_check(board, running):
     except OtaRefusedError as exc:
         code = exc.code
         print("polekit: update refused: %s" % exc)
+    except Exception as exc:  # noqa: BLE001 - no verdict: the master's next BEGIN checks again
+        import sys
+
+        print("polekit: update: the check failed; the node starts without a verdict:")
+        sys.print_exception(exc)
+        return
     with open(VERIFIED, "w") as f:
         json.dump({"id": header_id(size), "code": code, "version": version}, f)
-    os.remove(PENDING)
     if not code:
         print("polekit: update: signature and manifest good")
 
