@@ -8,6 +8,7 @@ broken version, one module edited, as an update would have staged it."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections.abc import Callable
@@ -15,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from otakit import signed_update
 
+from polekit.firmware.deploy import signing
 from polekit.firmware.deploy.bundle import DEFAULT_MPY, compile_module
 from polekit.firmware.install import install
 from polekit.hil.emulator import EmulatedBoard
@@ -159,3 +162,31 @@ def test_the_trial_self_test_holds_only_new_failures_against_the_version(
         assert "failed its trial (reason %d)" % ota.RB_SELFTEST in log, log[-2000:]
         assert (rec["slot"], rec["state"], rec["rollback"]) == ("a", "rolled_back", 4)
         assert values["fw_version"] == 0x0001 and values["ota_rollback"] == 4, values
+
+
+def test_the_check_boot_writes_its_verdict_then_resets_into_the_node(tmp_path: Path) -> None:
+    # what a Modbus BEGIN leaves on the flash (the header, the mark), checked by the boot
+    # that follows it through node.start as the board boots: the verdict and the files'
+    # table are written, the mark is gone, and the node starts after one more reset
+    key, pub = signing.new_key(tmp_path / "city")
+    update = signed_update(tmp_path / "bundle", key, "0.2")
+    flash = install(tmp_path / "flash", "pole-env-esp32", {"device_code": CODE}, compiled=True)
+    (flash / "ota.pub").write_bytes(signing.public_key_raw(pub))
+    (flash / "ota").mkdir()
+    header = update.sig + update.manifest
+    (flash / "ota" / "header.bin").write_bytes(header)
+    (flash / "ota" / "check").write_text("%d\n" % len(header))
+    board = EmulatedBoard("pole-env-esp32", fs_dir=flash).start(timeout_s=60)
+    try:
+        log = board.wait_output("polekit node %s up" % CODE, 60)
+        boots = [e for e in board.events if e.get("event") == "booted"]
+    finally:
+        board.stop()
+    assert "update: signature and manifest good" in log, log[-2000:]
+    assert len(boots) == 2, boots  # the check's boot, then the node's
+    verdict = json.loads((flash / "ota" / "verified.json").read_text())
+    assert verdict["code"] == 0 and verdict["version"] == "0.2", verdict
+    assert verdict["id"] == hashlib.sha256(update.manifest).hexdigest()
+    table = (flash / "ota" / "files.txt").read_text().splitlines()
+    assert [line.split()[2] for line in table] == [p for p, _ in update.files]
+    assert not (flash / "ota" / "check").exists()

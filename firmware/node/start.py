@@ -99,8 +99,8 @@ def main(boot=None):
         if node:
             asyncio.run(_run(node, boot))
         return
-    asyncio.run(_check(board))
-    machine.reset()  # the node starts in a heap the check never touched
+    asyncio.run(_check(board))  # it ends in a reset (the emulated board's asyncio.run
+    # returns at once: nothing may follow it here)
 
 
 def _on_trial(boot):
@@ -125,7 +125,10 @@ async def _check(board):
     from .version import VERSION  # what runs: the version the update is checked against
 
     verify.WDT = machine.WDT(timeout=verify.CHECK_WDT_MS)
-    await verify.boot_check(board.get("name"), "%d.%d" % VERSION)
+    try:
+        await verify.boot_check(board.get("name"), "%d.%d" % VERSION)
+    finally:
+        machine.reset()  # the node starts in a heap the check never touched
 
 
 def _run(node, boot):
