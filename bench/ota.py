@@ -71,9 +71,9 @@ class Timed:
     ) -> Pushed:
         marks: list[tuple[float, int]] = []
 
-        def seen(have: int, total: int) -> None:
-            marks.append((time.monotonic(), have))
-            progress(have, total)
+        def seen(have: int, total: int, sent: int = 0) -> None:
+            marks.append((time.monotonic(), sent))  # bytes on the link, not files copied
+            progress(have, total, sent)
 
         pushed: Pushed = await self.inner.push(device, manifest, sig, files, seen)
         if len(marks) >= 2:

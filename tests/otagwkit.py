@@ -60,16 +60,53 @@ def signed_bundle(folder: Path, key: Path, version: str, min_version: str = "0.1
     return folder
 
 
-def broken_bundle(folder: Path, key: Path, version: str) -> Path:
-    """A bundle signed by ``key`` whose new version raises at start-up: the node's
-    application module replaced by one that raises when it is imported."""
+BROKEN = {
+    "raises": 'raise RuntimeError("a broken build: app cannot start")\n',
+    "hangs": "while True:  # a broken build: app never ends its import\n    pass\n",
+}
+
+
+def broken_bundle(folder: Path, key: Path, version: str, how: str = "raises") -> Path:
+    """A bundle signed by ``key`` whose new version cannot start: the node's application
+    module replaced by one that raises (or hangs, ``how``) when it is imported."""
     signed_bundle(folder, key, version)
     node = folder / "lib" / "node"
     for old in node.glob("app.*"):
         old.unlink()
-    (node / "app.py").write_text('raise RuntimeError("a broken build: app cannot start")\n')
+    (node / "app.py").write_text(BROKEN[how])
     sign_bundle(folder, key, BOARD, version, "0.1")
     return folder
+
+
+_ROOT = Path(__file__).resolve().parent.parent
+_SOURCES = {"lib/node/": _ROOT / "firmware" / "node", "lib/protocols/": _ROOT / "protocols"}
+
+
+def earlier_release(flash: Path, changed: tuple[str, ...] | str) -> int:
+    """Slot A of an installed node (.mpy) made an earlier release's: the modules in
+    ``changed`` (board paths, ``lib/node/app.mpy``; "all": every node and protocols module)
+    compiled from the same source under another name, so their bytes differ from a bundle
+    built now and an update sends them (the node copies the files it has unchanged). The
+    bytes that now differ."""
+    from polekit.firmware.deploy.bundle import DEFAULT_MPY, compile_module
+
+    paths = (
+        [
+            p.relative_to(flash).as_posix()
+            for lib in _SOURCES
+            for p in sorted((flash / lib).rglob("*.mpy"))
+        ]
+        if changed == "all"
+        else list(changed)
+    )
+    total = 0
+    for path in paths:
+        prefix = next(p for p in _SOURCES if path.startswith(p))
+        source = (_SOURCES[prefix] / path[len(prefix) :]).with_suffix(".py")
+        mpy = compile_module(source.read_bytes(), "earlier/" + path, DEFAULT_MPY)
+        (flash / path).write_bytes(mpy)
+        total += len(mpy)
+    return total
 
 
 def pole_codes(n: int, first_serial: int = 60) -> list[str]:
@@ -84,10 +121,12 @@ def pole_line(
     codes: list[str],
     baudrate: int = 9600,
     trial_s: int = 5,
+    changed: tuple[str, ...] | str = (),
 ) -> Iterator[tuple[VirtualLine, list[EmulatedBoard]]]:
     """Emulated pole nodes (units 1..n, running firmware 0.1 with ``key``'s public half
     as /ota.pub) on one RS-485 line paced at ``baudrate``; the line and the boards. The
-    gateway opens ``line.endpoint()``."""
+    gateway opens ``line.endpoint()``. ``changed``: the modules an update must send
+    (earlier_release)."""
     raw_key = public_key_raw(key.with_suffix(".pub"))
     line = VirtualLine(baudrate=baudrate, bits_per_char=11)
     boards: list[EmulatedBoard] = []
@@ -105,9 +144,12 @@ def pole_line(
                 compiled=True,  # .mpy, as polekit deploy installs it on a node
             )
             (flash / "ota.pub").write_bytes(raw_key)
+            earlier_release(flash, changed)
             boards.append(EmulatedBoard(BOARD, fs_dir=flash, rs485_line=line).start())
         yield line, boards
     finally:
+        for unit, board in enumerate(boards, 1):  # each node's console, for a failed test
+            (tmp / f"serial-{unit}.log").write_bytes(bytes(board.serial_log))
         for board in boards:
             board.stop()
         line.close()

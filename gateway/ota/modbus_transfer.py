@@ -203,9 +203,9 @@ class ModbusTransport:
             held = self._held(need, files)
             if resumed_at < 0:
                 resumed_at = held
-            progress(held, sum(len(f) for f in files))
+            progress(held, sum(len(f) for f in files), sent)
             try:
-                sent += await self._send(device, files, need, chunk_bytes, progress)
+                sent += await self._send(device, files, need, chunk_bytes, progress, sent)
                 break
             except LinkLost as exc:
                 log.info("%s: %s; resuming when it answers again", device, exc)
@@ -261,9 +261,11 @@ class ModbusTransport:
         need: tuple[int, int] | None,
         chunk_bytes: int,
         progress: Progress,
+        before: int = 0,
     ) -> int:
         # every file from ``need`` on, until the node says it holds them all; the bytes
-        # it took (``_gained``: whether it took any, for the resume count)
+        # it took (``_gained``: whether it took any, for the resume count). ``before``:
+        # bytes this push sent before (what progress reports is the push's whole count)
         starts = [sum(len(f) for f in files[:i]) for i in range(len(files))]
         total = sum(len(f) for f in files)
         sent = 0
@@ -284,7 +286,7 @@ class ModbusTransport:
                         # the files its running version has unchanged), so it says what next
                         need = await self._need(device)
                     at = starts[need[0]] + need[1] if need and need[0] < len(files) else total
-                    progress(at, total)
+                    progress(at, total, before + sent)
                 else:  # out of place (or an empty file): where does the node stand?
                     need = await self._need(device)
             need = await self._need(device)  # every byte sent: the node's own word on it

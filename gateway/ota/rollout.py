@@ -305,6 +305,7 @@ class RolloutRunner:
         if row.started is None:
             row.started = self.wall()
         row.total = bundle.size
+        base = row.sent  # sent by an earlier push to this node (a restarted gateway)
         await self.store.save_device(row)
         await self._progress_event(row)
         try:
@@ -313,7 +314,7 @@ class RolloutRunner:
                 bundle.manifest,
                 bundle.sig,
                 bundle.files,
-                lambda have, total: self._on_progress(row, have, total),
+                lambda have, total, sent=None: self._on_progress(row, have, total, sent, base),
             )
         except NodeRefused as exc:
             await self._done(row, "refused", str(exc))
@@ -394,11 +395,16 @@ class RolloutRunner:
         log.log(level, "%s: %s%s", row.device, result, f": {reason}" if reason else "")
         await self._event(row.device, "ota_result", {"rollout": row.rollout, **row.report()})
 
-    def _on_progress(self, row: DeviceRow, have: int, total: int) -> None:
+    def _on_progress(
+        self, row: DeviceRow, have: int, total: int, sent: int | None = None, base: int = 0
+    ) -> None:
         # called by the transport as chunks are taken: memory at once, the database and
-        # the platforms now and then (each quarter of the way). What the node gained was
-        # sent to it (a transfer resumed after a restart counts only the rest)
-        if have > row.bytes:
+        # the platforms now and then (each quarter of the way). ``sent``: the bytes this
+        # push put on the link, after ``base`` sent by earlier pushes (a gateway restarted
+        # mid-transfer); a transport without it: what the node gained was sent to it
+        if sent is not None:
+            row.sent = base + sent
+        elif have > row.bytes:
             row.sent += have - row.bytes
         row.bytes, row.total = have, total
         now = self.clock()

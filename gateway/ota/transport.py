@@ -14,8 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-# (bytes the node holds of the bundle's files, bytes in all): called as chunks are taken
-Progress = Callable[[int, int], None]
+# (bytes the node holds of the bundle's files, bytes in all[, bytes sent over the link by
+# this push]): called as chunks are taken. What the node holds also grows by the files it
+# copies from its running version; what was sent does not (a transport that cannot tell
+# leaves it out, and the rollout counts what the node gained instead)
+Progress = Callable[..., None]
 
 
 def rollback_text(code: int) -> str:
