@@ -7,8 +7,9 @@
 # sensor can still be updated. Then the uplink must be healthy for `trial_s` seconds: the
 # node's link counts its good exchanges (answered Modbus requests, adverts sent, broker
 # acknowledgements) and a silence longer than trial_s itself starts the count again (a
-# master polling every minute or two is healthy; the trial must be longer than its poll). Healthy for trial_s: the record becomes "confirmed". Not confirmed within
-# 2 * trial_s: "failed": 5 and a reset. The watchdog, the crash loop and an exception at
+# master polling every minute or two is healthy; the trial must be longer than its poll).
+# Healthy for trial_s: the record becomes "confirmed". Not confirmed within 2 * trial_s:
+# "failed": 5 and a reset. The watchdog, the crash loop and an exception at
 # start-up are the boot selector's own checks; this file is the version's side.
 import time
 
@@ -31,8 +32,8 @@ def fail(code, before_reset=None):
     machine.reset()
 
 
-# A version on trial (``boot``: its boot record): its self-test before the node's tasks start (they would share its
-# buses), a rollback when it fails, else the node runs.
+# A version on trial (``boot``: its boot record): its self-test before the node's tasks
+# start (they would share its buses), a rollback when it fails, else the node runs.
 async def selftest_then(node, boot=None):
     from .. import selftest
 
