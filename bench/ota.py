@@ -1,8 +1,10 @@
 """Over-the-air updates over RS-485: transfer efficiency, update time per node, a street.
 
 The path a user runs: the real node bundle (``polekit build --sign``), emulated pole nodes
-with the real firmware on hil's virtual RS-485 line paced at the baud rate (11 bits a
-character, t3.5 between frames), and the gateway itself (``Gateway``: its bus task polling
+with the real firmware of an earlier release whose every node and protocols module differs
+(tests/otagwkit.py earlier_release: the whole bundle is sent, none of it copied on the
+node) on hil's virtual RS-485 line paced at the baud rate (11 bits a character, t3.5
+between frames), and the gateway itself (``Gateway``: its bus task polling
 every node, its rollout runner and Modbus transfer client, its SQLite database, a real
 broker). Figures:
 
@@ -90,7 +92,9 @@ async def rollout(
     with contextlib.ExitStack() as stack:
         broker = stack.enter_context(LocalBroker())
         lines = [
-            stack.enter_context(pole_line(tmp / f"bus{i}", key, codes, baud, TRIAL_S))[0]
+            stack.enter_context(
+                pole_line(tmp / f"bus{i}", key, codes, baud, TRIAL_S, changed="all")
+            )[0]
             for i, codes in enumerate(codes_of)
         ]
         buses = []

@@ -148,8 +148,10 @@ def pole_line(
             boards.append(EmulatedBoard(BOARD, fs_dir=flash, rs485_line=line).start())
         yield line, boards
     finally:
-        for unit, board in enumerate(boards, 1):  # each node's console, for a failed test
+        for unit, board in enumerate(boards, 1):  # each node's console and events, for a
+            # failed test
             (tmp / f"serial-{unit}.log").write_bytes(bytes(board.serial_log))
+            (tmp / f"events-{unit}.json").write_text(json.dumps(board.events, indent=0))
         for board in boards:
             board.stop()
         line.close()

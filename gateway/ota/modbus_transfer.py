@@ -21,6 +21,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from pymodbus.exceptions import ConnectionException
@@ -42,6 +43,15 @@ ILLEGAL_DATA_VALUE = 3
 SERVER_BUSY = 6
 
 
+@dataclass
+class _Tally:
+    """One push's count: bytes it put on the line, and whether the node took any since
+    the last resume (a node that restarts again and again gaining nothing ends it)."""
+
+    sent: int = 0
+    gained: bool = False
+
+
 class ModbusTransport:
     """Updates the Modbus devices of the gateway's config (``devices``: code -> its
     config and the bus it is on). ``poll_interval_s``: the polling floor on a bus while
@@ -56,7 +66,6 @@ class ModbusTransport:
         self.devices = devices
         self.poll_interval_s = poll_interval_s
         self.clock = clock
-        self._gained = False  # the last _send gave the node bytes
 
     def line_of(self, device: str) -> str:
         return f"bus:{self.devices[device][1].config.name}"
@@ -190,7 +199,8 @@ class ModbusTransport:
         # a node that restarts mid-transfer (a power cut, a watchdog) keeps its staging:
         # once it answers again it is sent the header and BEGIN again and goes on from
         # its ``need``; RESUMES restarts in a row without a byte gained end the push
-        sent, resumed_at, fruitless = 0, -1, 0
+        resumed_at, fruitless = -1, 0
+        tally = _Tally()  # this push's own (pushes on other buses run at the same time)
         while True:
             try:
                 need, chunk_bytes = await self._begin(device, sig + manifest)
@@ -203,13 +213,13 @@ class ModbusTransport:
             held = self._held(need, files)
             if resumed_at < 0:
                 resumed_at = held
-            progress(held, sum(len(f) for f in files), sent)
+            progress(held, sum(len(f) for f in files), tally.sent)
             try:
-                sent += await self._send(device, files, need, chunk_bytes, progress, sent)
+                await self._send(device, files, need, chunk_bytes, progress, tally)
                 break
             except LinkLost as exc:
                 log.info("%s: %s; resuming when it answers again", device, exc)
-                fruitless = 0 if self._gained else fruitless + 1
+                fruitless = 0 if tally.gained else fruitless + 1
                 if fruitless > RESUMES:
                     raise
                 await self._until_back(device)
@@ -223,10 +233,10 @@ class ModbusTransport:
                 await asyncio.sleep(BUSY_WAIT_S)
                 s = await self._status(device)
         except LinkLost:  # it reset into the new version: the rollout waits for its trial
-            return Pushed(sent, resumed_at)
+            return Pushed(tally.sent, resumed_at)
         if s["state_code"] == ota.REFUSED:
             raise NodeRefused(s["error"], ota.error_text(s["error"]))
-        return Pushed(sent, resumed_at)
+        return Pushed(tally.sent, resumed_at)
 
     async def _until_back(self, device: str) -> None:
         # wait (BACK_TIMEOUT_S at most) for a node that went silent to answer again
@@ -261,15 +271,13 @@ class ModbusTransport:
         need: tuple[int, int] | None,
         chunk_bytes: int,
         progress: Progress,
-        before: int = 0,
-    ) -> int:
-        # every file from ``need`` on, until the node says it holds them all; the bytes
-        # it took (``_gained``: whether it took any, for the resume count). ``before``:
-        # bytes this push sent before (what progress reports is the push's whole count)
+        tally: _Tally,
+    ) -> None:
+        # every file from ``need`` on, until the node says it holds them all; what it
+        # took is counted in ``tally`` as it goes (a link lost midway loses no count)
         starts = [sum(len(f) for f in files[:i]) for i in range(len(files))]
         total = sum(len(f) for f in files)
-        sent = 0
-        self._gained = False
+        tally.gained = False
         while True:
             while need is not None:
                 index, offset = need
@@ -277,8 +285,8 @@ class ModbusTransport:
                     raise LinkLost(f"{device} asks for file {index}; the bundle has {len(files)}")
                 part = files[index][offset : offset + chunk_bytes]
                 if part and await self._write(device, index, offset, part):
-                    sent += len(part)
-                    self._gained = True
+                    tally.sent += len(part)
+                    tally.gained = True
                     offset += len(part)
                     if offset < len(files[index]):
                         need = (index, offset)
@@ -286,12 +294,12 @@ class ModbusTransport:
                         # the files its running version has unchanged), so it says what next
                         need = await self._need(device)
                     at = starts[need[0]] + need[1] if need and need[0] < len(files) else total
-                    progress(at, total, before + sent)
+                    progress(at, total, tally.sent)
                 else:  # out of place (or an empty file): where does the node stand?
                     need = await self._need(device)
             need = await self._need(device)  # every byte sent: the node's own word on it
             if need is None:
-                return sent
+                return
 
     async def _need(self, device: str) -> tuple[int, int] | None:
         s = await self._status(device)
