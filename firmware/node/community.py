@@ -39,6 +39,7 @@ EVENT_US = 100000  # an event on the air: ten adverts a second for event_s
 SLOW_US = 1000000  # steady state: one advert a second (a CR2032 lasts years at this rate)
 EVENTS_WAITING = 8  # events queued behind the one on the air; more are dropped, and said so
 LAST_EPOCH = 0xFFFF  # the epoch is the counter's top 16 bits
+OTA_QUEUE = 8  # OTA frames a central may have in flight (protocols/ota_gatt.py: WINDOW)
 
 
 class CommunityNode:
@@ -57,6 +58,8 @@ class CommunityNode:
         self._resume = False  # a central disconnected: advertising must restart
         self._events = []  # events waiting for the air, oldest first
         self._held_until = None  # ticks_ms until which the event on the air holds it
+        self._ota_inbox = []  # OTA frames (conn, handle, bytes) written by a central
+        self.ota = None  # ota_gatt.OtaGatt, made at the first OTA frame
         key = self.config.get("bindkey")
         if key is not None:
             try:
@@ -106,13 +109,20 @@ class CommunityNode:
                 (u(bthome.GATT % 1), bluetooth.FLAG_WRITE),
                 (u(bthome.GATT % 2), bluetooth.FLAG_READ | bluetooth.FLAG_NOTIFY),
                 (u(bthome.GATT % 3), bluetooth.FLAG_READ),
+                # OTA (ota_gatt.py): CONTROL and DATA, answered by notifications
+                (u(bthome.GATT % bthome.OTA_CONTROL), bluetooth.FLAG_WRITE | bluetooth.FLAG_NOTIFY),
+                (u(bthome.GATT % bthome.OTA_DATA), bluetooth.FLAG_WRITE | bluetooth.FLAG_NOTIFY),
             ),
         )
-        ((self.h_settings, self.h_result, self.h_status),) = self.ble.gatts_register_services(
+        ((h_settings, h_result, h_status, h_control, h_data),) = self.ble.gatts_register_services(
             (service,)
         )
+        self.h_settings, self.h_result, self.h_status = h_settings, h_result, h_status
+        self.h_ota = (h_control, h_data)
         # the chip keeps 20 bytes of a write unless told more: a signed write is longer
         self.ble.gatts_set_buffer(self.h_settings, MAX_BYTES)
+        self.ble.gatts_set_buffer(h_control, bthome.OTA_WRITE)
+        self.ble.gatts_set_buffer(h_data, bthome.OTA_WRITE)
         self.ble.irq(self._irq)
         if self.key is not None:
             self._new_challenge()
@@ -121,6 +131,11 @@ class CommunityNode:
     def _irq(self, event, data):
         if event == 3 and data[1] == self.h_settings:  # _IRQ_GATTS_WRITE
             self._pending = (data[0], self.ble.gatts_read(self.h_settings))
+        elif event == 3 and data[1] in self.h_ota:
+            # an OTA frame: queued for the loop; a central keeps fewer than OTA_QUEUE in
+            # flight, and one that sends more loses the rest and is told where to resume
+            if len(self._ota_inbox) < OTA_QUEUE:
+                self._ota_inbox.append((data[0], data[1], self.ble.gatts_read(data[1])))
         elif event == 2:  # _IRQ_CENTRAL_DISCONNECT: the chip stopped advertising on connect
             self._resume = True
 
@@ -182,6 +197,14 @@ class CommunityNode:
             result = {"ok": False, "error": str(e)}
         self._status()
         self.ble.gatts_notify(conn, self.h_result, cbor.dumps(result))
+
+    def _ota_step(self):
+        if self.ota is None:
+            from .ota.session import OtaSession
+            from .ota_gatt import OtaGatt
+
+            self.ota = OtaGatt(self.ble, self.h_ota[0], self.h_ota[1], OtaSession)
+        self.ota.step(self._ota_inbox)
 
     def _new_epoch(self, epoch):
         if epoch > LAST_EPOCH:  # wrapping would reuse nonces: only a new key helps
@@ -256,6 +279,8 @@ class CommunityNode:
                 conn, raw = self._pending
                 self._pending = None
                 self._apply(conn, raw)
+            if self._ota_inbox:
+                self._ota_step()
             self.state.tick()
             now = time.ticks_ms()
             if self._held_until is not None and time.ticks_diff(self._held_until, now) > 0:
