@@ -241,8 +241,9 @@ async def push_ble(
 
     ``progress(bytes_done, bytes_total)`` is called as the node acknowledges. Returns the
     report: ``bytes`` (the bundle's), ``sent`` (file bytes written, resends included),
-    ``duration_s``, ``reconnects``, ``status`` (the node's status map after its reset:
-    running version, rollback reason...). Raises OtaRefusedError with the node's reason, and
+    ``duration_s``, ``reconnects``, ``heap_low`` (the least free heap the node saw while
+    it took the files), ``status`` (the node's status map after its reset: running
+    version, rollback reason...). Raises OtaRefusedError with the node's reason, and
     DeviceNoResponse when ``attempts`` connections in a row made no progress."""
     config = config or BleConfig()
     try:
@@ -278,6 +279,8 @@ async def push_ble(
                 need = await link.begin(manifest, sig)
                 if need is not None:
                     await link.send(need, blobs, done)
+                    # what the node saw while it took the files (its heap low-water mark)
+                    report["heap_low"] = (await link.status()).get("heap_low")
                 if progress is not None:
                     progress(total, total)
                 await link.commit()

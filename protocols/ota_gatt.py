@@ -28,7 +28,7 @@ MAX_WRITE = OTA_WRITE
 DATA_HEAD = 5
 SIG_BYTES = 64
 MANIFEST_MAX = 8192  # the node keeps the manifest in RAM while it checks it
-WINDOW = 4  # data writes a central keeps unanswered (the node queues twice as many)
+WINDOW = 4  # data writes a central keeps unanswered (the node queues OTA_QUEUE, 8)
 
 OP_HEADER = 0x48  # "H"
 OP_MANIFEST = 0x4D  # "M"

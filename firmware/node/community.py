@@ -39,7 +39,6 @@ EVENT_US = 100000  # an event on the air: ten adverts a second for event_s
 SLOW_US = 1000000  # steady state: one advert a second (a CR2032 lasts years at this rate)
 EVENTS_WAITING = 8  # events queued behind the one on the air; more are dropped, and said so
 LAST_EPOCH = 0xFFFF  # the epoch is the counter's top 16 bits
-OTA_QUEUE = 8  # OTA frames a central may have in flight (protocols/ota_gatt.py: WINDOW)
 
 
 class CommunityNode:
@@ -134,7 +133,7 @@ class CommunityNode:
         elif event == 3 and data[1] in self.h_ota:
             # an OTA frame: queued for the loop; a central keeps fewer than OTA_QUEUE in
             # flight, and one that sends more loses the rest and is told where to resume
-            if len(self._ota_inbox) < OTA_QUEUE:
+            if len(self._ota_inbox) < bthome.OTA_QUEUE:
                 self._ota_inbox.append((data[0], data[1], self.ble.gatts_read(data[1])))
         elif event == 2:  # _IRQ_CENTRAL_DISCONNECT: the chip stopped advertising on connect
             self._resume = True

@@ -19,8 +19,8 @@ def _reason(exc):
     # (code, text) of a ManifestError(code, text) or of any other refusal
     args = exc.args
     code = getattr(exc, "code", None)
-    if code is None and args and isinstance(args[0], int):
-        code = args[0]
+    if code is None and isinstance(exc, ValueError) and args and isinstance(args[0], int):
+        code = args[0]  # ours: ValueError(code, text); an OSError's number is an errno
     text = getattr(exc, "text", None)
     if text is None:
         text = args[-1] if args and isinstance(args[-1], str) else repr(exc)
