@@ -67,7 +67,7 @@ class OtaSession:
             self.error = 1
             raise ManifestError(1, "bad signature")
         m = cbor.loads(manifest)
-        if m["board"] != "community-sos-esp32c3":
+        if m["board"] != "%(board)s":
             self.error = 2
             raise ManifestError(2, "manifest for another board")
         if _read(DIR + "/manifest.cbor") != manifest:
@@ -125,7 +125,7 @@ class OtaSession:
 """
 
 
-def install_stand_in(flash: Path, sig_ok: bytes) -> None:
+def install_stand_in(flash: Path, sig_ok: bytes, board: str = "community-sos-esp32c3") -> None:
     """Put the stand-in session on the board's flash (unless the real one is in the
     bundle) and allow ``sig_ok`` as the signature."""
     ota = flash / "lib" / "node" / "ota"
@@ -133,7 +133,7 @@ def install_stand_in(flash: Path, sig_ok: bytes) -> None:
         return
     ota.mkdir(parents=True, exist_ok=True)
     (ota / "__init__.py").write_text("")
-    (ota / "session.py").write_text(STAND_IN_SESSION)
+    (ota / "session.py").write_text(STAND_IN_SESSION.replace("%(board)s", board))
     (flash / "ota.sig-ok").write_bytes(sig_ok)
 
 

@@ -12,19 +12,9 @@ import gc
 from protocols import cbor
 from protocols import ota_gatt as og
 
+from .ota_reason import reason
+
 ERROR_CHARS = 100  # an answer fits one notification (MTU - 3 bytes)
-
-
-def _reason(exc):
-    # (code, text) of a ManifestError(code, text) or of any other refusal
-    args = exc.args
-    code = getattr(exc, "code", None)
-    if code is None and isinstance(exc, ValueError) and args and isinstance(args[0], int):
-        code = args[0]  # ours: ValueError(code, text); an OSError's number is an errno
-    text = getattr(exc, "text", None)
-    if text is None:
-        text = args[-1] if args and isinstance(args[-1], str) else repr(exc)
-    return code, str(text)[:ERROR_CHARS]
 
 
 class OtaGatt:
@@ -57,7 +47,7 @@ class OtaGatt:
             print("ota: answer to %d lost: %r" % (conn, exc))
 
     def _refuse(self, conn, op, exc):
-        code, text = _reason(exc)
+        code, text = reason(exc, ERROR_CHARS)
         self._answer(conn, op, False, code=code, error=text)
 
     def _ack(self, conn, status, need):

@@ -9,7 +9,8 @@
 #   event/{code}       the same, for alarms sent at once
 #   state              retained JSON {"state": "online", "node": id, "dropped": n, ...the
 #                      transport's status}; the last will says "offline"
-#   cmd/{code}         commands in, the gateway's shape: {"id": ..., "set": {...}} (JSON or CBOR)
+#   cmd/{code}         commands in, the gateway's shape: {"id": ..., "set": {...}} (JSON or CBOR),
+#                      or {"id": ..., "ota": "http://.../"} (an update: ota_http.py)
 #   cmd-result/{code}  {"id", "ok": true, "set": {...}} or {"id", "ok": false, "error": "..."},
 #                      in the command's own encoding
 # Everything outbound goes through the outbox (outbox.py) and is popped only after its
@@ -194,7 +195,8 @@ class MqttLink:
                 cid = None
                 raise ValueError("id must be text or an integer; the command was not applied")
             changes = body.get("set")
-            if not isinstance(changes, dict) or not changes:
+            # {"id": 7, "ota": URL}: an update to fetch (ota_http.py); the handler takes it
+            if "ota" not in body and (not isinstance(changes, dict) or not changes):
                 raise ValueError('body must be a map like {"id": 1, "set": {"report_s": 600}}')
             result = self._applied(code, body)
             result["id"] = cid
