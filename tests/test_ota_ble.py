@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from otakit import bundle, install_stand_in
+from otalinkkit import bundle, install_stand_in
 
 from polekit.firmware.install import install
 from polekit.gateway.ble_ota import CHUNK_BYTES, OtaRefusedError, push_ble

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from linkkit import Subscriber, wait_for
-from otakit import bundle, install_stand_in
+from otalinkkit import bundle, install_stand_in
 
 from polekit.firmware.install import install
 from polekit.hil.broker import LocalBroker
