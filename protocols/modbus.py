@@ -329,6 +329,10 @@ fw_version 19 input u16
 node_seq 20 input u32
 errors 22 input u16
 loop_stalls 23 input u16
+fw_previous 24 input u16
+ota_state 25 input u16
+ota_error 26 input u16
+ota_rollback 27 input u16
 lamp_level 0 holding u16 big 1 /100 rw 0 100
 lamp_default 1 holding u16 big 1 /100 rw 0 100
 report_interval 2 holding u16 big 1 s rw 1 3600

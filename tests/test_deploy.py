@@ -138,6 +138,24 @@ def test_a_second_deploy_copies_nothing(board: EmulatedBoard) -> None:
     assert report["copied"] == 0 and report["unchanged"] == FILES and report["passed"]
 
 
+def test_deploy_key_installs_the_raw_update_key_on_the_node(
+    board: EmulatedBoard, tmp_path: Path
+) -> None:
+    from polekit.firmware.deploy.signing import new_key, public_key_raw
+
+    key, pub = new_key(tmp_path / "city")
+    code, report, err = deploy(board, "--set", "unit=3", "--key", str(pub))
+    assert code == 0, err
+    raw = public_key_raw(pub)
+    assert report["copied"] == 1 and report["ota_key"] == raw.hex()  # only /ota.pub
+    assert (Path(board.fs_dir) / "ota.pub").read_bytes() == raw
+    wrong, _report, err = deploy(board, "--key", str(key))  # the private half stays home
+    assert wrong == 1 and "is a private key" in err and "Traceback" not in err
+    again, report, err = deploy(board, "--set", "unit=3")  # no --key: the node keeps its key
+    assert again == 0 and report["copied"] == 0, err
+    assert (Path(board.fs_dir) / "ota.pub").read_bytes() == raw
+
+
 def test_a_dead_sensor_fails_the_self_test_with_its_reason(board: EmulatedBoard) -> None:
     board.set("bh1750.absent", 1)
     try:

@@ -6,7 +6,12 @@ A few modules of protocols/ are pure wire formats only the gateway uses (GATEWAY
 DL/T 645 meter protocol, the field device library, HJ 212 environmental reporting). They
 stay MicroPython-compatible (they are imported and run in the VM below) but are not
 counted in the node's budget; so that this cannot hide a node growing past it, no
-firmware module may import them."""
+firmware module may import them.
+
+Others are imported by the node only while it checks an update (UPDATE_ONLY: Ed25519, its
+SHA-512 and the signed manifest): they are not in the resident budget either, and no node
+module imports them at its top level (an update imports them inside a function, then lets
+them go); their own heap is measured in tests/test_ed25519.py."""
 
 from __future__ import annotations
 
@@ -20,8 +25,12 @@ PROTOCOLS = ROOT / "protocols"
 HEAP_LIMIT_BYTES = 48 * 1024  # an ESP32 without PSRAM leaves ~110 KiB to MicroPython in all
 # gateway-side modules: the node never imports them (checked below)
 GATEWAY_SIDE = ("devices", "dlt645", "hj212")
+# imported by the node only during an update (see the docstring)
+UPDATE_ONLY = ("ed25519", "manifest", "sha512")
 MODULES = sorted(
-    p.stem for p in PROTOCOLS.glob("*.py") if p.stem != "__init__" and p.stem not in GATEWAY_SIDE
+    p.stem
+    for p in PROTOCOLS.glob("*.py")
+    if p.stem != "__init__" and p.stem not in GATEWAY_SIDE + UPDATE_ONLY
 )
 
 
@@ -63,6 +72,22 @@ def test_no_node_module_imports_a_gateway_side_protocol() -> None:
     assert not offenders, (
         "the node imports a gateway-side protocol, which the heap budget does not count: "
         + "; ".join(offenders)
+    )
+
+
+def test_no_node_module_imports_an_update_only_protocol_at_top_level() -> None:
+    # an indented import (inside a function) loads the module when an update runs only
+    offenders = [
+        f"{path.relative_to(ROOT)}: {line.strip()}"
+        for path in sorted((ROOT / "firmware" / "node").rglob("*.py"))
+        if "ota" not in path.relative_to(ROOT / "firmware" / "node").parts
+        for line in path.read_text().splitlines()
+        if line.startswith(("import", "from"))
+        and any(name in line.split("#")[0] for name in UPDATE_ONLY)
+    ]
+    assert not offenders, (
+        "a resident node module imports an update-only protocol at its top level, which the "
+        "heap budget does not count: " + "; ".join(offenders)
     )
 
 

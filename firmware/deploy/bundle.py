@@ -42,13 +42,37 @@ class BundleError(RuntimeError):
     """The bundle cannot be built (unsupported bytecode version, compiler failure)."""
 
 
+_VERSION_LINE = re.compile(rb"^VERSION = \((\d+), (\d+)\)", re.M)
+
+
 def firmware_version() -> str:
     """The node firmware's version, read from node/app.py (its one source)."""
-    text = (_NODE / "app.py").read_text()
-    m = re.search(r"^VERSION = \((\d+), (\d+)\)", text, re.M)
+    m = _VERSION_LINE.search((_NODE / "app.py").read_bytes())
     if not m:
         raise BundleError("node/app.py has no VERSION = (major, minor)")
-    return f"{m.group(1)}.{m.group(2)}"
+    return f"{int(m.group(1))}.{int(m.group(2))}"
+
+
+def parse_version(version: str) -> tuple[int, int]:
+    """(major, minor) of "MAJOR.MINOR"; BundleError when it is not that."""
+    from polekit.protocols import manifest
+
+    try:
+        return manifest.parse_version(version)
+    except manifest.ManifestError:
+        raise BundleError(
+            f"version {version!r} is not MAJOR.MINOR (each 0..255), e.g. 0.2"
+        ) from None
+
+
+def with_version(app_source: bytes, version: str) -> bytes:
+    """node/app.py with its VERSION set to ``version`` ("MAJOR.MINOR"): what a bundle built
+    with ``--version`` reports once it runs (fw_version register, status)."""
+    major, minor = parse_version(version)
+    new, n = _VERSION_LINE.subn(f"VERSION = ({major}, {minor})".encode(), app_source, count=1)
+    if n != 1:
+        raise BundleError("node/app.py has no VERSION = (major, minor)")
+    return new
 
 
 def mpy_of(implementation_mpy: int) -> str:
@@ -127,12 +151,13 @@ class Bundle:
     files: dict[str, bytes]
     config: dict[str, Any] = field(default_factory=dict)  # the board's reference settings
     march: str | None = None  # native architecture, None: bytecode for any chip
+    version: str | None = None  # what the node reports, None: node/app.py's VERSION
 
     @property
     def manifest(self) -> dict[str, Any]:
         return {
             "board": self.board.name,
-            "firmware_version": firmware_version(),
+            "firmware_version": self.version or firmware_version(),
             "mpy": self.mpy or "source",
             **({"march": self.march} if self.march else {}),
             "files": {p: hashlib.sha256(b).hexdigest() for p, b in sorted(self.files.items())},
@@ -157,11 +182,19 @@ class Bundle:
         return folder
 
 
-def build(board: str | Board, mpy: str | None = DEFAULT_MPY, march: str | None = None) -> Bundle:
+def build(
+    board: str | Board,
+    mpy: str | None = DEFAULT_MPY,
+    march: str | None = None,
+    version: str | None = None,
+) -> Bundle:
     """The bundle for ``board``; ``mpy=None`` keeps the sources (for boards whose MicroPython
     has no matching mpy-cross, and for debugging); ``march`` (see MARCH) compiles for that
-    native architecture too."""
+    native architecture too; ``version`` ("MAJOR.MINOR") replaces node/app.py's VERSION
+    (an update's version: see signing.py)."""
     board = board if isinstance(board, Board) else load(board)
+    if version is not None:
+        version = "%d.%d" % parse_version(version)
     if march is not None and march not in MARCH.values():
         raise BundleError(
             f"no native architecture {march!r}; polekit builds {', '.join(MARCH.values())}"
@@ -174,6 +207,8 @@ def build(board: str | Board, mpy: str | None = DEFAULT_MPY, march: str | None =
                 continue
             path = f"{prefix}/{rel}"
             data = src.read_bytes()
+            if version is not None and root is _NODE and rel == "app.py":
+                data = with_version(data, version)
             if mpy is None:
                 files[path] = data
             else:
@@ -190,4 +225,4 @@ def build(board: str | Board, mpy: str | None = DEFAULT_MPY, march: str | None =
             files[path] = data
     files["main.py"] = (_NODE / "main.py").read_bytes()
     files["board.json"] = _dump(board_map(board))
-    return Bundle(board, mpy, files, dict(board.config), march)
+    return Bundle(board, mpy, files, dict(board.config), march, version)

@@ -32,6 +32,26 @@ PORT = click.option(
 )
 
 
+KEY = click.option(
+    "--key",
+    "key_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Install this update key (the NAME.pub of polekit keys new) on the node as "
+    "/ota.pub: it then accepts updates signed with NAME.key only.",
+)
+
+
+def _ota_key(key_path: Path | None) -> bytes | None:
+    if key_path is None:
+        return None
+    from polekit.firmware.deploy.signing import SigningKeyError, public_key_raw
+
+    try:
+        return public_key_raw(key_path)
+    except SigningKeyError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def _config_option(value: tuple[str, ...]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in value:
@@ -87,23 +107,67 @@ def print_selftest(console: Console, report: Any) -> None:
     help="Also compile for a chip's native code emitter (ESP32: xtensawin, C3: rv32imc); "
     "such a bundle runs on that chip only. Default: bytecode for any chip.",
 )
-def build(board_name: str, out: Path | None, mpy: str, source: bool, march: str | None) -> None:
+@click.option(
+    "--sign",
+    "key_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Sign the bundle as an update with this NAME.key (polekit keys new): writes "
+    "manifest.cbor and manifest.sig.",
+)
+@click.option(
+    "--version",
+    "version",
+    metavar="X.Y",
+    help="The version the bundle reports once it runs. Default: node/app.py's VERSION.",
+)
+@click.option(
+    "--min-version",
+    metavar="X.Y",
+    help="With --sign: the oldest running version this update may replace. Default: 0.0.",
+)
+@click.option(
+    "--downgrade",
+    is_flag=True,
+    help="With --sign: allow this update to replace a newer version.",
+)
+def build(
+    board_name: str,
+    out: Path | None,
+    mpy: str,
+    source: bool,
+    march: str | None,
+    key_path: Path | None,
+    version: str | None,
+    min_version: str | None,
+    downgrade: bool,
+) -> None:
     """Build the deployable bundle of a board: the node firmware and protocols/ compiled with
     mpy-cross, main.py, the board map, its reference config, and manifest.json with each
     file's sha256 and the firmware version. The same inputs give the same bytes.
+
+    With --sign the bundle is an over-the-air update as well: manifest.cbor names the
+    board, the version, the oldest version it may replace and every file under lib/ with
+    its size and sha256; manifest.sig is its Ed25519 signature (docs/ota.md).
 
     \b
     Example:
       polekit build --board pole-env-esp32            # -> build/pole-env-esp32/
       polekit build --board pole-env-esp32 --march xtensawin
+      polekit build --board pole-env-esp32 --sign city.key --version 0.2 -o build/v0.2
     """
-    from polekit.firmware.deploy.bundle import BundleError
+    from polekit.firmware.deploy.bundle import BundleError, parse_version
     from polekit.firmware.deploy.bundle import build as build_bundle
 
     try:
         if source and march:
             raise click.UsageError("--march compiles .mpy files; leave out --source")
-        bundle = build_bundle(board_name, None if source else mpy, march)
+        if key_path is None and (min_version or downgrade):
+            raise click.UsageError(
+                "--min-version and --downgrade describe a signed update: add --sign"
+            )
+        if min_version is not None:
+            min_version = "%d.%d" % parse_version(min_version)
+        bundle = build_bundle(board_name, None if source else mpy, march, version)
     except (BoardError, BundleError) as exc:
         raise click.ClickException(str(exc)) from None
     target = out or Path("build") / board_name
@@ -119,6 +183,56 @@ def build(board_name: str, out: Path | None, mpy: str, source: bool, march: str 
         f"{folder}: {len(bundle.files)} files, {bundle.size()} bytes, firmware "
         f"{m['firmware_version']}, mpy {m['mpy']}" + (f" for {march}" if march else "")
     )
+    if key_path is not None:
+        from polekit.firmware.deploy.signing import ManifestError, SigningKeyError, sign_bundle
+
+        try:
+            raw, _sig = sign_bundle(
+                folder,
+                key_path,
+                bundle.board.name,
+                m["firmware_version"],
+                min_version or "0.0",
+                downgrade,
+            )
+        except (SigningKeyError, ManifestError) as exc:
+            raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            raise click.ClickException(
+                f"cannot write the signature to {folder}: {exc.strerror}"
+            ) from None
+        click.echo(
+            f"{folder}: signed with {key_path}: update {m['firmware_version']} for "
+            f"{bundle.board.name}, replaces {min_version or '0.0'} and later"
+            + (", downgrade allowed" if downgrade else "")
+            + f"; manifest.cbor ({len(raw)} bytes), manifest.sig"
+        )
+
+
+@click.group()
+def keys() -> None:
+    """Update signing keys (docs/ota.md, "Keys and signing")."""
+
+
+@keys.command("new")
+@click.argument("name")
+def keys_new(name: str) -> None:
+    """Make an Ed25519 key pair for signing updates: NAME.key (PEM PKCS#8, readable by you
+    only: keep it off the gateway and out of version control) and NAME.pub (PEM), which
+    `polekit deploy --key NAME.pub` installs on each node and the gateway's config names.
+
+    \b
+    Example:
+      polekit keys new city            # -> city.key, city.pub
+    """
+    from polekit.firmware.deploy.signing import SigningKeyError, new_key
+
+    try:
+        key_path, pub_path = new_key(name)
+    except SigningKeyError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{key_path}: the signing key (mode 0600: back it up, keep it secret)")
+    click.echo(f"{pub_path}: the public key for nodes (polekit deploy --key) and gateways")
 
 
 @click.command()
@@ -133,6 +247,7 @@ def build(board_name: str, out: Path | None, mpy: str, source: bool, march: str 
     help="A config setting laid over the board's reference config (repeatable), e.g. unit=3.",
 )
 @click.option("--source", is_flag=True, help="Deploy Python sources instead of .mpy.")
+@KEY
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def deploy(
     port: str,
@@ -140,6 +255,7 @@ def deploy(
     device_code: str | None,
     settings: tuple[str, ...],
     source: bool,
+    key_path: Path | None,
     as_json: bool,
 ) -> None:
     """Put the node firmware on a board with MicroPython, configure it and self-test it.
@@ -152,7 +268,9 @@ def deploy(
     \b
     Example:
       polekit deploy --port /dev/ttyUSB0 --board pole-env-esp32 -c 371600PL000001C --set unit=3
+      polekit deploy --port /dev/ttyUSB0 --board pole-env-esp32 --key city.pub
     """
+    ota_key = _ota_key(key_path)
     from polekit.firmware.deploy.deploy import DeployError
     from polekit.firmware.deploy.deploy import deploy as run_deploy
     from polekit.firmware.deploy.link import LinkError
@@ -182,6 +300,7 @@ def deploy(
                 _config_option(settings),
                 source=source,
                 progress=note,
+                ota_key=ota_key,
             )
         except (BoardError, DeployError, LinkError) as exc:
             raise click.ClickException(str(exc)) from None
@@ -196,7 +315,7 @@ def deploy(
             f"MicroPython {report.micropython}, chip {report.unique_id}: "
             f"{len(report.copied)} files copied ({report.bytes_copied} bytes), "
             f"{report.unchanged} unchanged, {len(report.removed)} removed, "
-            f"{report.seconds:.1f} s"
+            f"{report.seconds:.1f} s" + (f"; update key {key_path} installed" if ota_key else "")
         )
         print_selftest(console, report)
     if not report.passed:
@@ -215,7 +334,7 @@ def _deploy_stopped(port: str, what: str, done: int, total: int) -> str:
     return f"{port}: stopped while the node was starting; the files and config are on the board."
 
 
-COMMANDS = [build, deploy]
+COMMANDS = [build, deploy, keys]
 
 
 @click.command()
@@ -233,7 +352,10 @@ COMMANDS = [build, deploy]
     help="Report base path (.json and .csv are written). Default: <manifest>-report.",
 )
 @click.option("--retry-passed", is_flag=True, help="Redo boards the report has as passed.")
-def provision(manifest: Path, jobs: int, report: Path | None, retry_passed: bool) -> None:
+@KEY
+def provision(
+    manifest: Path, jobs: int, report: Path | None, retry_passed: bool, key_path: Path | None
+) -> None:
     """Flash (rows with an image), deploy and self-test every board of a manifest, several
     ports at a time, with one progress display. A failing board is recorded and the batch
     goes on; run the same command again and only the boards not yet passed are redone.
@@ -258,6 +380,7 @@ def provision(manifest: Path, jobs: int, report: Path | None, retry_passed: bool
     )
     from polekit.firmware.deploy.provision import provision as run
 
+    ota_key = _ota_key(key_path)
     console = Console()
     try:
         rows = read_manifest(manifest)
@@ -291,7 +414,7 @@ def provision(manifest: Path, jobs: int, report: Path | None, retry_passed: bool
             if earlier.get(code, {}).get("result") == "pass":
                 bar.update(task, description="[green]passed earlier[/green]", completed=1)
         try:
-            results, ran, skipped = run(manifest, jobs, report, step, retry_passed)
+            results, ran, skipped = run(manifest, jobs, report, step, retry_passed, ota_key=ota_key)
         except BatchInterrupted as stop:
             bar.stop()
             cut = stop.cut_off

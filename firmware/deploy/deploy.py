@@ -26,6 +26,7 @@ from polekit.firmware.node import settings as node_settings
 from polekit.protocols import identity
 
 MAINTENANCE = "maintenance"  # the flag file: main.py leaves the node stopped while it exists
+OTA_KEY = "ota.pub"  # the raw 32-byte Ed25519 key the node checks updates with (signing.py)
 OWNED = ["lib/node", "lib/protocols"]  # folders deploy owns: stale files there are removed
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 
@@ -49,6 +50,7 @@ class DeployReport:
     bytes_copied: int = 0
     selftest: list[tuple[str, bool, str]] = field(default_factory=list)
     seconds: float = 0.0
+    ota_key: str = ""  # hex of the update key installed by this deploy, "" when none given
 
     @property
     def passed(self) -> bool:
@@ -72,6 +74,7 @@ class DeployReport:
             "bytes_copied": self.bytes_copied,
             "selftest": [list(r) for r in self.selftest],
             "seconds": round(self.seconds, 2),
+            "ota_key": self.ota_key,
         }
 
 
@@ -149,14 +152,19 @@ def deploy(
     progress: Progress | None = None,
     start: bool = True,
     bundles: dict[tuple[str, str | None], Bundle] | None = None,
+    ota_key: bytes | None = None,
 ) -> DeployReport:
     """Deploy to the board on ``port``; the report (``.passed`` tells the self-test verdict).
     Raises DeployError (or LinkError) when a step cannot be done. ``bundles`` caches built
-    bundles across deploys (a batch builds each board and bytecode version once)."""
+    bundles across deploys (a batch builds each board and bytecode version once).
+    ``ota_key``: the raw 32-byte public key (signing.public_key_raw) installed as /ota.pub,
+    the key the node accepts updates from; None leaves the board's key as it is."""
     started = time.monotonic()
     board = board if isinstance(board, Board) else load(board)
     report = DeployReport(port, board.name, device_code)
     node_config(Bundle(board, None, {}), device_code, config)  # refuse a bad code up front
+    if ota_key is not None and len(ota_key) != 32:
+        raise DeployError(f"the update key is {len(ota_key)} bytes, an Ed25519 key is 32")
     wrong = settings_problems(board, config or {})
     if wrong:
         raise DeployError(
@@ -190,6 +198,9 @@ def deploy(
         files = dict(bundle.files)
         files["config.json"] = json.dumps(cfg, sort_keys=True).encode()
         files[MANIFEST] = bundle.manifest_bytes()
+        if ota_key is not None:
+            files[OTA_KEY] = bytes(ota_key)
+            report.ota_key = bytes(ota_key).hex()
         on_board = link.hashes(sorted(files))
         todo = [p for p in sorted(files) if on_board.get(p) != hashlib.sha256(files[p]).hexdigest()]
         report.unchanged = len(files) - len(todo)

@@ -295,7 +295,9 @@ def _next_boards(
         start(row)
 
 
-def provision_one(row: Row, step: Step, bundles: dict[Any, Any]) -> Outcome:
+def provision_one(
+    row: Row, step: Step, bundles: dict[Any, Any], ota_key: bytes | None = None
+) -> Outcome:
     from polekit.firmware.deploy.deploy import DeployError, deploy
     from polekit.firmware.deploy.link import LinkError
 
@@ -321,6 +323,7 @@ def provision_one(row: Row, step: Step, bundles: dict[Any, Any]) -> Outcome:
             row.config,
             progress=lambda what, done, total: step(row, what, done, total),
             bundles=bundles,
+            ota_key=ota_key,
         )
         out.chip_mac = _mac(report.unique_id)
         out.micropython = report.micropython
@@ -344,12 +347,14 @@ def provision(
     retry_passed: bool = False,
     list_ports: Callable[[], set[str]] | None = None,
     plug_timeout_s: float = 300,
+    ota_key: bytes | None = None,
 ) -> tuple[list[dict[str, Any]], int, int]:
     """Provision the manifest's boards; (report rows, boards run now, boards skipped as
     already passed). The report is rewritten after each board, so an interrupted run loses
     nothing that finished. Rows whose port is ``next`` take the next serial port that
     appears (``list_ports`` lists the present ones), one after the other, while the boards
-    already plugged in are being worked on."""
+    already plugged in are being worked on. ``ota_key``: the update key every board gets
+    (deploy's /ota.pub)."""
     rows = read_manifest(manifest)
     json_path, csv_path = report_paths(manifest, report)
     previous = {} if retry_passed else load_report(json_path)
@@ -378,7 +383,7 @@ def provision(
         write_report(json_path, csv_path, ordered)
 
     def work(row: Row) -> None:
-        outcome = provision_one(row, track, bundles)
+        outcome = provision_one(row, track, bundles, ota_key)
         track(row, outcome.result, 1, 1)
         with lock:
             results[row.device_code] = asdict(outcome)

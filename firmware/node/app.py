@@ -26,7 +26,8 @@ STATE_FILE = "/state.json"  # survives resets: what a master set (writes coalesc
 
 
 class PoleNode:
-    def __init__(self, config, board):
+    # ``boot``: the boot record the boot selector (/main.py) read (node/ota/record.py)
+    def __init__(self, config, board, boot=None):
         self.config, self.problems = validate(config, "modbus")
         for line in self.problems:
             print(line)
@@ -54,6 +55,15 @@ class PoleNode:
         self.watch = LoopWatch()
         self.regs.set("fw_version", VERSION[0] << 8 | VERSION[1])
         self.regs.set("reset_cause", machine.reset_cause())
+        boot = boot or {}
+        self.trial = boot.get("state") == "trial"
+        prev = (boot.get("previous") or "0.0").split(".")  # "MAJOR.MINOR"
+        self.regs.set("fw_previous", int(prev[0]) << 8 | int(prev[1]))
+        # protocols.ota's states: 7 trial, 8 rolled back, 0 idle
+        rolled_back = boot.get("state") == "rolled_back"
+        self.regs.set("ota_state", 7 if self.trial else 8 if rolled_back else 0)
+        self.regs.set("ota_rollback", boot.get("rollback", 0))
+        self.window = None
         self._build_hardware()
         self.lamp.set(self.state.get("lamp_level", self.regs.get("lamp_default")))
         self.regs.set("lamp_level", self.lamp.level)
@@ -107,7 +117,21 @@ class PoleNode:
             self.config["unit"],
             self.regs,
             self.config["baudrate"],
+            self._ota_window,
         )
+
+    # the OTA transfer window, made at the first request to it (an update's code stays off
+    # the heap of a node that is never updated)
+    def _ota_window(self):
+        from .ota.modbus_window import ModbusWindow
+
+        self.window = ModbusWindow(self.board.get("name"), "%d.%d" % VERSION, self._reset)
+        return self.window
+
+    # a planned reset: what a master set is on the flash first
+    def _reset(self):
+        self.state.flush()
+        machine.reset()
 
     def on_write(self, point, value):
         if point.name == "lamp_level":
@@ -202,6 +226,8 @@ class PoleNode:
             self.regs.set("free_heap", gc.mem_free())
             self.regs.set("errors", min(self.errors, 65535))
             self.regs.set("loop_stalls", min(self.watch.stalls, 65535))
+            if self.window:
+                self.window.show(self.regs)
             self.state.tick()  # settings a master wrote in a burst reach the flash here
             await asyncio.sleep_ms(1000)
 
@@ -222,17 +248,28 @@ class PoleNode:
             self.slave.run(),
             self.watch.run(),
         ]
-        if self.config["watchdog_ms"]:
+        wdt_ms = self.config["watchdog_ms"]
+        if self.trial:
+            from .ota.trial import Trial
+
+            tasks.append(Trial(self.config["ota_trial_s"], self).run())
+            wdt_ms = wdt_ms or 5000  # on trial a hang must reset the board: a rollback
+        if wdt_ms:
             # fed only by the loop watch: a task that blocks the loop starves it
-            self.watch.wdt = machine.WDT(timeout=self.config["watchdog_ms"])
+            self.watch.wdt = machine.WDT(timeout=wdt_ms)
         await asyncio.gather(*tasks)
+
+    # good exchanges on the uplink (requests to this unit answered): what a trial watches
+    def uplink_exchanges(self):
+        return self.slave.requests
 
 
 CRASH_FILE = "/crashes.json"
 SAFE_MODE_AFTER = 3  # start-up crashes in a row; resets alone (brownouts) never count
 
 
-def main():
+# ``boot``: the boot record /main.py read (None: no update ever ran, or an older main.py)
+def main(boot=None):
     import os
 
     try:
@@ -256,14 +293,17 @@ def main():
             "Fix the config, then delete %s." % (crashes, CRASH_FILE)
         )
         return
+    on_trial = bool(boot) and boot.get("state") == "trial"
     try:
         if board.get("uplink") == "ble":
             from .community import CommunityNode
 
             node = CommunityNode(config, board)
         else:
-            node = PoleNode(config, board)  # type: ignore[assignment]  # both have run()
+            node = PoleNode(config, board, boot)  # type: ignore[assignment]  # both have run()
     except Exception as exc:  # noqa: BLE001 - counted, shown, and the REPL stays usable
+        if on_trial:
+            raise  # the boot selector (/main.py) rolls this version back
         save_json(CRASH_FILE, {"count": crashes + 1})
         print("polekit: start failed (%d/%d before safe mode):" % (crashes + 1, SAFE_MODE_AFTER))
         import sys
@@ -279,4 +319,9 @@ def main():
             "polekit node %s up, unit %d"
             % (node.config.get("device_code", "?"), node.config["unit"])
         )
-    asyncio.run(node.run())
+    if on_trial:
+        from .ota.trial import selftest_then
+
+        asyncio.run(selftest_then(node))  # a failed self-test rolls the version back
+    else:
+        asyncio.run(node.run())

@@ -1,4 +1,93 @@
-# Installed as /main.py on the board: start the polekit node.
-from node.app import main
+# Installed as /main.py on the board: the boot selector, then the polekit node.
+#
+# The one file an update never replaces. It reads the boot record (/ota/boot.json, see
+# node/ota/record.py), puts the active application slot's lib on sys.path (slot "a": /lib,
+# slot "b": /slot_b/lib) and starts node.app.main(). A version on trial is rolled back to
+# the previous slot, by this file alone, when: it raised at start-up (1, then a reset), the
+# watchdog reset the board during its trial (2), it booted TRIAL_BOOTS times without
+# confirming itself (3, a crash loop), or it asked for it ("failed": 4 self-test, 5 uplink).
+# Kept small and frozen in what it reads: the record's format outlives every update.
+import json
+import os
+import sys
 
-main()
+import machine
+
+BOOT = "/ota/boot.json"
+ROOTS = {"a": "", "b": "/slot_b"}
+TRIAL_BOOTS = 3
+
+
+def _record():
+    for name in (BOOT, BOOT + ".new"):
+        try:
+            with open(name) as f:
+                rec = json.load(f)
+            if isinstance(rec, dict) and rec.get("slot") in ROOTS:
+                return rec
+        except (OSError, ValueError):
+            pass  # absent or cut short: the other copy, or a cable install
+    return None
+
+
+def _save(rec):
+    with open(BOOT + ".new", "w") as f:
+        json.dump(rec, f)
+    os.rename(BOOT + ".new", BOOT)
+
+
+def _rollback(rec, code):
+    print(
+        "polekit: version %s failed its trial (reason %d); back to %s"
+        % (rec.get("version"), code, rec.get("previous"))
+    )
+    failed = rec.get("slot")
+    rec["slot"] = rec.get("prev_slot", "a")
+    rec["prev_slot"] = failed
+    rec["version"], rec["previous"] = rec.get("previous"), rec.get("version")
+    rec["state"] = "rolled_back"
+    rec["rollback"] = code
+    rec.pop("failed", None)
+    _save(rec)
+
+
+def _select():
+    rec = _record()
+    if rec and rec.get("state") == "trial":
+        code = rec.get("failed", 0)
+        if not code and machine.reset_cause() == machine.WDT_RESET:
+            code = 2
+        if not code and rec.get("boots", 0) >= TRIAL_BOOTS:
+            code = 3
+        if code:
+            _rollback(rec, code)
+        else:
+            rec["boots"] = rec.get("boots", 0) + 1
+            _save(rec)
+    if rec and rec["slot"] != "a":
+        sys.path[sys.path.index("/lib")] = ROOTS[rec["slot"]] + "/lib"
+    return rec
+
+
+def _start():
+    try:
+        os.stat("/maintenance")
+        print("polekit: maintenance: node not started (a deploy is running; it clears this)")
+        return
+    except OSError:
+        pass
+    rec = _select()
+    try:
+        from node.app import main
+
+        main(rec)
+    except Exception as exc:  # noqa: BLE001 - a version on trial that cannot start is rolled back
+        if not rec or rec.get("state") != "trial":
+            raise
+        sys.print_exception(exc)
+        rec["failed"] = 1
+        _save(rec)
+        machine.reset()
+
+
+_start()

@@ -18,6 +18,7 @@ POLE_DEFAULTS = {
     "lamp_default": 100,
     "watchdog_ms": 5000,
     "report_s": 300,
+    "ota_trial_s": 120,
 }
 # key: (low, high) accepted
 POLE_LIMITS = {
@@ -30,6 +31,7 @@ POLE_LIMITS = {
     "lamp_default": (0, 100),
     "watchdog_ms": (0, 60000),
     "report_s": (1, 3600),
+    "ota_trial_s": (5, 86400),
 }
 POLE_TEXTS = ("device_code", "board")
 # Report policy defaults per quantity: (filter, window, delta in the register's unit).

@@ -86,6 +86,12 @@ for vec in v["encode"]:
         cbor.dumps(cbor.loads(bytes.fromhex(vec["hex"]))).hex() == vec["hex"],
         "cbor decode " + vec["hex"][:40],
     )
+for vec in v["canonical"]:
+    # deterministic CBOR: the same bytes whatever order this interpreter's dicts iterate in
+    check(
+        cbor.dumps(tagged(vec["value"]), True).hex() == vec["hex"],
+        "cbor canonical " + vec["hex"][:40],
+    )
 for vec in v["decode_only"]:
     check(
         close(cbor.loads(bytes.fromhex(vec["hex"])), tagged(vec["value"])),

@@ -15,19 +15,31 @@ import time
 from protocols import modbus
 from protocols.errors import FrameError, ModbusException
 
+# The OTA transfer window's first address (protocols.ota.WINDOW_STATUS; not imported here:
+# the node loads its update code at the first request to the window, tests/test_ota_node.py
+# checks the two agree)
+OTA_WINDOW = 0x1000
+
 # CPython has no ticks_diff; MicroPython's wraps around like this
 _diff = getattr(time, "ticks_diff", lambda a, b: a - b)
 
 
 class ModbusSlave:
-    def __init__(self, uart, unit, registers, baudrate=9600):
+    # ``ota_window``: None, or a function that makes the OTA transfer window
+    # (node/ota/modbus_window.py) at the first request to its addresses, which then go to
+    # it instead of the register file
+    def __init__(self, uart, unit, registers, baudrate=9600, ota_window=None):
         self.uart = uart
+        self.ota_window = ota_window
+        self.window = None
         self.unit = unit
         self.registers = registers
         self.gap_ms = max(2, int(modbus.t35_s(baudrate) * 1000 + 0.999))
         # a frame whose length is known is given longer to finish than t3.5: read timing
-        # jitters (a busy loop, a GC pause) while the UART's FIFO keeps the bytes
-        self.fragment_ms = max(50, self.gap_ms)
+        # jitters (a busy loop, a GC pause) while the UART's FIFO keeps the bytes, and a long
+        # frame (an update's 255-byte write) reaches the reader a FIFO-full at a time: the
+        # ESP32's UART hands over its 128-byte FIFO, an RS-485 adapter 64 bytes
+        self.fragment_ms = max(50, self.gap_ms) + int(128 * modbus.char_time_s(baudrate) * 1000)
         self.requests = 0
         self.ignored = 0  # bad CRC, other units, noise
         self._buf = b""
@@ -48,6 +60,15 @@ class ModbusSlave:
         if req.error:
             return modbus.exception_response(self.unit, fc, req.error)
         try:
+            w = self.window
+            if w is None and self.ota_window and req.address >= OTA_WINDOW:
+                w = self.window = self.ota_window()
+            if w is not None and fc != modbus.READ_INPUT and w.handles(req.address):
+                if fc == modbus.READ_HOLDING:
+                    return modbus.read_response(self.unit, fc, w.read(req.address, req.count))
+                w.write(req.address, list(req.values))
+                value = req.values[0] if fc == modbus.WRITE_SINGLE else req.count
+                return modbus.write_response(self.unit, fc, req.address, value)
             if fc == modbus.READ_HOLDING or fc == modbus.READ_INPUT:
                 table = "holding" if fc == modbus.READ_HOLDING else "input"
                 regs = self.registers.read(table, req.address, req.count)
@@ -87,15 +108,27 @@ class ModbusSlave:
 
     def _next_frame(self):
         # (start, size) of the first whole frame with a valid CRC; size 0 when none is whole.
-        # A frame to our unit can only be a request (no one else answers as us)
+        # A frame to our unit can only be a request (no one else answers as us). A frame
+        # still arriving at the head of the buffer is waited for: the data of a long frame
+        # (an update's chunk, another slave's answer) may hold a few bytes that look like a
+        # frame with a good CRC (FF FF 00 00 00 is one), which must not be taken for one
         buf = memoryview(self._buf)
         for start in range(len(buf) - 3):
-            sizes = modbus.frame_lengths(buf[start:]) or ()
+            sizes = modbus.frame_lengths(buf[start:])
+            if sizes is None:
+                if start == 0:
+                    return 0, 0
+                continue
+            arriving = False
             for size in sizes[:1] if buf[start] == self.unit else sizes:
                 end = start + size
                 if size and end <= len(buf):
                     if modbus.crc16(buf[start : end - 2]) == buf[end - 2] | buf[end - 1] << 8:
                         return start, size
+                elif size:
+                    arriving = True
+            if start == 0 and arriving:
+                return 0, 0
         return 0, 0
 
     def _reply(self, frame):

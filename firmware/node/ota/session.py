@@ -1,0 +1,448 @@
+# One update on the node, whatever link brings it (Modbus window, BLE GATT, HTTP).
+#
+# begin(manifest, sig) checks the signed manifest before a single file byte is taken; the
+# files are then staged straight into the inactive slot (record.py), each appended at the
+# next byte the node expects, and hashed as they arrive (a file whose SHA-256 differs is
+# refused the moment its last byte lands). Staging survives a reset or a power cut: the
+# staging record (/ota/stage.json) names the manifest (its SHA-256) and the slot, the
+# files on flash are the bytes already taken (appended and closed chunk by chunk, so a cut
+# loses at most the chunk being written), and begin() with the same manifest resumes where
+# need() says. Files the running slot already has with the same hash are copied on the
+# flash instead of sent again. commit() hashes every staged file again from the flash,
+# marks the new slot on trial in the boot record and resets into it.
+#
+# Long work (signature check, hashing, copying) is in asyncio steps that yield every
+# READ_BYTES: the link's other work (Modbus polls) goes on, and the emulated board's VM,
+# which collects garbage only between steps, stays in the ESP32's heap budget.
+import hashlib
+import json
+import os
+
+from protocols import ota
+from protocols.manifest import FILE_HASH, MALFORMED, NO_KEY, REASONS, TOO_LARGE, ManifestError
+
+from . import record
+
+STAGE = "/ota/stage.json"
+KEY = "/ota.pub"
+READ_BYTES = 512  # a flash read per step: small, so every step is short and makes no garbage
+LIB_DIRS = ("lib/node", "lib/protocols", "lib/umqtt")  # what a slot holds at least
+
+
+# An update step that cannot be taken now (the node is checking, verifying or on trial).
+class OtaBusyError(RuntimeError):
+    pass
+
+
+# A chunk that does not follow what the node has (a gap, another file, past the end).
+class OtaOutOfOrderError(ValueError):
+    pass
+
+
+def _version(text):
+    return tuple(int(p) for p in text.split("."))
+
+
+def _exists(path):
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
+
+
+def _size(path):
+    try:
+        return os.stat(path)[6]
+    except OSError:
+        return -1
+
+
+def _makedirs(path):
+    # the folders above a file's path
+    at = 0
+    while True:
+        at = path.find("/", at + 1)
+        if at < 0:
+            return
+        try:
+            os.mkdir(path[:at])
+        except OSError:
+            pass  # it exists
+
+
+def _remove(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass  # already gone
+
+
+# One step of long work ends here. 1 ms, not 0: a task that sleeps 0 runs again before the
+# scheduler returns to its caller, and on the emulated board (MicroPython's WebAssembly
+# port, whose scheduler is JavaScript's setTimeout) garbage is only collected there.
+async def _pause():
+    from asyncio import sleep_ms
+
+    await sleep_ms(1)
+
+
+async def _remove_tree(path):
+    try:
+        entries = list(os.ilistdir(path))
+    except OSError:
+        return
+    for entry in entries:
+        child = path + "/" + entry[0]
+        if entry[1] == 0x4000:
+            await _remove_tree(child)
+        else:
+            os.remove(child)
+        await _pause()
+    os.rmdir(path)
+
+
+# A manifest path a slot may hold: lib/<package>/..., no "..", nothing at the root.
+def _path_ok(path):
+    if not isinstance(path, str) or not path.startswith("lib/") or path.endswith("/"):
+        return False
+    parts = path.split("/")
+    return len(parts) >= 3 and all(p and p != "." and p != ".." for p in parts)
+
+
+# Check a signed manifest as protocols.manifest.check_manifest does (the signature first,
+# then board, versions and the files' table), with the signature verified one step at a
+# time between pauses; then every path must be in a slot's lib/<package>/.
+async def check(manifest, sig, key, board, running):
+    from protocols.ed25519 import verify_steps
+    from protocols.manifest import BAD_SIGNATURE, check_parsed, parse
+
+    if len(key) != 32:
+        raise ManifestError(NO_KEY, "the update key /ota.pub is %d bytes, not 32" % len(key))
+    ok = False
+    for result in verify_steps(key, manifest, sig):
+        if result is not None:
+            ok = result
+            break
+        await _pause()
+    if not ok:
+        raise ManifestError(BAD_SIGNATURE, "the manifest's signature is not the update key's")
+    info = check_parsed(parse(manifest), board, running)
+    for f in info["files"]:
+        if not _path_ok(f["path"]):
+            raise ManifestError(MALFORMED, "file %s is not under lib/<package>/" % f["path"])
+    return info
+
+
+class OtaSession:
+    """One update: staging, checks, install into the inactive slot.
+
+    ``board`` (the board map's name) and ``running`` ("MAJOR.MINOR") are what the manifest
+    is checked against; ``reset`` is called after commit() marked the new slot (the node
+    passes one that flushes its state first); ``checker`` is the manifest check (the
+    default: check() above); ``on_heap`` is called with gc.mem_free() at every step."""
+
+    def __init__(self, board, running, reset=None, checker=None, key_path=KEY, on_heap=None):
+        self.board = board
+        self.running = running
+        self.reset = reset
+        self.checker = checker or check
+        self.key_path = key_path
+        self.on_heap = on_heap
+        rec = record.load() or {}
+        self.boot = rec
+        self.state = ota.IDLE
+        if rec.get("state") == "trial":
+            self.state = ota.TRIAL
+        elif rec.get("state") == "rolled_back":
+            self.state = ota.ROLLED_BACK
+        self.error = 0
+        self.version = None  # of the manifest being staged
+        self.paths = []
+        self.sizes = []
+        self.hashes = b""
+        self.have = []  # bytes staged per file
+        self.slot = record.other(rec.get("slot", "a"))
+        self.root = record.ROOTS[self.slot]
+        self._h = None  # the running hash of the file being received
+        self._h_index = -1
+        self._buf = None
+
+    # ---- what the link asks -------------------------------------------------------
+
+    def need(self):
+        """(file index, offset) of the first byte not staged; None when all are."""
+        for i, size in enumerate(self.sizes):
+            if self.have[i] < size:
+                return i, self.have[i]
+        return None
+
+    def status(self):
+        """The session as the status block and the register map show it."""
+        need = self.need() if self.state == ota.RECEIVING else None
+        rec = self.boot
+        prev = rec.get("previous")
+        return {
+            "state": ota.STATES[self.state],
+            "state_code": self.state,
+            "error": self.error,
+            "file": need[0] if need else None,
+            "offset": need[1] if need else 0,
+            "need": need,
+            "files": len(self.sizes),
+            "staged": sum(self.have),
+            "total": sum(self.sizes),
+            "running": self.running,
+            "running_code": ota.version_code(self.running),
+            "previous": prev,
+            "previous_code": ota.version_code(prev) if prev else 0,
+            "rollback": rec.get("rollback", 0),
+            "version": self.version,
+        }
+
+    # ---- the update -----------------------------------------------------------------
+
+    async def begin(self, manifest, sig):
+        """Check the signed manifest (ManifestError with the reason, before any file byte is
+        taken), then start staging into the inactive slot, or resume the staging of the
+        same manifest. Raises OtaBusyError while a version is on trial or work is under way."""
+        if self.state in (ota.CHECKING, ota.VERIFYING, ota.INSTALLING, ota.TRIAL):
+            raise OtaBusyError("the node is %s; try again later" % ota.STATES[self.state])
+        self.state = ota.CHECKING
+        self.error = 0
+        self.paths, self.sizes, self.have, self.hashes = [], [], [], b""
+        self._h, self._h_index = None, -1
+        try:
+            try:
+                with open(self.key_path, "rb") as f:
+                    key = f.read()
+            except OSError:
+                raise ManifestError(NO_KEY, REASONS[NO_KEY]) from None
+            info = await self.checker(manifest, sig, key, self.board, self.running)
+            files = info["files"]
+            need_bytes = sum(f["size"] for f in files)
+            st = os.statvfs("/")
+            if need_bytes > st[0] * st[4]:
+                raise ManifestError(
+                    TOO_LARGE,
+                    "the files take %d bytes; the flash has %d free" % (need_bytes, st[0] * st[4]),
+                )
+        except ManifestError as exc:
+            self.state = ota.REFUSED
+            self.error = exc.code
+            raise
+        except Exception:
+            self.state = ota.IDLE
+            raise
+        self.version = info["version"]
+        self.paths = [f["path"] for f in files]
+        self.sizes = [f["size"] for f in files]
+        self.hashes = b"".join(f["sha256"] for f in files)
+        self.have = [0] * len(files)
+        del info, files
+        ident = hashlib.sha256(manifest).digest().hex()
+        stage = _load_stage()
+        if stage and stage.get("id") == ident and stage.get("slot") == self.slot:
+            self._scan()  # resume: what is on the flash is what was taken
+        else:
+            _remove(STAGE)
+            await self._clear()
+            _save_stage({"id": ident, "slot": self.slot})
+            await self._reuse()
+        await self._rehash()
+        self.state = ota.RECEIVING
+
+    def write(self, file_index, offset, data):
+        """Take ``data`` for file ``file_index`` at ``offset``: appended when it starts at
+        (or overlaps) the next byte expected; a chunk already staged is taken again without
+        a write. Returns the offset expected next in that file. OtaOutOfOrderError for a gap,
+        another file than need()'s or data past the file's size; ManifestError(FILE_HASH)
+        when the file's last byte lands and its hash differs (the file is dropped)."""
+        if self.state != ota.RECEIVING:
+            raise OtaBusyError("not receiving (the node is %s)" % ota.STATES[self.state])
+        if not 0 <= file_index < len(self.sizes):
+            raise OtaOutOfOrderError(
+                "no file %d: the manifest has %d" % (file_index, len(self.sizes))
+            )
+        size = self.sizes[file_index]
+        have = self.have[file_index]
+        end = offset + len(data)
+        if end > size + 1 or (end > size and (size - offset) & 1 == 0):
+            raise OtaOutOfOrderError("data past the end of file %d (%d bytes)" % (file_index, size))
+        if end > size:
+            end = size  # the pad byte of a file with an odd size
+        if end <= have:
+            return have  # a repeat: its answer was lost
+        need = self.need()
+        if need is None or need[0] != file_index or offset > have:
+            raise OtaOutOfOrderError(
+                "file %d at %d: the node needs %s"
+                % (file_index, offset, need and "%d at %d" % need)
+            )
+        chunk = memoryview(data)[have - offset : end - offset]
+        path = self.root + "/" + self.paths[file_index]
+        if have == 0:
+            _makedirs(path)
+        with open(path, "ab" if have else "wb") as f:
+            f.write(chunk)
+        if self._h_index != file_index:
+            self._h = hashlib.sha256()
+            self._h_index = file_index
+        self._h.update(chunk)
+        self.have[file_index] = end
+        if end == size:
+            digest = self._h.digest()
+            self._h, self._h_index = None, -1
+            if digest != self.hashes[32 * file_index : 32 * file_index + 32]:
+                self._drop(file_index)
+                raise ManifestError(
+                    FILE_HASH,
+                    "%s: %s" % (self.paths[file_index], REASONS[FILE_HASH]),
+                )
+        self._heap()
+        return end
+
+    async def commit(self):
+        """Hash every staged file from the flash, mark the new slot on trial in the boot
+        record, then reset into it. ManifestError(FILE_HASH) for a file that differs (it is
+        dropped: need() points at it again); ValueError when files are still missing."""
+        if self.state != ota.RECEIVING:
+            raise OtaBusyError("nothing to commit (the node is %s)" % ota.STATES[self.state])
+        if self.need() is not None:
+            raise ValueError("file %d is not complete (from byte %d)" % self.need())
+        self.state = ota.VERIFYING
+        for i in range(len(self.paths)):
+            digest = (await self._hash_file(self.root + "/" + self.paths[i])).digest()
+            if digest != self.hashes[32 * i : 32 * i + 32]:
+                self._drop(i)
+                raise ManifestError(FILE_HASH, "%s: %s" % (self.paths[i], REASONS[FILE_HASH]))
+        self.state = ota.INSTALLING
+        rec = self.boot
+        record.save(
+            {
+                "slot": self.slot,
+                "state": "trial",
+                "version": self.version,
+                "previous": self.running,
+                "prev_slot": rec.get("slot", "a"),
+                "boots": 0,
+                "rollback": 0,
+            }
+        )
+        _remove(STAGE)
+        if self.reset:
+            from asyncio import sleep_ms
+
+            await sleep_ms(50)  # the answer to the last poll leaves the UART first
+            self.reset()
+
+    def abort(self):
+        """Drop the staging; the files in the inactive slot are cleared at the next begin()."""
+        if self.state in (ota.CHECKING, ota.VERIFYING, ota.INSTALLING):
+            raise OtaBusyError("the node is %s; abort when it is done" % ota.STATES[self.state])
+        _remove(STAGE)
+        self.paths, self.sizes, self.have, self.hashes = [], [], [], b""
+        self._h, self._h_index = None, -1
+        if self.state != ota.TRIAL:
+            self.state = ota.IDLE
+        self.error = 0
+
+    # ---- on the flash ---------------------------------------------------------------
+
+    def _drop(self, i):
+        _remove(self.root + "/" + self.paths[i])
+        self.have[i] = 0
+        self._h, self._h_index = None, -1
+        self.state = ota.REFUSED
+        self.error = FILE_HASH
+
+    def _scan(self):
+        for i, path in enumerate(self.paths):
+            n = _size(self.root + "/" + path)
+            if n > self.sizes[i]:
+                _remove(self.root + "/" + path)  # not from this manifest
+                n = 0
+            self.have[i] = max(0, n)
+
+    async def _clear(self):
+        if self.root:
+            await _remove_tree(self.root)
+            return
+        dirs = list(LIB_DIRS)
+        for p in self.paths:
+            d = p[: p.find("/", 4)]
+            if d not in dirs:
+                dirs.append(d)
+        for d in dirs:
+            await _remove_tree("/" + d)
+
+    async def _hash_file(self, path, limit=-1):
+        if self._buf is None:
+            self._buf = bytearray(READ_BYTES)
+        buf = self._buf
+        mv = memoryview(buf)
+        h = hashlib.sha256()
+        left = limit
+        with open(path, "rb") as f:
+            while left:
+                n = f.readinto(buf)
+                if not n:
+                    break
+                if 0 < left < n:
+                    n = left
+                h.update(mv[:n])
+                left -= n
+                self._heap()
+                await _pause()
+        return h
+
+    async def _rehash(self):
+        # the running hash of a file staged in part before a reset
+        need = self.need()
+        if need and need[1]:
+            self._h = await self._hash_file(self.root + "/" + self.paths[need[0]], need[1])
+            self._h_index = need[0]
+
+    async def _reuse(self):
+        # files the running slot has with the same hash are copied on the flash
+        here = record.ROOTS[record.other(self.slot)]
+        for i, path in enumerate(self.paths):
+            src = here + "/" + path
+            if _size(src) != self.sizes[i]:
+                continue
+            h = await self._hash_file(src)
+            if h.digest() != self.hashes[32 * i : 32 * i + 32]:
+                continue
+            dst = self.root + "/" + path
+            _makedirs(dst)
+            buf = self._buf
+            with open(src, "rb") as fi, open(dst, "wb") as fo:
+                while True:
+                    n = fi.readinto(buf)
+                    if not n:
+                        break
+                    fo.write(memoryview(buf)[:n])
+                    await _pause()
+            self.have[i] = self.sizes[i]
+
+    def _heap(self):
+        if self.on_heap:
+            import gc
+
+            self.on_heap(gc.mem_free())
+
+
+def _load_stage():
+    try:
+        with open(STAGE) as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _save_stage(data):
+    _makedirs(STAGE)
+    with open(STAGE + ".new", "w") as f:
+        json.dump(data, f)
+    os.rename(STAGE + ".new", STAGE)
