@@ -24,7 +24,8 @@ from polekit.protocols import bthome, cbor
 from polekit.protocols import ota_gatt as og
 
 log = logging.getLogger("polekit.gateway.ble_ota")
-ANSWER_TIMEOUT_S = 10.0  # a control answer (begin checks a signature: seconds on a chip)
+ANSWER_TIMEOUT_S = 10.0  # a control answer
+BEGIN_TIMEOUT_S = 120.0  # begin checks the Ed25519 signature: seconds on a chip
 ACK_TIMEOUT_S = 5.0  # a data acknowledgement
 COMMIT_TIMEOUT_S = 180.0  # hashes and install on the node, until its reset drops the link
 BOOT_TIMEOUT_S = 60.0  # the node back on the air after its reset
@@ -147,7 +148,7 @@ class _Link:
         await self.request(og.header(len(manifest), sig))
         for piece in og.manifest_pieces(manifest):
             await self.request(piece)
-        need = (await self.request(bytes((og.OP_BEGIN,))))["need"]
+        need = (await self.request(bytes((og.OP_BEGIN,)), BEGIN_TIMEOUT_S))["need"]
         return None if need is None else (int(need[0]), int(need[1]))
 
     async def send(
@@ -175,6 +176,13 @@ class _Link:
                 done(f, off)
             elif status == og.ACK_IDLE:  # the node restarted: begin again
                 raise _DroppedError(f"{self.address}: the node forgot the update (it restarted)")
+            elif status == og.ACK_ERROR:  # a file's hash differs, the flash is full: why
+                status_map = await self.status()
+                raise OtaRefusedError(
+                    self.address,
+                    status_map.get("error"),
+                    f"the node refused file {f}: its state is {status_map.get('state')}",
+                )
             else:  # a gap, a full queue, a refused write: back to where the node stands
                 done(f, off)
                 rewind = (f, off)
@@ -255,7 +263,7 @@ async def push_ble(
     sizes = [len(b) for b in blobs]
     total = sum(sizes)
     starts = [sum(sizes[:i]) for i in range(len(sizes))]
-    report = {"address": address, "bytes": total, "sent": 0, "reconnects": 0}
+    report: dict[str, Any] = {"address": address, "bytes": total, "sent": 0, "reconnects": 0}
     started = time.monotonic()
 
     def done(f: int, off: int) -> None:

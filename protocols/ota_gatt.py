@@ -45,6 +45,7 @@ ACK_FULL = 4  # the node was busy and dropped it: resend from the offset given
 ACK_ERROR = 5  # the session refused the bytes (see CONTROL's status)
 
 CODE_ORDER = 9  # a request out of order (a manifest piece past its length, begin without one)
+CODE_BUSY = 10  # the node is checking a manifest or installing: ask again later
 
 
 def data_frame(file, offset, chunk):

@@ -55,9 +55,7 @@ def signed_update(
     if patch_app is not None:
         app = "lib/node/app.py"
         src = with_version((_FIRMWARE / "node" / "app.py").read_bytes(), version).decode()
-        bundle.files["lib/node/app.mpy"] = compile_module(
-            patch_app(src).encode(), app, DEFAULT_MPY
-        )
+        bundle.files["lib/node/app.mpy"] = compile_module(patch_app(src).encode(), app, DEFAULT_MPY)
     bundle.write(folder)
     manifest, sig = signing.sign_bundle(folder, key, board, version, min_version, downgrade)
     raw, sig, files = signing.load_signed(folder)
@@ -122,9 +120,7 @@ class OtaMaster:
         }
 
     def command(self, code: int, *args: int) -> Any:
-        return self.client.write_registers(
-            ota.WINDOW_COMMAND, [code, *args], device_id=self.unit
-        )
+        return self.client.write_registers(ota.WINDOW_COMMAND, [code, *args], device_id=self.unit)
 
     def data(self, index: int, offset: int, chunk: bytes) -> Any:
         return self.client.write_registers(

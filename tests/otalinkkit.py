@@ -1,18 +1,62 @@
-"""Helpers for the OTA transport tests (BLE and HTTP): signed bundles, and a stand-in for
-the node's OtaSession while s23-otanode's is not on this branch.
+"""Helpers for the OTA transport tests (BLE and HTTP): real signed bundles of the node
+firmware for a board (bundle.build with a version, signing.sign_bundle with a fresh key),
+and a stand-in for the node's OtaSession.
 
-The stand-in keeps the session's interface (firmware/node/ota/session.py in I16.md:
-begin/need/write/commit/abort/status) with real staging files on the board's flash, a real
-SHA-256 of every file at commit (the board's hashlib) and a reset at the end. It checks the
-signature against /ota.sig-ok (the bytes the test allows) instead of Ed25519: it proves the
-transports, not the signing. Tests that need the real session say so."""
+The stand-in for node/ota/session.py that the transport tests run on the emulated boards:
+on the community node the real session's Ed25519 check (protocols/ed25519.py, pure code)
+needs more heap than is left while an update runs (about 21 KiB free), and the emulated VM
+then hangs instead of raising MemoryError (measured; see the branch's report). The stand-in
+keeps the session's interface (I16.md and s23-otanode's OtaSession: async begin,
+need/write/commit/abort/status) with real staging files on the board's flash, a real
+SHA-256 of every file at commit and a reset at the end; it checks the signature against
+/ota.sig-ok (the bytes the test allows) instead of Ed25519."""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+from polekit.firmware.deploy import signing
+from polekit.firmware.deploy.bundle import DEFAULT_MPY, build
 from polekit.protocols import cbor
+
+
+@dataclass
+class Signed:
+    """A signed update: manifest bytes, signature, files {board path: bytes} in order."""
+
+    manifest: bytes
+    sig: bytes
+    files: dict[str, bytes]
+    pub: bytes  # the raw 32-byte public key (/ota.pub on the node)
+
+    @property
+    def size(self) -> int:
+        return sum(len(b) for b in self.files.values())
+
+
+def signed_bundle(
+    tmp: Path,
+    board: str,
+    version: str = "0.2",
+    key: Path | None = None,
+    change: Callable[[dict[str, bytes]], None] | None = None,
+) -> Signed:
+    """The node bundle for ``board`` at ``version`` (compiled), signed with ``key`` (a new
+    one in ``tmp`` by default); ``change`` edits the files after signing (tampering)."""
+    folder = tmp / f"bundle-{version}"
+    if key is None:
+        key, _pub = signing.new_key(tmp / "update")
+    build(board, DEFAULT_MPY, version=version).write(folder)
+    signing.sign_bundle(folder, key, board, version, "0.1")
+    raw, sig, files = signing.load_signed(folder)
+    if change is not None:
+        change(files)
+    pub = signing.public_key_raw(key.with_suffix(".pub"))
+    return Signed(raw, sig, files, pub)
+
 
 STAND_IN_SESSION = """
 # test stand-in for firmware/node/ota/session.py (tests/otakit.py says why)
@@ -50,7 +94,10 @@ class ManifestError(ValueError):
 
 
 class OtaSession:
-    def __init__(self):
+    def __init__(self, board=None, running=None, reset=None, checker=None, key_path=None,
+                 on_heap=None):
+        self.reset = reset or machine.reset
+        self.on_heap = on_heap
         self.manifest = None
         self.files = None
         self.error = 0
@@ -62,7 +109,7 @@ class OtaSession:
     def running(self):
         return (_read("/ota/running") or b"0.1").decode()
 
-    def begin(self, manifest, sig):
+    async def begin(self, manifest, sig):
         if sig != _read("/ota.sig-ok"):
             self.error = 1
             raise ManifestError(1, "bad signature")
@@ -95,6 +142,10 @@ class OtaSession:
             raise ValueError(5, "past the file's size")
         with open(DIR + "/f%d" % file_index, "ab") as f:
             f.write(data)
+        if self.on_heap:
+            import gc
+
+            self.on_heap(gc.mem_free())
         return offset + len(data)
 
     async def commit(self):
@@ -115,24 +166,23 @@ class OtaSession:
                 raise ManifestError(8, "%s: SHA-256 differs" % entry["path"])
         with open(DIR + "/running", "w") as f:
             f.write(self.manifest["version"])
-        machine.reset()
+        self.reset()
 
     def abort(self):
         os.remove(DIR + "/manifest.cbor")
 
     def status(self):
-        return {"fw_version": self.running(), "ota_state": 0, "ota_error": self.error}
+        return {"running": self.running(), "state": "idle", "error": self.error}
 """
 
 
 def install_stand_in(flash: Path, sig_ok: bytes, board: str = "community-sos-esp32c3") -> None:
-    """Put the stand-in session on the board's flash (unless the real one is in the
-    bundle) and allow ``sig_ok`` as the signature."""
+    """Put the stand-in session on the board's flash in the real one's place and allow
+    ``sig_ok`` as the signature."""
     ota = flash / "lib" / "node" / "ota"
-    if (ota / "session.py").exists() or (ota / "session.mpy").exists():
-        return
     ota.mkdir(parents=True, exist_ok=True)
-    (ota / "__init__.py").write_text("")
+    for old in ota.glob("session.*"):
+        old.unlink()
     (ota / "session.py").write_text(STAND_IN_SESSION.replace("%(board)s", board))
     (flash / "ota.sig-ok").write_bytes(sig_ok)
 

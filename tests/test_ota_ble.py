@@ -68,7 +68,7 @@ def test_a_signed_update_reaches_a_community_node_over_ble(tmp_path: Path) -> No
         )
         elapsed = time.monotonic() - started
     total = sum(len(d) for d in files.values())
-    assert report["status"]["fw_version"] == "0.2", report
+    assert report["status"]["running"] == "0.2", report
     assert report["bytes"] == total and report["sent"] == total, report
     assert seen[-1] == (total, total)
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
@@ -111,7 +111,7 @@ def _interrupted(tmp_path: Path, fault: str) -> tuple[dict[str, Any], int, Path]
         )
         cut[0].join(30)
         boots = len([e for e in board.events if e.get("event") == "booted"])
-    assert report["status"]["fw_version"] == "0.2", report
+    assert report["status"]["running"] == "0.2", report
     for i, data in enumerate(files.values()):
         assert (flash / "ota" / f"f{i}").read_bytes() == data
     return report, boots, flash

@@ -115,7 +115,7 @@ def handler(code, body):
 link.on_command(handler)
 ota.report_boot()
 gc.collect()
-print("node up, running", OtaSession().status()["fw_version"], "free", gc.mem_free())
+print("node up, running", OtaSession().status()["running"], "free", gc.mem_free())
 
 
 async def main():
@@ -188,7 +188,7 @@ def test_an_ota_command_installs_the_bundle_over_http_and_reports(tmp_path: Path
     assert results[0] == {"id": "u1", "ok": True, "ota": "fetching"}, results
     final = results[1]
     assert final["id"] == "u1" and final["ok"] is True, final
-    assert final["ota"]["fw_version"] == "0.2", final
+    assert final["ota"]["running"] == "0.2", final
     print(f"HTTP pull: heap low-water {final['heap_low']} bytes free (budget 110 KiB)")
     assert final["heap_low"] > 8 * 1024, final
     assert "node up, running 0.2" in log
@@ -205,7 +205,7 @@ def test_a_connection_dropped_mid_file_resumes_with_range(tmp_path: Path) -> Non
     manifest, sig = bundle(files, board=BOARD)
     served = {"manifest.cbor": manifest, "manifest.sig": sig, **files}
     results, server, flash, _ = _pull(tmp_path, served, sig, cut={"lib/node/extra.py": 5000})
-    assert results[1]["ok"] is True and results[1]["ota"]["fw_version"] == "0.2", results
+    assert results[1]["ok"] is True and results[1]["ota"]["running"] == "0.2", results
     gets = [(p, s) for p, s in server.log if p == "lib/node/extra.py"]
     assert gets[0] == ("lib/node/extra.py", None)
     # the second GET starts where the staging stood: past 0, at most the 5000 bytes sent

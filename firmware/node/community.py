@@ -41,8 +41,31 @@ EVENTS_WAITING = 8  # events queued behind the one on the air; more are dropped,
 LAST_EPOCH = 0xFFFF  # the epoch is the counter's top 16 bits
 
 
+TRIAL_S = 60  # a new version's trial: adverts for this long, then it confirms itself
+
+
+# the GATT status fields of an update (docs/protocols.md): versions as "MAJOR.MINOR", the
+# state and rollback reason as protocols.ota's codes (7 trial, 8 rolled back, 0 idle)
+def _versions(boot):
+    from .app import VERSION
+
+    state = boot.get("state")
+    return {
+        "fw_version": "%d.%d" % VERSION,
+        "fw_previous": boot.get("previous"),
+        "ota_state": 7 if state == "trial" else 8 if state == "rolled_back" else 0,
+        "ota_error": 0,
+        "ota_rollback": boot.get("rollback", 0),
+    }
+
+
 class CommunityNode:
-    def __init__(self, config, board):
+    # ``boot``: the boot record the boot selector (/main.py) read; None: read it here
+    def __init__(self, config, board, boot=None):
+        if boot is None:
+            from .ota import record
+
+            boot = record.load()
         self.config, problems = validate(config, "ble")
         for line in problems:
             print(line)
@@ -59,6 +82,9 @@ class CommunityNode:
         self._held_until = None  # ticks_ms until which the event on the air holds it
         self._ota_inbox = []  # OTA frames (conn, handle, bytes) written by a central
         self.ota = None  # ota_gatt.OtaGatt, made at the first OTA frame
+        self.adverts = 0
+        self.boot = boot or {}  # the boot record /main.py read (node/ota/record.py)
+        self.versions = _versions(self.boot)
         key = self.config.get("bindkey")
         if key is not None:
             try:
@@ -145,6 +171,7 @@ class CommunityNode:
             "packet_id": self.packet_id,
             "rejected": self.rejected,
         }
+        status.update(self.versions)
         if self.key is not None:
             status["challenge"] = self.challenge
             status["counter"] = self.epoch << 16 | self.counter
@@ -199,11 +226,25 @@ class CommunityNode:
 
     def _ota_step(self):
         if self.ota is None:
-            from .ota.session import OtaSession
             from .ota_gatt import OtaGatt
 
-            self.ota = OtaGatt(self.ble, self.h_ota[0], self.h_ota[1], OtaSession)
+            self.ota = OtaGatt(self.ble, self.h_ota[0], self.h_ota[1], self._ota_session)
         self.ota.step(self._ota_inbox)
+
+    def _ota_session(self, on_heap):
+        from .app import VERSION
+        from .ota.session import OtaSession
+
+        return OtaSession(self.board["name"], "%d.%d" % VERSION, self._reset, on_heap=on_heap)
+
+    # a planned reset (into a new version): the state on flash first
+    def _reset(self):
+        self.state.flush()
+        machine.reset()
+
+    # adverts the radio took: what the trial of a new version watches (BLE has no answers)
+    def uplink_exchanges(self):
+        return self.adverts
 
     def _new_epoch(self, epoch):
         if epoch > LAST_EPOCH:  # wrapping would reuse nonces: only a new key helps
@@ -245,6 +286,7 @@ class CommunityNode:
             time.ticks_add(time.ticks_ms(), self.config["event_s"] * 1000) if trigger else None
         )
         self.ble.gap_advertise(EVENT_US if trigger else SLOW_US, data, resp_data=self.resp)
+        self.adverts += 1
 
     def event(self, values):
         """Queue an event (a press, an alarm) for the air; it goes out once the one on the
@@ -259,6 +301,12 @@ class CommunityNode:
         return {"battery": percent, "voltage": round(volts, 3), "smoke": self.smoke.active}
 
     async def run(self):
+        if self.boot.get("state") == "trial":
+            # a new version confirms itself once its adverts went out for the trial time;
+            # the boot selector rolls it back after a crash loop (node/ota/trial.py)
+            from .ota.trial import Trial
+
+            asyncio.create_task(Trial(self.config.get("ota_trial_s", TRIAL_S), self).run())
         last = -1
         while True:
             if self.sos.update() and not self.sos.active:  # released: short or long press

@@ -17,26 +17,35 @@ from .ota_reason import reason
 ERROR_CHARS = 100  # an answer fits one notification (MTU - 3 bytes)
 
 
+STATUS_KEYS = ("state", "error", "running", "previous", "rollback", "version", "staged", "total")
+
+
 class OtaGatt:
     def __init__(self, ble, h_control, h_data, make_session):
         self.ble = ble
         self.h_control = h_control
         self.h_data = h_data
-        self.make_session = make_session  # () -> an OtaSession, made on first use
+        self.make_session = make_session  # (on_heap) -> an OtaSession, made on first use
         self.session = None
         self.manifest = None  # bytearray while a central sends it
         self.manifest_got = 0
         self.sig = None
-        self.begun = False
-        self.committing = None  # the commit task
+        self.begun = False  # the session took a manifest: data may come
+        self.working = None  # the task of a begin or a commit (both take a while)
         self.heap_low = None  # the least gc.mem_free() seen while taking frames
         self.frames = 0
         self.gaps = 0
 
     def _session(self):
         if self.session is None:
-            self.session = self.make_session()
+            self.session = self.make_session(self._heap)
         return self.session
+
+    def _heap(self, free=None):
+        if free is None:
+            free = gc.mem_free()
+        if self.heap_low is None or free < self.heap_low:
+            self.heap_low = free
 
     def _answer(self, conn, op, ok=True, **fields):
         fields["op"] = chr(op)
@@ -49,6 +58,13 @@ class OtaGatt:
     def _refuse(self, conn, op, exc):
         code, text = reason(exc, ERROR_CHARS)
         self._answer(conn, op, False, code=code, error=text)
+
+    def _crashed(self, conn, op, exc):
+        import sys
+
+        sys.print_exception(exc)
+        text = "internal error (%s); see the node's log" % type(exc).__name__
+        self._answer(conn, op, False, code=None, error=text)
 
     def _ack(self, conn, status, need):
         f, off = need if need is not None else (255, 0)
@@ -65,13 +81,11 @@ class OtaGatt:
                 self._data(conn, raw)
             else:
                 self._control(conn, raw)
-        free = gc.mem_free()
-        if self.heap_low is None or free < self.heap_low:
-            self.heap_low = free
+        self._heap()
 
     def _data(self, conn, raw):
         self.frames += 1
-        if not self.begun or self.committing is not None:
+        if not self.begun or self.working is not None:
             self._ack(conn, og.ACK_IDLE, None)
             return
         session = self.session
@@ -87,8 +101,11 @@ class OtaGatt:
                 return
             session.write(file, offset, chunk)
             need = session.need()
-        except (ValueError, OSError) as exc:  # a frame too short, the flash full
+        except (ValueError, RuntimeError, OSError) as exc:
+            # a file whose hash differs (ManifestError: dropped, need() is at its start),
+            # the flash full, a session not receiving: the central reads S and stops
             print("ota: data refused: %r" % (exc,))
+            self.begun = False
             self._ack(conn, og.ACK_ERROR, session.need())
             return
         self._ack(conn, og.ACK_DONE if need is None else og.ACK_OK, need)
@@ -96,6 +113,8 @@ class OtaGatt:
     def _control(self, conn, raw):
         op = raw[0] if raw else 0
         try:
+            if self.working is not None and op != og.OP_STATUS:
+                raise ValueError(og.CODE_BUSY, "busy checking or installing; ask again")
             if op == og.OP_HEADER:
                 self._header(raw)
                 self._answer(conn, op)
@@ -103,23 +122,29 @@ class OtaGatt:
                 self._piece(raw)
                 self._answer(conn, op, got=self.manifest_got)
             elif op == og.OP_BEGIN:
-                self._begin()
-                self._answer(conn, op, need=self.session.need())
+                manifest = self.manifest
+                if manifest is None or self.manifest_got != len(manifest):
+                    raise ValueError(og.CODE_ORDER, "begin before the whole manifest")
+                self.begun = False
+                self.working = asyncio.create_task(self._begin(conn, bytes(manifest)))
             elif op == og.OP_COMMIT:
                 if not self.begun or self.session.need() is not None:
                     raise ValueError(og.CODE_ORDER, "commit before every file is staged")
-                if self.committing is None:
-                    self.committing = asyncio.create_task(self._commit(conn))
+                self.working = asyncio.create_task(self._commit(conn))
                 self._answer(conn, op, state="committing")
             elif op == og.OP_ABORT:
                 self._session().abort()
                 self.begun = False
                 self._answer(conn, op)
             elif op == og.OP_STATUS:
-                self._answer(conn, op, status=self._session().status(), heap_low=self.heap_low)
+                status = self._session().status()
+                short = {}
+                for key in STATUS_KEYS:
+                    short[key] = status.get(key)
+                self._answer(conn, op, status=short, heap_low=self.heap_low)
             else:
                 raise ValueError(og.CODE_ORDER, "unknown request %r" % raw[:1])
-        except (ValueError, TypeError, OSError) as exc:
+        except (ValueError, TypeError, RuntimeError, OSError) as exc:
             self._refuse(conn, op, exc)
 
     def _header(self, raw):
@@ -146,20 +171,27 @@ class OtaGatt:
         self.manifest[at:end] = raw[3:]
         self.manifest_got = end
 
-    def _begin(self):
-        manifest = self.manifest
-        if manifest is None or self.manifest_got != len(manifest):
-            raise ValueError(og.CODE_ORDER, "begin before the whole manifest")
-        self.begun = False
-        self._session().begin(bytes(manifest), self.sig)  # ManifestError: refused, nothing kept
-        self.manifest = None
-        self.begun = True
+    async def _begin(self, conn, manifest):
+        # the signature check takes seconds on a chip, in steps: the node keeps advertising
+        try:
+            await self._session().begin(manifest, self.sig)  # ManifestError: nothing taken
+            self.manifest = None
+            self.begun = True
+            self._answer(conn, og.OP_BEGIN, need=self.session.need())
+        except (ValueError, TypeError, RuntimeError, OSError) as exc:
+            self._refuse(conn, og.OP_BEGIN, exc)
+        except Exception as exc:  # noqa: BLE001 - a bug or MemoryError: answered, printed
+            self._crashed(conn, og.OP_BEGIN, exc)
+        finally:
+            self.working = None
 
     async def _commit(self, conn):
         try:
             await self.session.commit()  # on success the node resets in there
-        except (ValueError, TypeError, OSError) as exc:
+        except (ValueError, TypeError, RuntimeError, OSError) as exc:
             self._refuse(conn, og.OP_COMMIT, exc)
+        except Exception as exc:  # noqa: BLE001 - a bug or MemoryError: answered, printed
+            self._crashed(conn, og.OP_COMMIT, exc)
         finally:
-            self.committing = None
+            self.working = None
             self.begun = False

@@ -154,7 +154,7 @@ class HttpPull:
     async def fetch(self):
         manifest = await self._whole("manifest.cbor", MANIFEST_MAX)
         sig = await self._whole("manifest.sig", SIG_BYTES)
-        self.session.begin(manifest, sig)
+        await self.session.begin(manifest, sig)  # checks the signature in steps
         files = cbor.loads(manifest)["files"]
         del manifest
         failures = 0
