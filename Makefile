@@ -15,7 +15,7 @@ demo: setup
 
 test: setup lint typecheck unit unit-as-user
 
-setup: $(STAMPS)/venv $(STAMPS)/refs $(STAMPS)/npm $(STAMPS)/system $(STAMPS)/umqtt
+setup: $(STAMPS)/venv $(STAMPS)/refs $(STAMPS)/npm $(STAMPS)/system
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -63,12 +63,6 @@ $(STAMPS)/refs: tests/refs/thingsboard.txt tests/refs/sparkplug.txt
 $(STAMPS)/npm: package.json package-lock.json
 	@mkdir -p $(STAMPS)
 	npm ci --no-audit --no-fund --loglevel=error
-	@touch $@
-
-# micropython-lib's umqtt.simple for the node bundle, from PyPI, checked against its pinned
-# sha256 and cached in build/vendor (firmware/deploy/umqtt.py): later builds need no network
-$(STAMPS)/umqtt: $(STAMPS)/venv firmware/deploy/umqtt.py
-	$(PY) -m polekit.firmware.deploy.umqtt
 	@touch $@
 
 # mosquitto is the broker the integration tests prefer; without it they use amqtt.

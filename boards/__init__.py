@@ -27,6 +27,10 @@ SENSOR_TYPES = {
     "button": (None, ("pin",)),
     "adc": (None, ("pin",)),
     "lamp": (None, ("pwm_pin", "relay_pin")),
+    "loop_4_20": (None, ("pin", "range_m", "shunt_ohm")),
+    "rain_gauge": (None, ("pin",)),
+    "flow_meter": (None, ("pin", "pulses_per_litre")),
+    "cover": ("i2c", ("address", "pin")),
 }
 UPLINKS = ("modbus", "ble", "mqtt")
 

@@ -42,6 +42,9 @@ def install(
         out = flash / path
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(data)
+    # the files above are slot A, confirmed: an update's boot record must not point elsewhere
+    for record in ("ota/boot.json", "ota/boot.json.new"):
+        (flash / record).unlink(missing_ok=True)
     config_file = flash / "config.json"
     if config is not None or not config_file.exists():
         config_file.write_text(json.dumps({**bundle.config, **(config or {})}))

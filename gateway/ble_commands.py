@@ -119,7 +119,8 @@ class BleCommander:
                     msg["after"] = after
                 body = sign_settings(device.bindkey, challenge, cbor.dumps(msg), os.urandom(4))
             await client.write_gatt_char(bthome.GATT % 1, body, response=True)
-            return await asyncio.wait_for(results.get(), RESULT_TIMEOUT_S)
+            async with asyncio.timeout(RESULT_TIMEOUT_S):
+                return await results.get()
         finally:
             await client.disconnect()
 

@@ -94,9 +94,8 @@ class Hj212Uplink:
             started = self.clock()
             reached = False
             try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(self.host, self.port), CONNECT_TIMEOUT_S
-                )
+                async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                    reader, writer = await asyncio.open_connection(self.host, self.port)
                 reached = True
                 await self._session(reader, writer)
             except (OSError, TimeoutError, _SessionLostError) as exc:
@@ -189,7 +188,8 @@ class Hj212Uplink:
                     )
                 await self._write(writer, packet)
                 try:
-                    await asyncio.wait_for(self._answered.wait(), self.answer_timeout_s)
+                    async with asyncio.timeout(self.answer_timeout_s):
+                        await self._answered.wait()
                     return
                 except TimeoutError:
                     continue

@@ -212,7 +212,8 @@ class StatusServer:
             return
         self.open += 1
         try:
-            await asyncio.wait_for(self._answer(reader, writer), self.idle_timeout_s)
+            async with asyncio.timeout(self.idle_timeout_s):
+                await self._answer(reader, writer)
         except (TimeoutError, ConnectionError):
             pass  # an idle client (timed out) or one that went away: nothing to answer
         finally:
@@ -222,7 +223,8 @@ class StatusServer:
     async def _refuse(self, writer: asyncio.StreamWriter) -> None:
         try:
             writer.write(_response(503, b"too many connections; try again\n"))
-            await asyncio.wait_for(writer.drain(), 1)
+            async with asyncio.timeout(1):
+                await writer.drain()
         except (TimeoutError, ConnectionError):
             pass  # the client is gone or does not read: it is closed either way
         finally:

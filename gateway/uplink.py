@@ -24,6 +24,7 @@ import os
 import ssl
 import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import aiomqtt
 
@@ -48,6 +49,27 @@ REFUSED = os.strerror(errno.ECONNREFUSED)
 
 # the commands a downlink message carried, from this platform
 CommandSink = Callable[[list[PlatformCommand]], Awaitable[None]]
+
+T = TypeVar("T")
+
+
+def _raise_if_cancelled() -> None:
+    # aiomqtt waits for each CONNACK, SUBACK and PUBACK with asyncio.wait_for, which on
+    # Python 3.11 returns the answer instead of raising when the task was cancelled after
+    # the answer came and before the task ran again (CPython gh-86296, fixed in 3.12).
+    # The cancellation is still counted on the task: honour it here, or a stop that met
+    # an answer leaves the session running and the gateway waiting for it for ever
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError()
+
+
+async def _answered(request: Awaitable[T]) -> T:
+    """``await request`` (an aiomqtt call that waits for the broker's answer) without
+    losing a cancellation that arrived together with the answer."""
+    result = await request
+    _raise_if_cancelled()
+    return result
 
 
 class _PahoErrors(logging.Handler):
@@ -105,6 +127,7 @@ class MqttUplink:
         self.clock_retry_s = CLOCK_RETRY_S
         self.clock_refusals = 0  # connects not tried because the clock is not set
         self._client: aiomqtt.Client | None = None
+        self.closing = False  # the offline state was sent: no online state or birth after it
         # Sparkplug rewrites its seq at publish; other adapters send the bytes as queued
         self._stamp = None if type(adapter).stamp is Adapter.stamp else adapter.stamp
         self._qos = adapter.queued_qos()
@@ -230,6 +253,7 @@ class MqttUplink:
 
     async def _serve(self, client: aiomqtt.Client, conn: Connection) -> None:
         async with client:
+            _raise_if_cancelled()  # aiomqtt's wait for the CONNACK may have taken it in
             self._client = client
             self.connected = True
             self.connects += 1
@@ -246,7 +270,7 @@ class MqttUplink:
             else:
                 log.info("%sconnected to %s", self._who(), self.shown_url)
             for topic, qos in self.adapter.subscriptions():
-                await client.subscribe(topic, qos=qos)
+                await _answered(client.subscribe(topic, qos=qos))
             await self._send_now(client, self.adapter.on_connect())
             tasks = [
                 asyncio.create_task(self._drain(client, self._renew_at(conn))),
@@ -263,10 +287,13 @@ class MqttUplink:
             raise aiomqtt.MqttError("the broker closed the session")
 
     async def _send_now(self, client: aiomqtt.Client, messages: list[Outgoing]) -> None:
-        # session messages: not queued, sent in order, each awaited
+        # session messages: not queued, sent in order, each awaited; none once the offline
+        # state is out (a retained "online" after it would outlive the gateway)
         for m in messages:
             assert isinstance(m.payload, bytes), "a session message is sent as it is: give bytes"
-            await client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
+            if self.closing:
+                return
+            await _answered(client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain))
 
     async def _drain(self, client: aiomqtt.Client, renew_at: float | None) -> None:
         changed = self.queue.changed()
@@ -281,8 +308,9 @@ class MqttUplink:
                         await changed.wait()
                     else:
                         left = max(renew_at - self.wall_clock(), 0.0)
-                        try:
-                            await asyncio.wait_for(changed.wait(), timeout=left)
+                        try:  # asyncio.timeout, not wait_for: see _raise_if_cancelled
+                            async with asyncio.timeout(left):
+                                await changed.wait()
                         except TimeoutError:
                             pass
                 continue
@@ -310,6 +338,7 @@ class MqttUplink:
         await client.publish(message.topic, payload, qos=self._qos)
         self.queue.acked([message.id])
         self.published += 1
+        _raise_if_cancelled()  # after recording the PUBACK that came with the cancellation
 
     async def _listen(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
@@ -331,7 +360,11 @@ class MqttUplink:
                 await self.on_commands(down.commands)
 
     async def say_offline(self) -> None:
-        """Send the adapter's closing messages (clean shutdown: the will only fires on loss)."""
+        """Send the adapter's closing messages (clean shutdown: the will only fires on loss).
+        From here on no opening message (online state, births) or downlink reply is sent:
+        a session still being set up would otherwise announce the gateway online after it
+        said it is offline."""
+        self.closing = True
         if self._client is not None and self.connected:
             try:
                 for m in self.adapter.on_disconnect():

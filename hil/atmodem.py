@@ -16,9 +16,13 @@ the same MQTT AT command family, were):
   +QMTPUB/+QMTSUB (0 acked, 1 retransmitting, 2 failed) and +QMTSTAT (1 closed by peer,
   2 PINGREQ timed out, ... 7 link not alive);
 - 3GPP TS 27.007: +CEREG (<stat>: 0 not searching, 1 home, 2 searching, 3 denied, 5
-  roaming), +CSQ (<rssi> 0..31 = -113..-51 dBm, 99 unknown), +CPSMS (timers coded as
-  TS 24.008 GPRS Timer 3 / Timer 2 bit strings), +CMEE and +CME ERROR codes (3 operation
-  not allowed, 4 not supported, 30 no network service, 50 incorrect parameters);
+  roaming; with <n> 2 the read answer and the URC carry <tac>,<ci>,<AcT> after the stat),
+  +CFUN (0 minimum functionality: the radio off, deregistered; 1 full), +CSQ (<rssi>
+  0..31 = -113..-51 dBm, 99 unknown), +CPSMS (timers coded as TS 24.008 GPRS Timer 3 /
+  Timer 2 bit strings), +CMEE and +CME ERROR codes (3 operation not allowed, 4 not
+  supported, 30 no network service, 50 incorrect parameters);
+- strings: Quectel documents no escapes in the QMT commands' strings, so a string runs
+  from its quote to the next quote as it is (a backslash is a backslash);
 - BC260Y hardware design: PWRKEY driven low (through the board's transistor: the MCU pin
   high) wakes the module from PSM; held >= 500 ms it powers the module up, after which it
   prints ``RDY``. A hung module is taken back by that long press here (the issue's fault).
@@ -28,7 +32,12 @@ boot or a coverage gap), ``send_latency_s`` (a PUBLISH's round trip over the rad
 ``boot_s``; PSM starts when the active time the firmware asked for in AT+CPSMS has passed
 with no MQTT link and a quiet UART. Faults, from tests: ``set_coverage(False)``,
 ``lose_registration()``, ``drop_connection(err)`` (+QMTSTAT), ``hang()`` (nothing answers
-until a PWRKEY press of >= 500 ms), ``fail_next(command, cme)``.
+until a PWRKEY press of >= 500 ms), ``fail_next(command, cme)``, ``on_next_ok(command,
+before=, after=)`` (something said or done around the next such command's OK: a +QMTSTAT
+before it, a +QMTRECV after it), ``deliver(topic, payload)`` (a message from the broker, as
+a +QMTRECV in the link's receive mode). A module of another firmware: ``qmtcfg_refused``
+(AT+QMTCFG settings it answers +CME ERROR: 50 to, e.g. "recv/mode" on a BC26, which then
+sends +QMTRECV without a length) and ``cereg_n`` (the +CEREG report level it powers up with).
 """
 
 from __future__ import annotations
@@ -98,7 +107,7 @@ def parse_args(text: str) -> tuple[int | str | None, ...]:
             end = text.find('"', i + 1)
             if end < 0:
                 raise AtSyntaxError(f"unterminated string in {text!r}")
-            args.append(unescape(text[i + 1 : end]))
+            args.append(text[i + 1 : end])  # as it is: no escapes (Quectel documents none)
             i = end + 1
             if i < n and text[i] != ",":
                 raise AtSyntaxError(f"text after a string in {text!r}")
@@ -116,23 +125,6 @@ def parse_args(text: str) -> tuple[int | str | None, ...]:
         if i >= n:
             return tuple(args)
         i += 1  # the comma
-
-
-def unescape(text: str) -> str:
-    """A string constant's characters: ITU-T V.250 5.4.2.2 writes any character as a
-    backslash and two hex digits (a quote inside a string is \\22)."""
-    out, i = [], 0
-    while i < len(text):
-        if text[i] == "\\":
-            code = text[i + 1 : i + 3]
-            if len(code) != 2 or not all(c in "0123456789abcdefABCDEF" for c in code):
-                raise AtSyntaxError(f"bad escape in {text!r}: a backslash needs two hex digits")
-            out.append(chr(int(code, 16)))
-            i += 3
-        else:
-            out.append(text[i])
-            i += 1
-    return "".join(out)
 
 
 def parse_command(line: str) -> AtCommand:
@@ -205,12 +197,17 @@ class AtModem:
         send_latency_s: float = 0.2,
         boot_s: float = 0.3,
         csq: int = 22,
+        qmtcfg_refused: tuple[str, ...] = (),
+        cereg_n: int = 0,
     ) -> None:
         self.port = port
         self.registration_delay_s = registration_delay_s
         self.send_latency_s = send_latency_s
         self.boot_s = boot_s
         self.csq = csq
+        self.qmtcfg_refused = {name.lower() for name in qmtcfg_refused}
+        self.cereg_n_at_power_up = cereg_n
+        self.fun = 1  # +CFUN: 1 full functionality, 0 the radio off
         self.state = "on"  # on | psm | hung | booting
         self.coverage = True
         self.commands: list[str] = []  # every command line the module took, in order
@@ -230,6 +227,8 @@ class AtModem:
         self._rx = bytearray()
         self._data_mode: tuple[Callable[[bytes], None], int | None] | None = None
         self._fail: dict[str, int] = {}
+        self._around_ok: dict[str, tuple[Any, Any]] = {}
+        self._pending_ok: tuple[Any, Any] | None = None
         self._inbox: queue.Queue[tuple[str, int, Any, int, tuple[Any, ...]]] = queue.Queue()
         self._reset_settings()
         self._registered_at = time.monotonic() + registration_delay_s
@@ -309,6 +308,26 @@ class AtModem:
         """The next ``command`` (e.g. "+QMTOPEN") is refused with +CME ERROR: ``cme``."""
         self._fail[command.upper()] = cme
 
+    def on_next_ok(self, command: str, before: Any = None, after: Any = None) -> None:
+        """Around the OK of the next ``command`` (e.g. "+QMTDISC"; for +QMTPUB the OK after
+        its payload): ``before`` and ``after`` are bytes the module says there, or a
+        callable it runs there (``lambda: modem.drop_connection(1)``: the +QMTSTAT comes
+        before the OK; ``lambda: modem.deliver(t, p)``: a message right after it)."""
+        self._around_ok[command.upper()] = (before, after)
+
+    def deliver(self, topic: str, payload: bytes, msg_id: int = 1, link_id: int = 0) -> None:
+        """A message from the broker on link ``link_id``: the +QMTRECV URC, with the
+        payload's length if the firmware asked for it (recv/mode), as the module sends it."""
+        with self._lock:
+            head = f'+QMTRECV: {link_id},{msg_id},"{topic}",'
+            if self._links[link_id].recv_with_length:
+                head += f"{len(payload)},"
+            self._send(b"\r\n" + head.encode() + b'"' + payload + b'"\r\n')
+
+    def send_raw(self, data: bytes) -> None:
+        """Bytes on the wire as they are: a URC cut short by bytes lost on the way, noise."""
+        self._send(data)
+
     def registered(self) -> bool:
         """Whether the module is registered on the network now."""
         return self._stat() in (1, 5)
@@ -328,7 +347,19 @@ class AtModem:
                     return
 
     def _say(self, *lines: str) -> None:
+        around = self._pending_ok if "OK" in lines else None
+        if around is not None:
+            self._pending_ok = None
+            self._around(around[0])
         self._send("".join(f"\r\n{line}\r\n" for line in lines))
+        if around is not None:
+            self._around(around[1])
+
+    def _around(self, what: Any) -> None:
+        if callable(what):
+            what()
+        elif what:
+            self._send(what)
 
     def _urc(self, line: str, after_s: float = 0.0, boot: int | None = None) -> None:
         """An unsolicited result, now or ``after_s`` later (unless the module rebooted)."""
@@ -418,6 +449,7 @@ class AtModem:
             if code is not None:
                 self._error(code)
                 continue
+            self._pending_ok = self._around_ok.pop(cmd.name, None)
             try:
                 self._execute(cmd)
             except (AtSyntaxError, TypeError, ValueError, IndexError):
@@ -426,9 +458,15 @@ class AtModem:
     # ---- the network -----------------------------------------------------------------
 
     def _stat(self) -> int:
+        if self.fun == 0:
+            return 0  # the radio is off: not searching
         if not self.coverage or time.monotonic() < self._registered_at:
             return 2
         return 1
+
+    def _cell(self, stat: int) -> str:
+        # with <n> >= 2: the stat, then where (TS 27.007 <tac>,<ci>,<AcT>; 9 is NB-IoT)
+        return f'{stat},"1A2B","0C0D0E0F",9' if self._cereg_n >= 2 and stat in (1, 5) else f"{stat}"
 
     def _clock(self) -> None:
         # URCs of registration changes, the PSM timer, the end of a boot
@@ -445,7 +483,7 @@ class AtModem:
                 if stat != self._cereg_said:
                     self._cereg_said = stat
                     if self._cereg_n:
-                        self._say(f"+CEREG: {stat}")
+                        self._say(f"+CEREG: {self._cell(stat)}")
                 if (
                     self.psm_mode == 1
                     and self.psm_active_s is not None
@@ -489,7 +527,8 @@ class AtModem:
         self._generation = getattr(self, "_generation", 0) + 1
         self._echo = True
         self._cmee = 1
-        self._cereg_n = 0
+        self._cereg_n = getattr(self, "cereg_n_at_power_up", 0)  # kept in its NVM
+        self.fun = 1
         self._links = [_Link() for _ in LINKS]
         self._boot_done = 0.0
 
@@ -525,7 +564,7 @@ class AtModem:
 
     def _cereg(self, cmd: AtCommand) -> None:
         if cmd.kind == "read":
-            self._ok(f"+CEREG: {self._cereg_n},{self._stat()}")
+            self._ok(f"+CEREG: {self._cereg_n},{self._cell(self._stat())}")
         elif cmd.kind == "set" and cmd.args[0] in (0, 1, 2, 3, 4, 5):
             self._cereg_n = int(cmd.args[0] or 0)
             self._ok()
@@ -535,7 +574,38 @@ class AtModem:
             self._error(50)
 
     def _csq(self, cmd: AtCommand) -> None:
-        self._ok("+CSQ: 99,99" if not self.coverage else f"+CSQ: {self.csq},99")
+        self._ok("+CSQ: 99,99" if not self.coverage or not self.fun else f"+CSQ: {self.csq},99")
+
+    def _cclk(self, cmd: AtCommand) -> None:
+        # TS 27.007 +CCLK: "yy/MM/dd,hh:mm:ss+zz" (zz: quarter hours from GMT): the host's UTC
+        # once the network has given its time (at registration), the unset clock before
+        if cmd.kind != "read":
+            self._ok() if cmd.kind == "test" else self._error(4)
+            return
+        if self.registered():
+            now = time.strftime("%y/%m/%d,%H:%M:%S", time.gmtime()) + "+00"
+        else:
+            now = "00/01/01,00:00:00+00"
+        self._ok(f'+CCLK: "{now}"')
+
+    def _cfun(self, cmd: AtCommand) -> None:
+        if cmd.kind == "read":
+            self._ok(f"+CFUN: {self.fun}")
+        elif cmd.kind == "test":
+            self._ok("+CFUN: (0,1),(0)")
+        elif cmd.kind == "set" and cmd.args and cmd.args[0] in (0, 1):
+            fun = int(cmd.args[0] or 0)
+            now = time.monotonic()
+            if fun != self.fun:
+                self.events.append((now, f"cfun {fun}"))
+            if fun == 0 and self.fun:
+                self._drop_all(QMTSTAT_PING_TIMEOUT)  # no radio: the links go with it
+            elif fun == 1 and not self.fun:
+                self._registered_at = now + self.registration_delay_s
+            self.fun = fun
+            self._ok()
+        else:
+            self._error(50)
 
     def _cgatt(self, cmd: AtCommand) -> None:
         if cmd.kind == "read":
@@ -578,6 +648,9 @@ class AtModem:
             return
         what, link = str(cmd.args[0]).lower(), self._links[self._link_id(cmd.args[1])]
         values = cmd.args[2:]
+        if what in self.qmtcfg_refused:  # another firmware: not a setting it has
+            self._error(50)
+            return
         if what == "version" and values and values[0] in (3, 4):
             link.version = int(values[0] or 4)
         elif what == "keepalive" and values and isinstance(values[0], int):
@@ -726,10 +799,7 @@ class AtModem:
                         self._close_link(i, graceful=False)
                 elif kind == "message" and self.state == "on":
                     msg = args[0]
-                    head = f'+QMTRECV: {i},{msg.mid},"{msg.topic}",'
-                    if link.recv_with_length:
-                        head += f"{len(msg.payload)},"
-                    self._send(b"\r\n" + head.encode() + b'"' + msg.payload + b'"\r\n')
+                    self.deliver(msg.topic, msg.payload, msg.mid, i)
                 elif kind == "puback":
                     msg_id = link.pending.pop(args[0], None)
                     if msg_id:
@@ -796,11 +866,12 @@ class AtModem:
 
         def publish(payload: bytes) -> None:
             with self._lock:
-                if link.client is None or gen != self._generation:
+                client = link.client
+                if client is None or gen != self._generation:
                     self._error(3)
                     return
-                self._say("OK")
-                info = link.client.publish(topic, payload, qos=int(qos or 0), retain=bool(retain))
+                self._say("OK")  # (a fault set with on_next_ok may end the link here)
+                info = client.publish(topic, payload, qos=int(qos or 0), retain=bool(retain))
                 if qos:
                     link.pending[info.mid] = msg_id
                 else:
@@ -854,6 +925,8 @@ _HANDLERS: dict[str, Callable[[AtModem, AtCommand], None]] = {
     "+CSQ": AtModem._csq,
     "+CGATT": AtModem._cgatt,
     "+CPSMS": AtModem._cpsms,
+    "+CFUN": AtModem._cfun,
+    "+CCLK": AtModem._cclk,
     "+QMTCFG": AtModem._qmtcfg,
     "+QMTOPEN": AtModem._qmtopen,
     "+QMTCLOSE": AtModem._qmtclose,

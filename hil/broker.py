@@ -63,7 +63,9 @@ class LocalBroker:
     ``tls`` makes the listener TLS (mosquitto only; clear text when None, the default);
     ``persistent`` keeps sessions and their queued messages across ``stop()`` and
     ``start()`` (mosquitto only), as a production broker does, so a subscriber with a
-    persistent session misses nothing of a broker outage (the benchmarks count on it)."""
+    persistent session misses nothing of a broker outage (the benchmarks count on it);
+    ``users`` ({name: password}) refuses anonymous clients and every login but those
+    (mosquitto only: its password file, hashed by mosquitto_passwd)."""
 
     def __init__(
         self,
@@ -71,6 +73,7 @@ class LocalBroker:
         kind: str | None = None,
         tls: BrokerTls | None = None,
         persistent: bool = False,
+        users: dict[str, str] | None = None,
     ) -> None:
         self.host = "127.0.0.1"
         self.port = port or free_port()
@@ -82,8 +85,13 @@ class LocalBroker:
             raise RuntimeError(
                 "a persistent test broker needs mosquitto (apt-get install mosquitto)"
             )
+        if users and self.kind != "mosquitto":
+            raise RuntimeError(
+                "a test broker with logins needs mosquitto (apt-get install mosquitto)"
+            )
         self.tls = tls
         self.persistent = persistent
+        self.users = dict(users or {})
         self._exe = exe
         self._dir = Path(tempfile.mkdtemp(prefix="polekit-broker-"))
         # its config, log and saved sessions go when the broker object does (or at exit):
@@ -108,14 +116,19 @@ class LocalBroker:
                 if self.persistent
                 else "persistence false\n"
             )
+            if self.users:
+                logins = self._password_file()
+                access = f"allow_anonymous false\npassword_file {logins}\n"
+            else:
+                access = "allow_anonymous true\n"
             text = (
-                f"listener {self.port} {self.host}\nallow_anonymous true\n{persistence}"
+                f"listener {self.port} {self.host}\n{access}{persistence}"
                 "max_inflight_messages 0\nmax_queued_messages 0\n"
             )
-            if self.tls is not None or self.persistent:
+            if self.tls is not None or self.persistent or self.users:
                 # mosquitto started as root drops to the user "mosquitto" before it loads the
-                # certificates or its saved sessions, which a test keeps in its own (private)
-                # folder: stay this user
+                # certificates, its saved sessions or its logins, which a test keeps in its
+                # own (private) folder: stay this user
                 text += f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
             if self.tls is not None:
                 text += (
@@ -139,6 +152,19 @@ class LocalBroker:
                 time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"{self.kind} did not listen on port {self.port} within {timeout_s} s")
+
+    def _password_file(self) -> Path:
+        # mosquitto reads only hashed passwords: mosquitto_passwd writes them
+        path = self._dir / "passwords"
+        tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+        path.write_text("")
+        for user, password in self.users.items():
+            done = subprocess.run(
+                [tool, "-b", str(path), user, password], capture_output=True, text=True
+            )
+            if done.returncode != 0:
+                raise RuntimeError(f"mosquitto_passwd failed: {done.stderr.strip()}")
+        return path
 
     def _log_tail(self) -> str:
         try:

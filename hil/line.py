@@ -50,6 +50,11 @@ class VirtualLine:
         self.frame_gap_s = modbus.t35_s(baudrate) if baudrate else 0.0
         self._last_sender: _Endpoint | None = None
         self.bytes_carried = 0
+        # bytes a drop lost because nobody read its end (its buffer was full): an endpoint
+        # made and never opened (an emulated board's spare `uarts` path on a shared line), a
+        # program that stopped reading. On a wire a receiver that does not read overruns its
+        # own FIFO; the others hear every byte. A blocking write here stalled the whole line.
+        self.overruns = 0
         self._endpoints: list[_Endpoint] = []
         self._lock = threading.Lock()
         self._drop = 0
@@ -73,6 +78,7 @@ class VirtualLine:
         master, slave = os.openpty()
         tty.setraw(slave)  # no echo, no line discipline: a serial port passes bytes as they are
         tty.setraw(master)
+        os.set_blocking(master, False)  # a drop nobody reads loses bytes; it never holds the wire
         path = os.ttyname(slave)
         if link:
             if os.path.lexists(link):
@@ -194,6 +200,9 @@ class VirtualLine:
         for other in eps:
             if other is not sender:
                 try:
-                    os.write(other.master, data)
+                    n = os.write(other.master, data)
+                except BlockingIOError:
+                    n = 0
                 except OSError:
-                    pass  # unplugged between select and write: the bytes are lost, as on a wire
+                    continue  # unplugged between select and write: the bytes are lost, as on a wire
+                self.overruns += len(data) - n

@@ -20,6 +20,15 @@ RANGES: dict[str, dict[str, tuple[float, float | None, str]]] = {
     "contact": {"active": (0, 1, "0 or 1")},
     "button": {"active": (0, 1, "0 or 1"), "press": (0, 600000, "ms")},
     "adc": {"voltage": (0, 50, "V")},  # at the divider's input
+    "loop_4_20": {"metres": (-1, 100, "m"), "open": (0, 1, "0 or 1")},
+    "rain_gauge": {
+        "tips": (0, 1000, "tips"),
+        "rate_mm_h": (0, 500, "mm/h"),  # the wettest hour on record is ~300 mm
+        "fill_mm": (0, 10, "mm"),
+        "bounce": (0, 20, "chatters"),
+    },
+    "flow_meter": {"l_min": (0, 10000, "L/min")},
+    "cover": {"open": (0, 1, "0 or 1"), "tilt": (-180, 180, "degrees")},
 }
 # faults any device takes (spike is checked against the device's own quantities)
 FAULTS: dict[str, tuple[float, float | None, str]] = {

@@ -48,6 +48,13 @@ def main() -> None:
     + "; ".join(f"{name}: {what}" for name, what in FAULTS.items())
     + ".",
 )
+@click.option(
+    "--water",
+    is_flag=True,
+    help="Add a battery water node by the river (an emulated water-esp32 on Wi-Fi MQTT "
+    "straight to the broker, asleep between reports) and a storm: rain, the river rising "
+    "past its alarm level, a manhole cover lifted.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Only the summary, as one JSON object.")
 def demo(
     poles: int,
@@ -55,6 +62,7 @@ def demo(
     duration: float,
     broker: str | None,
     faults: tuple[str, ...],
+    water: bool,
     as_json: bool,
 ) -> None:
     """Run a whole emulated street for a minute: pole boards with the real firmware on one
@@ -108,7 +116,7 @@ def demo(
                 console.print(text, markup=False, highlight=False)
 
     _demo_logging(log)
-    street = Street(Options(poles, community, duration, broker, faults), log=log)
+    street = Street(Options(poles, community, duration, broker, faults, water), log=log)
     try:
         if live is not None:
             with live:

@@ -6,13 +6,7 @@
 # MicroPython dicts do not keep insertion order: code that needs a fixed key order on both
 # interpreters writes the map head with ``head(out, 5, n)`` and the pairs itself (senml does).
 #
-# ``dumps(obj, canonical=True)`` is the deterministic encoding of RFC 8949 section 4.2.1,
-# for bytes that are signed (the OTA manifest): shortest heads, definite lengths, floats in
-# the shortest of half, single and double that holds the value exactly, and the pairs of
-# every map sorted by the bytes of their encoded keys. Both interpreters produce the same
-# bytes whatever order their dicts iterate in. cbor2's ``canonical=True`` sorts keys
-# length first (RFC 7049's canonical order, RFC 8949 section 4.2.3); the two orders agree
-# whenever keys of one map encode to the same length or are all text shorter than 24 bytes.
+# ``dumps(obj, canonical=True)`` is RFC 8949's deterministic encoding (cbor_canonical.py).
 #
 # Decoding accepts well-formed CBOR of the supported types (definite lengths, half/single/
 # double floats, tags passed through as ``Tag``) and raises ``CBORDecodeError`` for anything
@@ -59,7 +53,7 @@ def head(out, major, n):
 
 # Append the encoding of ``obj`` to ``out`` (a bytearray). Text and numbers, SenML's bulk,
 # are tested first; True and False before int, which they are an instance of.
-def encode_into(obj, out, depth=0, canonical=False):
+def encode_into(obj, out, depth=0):
     if depth > MAX_DEPTH:
         raise ProtocolError("nesting deeper than %d (a cycle?)" % MAX_DEPTH)
     if isinstance(obj, str):
@@ -73,8 +67,6 @@ def encode_into(obj, out, depth=0, canonical=False):
             out += b"\xf9\x7c\x00"
         elif obj == -_INF:
             out += b"\xf9\xfc\x00"
-        elif canonical:
-            _short_float(obj, out)
         else:
             out += _pack(">Bd", 0xFB, obj)
     elif obj is True:
@@ -100,65 +92,28 @@ def encode_into(obj, out, depth=0, canonical=False):
     elif isinstance(obj, (list, tuple)):
         head(out, 4, len(obj))
         for item in obj:
-            encode_into(item, out, depth + 1, canonical)
+            encode_into(item, out, depth + 1)
     elif isinstance(obj, dict):
         head(out, 5, len(obj))
-        if canonical:
-            pairs = []
-            for key, value in obj.items():
-                k = bytearray()
-                encode_into(key, k, depth + 1, True)
-                pairs.append((bytes(k), value))
-            pairs.sort(key=lambda pair: pair[0])
-            for k, value in pairs:
-                out += k
-                encode_into(value, out, depth + 1, True)
-        else:
-            for key, value in obj.items():
-                encode_into(key, out, depth + 1)
-                encode_into(value, out, depth + 1)
+        for key, value in obj.items():
+            encode_into(key, out, depth + 1)
+            encode_into(value, out, depth + 1)
     elif isinstance(obj, Tag):
         head(out, 6, obj.tag)
-        encode_into(obj.value, out, depth + 1, canonical)
+        encode_into(obj.value, out, depth + 1)
     else:
         raise ProtocolError("cannot encode a value of type %s" % type(obj).__name__)
-
-
-# A finite float in the shortest form that holds it exactly (RFC 8949 section 4.2.2).
-# Half floats are built from the single's bits: MicroPython's struct has no "e" format.
-def _short_float(x, out):
-    single = _pack(">f", x) if -3.4028234663852886e38 <= x <= 3.4028234663852886e38 else b""
-    if not single or _unpack_from(">f", single)[0] != x:
-        out += _pack(">Bd", 0xFB, x)
-        return
-    bits = int.from_bytes(single, "big")
-    exp = (bits >> 23) & 0xFF
-    mant = bits & 0x7FFFFF
-    half = -1
-    if exp == 0 and mant == 0:
-        half = 0
-    elif exp:
-        e = exp - 127
-        if -14 <= e <= 15 and not mant & 0x1FFF:
-            half = (e + 15) << 10 | mant >> 13
-        elif -24 <= e < -14:
-            full = mant | 0x800000
-            shift = -1 - e
-            if not full & ((1 << shift) - 1):
-                half = full >> shift
-    if half < 0:
-        out.append(0xFA)
-        out += single
-    else:
-        out.append(0xF9)
-        out += (half | (bits >> 16 & 0x8000)).to_bytes(2, "big")
 
 
 # Encode ``obj`` to CBOR bytes, exactly as ``cbor2.dumps(obj)`` does; ``canonical``: the
 # deterministic encoding (see the top of this file).
 def dumps(obj, canonical=False):
+    if canonical:  # its own module: only updates need it, and the node's heap is small
+        from .cbor_canonical import dumps as dumps_canonical
+
+        return dumps_canonical(obj)
     out = bytearray()
-    encode_into(obj, out, 0, canonical)
+    encode_into(obj, out)
     return bytes(out)
 
 

@@ -13,25 +13,17 @@
 from . import cbor
 from .errors import ProtocolError
 
-try:
-    from micropython import const
-except ImportError:
-
-    def const(x):
-        return x
-
-
 # Why an update is refused: the node reports the code (register / GATT status), the
 # gateway's report the code and its text. 1-4, 6, 7 come from check_manifest; the node
 # raises 5 and 8 while it stages and checks the files.
-BAD_SIGNATURE = const(1)
-OTHER_BOARD = const(2)
-DOWNGRADE = const(3)
-TOO_OLD = const(4)
-TOO_LARGE = const(5)
-MALFORMED = const(6)
-NO_KEY = const(7)
-FILE_HASH = const(8)
+BAD_SIGNATURE = 1
+OTHER_BOARD = 2
+DOWNGRADE = 3
+TOO_OLD = 4
+TOO_LARGE = 5
+MALFORMED = 6
+NO_KEY = 7
+FILE_HASH = 8
 
 REASONS = {
     BAD_SIGNATURE: "bad signature",

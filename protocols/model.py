@@ -35,6 +35,15 @@ water vb - -
 smoke vb - -
 sos vb - -
 water_level v m cm
+level_fault vs - -
+rain v m mm
+rain_rate v m/s mm/h
+flow v m3/s -
+volume v m3 -
+cover_open vb - -
+awake_time v s ms
+alarm vs - -
+alarm_on vb - -
 rssi v dBW dBm
 uptime v s -
 free_heap v B -
@@ -56,6 +65,7 @@ mA A 0.001 0
 dBm dBW 1 -30
 cm m 0.01 0
 mm m 0.001 0
+mm/h m/s 2.777777777777778e-07 0
 ms s 0.001 0
 min s 60 0
 h s 3600 0

@@ -91,6 +91,11 @@ class OtaMaster:
         if not self.client.connect():
             raise ConnectionError(f"cannot open {port}")
 
+    def reconnect(self) -> None:
+        """Open the port again: pymodbus closes it after a run of unanswered requests."""
+        if not self.client.connected:
+            self.client.connect()
+
     def close(self) -> None:
         self.client.close()
 
@@ -133,15 +138,21 @@ class OtaMaster:
             t.polls += 1
         except (ConnectionError, ModbusException):
             t.polls_failed += 1
+            self.reconnect()
 
     def wait_state(self, t: Transfer, leave: set[int], timeout_s: float = 60) -> dict[str, Any]:
-        """Poll the node and read the status until its state is not in ``leave``."""
+        """Poll the node and read the status until its state is not in ``leave`` (no
+        answer meanwhile is a node that resets: the check boot of a new header)."""
         deadline = time.monotonic() + timeout_s
         while True:
             self.poll(t)
-            s = self.status()
+            try:
+                s = self.status()
+            except (ConnectionError, ModbusException):
+                s = {"state_code": -1, "state": "no answer"}
+                self.reconnect()
             t.statuses.append(s)
-            if s["state_code"] not in leave or time.monotonic() > deadline:
+            if s["state_code"] not in leave | {-1} or time.monotonic() > deadline:
                 return s
             time.sleep(0.1)
 

@@ -95,6 +95,8 @@ class Inputs:
             )
         )
         self.under_file = self.garbage / "inside"  # its parent is a regular file
+        self.taken_key = tmp / "taken"  # a key pair by this name exists: never overwritten
+        (tmp / "taken.key").write_bytes(b"an existing signing key")
         closed = free_port()
         self.config = tmp / "gateway.toml"
         self.config.write_text(self._config(tmp / "data", closed))
@@ -201,6 +203,15 @@ map = "pole-env"
         by_command: dict[str, list[str]] = {
             "ble scan:air": [str(self.missing), *not_a_socket],
             "emulate flash-read:out": [str(self.folder), str(self.under_file)],
+            # NAME of a new key pair: one that exists, in a folder that cannot be, no name
+            "keys new:name": [
+                str(self.taken_key),
+                str(self.under_file),
+                "",
+                f"{self.folder}/",
+                str(self.folder),
+                f"{self.missing}.key",
+            ],
             # preview writes nothing: a data_dir it could not use is no problem for it
             "platform preview:config_path": [*files, *map(str, self.platform_configs)],
             # a code with a bad check character, one the config does not have, not a code

@@ -71,8 +71,8 @@ def test_node_bundle_compiles_for_the_chips_native_architectures(march: str) -> 
         "pole-env-esp32" if march == "xtensawin" else "community-sos-esp32c3", march=march
     )
     mpys = {p: b for p, b in bundle.files.items() if p.endswith(".mpy")}
-    # all but main.py, board.json and umqtt's LICENSE
-    assert len(mpys) == len(build("pole-env-esp32", mpy=None).files) - 3
+    # all but main.py, board.json, umqtt's and ntptime's LICENSE
+    assert len(mpys) == len(build("pole-env-esp32", mpy=None).files) - 4
     assert {b[:3] for b in mpys.values()} == {b"M\x06\x00"}
     assert bundle.manifest["march"] == march
 
@@ -242,3 +242,50 @@ def test_every_board_reference_config_passes_the_node_schema() -> None:
     community = load("community-sos-esp32c3")  # each kind of node has its own settings
     assert "did you mean 'advert_s'?" in settings_problems(community, {"advert": 5})["advert"]
     assert "has no setting 'unit'" in settings_problems(community, {"unit": 3})["unit"]
+
+
+def test_water_board_takes_the_mqtt_uplinks_broker_settings(tmp_path: Path) -> None:
+    # one set of broker settings for every node that talks to a broker itself: the water
+    # node's link takes the MQTT uplink's table (node/settings_mqtt.py MQTT_*), so
+    # `polekit deploy --set mqtt_host=...` is checked and accepted for water-esp32 before
+    # the board is reached (here: no board at that port, the only error left), and the
+    # water node's former names for the same things are refused with the right ones listed
+    code = identity.make("371600", "WL", 3)
+    port = str(tmp_path / "no-such-tty")
+    accepted = polekit(
+        "deploy",
+        "--port",
+        port,
+        "--board",
+        "water-esp32",
+        "-c",
+        code,
+        *("--set", "mqtt_host=10.0.0.5", "--set", "mqtt_port=8883", "--set", "mqtt_tls=1"),
+        *("--set", "mqtt_user=water", "--set", "mqtt_password=s3cret"),
+        *("--set", "mqtt_prefix=city/water", "--set", "node_id=mh-17"),
+        *("--set", "outbox_bytes=4096", "--set", "rain_window_s=60"),
+    )
+    assert accepted.returncode == 1
+    assert "cannot open the serial port" in accepted.stderr, accepted.stderr
+    assert "setting" not in accepted.stderr and "Traceback" not in accepted.stderr
+    refused = polekit(
+        "deploy",
+        "--port",
+        port,
+        "--board",
+        "water-esp32",
+        *("--set", "broker_host=10.0.0.5", "--set", "rain_window_s=5"),
+    )
+    err = refused.stderr
+    assert refused.returncode == 1 and "cannot open the serial port" not in err
+    assert "water-esp32 has no setting 'broker_host'" in err and "mqtt_host" in err
+    assert "setting rain_window_s=5: rain_window_s = 5 must be a number 10..600" in err
+
+
+def test_water_node_id_defaults_to_its_device_code() -> None:
+    from polekit.firmware.node import settings
+
+    good, problems = settings.validate({"device_code": "WTR1", "mqtt_host": "b"}, "mqtt")
+    assert problems == [] and good["node_id"] == "WTR1" and good["mqtt_prefix"] == "polekit/v1"
+    good, problems = settings.validate({"device_code": "WTR1", "node_id": "a/b"}, "mqtt")
+    assert good["node_id"] == "WTR1" and "must not contain" in problems[0]

@@ -205,6 +205,32 @@ def test_a_button_press_outlasts_a_host_that_starves_the_board() -> None:
     assert released_at == 29
 
 
+def test_a_drop_nobody_reads_never_stalls_the_line() -> None:
+    # An emulated board on a shared line makes a spare endpoint (its `uarts["rs485"]`) that
+    # nobody opens. Its buffer fills; a blocking write into it stopped the line's pump and
+    # every drop went silent at once (an OTA rollout died 40 s in, three nodes "offline")
+    with VirtualLine() as line:
+        line.endpoint()  # never opened, never read
+        sender, receiver = line.endpoint(), line.endpoint()
+        block = bytes(range(256)) * 16  # 4 KiB
+        got = bytearray()
+        tx = serial.Serial(sender, timeout=0, write_timeout=5)
+        with tx, serial.Serial(receiver, timeout=0) as rx:
+            deadline = time.monotonic() + 20
+            for _ in range(64):  # 256 KiB: far more than a pseudo-terminal holds
+                try:
+                    tx.write(block)
+                except serial.SerialTimeoutException:
+                    break  # the line stopped taking bytes
+
+                while len(got) < len(block) * (_ + 1) and time.monotonic() < deadline:
+                    got += rx.read(65536)
+                    time.sleep(0.001)
+        assert len(got) == 64 * len(block), f"the line stalled after {len(got)} bytes"
+        assert got == block * 64
+        assert line.overruns > 0  # what the unread drop lost, counted
+
+
 def test_the_line_hands_a_frame_over_whole_as_a_uart_fifo_does() -> None:
     # a receiver gets a short frame in one piece at its end (as the chip's UART hands its
     # FIFO over, or a USB adapter sends a packet), a long one in bursts of RX_BURST_CHARS:
@@ -257,6 +283,59 @@ def test_watchdog_resets_a_hung_board_and_it_recovers(tmp_path: Path) -> None:
             board_exec(board, "import machine; print(machine.reset_cause() == machine.WDT_RESET)")
             == "True"
         )
+
+
+def test_what_the_firmware_closed_survives_a_watchdog_reset_of_a_hung_board(
+    tmp_path: Path,
+) -> None:
+    # On the chip a file is on the flash once closed (littlefs commits it there), a rename or
+    # a removal once the call returns. The emulated board used to save its flash when the VM
+    # went idle, which a hung VM never does: the watchdog's reset lost every write since.
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    (flash / "gone.txt").write_text("old")
+    (flash / "old.json").write_text("{}")
+    with EmulatedBoard("pole-env-esp32", fs_dir=flash) as board:
+        before = len(board.events)
+        hung = subprocess.Popen(
+            [
+                MPREMOTE,
+                "connect",
+                board.repl,
+                "exec",
+                "import machine, os\n"
+                "with open('/flag.json', 'w') as f:\n"
+                "    f.write('{\"checked\": 1}')\n"
+                "os.mkdir('/ota')\n"
+                "with open('/ota/stage.bin', 'wb') as f:\n"
+                "    f.write(b'\\x01' * 3000)\n"
+                "with open('/ota/stage.bin', 'ab') as f:\n"
+                "    f.write(b'\\x02' * 10)\n"
+                "os.rename('/old.json', '/new.json')\n"
+                "os.remove('/gone.txt')\n"
+                "w = machine.WDT(timeout=500)\n"
+                "while True:\n"
+                "    pass\n",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            board.wait_event("wdt-start", timeout_s=10, after=before)
+        finally:
+            hung.kill()
+            hung.wait()
+        board.wait_event("wdt-reset", timeout_s=10, after=before)
+        board.wait_event("booted", timeout_s=10, after=before + 1)
+        seen = board_exec(
+            board,
+            "import os\n"
+            "print(open('/flag.json').read(), os.stat('/ota/stage.bin')[6], "
+            "sorted(n for n in os.listdir('/') if n.endswith(('.json', '.txt'))))",
+        )
+    assert seen == "{\"checked\": 1} 3010 ['flag.json', 'new.json']"
+    assert (flash / "ota" / "stage.bin").read_bytes() == b"\x01" * 3000 + b"\x02" * 10
+    assert not (flash / "gone.txt").exists() and not (flash / "old.json").exists()
 
 
 def test_network_and_esp32_modules_firmware_expects(board: EmulatedBoard) -> None:
@@ -378,8 +457,10 @@ def test_power_cycle_loses_ram_keeps_flash_and_line_faults_reach_the_wire(tmp_pa
     with EmulatedBoard("pole-env-esp32", fs_dir=tmp_path / "flash") as board:
         server = ControlServer(board, tmp_path / "control.sock")
         try:
-            board_exec(
-                board, "import builtins\nbuiltins.marker = 42\nopen('kept.txt', 'w').write('flash')"
+            board_exec(  # closed: littlefs commits a file at its close, not at each write
+                board,
+                "import builtins\nbuiltins.marker = 42\n"
+                "with open('kept.txt', 'w') as f:\n    f.write('flash')",
             )
             assert call(server.path, {"op": "power-cycle", "off_s": 0.2}) == {"ok": True}
             out = board_exec(

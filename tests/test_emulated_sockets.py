@@ -3,13 +3,12 @@
 The board's `socket` (hil/vmlib/socket.py) reaches real host connections in its main thread
 (hil/js/sockets.mjs). The peers here are real: mosquitto (hil/broker.py), an independent
 paho-mqtt client, plain host sockets. The references for what the board must do are the
-ESP32 port's: ports/esp32/modsocket.c (v1.27.0) for errors and timeouts, and umqtt.simple as
-published on PyPI (firmware/deploy/umqtt.py), run unmodified.
+ESP32 port's: ports/esp32/modsocket.c (v1.27.0) for errors and timeouts, and micropython-lib's
+umqtt.simple as MicroPython v1.27.0 freezes it (firmware/vendor/umqtt), run unmodified.
 """
 
 from __future__ import annotations
 
-import contextlib
 import queue
 import socket
 import subprocess
@@ -104,16 +103,25 @@ def test_umqtt_simple_publishes_qos1_and_receives_what_it_subscribed(board, brok
         sub.disconnect()  # type: ignore[attr-defined]
 
 
-def test_umqtt_simple_imports_usocket_as_on_the_chip(board):
-    # 1.3.4 imports usocket, ustruct and ubinascii: MicroPython 1.27 keeps u-names for its
-    # extensible built-ins (py/objmodule.c lines 204-215; socket is one on the ESP32,
-    # ports/esp32/modsocket.c line 1033), and the bundle ships the package unmodified
-    from polekit.firmware.deploy import umqtt
+# micropython-lib's micropython/umqtt.simple/umqtt/simple.py (version 1.7.0) at 6ae440a, the
+# commit MicroPython v1.27.0 pins as lib/micropython-lib: the module the ESP32_GENERIC firmware
+# freezes (ports/esp32/boards/manifest.py: require("umqtt.simple")) and finds before /lib
+UMQTT_SHA256 = "0792c0bd6d9219c8180a9ee7dae3d7c15fafe53e0605fa30839b1033fa4a189c"
 
-    source = umqtt.files()["lib/umqtt/simple.py"]
-    assert source.startswith(b"import usocket as socket\nimport ustruct as struct\n")
-    out = board_exec(board, "import usocket, socket\nprint(usocket.socket is socket.socket)")
-    assert out == "True"
+
+def test_the_bundle_ships_the_umqtt_simple_the_chip_freezes_byte_for_byte(board):
+    import hashlib
+
+    from polekit.firmware.deploy.bundle import build
+
+    files = build("pole-env-esp32", mpy=None).files
+    assert hashlib.sha256(files["lib/umqtt/simple.py"]).hexdigest() == UMQTT_SHA256
+    assert b"MIT License" in files["lib/umqtt/LICENSE"]
+    assert b"6ae440a8a144233e6e703f6759b7e7a0afaa37a4" in files["lib/umqtt/LICENSE"]
+    # and the board imports that one (the emulated board freezes nothing; the chip finds its
+    # frozen copy of the same file first)
+    out = board_exec(board, "import umqtt.simple\nprint(umqtt.simple.__file__)")
+    assert out == "/lib/umqtt/simple.mpy"
 
 
 def test_connect_to_a_closed_port_raises_econnrefused(board):
@@ -293,15 +301,3 @@ def test_ctrl_c_interrupts_a_blocked_read_as_on_the_chip(bare_board, listener):
             tty.write(b"\x03")
             bare_board.wait_output("interrupted", timeout_s=10)
     assert not any(e.get("event") == "hard-reset" for e in bare_board.events)
-
-
-def test_umqtt_cache_is_checked_and_offline_use_is_one_clear_line(tmp_path, monkeypatch):
-    from polekit.firmware.deploy import umqtt
-
-    monkeypatch.setenv("POLEKIT_CACHE_DIR", str(tmp_path))
-    (tmp_path / umqtt.SDIST).write_bytes(b"not the package")
-    with pytest.raises(umqtt.UmqttUnavailableError) as exc:
-        umqtt.sdist(fetch=False)  # a tampered cache is not used
-    assert "\n" not in str(exc.value) and "make setup" in str(exc.value)
-    with contextlib.suppress(OSError):
-        (tmp_path / umqtt.SDIST).unlink()

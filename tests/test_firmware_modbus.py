@@ -55,11 +55,14 @@ async def master(board: EmulatedBoard) -> AsyncModbusSerialClient:
     return client
 
 
+INPUTS = max(p.address + p.count for p in POLE_ENV if p.table == "input")
+
+
 def test_host_master_reads_the_pole_env_map(board: EmulatedBoard) -> None:
     async def scenario() -> dict[str, object]:
         client = await master(board)
         try:
-            inputs = await client.read_input_registers(0, count=24, device_id=1)
+            inputs = await client.read_input_registers(0, count=INPUTS, device_id=1)
             holding = await client.read_holding_registers(0, count=5, device_id=1)
         finally:
             client.close()

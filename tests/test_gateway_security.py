@@ -7,6 +7,7 @@ import contextlib
 import datetime
 import ipaddress
 import json
+import os
 import re
 import resource
 import secrets
@@ -59,6 +60,8 @@ class GatewayProcess:
             text=True,
             umask=0o022,  # a login shell's: what the gateway writes must not rely on it
             preexec_fn=limit_fds,  # noqa: PLW1509 - the child runs no threads before exec
+            # a gateway that does not stop is sent SIGABRT: its threads' stacks go to the log
+            env={**os.environ, "PYTHONFAULTHANDLER": "1"},
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -87,7 +90,16 @@ class GatewayProcess:
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=20)
+        try:
+            code = self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:  # a stop that hangs: show where it hangs
+            self.proc.send_signal(signal.SIGABRT)
+            self.proc.wait(timeout=10)
+            self._reader.join(timeout=5)
+            raise AssertionError(
+                "the gateway did not stop within 20 s of SIGTERM; its log and stacks:\n"
+                + self.log[-8000:]
+            ) from None
         self._reader.join(timeout=5)
         return code
 

@@ -26,7 +26,7 @@ HEAP_LIMIT_BYTES = 48 * 1024  # an ESP32 without PSRAM leaves ~110 KiB to MicroP
 # gateway-side modules: the node never imports them (checked below)
 GATEWAY_SIDE = ("devices", "dlt645", "hj212")
 # imported by the node only during an update (see the docstring)
-UPDATE_ONLY = ("ed25519", "manifest", "sha512")
+UPDATE_ONLY = ("cbor_canonical", "ed25519", "manifest", "ota", "sha512")
 MODULES = sorted(
     p.stem
     for p in PROTOCOLS.glob("*.py")

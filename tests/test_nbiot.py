@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.publish as publish
 import pytest
-from linkkit import Subscriber, records, seq_of, wait_for
+from uplinkkit import Subscriber, records, seq_of, wait_for
 
 from polekit.boards import Board, load
 from polekit.firmware.install import install
@@ -80,8 +81,11 @@ def board_def() -> Board:
     return load(BOARD)
 
 
-@pytest.fixture
-def rig(tmp_path: Path, board_def: Board) -> Iterator[tuple[NbNode, Subscriber, LocalBroker]]:
+@contextmanager
+def nb_rig(
+    tmp_path: Path, board_def: Board, **modem: Any
+) -> Iterator[tuple[NbNode, Subscriber, LocalBroker]]:
+    """The node and the emulated modem (``modem``: AtModem's options, another firmware)."""
     flash = tmp_path / "flash"
     install(flash, board_def, start=False, compiled=True)
     with (
@@ -95,9 +99,16 @@ def rig(tmp_path: Path, board_def: Board) -> Iterator[tuple[NbNode, Subscriber, 
             registration_delay_s=REGISTRATION_S,
             send_latency_s=LATENCY_S,
             boot_s=BOOT_S,
-        ) as modem,
+            **modem,
+        ) as at_modem,
     ):
-        yield NbNode(board, modem, broker), sub, broker
+        yield NbNode(board, at_modem, broker), sub, broker
+
+
+@pytest.fixture
+def rig(tmp_path: Path, board_def: Board) -> Iterator[tuple[NbNode, Subscriber, LocalBroker]]:
+    with nb_rig(tmp_path, board_def) as parts:
+        yield parts
 
 
 def _seqs(sub: Subscriber) -> list[int]:
@@ -105,7 +116,11 @@ def _seqs(sub: Subscriber) -> list[int]:
 
 
 def _state(sub: Subscriber) -> list[dict[str, Any]]:
-    return [m.json() for m in sub.on(f"{BASE}/state")]
+    # the will is the plain word (the module's strings take no quotes); "online" is JSON
+    return [
+        {"state": "offline"} if m.payload == b"offline" else m.json()
+        for m in sub.on(f"{BASE}/state")
+    ]
 
 
 def test_packs_reach_the_broker_with_qos1_through_the_modem(
@@ -138,13 +153,18 @@ def test_a_coverage_gap_keeps_packs_in_the_outbox_until_it_ends(
     node.run("report(1.1); report(1.2)")
     sent, left, faults = node.flush()
     assert (sent, left) == (0, 2) and faults == 1
-    # still no coverage: the attach times out, the packs wait
+    # still no coverage: the attach times out, the packs wait, and the radio goes off (an
+    # unregistered module cannot enter PSM: it would search the whole gap)
     assert node.flush() == (0, 2, 2)
-    assert "not registered" in node.value("link.last_fault")
-    assert node.value("nb.status()['cereg']") == 2
-    assert _seqs(sub) == [1]
+    assert "not registered (+CEREG stat 2)" in node.value("link.last_fault")
+    assert "AT+CFUN=0" in node.modem.commands and node.modem.fun == 0
+    status = node.value("nb.status()")
+    assert status["cereg"] == 0 and status["radio_off"]  # not searching
+    node.run("link.sleep()")  # no PSM asked of a module with its radio off
+    assert not any(c.startswith("AT+CPSMS") for c in node.modem.commands)
     node.modem.set_coverage(True)
-    assert node.flush() == (2, 0, 2)
+    assert node.flush() == (2, 0, 2)  # the next wake switches the radio on again
+    assert "AT+CFUN=1" in node.modem.commands and node.modem.fun == 1
     wait_for(lambda: len(_seqs(sub)) == 3, 10, "the packs held through the gap")
     assert _seqs(sub) == [1, 2, 3]
 
@@ -155,6 +175,8 @@ def test_a_qmtstat_disconnect_is_recovered(rig: tuple[NbNode, Subscriber, LocalB
     assert node.flush() == (1, 0, 0)
     node.modem.drop_connection(1)  # +QMTSTAT: 0,1, the broker sees the link die
     wait_for(lambda: _state(sub)[-1]["state"] == "offline", 10, "the will")
+    # no quotes in an AT string (Quectel documents no escapes): the will is the word
+    assert sub.on(f"{BASE}/state")[-1].payload == b"offline"
     node.run("report(2.1)")
     assert node.flush() == (0, 1, 1)  # the loss is found and counted; the pack stays
     assert node.value("nb.link_losses") == 1
@@ -225,3 +247,113 @@ def test_a_command_sent_while_the_node_sleeps_arrives_at_its_next_wake(
     wait_for(lambda: bool(sub.on(results)), 10, "the command's result")
     assert sub.on(results)[-1].json() == {"id": 41, "ok": True, "set": {"report_s": 600}}
     assert any(c.startswith("AT+QMTCONN=0,") for c in node.modem.commands)
+
+
+def test_a_command_taken_during_the_disconnect_is_answered_at_the_next_wake(
+    rig: tuple[NbNode, Subscriber, LocalBroker],
+) -> None:
+    # the module acknowledges a message by itself: one that comes while it disconnects
+    # (the broker sent it just then) is the node's to keep, or it is lost for good
+    node, sub, _ = rig
+    node.run("report(6.0)")
+    assert node.flush() == (1, 0, 0)
+    command = json.dumps({"id": 77, "set": {"report_s": 900}}).encode()
+    node.modem.on_next_ok(
+        "+QMTDISC", after=lambda: node.modem.deliver(f"{BASE}/cmd/{CODE}", command, 9)
+    )
+    node.run("link.sleep()")
+    assert node.value("len(link.outbox)") == 1  # its result, on flash before the sleep
+    assert node.value("link.commands") == 1
+    assert node.flush() == (1, 0, 0)  # the next wake sends it
+    results = f"{BASE}/cmd-result/{CODE}"
+    wait_for(lambda: bool(sub.on(results)), 10, "the command's result")
+    assert sub.on(results)[-1].json() == {"id": 77, "ok": True, "set": {"report_s": 900}}
+
+
+def test_a_module_that_sends_no_length_and_takes_no_will_still_carries_commands(
+    tmp_path: Path, board_def: Board
+) -> None:
+    # a BC26-family firmware: AT+QMTCFG "recv/mode" and "will" are not its settings, and
+    # its +QMTRECV has no length field
+    with nb_rig(tmp_path, board_def, qmtcfg_refused=("recv/mode", "will")) as (node, sub, broker):
+        node.run("report(7.0)")
+        assert node.flush() == (1, 0, 0)
+        publish.single(
+            f"{BASE}/cmd/{CODE}",
+            json.dumps({"id": "a,b", "set": {"report_s": 120}}),
+            qos=1,
+            hostname=broker.host,
+            port=broker.port,
+        )
+        results = f"{BASE}/cmd-result/{CODE}"
+        deadline = time.monotonic() + 10
+        while not sub.on(results) and time.monotonic() < deadline:
+            node.run("link.flush(500, stay=True)")
+        assert sub.on(results)[-1].json() == {"id": "a,b", "ok": True, "set": {"report_s": 120}}
+        assert node.value("nb.bad_frames") == 0
+        assert node.value("nb.refused") == ["will", "recv/mode"]
+
+
+def test_bad_and_cut_receive_frames_are_counted_and_dropped(
+    rig: tuple[NbNode, Subscriber, LocalBroker],
+) -> None:
+    node, sub, _ = rig
+    node.run("report(8.0)")
+    assert node.flush() == (1, 0, 0)
+    # a length that is not a number: counted and dropped, never a ValueError out of flush
+    node.modem.send_raw(b'\r\n+QMTRECV: 0,9,"t/x",zz,"{}"\r\n')
+    assert node.run("print(nb.poll(300), nb.bad_frames)") == "[] 1"
+    # a frame cut short (bytes lost in a UART overflow): its length would swallow every
+    # answer after it; a silence ends it
+    node.modem.send_raw(b'\r\n+QMTRECV: 0,10,"t/x",400,"{\\"id\\": 1')
+    assert node.run("print(nb.poll(1500), nb.bad_frames)") == "[] 2"
+    node.run("report(8.1)")
+    assert node.flush() == (1, 0, 0)
+    wait_for(lambda: _seqs(sub) == [1, 2], 10, "the pack after the bad frames")
+
+
+def test_a_qmtstat_before_the_ok_ends_the_publish_at_once(
+    rig: tuple[NbNode, Subscriber, LocalBroker],
+) -> None:
+    node, sub, _ = rig
+    node.run("report(9.0)")
+    assert node.flush() == (1, 0, 0)
+    node.modem.on_next_ok("+QMTPUB", before=lambda: node.modem.drop_connection(1))
+    node.run("report(9.1)")
+    started = time.monotonic()
+    assert node.flush() == (0, 1, 1)
+    assert time.monotonic() - started < 10  # not the 40 s wait for a +QMTPUB never coming
+    assert node.flush() == (1, 0, 1)
+    wait_for(lambda: _seqs(sub)[-1] == 2, 10, "the pack again after the loss")
+
+
+def test_the_registration_stat_is_read_by_position_with_location_reports_on(
+    tmp_path: Path, board_def: Board
+) -> None:
+    # a module left at AT+CEREG=2: +CEREG: 2,1,"1A2B","0C0D0E0F",9 (the last field is
+    # the access technology, 9 = NB-IoT, not the stat)
+    with nb_rig(tmp_path, board_def, cereg_n=2) as (node, sub, _):
+        node.run("report(10.0)")
+        assert node.flush() == (1, 0, 0)
+        assert node.value("nb.status()['cereg']") == 1
+        wait_for(lambda: _seqs(sub) == [1], 10, "the pack")
+
+
+def test_a_board_powered_on_has_no_clock_until_the_network_gives_its_time(
+    rig: tuple[NbNode, Subscriber, LocalBroker],
+) -> None:
+    # an ESP32 counts from 2000-01-01 at power-on (MicroPython's epoch on the port): before
+    # the clock is set a pack has no base time; the network's time (AT+CCLK?) sets it
+    node, sub, _ = rig
+    node.run("from node.uplinks.mqtt_link import unix_time\nfrom node.clock import set_clock")
+    assert node.value("unix_time()") is None
+    assert node.value("set_clock(nb)") is False  # not registered yet: no network time
+    assert node.flush() == (0, 0, 0)  # connected
+    assert node.value("set_clock(nb)") is True
+    assert "AT+CCLK?" in node.modem.commands
+    assert abs(node.value("unix_time()") - time.time()) < 5
+    node.run("link.clock = unix_time\nreport(11.0)")
+    assert node.flush() == (1, 0, 0)
+    wait_for(lambda: bool(_seqs(sub)), 10, "the pack")
+    pack = sub.on(f"{BASE}/data/{CODE}")[-1].pack()
+    assert abs(pack[0][-3] - time.time()) < 5  # bt (RFC 8428 label -3): the node's time

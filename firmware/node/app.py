@@ -17,7 +17,7 @@ from . import buses
 from .loopwatch import LoopWatch
 from .policy import Policy
 from .registers import RegisterFile
-from .settings import REPORTED, load_json, save_json, validate
+from .settings import REPORTED, validate
 from .state import StateFile
 from .uplinks.modbus_slave import ModbusSlave
 
@@ -222,7 +222,11 @@ class PoleNode:
     async def _health(self):
         while True:
             self.regs.set("uptime", time.ticks_diff(time.ticks_ms(), self.started) // 1000)
-            gc.collect()  # a collection a second keeps fragmentation down and the figure honest
+            # a collection a second keeps fragmentation down and the figure honest; the yield
+            # lets it happen on the emulated board too, whose VM collects only at a yield
+            # (docs/hil.md, "Garbage collection")
+            gc.collect()
+            await asyncio.sleep_ms(0)
             self.regs.set("free_heap", gc.mem_free())
             self.regs.set("errors", min(self.errors, 65535))
             self.regs.set("loop_stalls", min(self.watch.stalls, 65535))
@@ -262,66 +266,3 @@ class PoleNode:
     # good exchanges on the uplink (requests to this unit answered): what a trial watches
     def uplink_exchanges(self):
         return self.slave.requests
-
-
-CRASH_FILE = "/crashes.json"
-SAFE_MODE_AFTER = 3  # start-up crashes in a row; resets alone (brownouts) never count
-
-
-# ``boot``: the boot record /main.py read (None: no update ever ran, or an older main.py)
-def main(boot=None):
-    import os
-
-    try:
-        os.stat("/maintenance")
-        print("polekit: maintenance: node not started (a deploy is running; it clears this)")
-        return
-    except OSError:
-        pass
-    config = load_json("/config.json", None)
-    board = load_json("/board.json", None)
-    crashes = load_json(CRASH_FILE, {"count": 0}).get("count", 0)
-    if board is None or not isinstance(config, dict):
-        print(
-            "polekit: safe mode: /board.json or /config.json missing or not JSON; the REPL is up. "
-            "Redeploy with `polekit deploy`."
-        )
-        return
-    if crashes >= SAFE_MODE_AFTER:
-        print(
-            "polekit: safe mode: the node crashed at start %d times in a row; the REPL is up. "
-            "Fix the config, then delete %s." % (crashes, CRASH_FILE)
-        )
-        return
-    on_trial = bool(boot) and boot.get("state") == "trial"
-    try:
-        if board.get("uplink") == "ble":
-            from .community import CommunityNode
-
-            node = CommunityNode(config, board)
-        else:
-            node = PoleNode(config, board, boot)  # type: ignore[assignment]  # both have run()
-    except Exception as exc:  # noqa: BLE001 - counted, shown, and the REPL stays usable
-        if on_trial:
-            raise  # the boot selector (/main.py) rolls this version back
-        save_json(CRASH_FILE, {"count": crashes + 1})
-        print("polekit: start failed (%d/%d before safe mode):" % (crashes + 1, SAFE_MODE_AFTER))
-        import sys
-
-        sys.print_exception(exc)
-        return
-    if crashes:
-        save_json(CRASH_FILE, {"count": 0})
-    if board.get("uplink") == "ble":
-        print("polekit community node %s up, BTHome over BLE" % config.get("device_code", "?"))
-    else:
-        print(
-            "polekit node %s up, unit %d"
-            % (node.config.get("device_code", "?"), node.config["unit"])
-        )
-    if on_trial:
-        from .ota.trial import selftest_then
-
-        asyncio.run(selftest_then(node))  # a failed self-test rolls the version back
-    else:
-        asyncio.run(node.run())

@@ -10,6 +10,7 @@ def i2c(bus):
     return machine.I2C(bus["id"], scl=bus["scl"], sda=bus["sda"], freq=bus.get("freq", 400000))
 
 
-def uart(bus, baudrate):
-    """The UART ``bus`` (params: id, tx, rx) at ``baudrate``."""
-    return machine.UART(bus["id"], baudrate, tx=bus["tx"], rx=bus["rx"])
+def uart(bus, baudrate, timeout=0):
+    """The UART ``bus`` (params: id, tx, rx) at ``baudrate``; reads wait up to ``timeout``
+    ms for their first byte (a modem's answers: blocked in the driver, not spinning)."""
+    return machine.UART(bus["id"], baudrate, tx=bus["tx"], rx=bus["rx"], timeout=timeout)

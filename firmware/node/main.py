@@ -2,10 +2,11 @@
 #
 # The one file an update never replaces. It reads the boot record (/ota/boot.json, see
 # node/ota/record.py), puts the active application slot's lib on sys.path (slot "a": /lib,
-# slot "b": /slot_b/lib) and starts node.app.main(). A version on trial is rolled back to
-# the previous slot, by this file alone, when: it raised at start-up (1, then a reset), the
-# watchdog reset the board during its trial (2), it booted TRIAL_BOOTS times without
-# confirming itself (3, a crash loop), or it asked for it ("failed": 4 self-test, 5 uplink).
+# slot "b": /slot_b/lib) and starts node.start.main(), which chooses the node. A version on
+# trial is rolled back to the previous slot, by this file alone, when: it raised at start-up
+# (1, then a reset), the watchdog reset the board during its trial (2), it booted TRIAL_BOOTS
+# times without confirming itself (3, a crash loop), or it asked for it ("failed": 4
+# self-test, 5 uplink).
 # Kept small and frozen in what it reads: the record's format outlives every update.
 import json
 import os
@@ -78,7 +79,7 @@ def _start():
         pass
     rec = _select()
     try:
-        from node.app import main
+        from node.start import main
 
         main(rec)
     except Exception as exc:  # noqa: BLE001 - a version on trial that cannot start is rolled back

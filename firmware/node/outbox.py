@@ -36,6 +36,7 @@ class Outbox:
         self.segment_bytes = capacity // SEGMENTS
         self._buf = bytearray(64)
         self.count = 0
+        self.peeked = None  # (segment, offset) of the pack peek() returned last
         position = self._load()
         if position is None:
             head, offset, self.dropped = self._lowest(), 0, 0
@@ -79,12 +80,7 @@ class Outbox:
     def put(self, kind, code, payload):
         k = kind.encode()
         c = code.encode()
-        size = _HEAD + len(k) + len(c) + len(payload) + 4
-        if len(k) > 255 or len(c) > 255 or size > self.segment_bytes:
-            raise ValueError(
-                "outbox: a %s pack of %d bytes for %s does not fit a segment of %d bytes"
-                % (kind, len(payload), code, self.segment_bytes)
-            )
+        size = self.check(kind, code, payload)
         record = bytearray(size)
         record[0] = _MAGIC
         record[1] = len(k)
@@ -111,18 +107,38 @@ class Outbox:
         self.tail_bytes += size
         self.count += 1
 
-    # (kind, code, payload) of the oldest pack, or None when there is none
+    # the record size of a pack, or ValueError if it can never fit (so that a caller can
+    # ask before it spends anything on the pack, a seq for one)
+    def check(self, kind, code, payload):
+        k = len(kind.encode())
+        c = len(code.encode())
+        size = _HEAD + k + c + len(payload) + 4
+        if k > 255 or c > 255 or size > self.segment_bytes:
+            raise ValueError(
+                "outbox: a %s pack of %d bytes for %s does not fit a segment of %d bytes"
+                % (kind, len(payload), code[:40], self.segment_bytes)
+            )
+        return size
+
+    # (kind, code, payload) of the oldest pack, or None when there is none; `peeked` is
+    # then its position, for pop()
     def peek(self):
         while True:
             rec = self._read(self.head, self.offset)
             if rec is not None:
+                self.peeked = (self.head, self.offset)
                 return rec[:3]
             if self.head >= self.tail:
                 return None
             self._next_segment()
 
-    # forget the oldest pack (call it after the broker acknowledged it)
-    def pop(self):
+    # forget the oldest pack (call it after the broker acknowledged it). With `at` (the
+    # `peeked` position of the pack that was sent) only that pack: if a full ring dropped
+    # it meanwhile (a put while it was being sent), the pack now at the head was never
+    # sent and stays.
+    def pop(self, at=None):
+        if at is not None and at != (self.head, self.offset):
+            return
         while True:
             rec = self._read(self.head, self.offset)
             if rec is not None:

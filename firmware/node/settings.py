@@ -82,6 +82,10 @@ def check(config, defaults, limits, texts=POLE_TEXTS):
 
 # The keys a node with this uplink accepts ("ble": the community node; else the pole node).
 def known_keys(uplink):
+    if uplink in ("wifi", "mqtt"):  # the tables of nodes that talk to a broker themselves
+        from .settings_mqtt import known_keys as broker_keys
+
+        return broker_keys(uplink, set(POLE_LIMITS) | set(POLE_TEXTS) | {"report"})
     if uplink == "ble":
         return set(COMMUNITY_LIMITS) | set(COMMUNITY_TEXTS)
     return set(POLE_LIMITS) | set(POLE_TEXTS) | {"report"}
@@ -90,6 +94,10 @@ def known_keys(uplink):
 # (settings, problems) of a config for a node with this uplink: the defaults merged in,
 # one line per problem (the default is kept for each).
 def validate(config, uplink):
+    if uplink in ("wifi", "mqtt"):
+        from .settings_mqtt import validate as validate_broker
+
+        return validate_broker(config, uplink)
     if uplink == "ble":
         return check(config, COMMUNITY_DEFAULTS, COMMUNITY_LIMITS, COMMUNITY_TEXTS)
     rest = {k: v for k, v in config.items() if k != "report"}
@@ -129,35 +137,3 @@ def load_json(path, default):
 def save_json(path, data):
     with open(path, "w") as f:
         json.dump(data, f)
-
-
-# The Wi-Fi MQTT uplink (uplinks/wifi_mqtt.py, uplinks/mqtt_link.py), for nodes that talk to
-# the broker themselves; a node kind that has it merges these into its own tables.
-# `node_id` names the node in its topics ({mqtt_prefix}/{node_id}/...); `mqtt_tls` 1 wraps
-# the socket in TLS (the ESP32 port's ssl; the emulated board has none), verified against
-# the CA certificate (DER) at `mqtt_ca_file` on the node's flash.
-MQTT_DEFAULTS = {
-    "mqtt_port": 1883,
-    "mqtt_keepalive_s": 60,
-    "mqtt_timeout_s": 10,
-    "mqtt_tls": 0,
-    "mqtt_prefix": "polekit/v1",
-    "outbox_bytes": 32768,
-}
-MQTT_LIMITS = {
-    "mqtt_port": (1, 65535),
-    "mqtt_keepalive_s": (0, 65535),
-    "mqtt_timeout_s": (1, 120),
-    "mqtt_tls": (0, 1),
-    "outbox_bytes": (2048, 262144),
-}
-MQTT_TEXTS = (
-    "node_id",
-    "wifi_ssid",
-    "wifi_key",
-    "mqtt_host",
-    "mqtt_user",
-    "mqtt_password",
-    "mqtt_prefix",
-    "mqtt_ca_file",
-)

@@ -301,7 +301,8 @@ class BleSource:
                 self.last_error = ""
                 while True:
                     try:
-                        item = await asyncio.wait_for(self._queue.get(), 1.0)
+                        async with asyncio.timeout(1.0):
+                            item = await self._queue.get()
                     except TimeoutError:
                         await self._check_offline()
                         continue

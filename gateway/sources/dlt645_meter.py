@@ -73,7 +73,8 @@ async def exchange(bus: ModbusBus, link: _Link, request: bytes, what: str) -> di
         link.trace(True, request)
         ctx.send(request)
         try:
-            raw = await asyncio.wait_for(answer, bus.config.timeout_s)
+            async with asyncio.timeout(bus.config.timeout_s):
+                raw = await answer
         except TimeoutError:
             if link.rx_bytes:
                 bus.counters.bad_response += 1

@@ -352,9 +352,8 @@ class ModbusBus:
                     timeout=0,
                 ).close()
             else:
-                _reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(b.host, b.tcp_port), b.timeout_s
-                )
+                async with asyncio.timeout(b.timeout_s):
+                    _reader, writer = await asyncio.open_connection(b.host, b.tcp_port)
                 writer.close()
         except TimeoutError:
             return f"no answer within {b.timeout_s} s"

@@ -35,35 +35,36 @@ function readHostTree(root, prefix = "") {
 let flash = readHostTree(config.fsDir);
 const rom = readHostTree(config.romDir, "/rom");
 
+// The VM's worker writes the flash through to the host folder as the firmware closes,
+// renames and removes files (vm_worker.mjs, writeThrough): what it sends here (before a
+// reset, at idle) is kept only for a board without a folder. Each boot starts from the
+// folder, so a watchdog reset or a power cut keeps every file the firmware had closed.
 function persist(files) {
-  flash = files;
-  if (!config.fsDir) return;
-  // mirror: write what exists, remove what the VM deleted
-  const keep = new Set();
-  for (const [vmPath, data] of Object.entries(files)) {
-    const host = path.join(config.fsDir, vmPath);
-    keep.add(path.resolve(host.replace(/\/$/, "")));
-    if (vmPath.endsWith("/")) fs.mkdirSync(host, { recursive: true });
-    else { fs.mkdirSync(path.dirname(host), { recursive: true }); fs.writeFileSync(host, data); }
-  }
-  const prune = (dir) => {
-    for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
-      const p = path.join(dir, entry.name);
-      if (entry.isDirectory()) prune(p);
-      if (!keep.has(path.resolve(p))) fs.rmSync(p, { recursive: true, force: true });
-    }
-  };
-  if (fs.existsSync(config.fsDir)) prune(config.fsDir);
+  if (!config.fsDir) flash = files;
+}
+
+function flashAtBoot() {
+  return config.fsDir ? readHostTree(config.fsDir) : flash;
 }
 
 const RESET = { PWRON: 1, HARD: 2, WDT: 3, DEEPSLEEP: 4, SOFT: 5 };
+// machine.wake_reason(): ESP-IDF's esp_sleep_source_t (0: not a wake from sleep)
+const WAKE = { NONE: 0, EXT0: 2, EXT1: 3, TIMER: 4 };
 let resetCause = RESET.PWRON;
+let wakeReason = WAKE.NONE;
+let rtcMemory = "";  // RTC slow memory (hex): kept across deep sleep and resets, not power cuts
+// the RTC (ms since 2000-01-01 = Date.now() + rtcOffsetMs): 0 at power-on, running across
+// deep sleep and resets, lost with the power (as rtcMemory); machine.RTC().datetime() sets it
+let rtcOffsetMs = -Date.now();
+let sleeping = null;  // while the chip is in deep sleep: what wakes it (see deepSleep)
+let wakeEvents = [];  // [path, value] that happened while it slept, replayed once at boot
+let bootQueue = [];  // control requests that came while the VM was booting
 let worker = null;
 let wdt = null;  // {timeoutMs, fedAt} once the firmware starts the watchdog
 
 const control = config.controlFd >= 0 ? new net.Socket({ fd: config.controlFd, readable: true, writable: true }) : null;
 const toHost = (obj) => { if (control) control.write(JSON.stringify(obj) + "\n"); };
-const waiting = new Map();  // control request id -> true while the worker answers
+const waiting = new Map();  // control request id -> the request, while the worker answers
 // the physical world outlives every boot: values the host set are replayed into each VM
 const physics = new Map();
 let rawMode = false;
@@ -109,13 +110,15 @@ function boot({ raw = false, runMain = true, banner = "" } = {}) {
   const netSignal = new Int32Array(new SharedArrayBuffer(4));
   worker = new Worker(workerUrl, {
     workerData: { mjs: config.mjs, heapBytes: config.heapBytes, romAllowance: config.romAllowance,
-                  files: flash, libFiles: rom, rawRepl: raw, runMain: runMain && !raw,
+                  files: flashAtBoot(), fsDir: config.fsDir || null, libFiles: rom, rawRepl: raw, runMain: runMain && !raw,
                   board: config.board, chip: config.chip,
-                  boardDef: { ...config.boardDef, reset_cause: resetCause },
-                  physics: Object.fromEntries(physics), uartShared, uartRingBytes: UART_RING,
-                  netPort: net.port2, netSignal },
+                  boardDef: { ...config.boardDef, reset_cause: resetCause, wake_reason: wakeReason,
+                              rtc_memory: rtcMemory, rtc_offset_ms: rtcOffsetMs },
+                  physics: Object.fromEntries(physics), events: wakeEvents, uartShared,
+                  uartRingBytes: UART_RING, netPort: net.port2, netSignal },
     transferList: [net.port2],
   });
+  wakeEvents = [];
   const w = worker;
   const host = sockets = new SocketHost(net.port1, netSignal, radio);
   w.on("exit", () => host.closeAll());  // reset, deep sleep, power cut: its connections end
@@ -127,7 +130,13 @@ function boot({ raw = false, runMain = true, banner = "" } = {}) {
       if (interruptTimer) { clearTimeout(interruptTimer); interruptTimer = null; typedAfterInterrupt = null; }
       scheduleSnapshot();
     }
-    else if (msg.type === "booted") { booted = true; event({ event: "booted", raw }); flush(); }
+    else if (msg.type === "booted") {
+      booted = true; event({ event: "booted", raw, wakeReason }); flush();
+      const queued = bootQueue; bootQueue = [];
+      queued.forEach(toWorker);
+    }
+    else if (msg.type === "rtc-memory") rtcMemory = msg.hex;
+    else if (msg.type === "rtc-set") rtcOffsetMs = msg.ms;
     else if (msg.type === "files") { persist(msg.files); if (afterSnapshot) afterSnapshot(); }
     else if (msg.type === "reset") softReset();
     else if (msg.type === "log") event({ event: "vm-log", text: msg.text });
@@ -143,16 +152,17 @@ function boot({ raw = false, runMain = true, banner = "" } = {}) {
       if (msg.kind === "soft") softReset();
       else { busySince = 0; hardReset("machine.reset", RESET.HARD); }  // the worker saved its files just before
     }
-    else if (msg.type === "deepsleep") deepSleep(msg.ms);
+    else if (msg.type === "deepsleep") deepSleep(msg.spec);
   });
   w.on("error", (err) => { event({ event: "vm-crash", error: String(err) }); if (w === worker) hardReset("crash"); });
 }
 
-// flash writes reach the host folder shortly after the VM goes idle (a file copy is many
-// small commands: one snapshot after the burst, not one per command)
+// a board without a folder keeps its flash here: a snapshot shortly after the VM goes idle
+// (a file copy is many small commands: one snapshot after the burst, not one per command);
+// a board with one has it written through by the worker (persist, above)
 let snapshotTimer = null;
 function scheduleSnapshot() {
-  if (snapshotTimer || !config.fsDir) return;
+  if (snapshotTimer || config.fsDir) return;
   snapshotTimer = setTimeout(() => {
     snapshotTimer = null;
     if (worker && booted) worker.postMessage({ type: "snapshot" });
@@ -167,35 +177,156 @@ setInterval(() => {
   }
 }, 20);
 
-// before a reset the host asked for, the flash the VM has written is saved: on the chip a
-// write is on flash the moment it returns (a hung VM's last writes may be lost instead)
+// before a reset the host asked for, a board without a folder saves the flash the VM has
+// (a hung VM's last writes are lost; with a folder every closed file is already there)
 let afterSnapshot = null;
 function withSnapshot(then) {
-  if (!worker || !booted || busySince) { then(); return; }
+  if (!worker || !booted || busySince || config.fsDir) { then(); return; }
   const timer = setTimeout(() => { afterSnapshot = null; then(); }, 1000);
   afterSnapshot = () => { clearTimeout(timer); afterSnapshot = null; then(); };
   worker.postMessage({ type: "snapshot" });
 }
 
-function deepSleep(ms) {
+// Deep sleep: the CPU and its RAM are off (the VM is thrown away; the flash was saved just
+// before, RTC memory lives here), and the board watches what wakes the chip: the timer
+// (spec.ms; null: none), EXT0 (one RTC pin at a level) and EXT1 (pins: all low, or any high).
+// The devices on wake pins said how the world moves them (spec.rules, from _vdev.py):
+//   {kind: "level", path, pin, invert}: the pin is the value (0/1) set on `path`, inverted
+//     or not (a contact, the manhole cover);
+//   {kind: "bucket", device, pin, level, tip_mm, fill_mm, rate}: a tipping bucket filling at
+//     device.rate_mm_h; each tip (or a device.tips set) holds the pin at `level`.
+// A wake pin already at its wake level wakes the chip at once, as ext0/ext1 do.
+function deepSleep(spec) {
   worker.terminate();
   worker = null;
   booted = false;
-  event({ event: "deepsleep", ms });
-  setTimeout(() => { resetCause = RESET.DEEPSLEEP; rawMode = false; boot(); }, ms);
+  // asked while it booted, or sent to a VM that went to sleep before reading it: the world
+  // changes all the same
+  const queued = [...bootQueue, ...waiting.values()];
+  bootQueue = [];
+  waiting.clear();
+  event({ event: "deepsleep", ms: spec.ms });
+  const levels = new Map(Object.entries(spec.levels).map(([p, v]) => [Number(p), v]));
+  sleeping = { spec, levels, timers: [], buckets: [] };
+  // a time given arms the timer, 0 included (it wakes at once); null: the pins only
+  if (typeof spec.ms === "number") sleeping.timers.push(setTimeout(() => wakeUp(WAKE.TIMER), Math.max(0, spec.ms)));
+  for (const rule of spec.rules) {
+    if (rule.kind === "bucket") {
+      const b = { ...rule, since: Date.now(), timer: null };
+      const rate = physics.get(`${rule.device}.rate_mm_h`);
+      if (rate !== undefined) b.rate = rate;
+      sleeping.buckets.push(b);
+      scheduleTip(b);
+    }
+  }
+  // tips the gauge had queued when the chip went down come now, while it sleeps
+  for (const b of [...sleeping.buckets]) if (b.pending > 0 && sleeping) tipWhileAsleep(b, b.pending);
+  checkWake();
+  for (const req of queued) toWorker(req);
+}
+
+function wakeLevelReached() {
+  const { ext0, ext1 } = sleeping.spec;
+  const level = (pin) => sleeping.levels.get(pin) ?? 0;
+  if (ext0 && level(ext0[0]) === ext0[1]) return WAKE.EXT0;
+  if (ext1 && ext1[0].length) {
+    const hit = ext1[1] ? ext1[0].some((p) => level(p) === 1) : ext1[0].every((p) => level(p) === 0);
+    if (hit) return WAKE.EXT1;
+  }
+  return WAKE.NONE;
+}
+
+function checkWake() {
+  const why = sleeping && wakeLevelReached();
+  if (why) wakeUp(why);
+}
+
+// the bucket's fill since it was last looked at; the world's state outlives the VM in physics
+function fillBucket(b) {
+  const now = Date.now();
+  b.fill_mm += (b.rate || 0) * (now - b.since) / 3600000;
+  b.since = now;
+}
+
+function scheduleTip(b) {
+  if (b.timer) clearTimeout(b.timer);
+  b.timer = null;
+  if (!(b.rate > 0)) return;
+  const ms = Math.max(0, (b.tip_mm - b.fill_mm) / b.rate * 3600000);
+  b.timer = setTimeout(() => { fillBucket(b); b.fill_mm = Math.max(0, b.fill_mm - b.tip_mm); tipWhileAsleep(b, 1); }, ms);
+}
+
+function tipWhileAsleep(b, n) {
+  // the contact closes now: the VM that wakes finds it closed and the rest to come
+  wakeEvents.push([`${b.device}.tips`, n]);
+  sleeping.levels.set(b.pin, b.level);
+  checkWake();
+  if (sleeping) {  // the pin is not a wake source: the tip goes by unseen, as on the chip
+    wakeEvents = wakeEvents.filter(([p]) => p !== `${b.device}.tips`);
+    sleeping.levels.set(b.pin, b.level ? 0 : 1);
+    scheduleTip(b);
+  }
+}
+
+function wakeUp(why) {
+  if (!sleeping) return;
+  for (const t of sleeping.timers) clearTimeout(t);
+  for (const b of sleeping.buckets) {
+    if (b.timer) clearTimeout(b.timer);
+    fillBucket(b);
+    physics.set(`${b.device}.fill_mm`, Math.min(b.fill_mm, b.tip_mm));
+  }
+  sleeping = null;
+  resetCause = RESET.DEEPSLEEP;
+  wakeReason = why;
+  rawMode = false;
+  event({ event: "wake", reason: why });
+  boot();
+}
+
+// a control request while the chip sleeps: the world changes, the chip hears nothing unless
+// a wake pin moves to its wake level
+function whileAsleep(req) {
+  if (req.op !== "set") {
+    toHost({ reply: req.id, error: "the board is asleep (deep sleep): nothing answers until it wakes" });
+    return;
+  }
+  toHost({ reply: req.id, ok: true });
+  const [device, quantity] = req.path.split(".");
+  const bucket = sleeping.buckets.find((b) => b.device === device);
+  if (bucket && quantity === "tips") { tipWhileAsleep(bucket, Number(req.value)); return; }
+  if (/\.(press|tips)$/.test(req.path)) return;  // over before the chip wakes: unseen, as on the chip
+  if (/\.spike$/.test(req.path)) { wakeEvents.push([req.path, req.value]); return; }
+  physics.set(req.path, req.value);
+  if (bucket && quantity === "rate_mm_h") { fillBucket(bucket); bucket.rate = Number(req.value); scheduleTip(bucket); }
+  for (const rule of sleeping.spec.rules) {
+    if (rule.kind === "level" && rule.path === req.path) sleeping.levels.set(rule.pin, (req.value ? 1 : 0) ^ (rule.invert ? 1 : 0));
+  }
+  checkWake();
 }
 
 function softReset() {
   resetCause = RESET.SOFT;
+  wakeReason = WAKE.NONE;
   const raw = rawMode;
   worker.terminate();
   event({ event: "soft-reset", raw });
   boot({ raw, banner: raw ? "soft reboot\r\n" : "MPY: soft reboot\r\n" });
 }
 
+function cancelSleep() {
+  if (!sleeping) return;
+  for (const t of sleeping.timers) clearTimeout(t);
+  for (const b of sleeping.buckets) if (b.timer) clearTimeout(b.timer);
+  sleeping = null;
+}
+
 const crashes = [];
 function hardReset(why, cause = RESET.HARD) {
   if (worker) worker.terminate();
+  cancelSleep();
+  wakeReason = WAKE.NONE;
+  if (why === "host") { rtcMemory = ""; rtcOffsetMs = -Date.now(); }  // EN: the RTC domain too
   resetCause = cause;
   if (why === "crash") {
     crashes.push(Date.now());
@@ -293,6 +424,12 @@ function fromControl(req) {
     radio.up = Boolean(req.value);
     if (!radio.up && sockets) sockets.dropAll();
   }
+  const forward = req.op === "set" && /^net\.udp_forward\.\d+$/.exec(req.path || "");
+  if (forward) {  // the test network's NAT for datagrams (sockets.mjs)
+    radio.udpForward = { ...(radio.udpForward || {}), [req.path.split(".")[2]]: Number(req.value) };
+    toHost({ reply: req.id, ok: true });
+    return;
+  }
   if (req.op === "power-cycle") withSnapshot(() => powerCycle(req));
   else if (req.op === "uart-in") uartIn(req.uart, req.hex);  // no reply: a wire has none
   else toWorker(req);
@@ -300,11 +437,15 @@ function fromControl(req) {
 
 function powerCycle(req) {  // power cut: everything not on flash is gone
   if (worker) worker.terminate();
+  cancelSleep();
+  rtcMemory = "";
+  wakeReason = WAKE.NONE;
   worker = null;
   booted = false;
   event({ event: "power-off" });
   setTimeout(() => {
     resetCause = RESET.PWRON;
+    rtcOffsetMs = -Date.now();  // the clock starts again at 2000-01-01
     rawMode = false;
     boot({ banner: "\r\n" });
     toHost({ reply: req.id, ok: true });
@@ -314,10 +455,12 @@ function powerCycle(req) {  // power cut: everything not on flash is gone
 
 
 function toWorker(req) {
+  if (sleeping) { whileAsleep(req); return; }
+  if (worker && !booted && req.op !== "uart-in") { bootQueue.push(req); return; }  // answered once up
   if (!worker || !booted) { toHost({ reply: req.id, error: "the board is not running (booting or asleep)" }); return; }
   // a press or a spike happens once: it is not a physical value to restore after a reboot
-  if (req.op === "set" && !/\.(press|spike)$/.test(req.path)) physics.set(req.path, req.value);
-  waiting.set(req.id, true);
+  if (req.op === "set" && !/\.(press|spike|tips)$/.test(req.path)) physics.set(req.path, req.value);
+  waiting.set(req.id, req);
   worker.postMessage({ type: "control", ...req });
 }
 
@@ -336,7 +479,7 @@ if (control) {
 process.stdin.on("data", fromHost);
 process.stdin.on("end", () => process.exit(0));
 process.on("SIGTERM", () => {
-  if (!worker || !booted) process.exit(0);
+  if (!worker || !booted || config.fsDir) process.exit(0);  // with a folder: written through
   worker.once("message", () => process.exit(0));
   worker.postMessage({ type: "snapshot" });
   setTimeout(() => process.exit(0), 1000);

@@ -13,9 +13,13 @@
 // `radio` ({up}) outlives boots: the Wi-Fi link the host's fault injection takes down.
 //
 // Requests: {seq, op, ...}: resolve {host}, connect {host, port, timeout_ms, wait},
-// recv {id, n, timeout_ms, peek}, send {id, hex}, close {id}. Replies: {seq, ...} with the result,
+// recv {id, n, timeout_ms, peek}, send {id, hex}, close {id}; UDP: udp-open {},
+// sendto {id, host, port, hex}, recvfrom {id, n, timeout_ms} (one datagram and its sender).
+// `radio.udpForward` ({port: host port}) is the test network's NAT: a datagram the board
+// sends to port P on the host goes to udpForward[P] (an NTP server on 123 needs root). Replies: {seq, ...} with the result,
 // or {errno: "ECONNREFUSED"} (a name: the VM maps it to its errno module's number),
 // {code: -202} (a resolver failure, as lwIP reports it), {interrupt: true} (Ctrl-C).
+import dgram from "node:dgram";
 import dns from "node:dns";
 import net from "node:net";
 
@@ -55,6 +59,9 @@ export class SocketHost {
     else if (op === "recv") this.recv(req);
     else if (op === "send") this.send(req);
     else if (op === "close") { this.destroy(req.id); this.reply(seq, {}); }
+    else if (op === "udp-open") this.udpOpen(req);
+    else if (op === "sendto") this.sendto(req);
+    else if (op === "recvfrom") this.recvfrom(req);
     else this.reply(seq, { errno: "EINVAL" });
   }
 
@@ -85,11 +92,48 @@ export class SocketHost {
     }
   }
 
+  udpOpen({ seq }) {
+    const id = this.nextId++;
+    const entry = { u: dgram.createSocket("udp4"), grams: [] };
+    entry.u.on("message", (msg, from) => {
+      entry.grams.push({ hex: msg.toString("hex"), host: from.address, port: from.port });
+      this.wake(id);
+    });
+    entry.u.on("error", () => {});  // a datagram that could not go is lost, as UDP's are
+    this.socks.set(id, entry);
+    this.reply(seq, { id });
+  }
+
+  sendto({ seq, id, host, port, hex }) {
+    const entry = this.socks.get(id);
+    if (!entry || !entry.u) { this.reply(seq, { errno: "EBADF" }); return; }
+    if (!this.radio.up) { this.reply(seq, { errno: "EHOSTUNREACH" }); return; }
+    const data = Buffer.from(hex, "hex");
+    const to = (this.radio.udpForward || {})[port] || port;
+    entry.u.send(data, to, host);
+    this.reply(seq, { n: data.length });
+  }
+
+  recvfrom({ seq, id, n, timeout_ms: timeoutMs }) {
+    const entry = this.socks.get(id);
+    if (!entry || !entry.u) { this.reply(seq, { errno: "EBADF" }); return; }
+    if (entry.grams.length) { this.reply(seq, this.gram(entry, n)); return; }
+    if (timeoutMs === 0) { this.reply(seq, { errno: "EAGAIN" }); return; }
+    this.pending = { seq, op: "recvfrom", id, n, timer: null };
+    if (timeoutMs != null) this.pending.timer = setTimeout(() => this.reply(seq, { errno: "ETIMEDOUT" }), timeoutMs);
+  }
+
+  gram(entry, n) {  // the oldest datagram, cut to n bytes (the rest is dropped, as lwIP does)
+    const g = entry.grams.shift();
+    return { hex: g.hex.slice(0, 2 * n), host: g.host, port: g.port };
+  }
+
   // a connection event: answer the call the worker waits in, if it is about this socket
   wake(id) {
     const p = this.pending;
     if (!p || p.id !== id) return;
     const entry = this.socks.get(id);
+    if (p.op === "recvfrom") { if (entry.grams.length) this.reply(p.seq, this.gram(entry, p.n)); return; }
     if (p.op === "connect" && entry.err) {
       this.destroy(id);
       this.reply(p.seq, { errno: entry.err });
@@ -137,13 +181,14 @@ export class SocketHost {
   destroy(id) {
     const entry = this.socks.get(id);
     if (!entry) return;
-    entry.s.destroy();
+    if (entry.u) entry.u.close(); else entry.s.destroy();
     this.socks.delete(id);
   }
 
   // the Wi-Fi link went down: every connection is gone (reads and writes raise ECONNRESET)
   dropAll() {
     for (const [id, entry] of this.socks) {
+      if (entry.u) continue;  // UDP has no connection to lose; sendto refuses while down
       entry.s.destroy();
       entry.err = "ECONNRESET";
       this.wake(id);
@@ -162,7 +207,7 @@ export class SocketHost {
   closeAll() {
     if (this.pending) clearTimeout(this.pending.timer);
     this.pending = null;
-    for (const entry of this.socks.values()) entry.s.destroy();
+    for (const entry of this.socks.values()) { if (entry.u) entry.u.close(); else entry.s.destroy(); }
     this.socks.clear();
     this.port.close();
   }

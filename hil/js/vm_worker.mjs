@@ -5,9 +5,11 @@
 // {type: "reset", soft: bool}, {type: "files", files: {path: Uint8Array}}, {type: "log", text}.
 import { parentPort, receiveMessageOnPort, workerData } from "node:worker_threads";
 import { pathToFileURL } from "node:url";
+import fs from "node:fs";
+import nodePath from "node:path";
 
-const { mjs, heapBytes, files, rawRepl, runMain, libFiles, boardDef, romAllowance, physics,
-        uartShared, uartRingBytes, netPort, netSignal } = workerData;
+const { mjs, heapBytes, files, fsDir, rawRepl, runMain, libFiles, boardDef, romAllowance, physics,
+        events, uartShared, uartRingBytes, netPort, netSignal } = workerData;
 // the UARTs' receive FIFOs, filled by the hardware (board.mjs) while this VM runs
 const uartCounters = new Int32Array(uartShared, 0, 6);
 const uartRing = new Uint8Array(uartShared, 4 * 6);
@@ -36,6 +38,7 @@ function pyLiteral(value) {
   return JSON.stringify(value);
 }
 
+const napCell = new Int32Array(new SharedArrayBuffer(4));  // nobody notifies it: a plain wait
 // what the VM's `machine` and `_board` call to reach the board's hardware (board.mjs)
 globalThis.polekitHw = {
   uartWrite: (id, hex) => parentPort.postMessage({ type: "uart", id, hex }),
@@ -43,12 +46,21 @@ globalThis.polekitHw = {
   wdtStart: (ms) => parentPort.postMessage({ type: "wdt-start", ms }),
   wdtFeed: () => parentPort.postMessage({ type: "wdt-feed" }),
   // machine.reset()/soft_reset(): what the firmware wrote and closed is on the flash first,
-  // as on the chip (the worker is busy running that very call, so it saves it now)
+  // as on the chip (with a folder it is there already, written through; without one the
+  // worker, busy running that very call, saves it now)
   reset: (kind) => {
-    parentPort.postMessage({ type: "files", files: readTree("/", {}) });
+    if (kind === "soft") flushOpen();
+    if (!fsDir) parentPort.postMessage({ type: "files", files: readTree("/", {}) });
     parentPort.postMessage({ type: "reset-request", kind });
   },
-  deepsleep: (ms) => parentPort.postMessage({ type: "deepsleep", ms }),
+  // machine.deepsleep(): the flash is saved first, as for a reset (the chip's flash writes
+  // are done when they return); `spec` (JSON) names the timer and the wake pins to watch
+  deepsleep: (spec) => {
+    if (!fsDir) parentPort.postMessage({ type: "files", files: readTree("/", {}) });
+    parentPort.postMessage({ type: "deepsleep", spec: JSON.parse(spec) });
+  },
+  rtcMemory: (hex) => parentPort.postMessage({ type: "rtc-memory", hex }),  // RTC slow memory
+  rtcSet: (ms) => parentPort.postMessage({ type: "rtc-set", ms }),  // the RTC set: its offset
   radio: (text) => parentPort.postMessage({ type: "radio", text }),  // adverts, notifications
   pinOut: (pin, level) => parentPort.postMessage({ type: "pin", pin, level }),
   // what arrived on UART `id` since the last call, as hex ("" for nothing)
@@ -72,6 +84,11 @@ globalThis.polekitHw = {
     return false;
   },
   net: netCall,  // TCP sockets: JSON request in, JSON reply out (blocks)
+  // machine.lightsleep(ms): the VM blocks for ms (in slices, so the worker stays killable)
+  sleepMs: (ms) => {
+    const until = Date.now() + ms;
+    for (let left = ms; left > 0; left = until - Date.now()) Atomics.wait(napCell, 0, 0, Math.min(100, left));
+  },
 };
 
 // The heap budget. The port's GC heap starts at `heapsize` and grows on demand into new
@@ -125,11 +142,80 @@ function readTree(dir, out) {
   }
   return out;
 }
+// The flash as the chip has it: a file the firmware closed (littlefs commits a file at its
+// close), a rename, a removal or a new folder is in the host folder when the call returns,
+// written from here, synchronously. A watchdog reset or a power cut throws this worker away
+// without a word, and a snapshot taken when the VM goes idle (never, for a VM that hangs)
+// would lose what it wrote since; an update's "signature checked" flag was lost that way.
+// Installed after the boot wrote the flash into the VM, so only the firmware's writes count.
+// A soft reset runs the finalisers of the files still open (MicroPython's gc_sweep_all), so
+// they reach the flash as if closed: flushOpen() does that before the VM is thrown away.
+let flushOpen = () => {};
+function writeThrough() {
+  if (!fsDir) return;
+  const FS = mp.FS;
+  const host = (p) => {
+    const parts = String(p).split("/").filter((x) => x);
+    return parts.length && !SKIP.has(parts[0]) ? nodePath.join(fsDir, ...parts) : null;
+  };
+  const saveFile = (p) => {
+    const h = host(p);
+    if (!h) return;
+    fs.mkdirSync(nodePath.dirname(h), { recursive: true });
+    fs.writeFileSync(h, FS.readFile(p));
+  };
+  const saveTree = (p) => {  // a folder renamed: what it holds, as the VM has it
+    const h = host(p);
+    if (!h) return;
+    if (FS.isDir(FS.stat(p).mode)) {
+      fs.mkdirSync(h, { recursive: true });
+      for (const name of FS.readdir(p)) if (name !== "." && name !== "..") saveTree(p + "/" + name);
+    } else saveFile(p);
+  };
+  flushOpen = () => {
+    for (const stream of FS.streams) {
+      if (stream && stream.path && (stream.flags & 3) !== 0) saveFile(stream.path);
+    }
+  };
+  const { close, rename, unlink, rmdir, mkdir } = FS;
+  FS.close = (stream) => {
+    const path = stream.path, written = (stream.flags & 3) !== 0;  // O_WRONLY or O_RDWR
+    const out = close.call(FS, stream);
+    if (written && path) saveFile(path);
+    return out;
+  };
+  FS.rename = (from, to) => {
+    const out = rename.call(FS, from, to);
+    const a = host(from);
+    if (a) fs.rmSync(a, { recursive: true, force: true });
+    saveTree(to);
+    return out;
+  };
+  FS.unlink = (p) => {
+    const out = unlink.call(FS, p);
+    const h = host(p);
+    if (h) fs.rmSync(h, { force: true });
+    return out;
+  };
+  FS.rmdir = (p) => {
+    const out = rmdir.call(FS, p);
+    const h = host(p);
+    if (h) fs.rmSync(h, { recursive: true, force: true });
+    return out;
+  };
+  FS.mkdir = (p, mode) => {
+    const out = mkdir.call(FS, p, mode);
+    const h = host(p);
+    if (h) fs.mkdirSync(h, { recursive: true });
+    return out;
+  };
+}
 // board flash first, then the ROM-like modules the ESP32 port has and the VM lacks
 for (const [path, data] of Object.entries(files)) {
   if (path.endsWith("/")) mp.FS.mkdirTree(path.slice(0, -1)); else writeTree({ [path]: data });
 }
 writeTree(libFiles);
+writeThrough();
 for (const d of ["/tmp", "/home/web_user", "/home"]) { try { mp.FS.rmdir(d); } catch { /* not there */ } }
 // The port raises Emscripten's errno values (ENOENT is 44); the chip and mpremote expect
 // POSIX ones (ENOENT is 2). File functions are wrapped to translate them.
@@ -187,8 +273,16 @@ except BaseException as e:
 // gc.mem_free() of the port counts memory the heap could still grow into (~134 MB); the
 // board reports what is left of its budget, as the chip does
 mp.FS.writeFile("/rom/_board_def.json", JSON.stringify(boardDef));
-mp.runPython("import _board, _vdev, machine, _wifi, socket\n_vdev.attach()\nimport gc\ngc.collect()");
+// `time` is the ESP32's (hil/vmlib/_rtc_time.py: epoch 2000, the board's RTC), for every
+// import after this one
+mp.runPython("import sys, _board, _rtc_time\nsys.modules['time'] = _rtc_time\nimport _vdev, machine, _wifi, socket, _asyncio_gc\n_vdev.attach()\n_asyncio_gc.install()\nimport gc\ngc.collect()");
 for (const [path, value] of Object.entries(physics)) {
+  try { mp.runPython(`_board.set(${JSON.stringify(path)}, ${pyLiteral(value)})`); }
+  catch (e) { parentPort.postMessage({ type: "log", text: `replaying ${path}: ${e}` }); }
+}
+// what happened in the world while the chip slept (a rain tip that woke it): once, after
+// the physical values and before the firmware runs
+for (const [path, value] of events || []) {
   try { mp.runPython(`_board.set(${JSON.stringify(path)}, ${pyLiteral(value)})`); }
   catch (e) { parentPort.postMessage({ type: "log", text: `replaying ${path}: ${e}` }); }
 }
@@ -199,7 +293,7 @@ mp.FS.writeFile("/rom/_board_gc.py", `
 import gc as _gc
 BUDGET = ${heapBytes}
 ROM = ${romBytes}
-collect = _gc.collect
+from _asyncio_gc import collect  # due now, run at the next yield (hil/vmlib/_asyncio_gc.py)
 enable = _gc.enable
 disable = _gc.disable
 isenabled = _gc.isenabled
@@ -264,7 +358,8 @@ parentPort.on("message", (msg) => {
     }
     const ret = mp.replProcessChar(c);
     if (ret & FORCED_EXIT) {
-      parentPort.postMessage({ type: "files", files: readTree("/", {}) });
+      flushOpen();
+      if (!fsDir) parentPort.postMessage({ type: "files", files: readTree("/", {}) });
       parentPort.postMessage({ type: "reset", soft: true });
       executing = false;
       return;

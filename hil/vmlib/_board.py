@@ -24,12 +24,49 @@ pwm = {}  # GPIO number -> duty (0..65535) the firmware set
 adc = {}  # GPIO number -> raw reading (0..65535) the outside world drives
 ticks_ms = 0
 reset_cause = DEFINITION.get("reset_cause", 1)
+rtc_memory = bytes.fromhex(DEFINITION.get("rtc_memory", ""))  # kept by the board across deep sleep
+# deep-sleep wake sources as the chip keeps them (machine_rtc_config): "ext0": (pin or None,
+# level), "ext1": ([pins], level); none at boot
+# the RTC: its time (ms since 2000-01-01) is the host's Unix ms plus this; the board keeps it
+rtc_offset_ms = DEFINITION.get("rtc_offset_ms", 0)
+wake = {"ext0": (None, 0), "ext1": ([], 0)}
 
 
 def hex_of(data):
     # one string, not one a byte: a chip's UART write allocates nothing, and the VM cannot
     # collect garbage while firmware code runs (only between runs)
     return hexlify(data).decode()
+
+
+def deep_sleep(ms):
+    # what the board watches while the chip sleeps: the timer, the wake pins and their
+    # levels now, and how each device on a wake pin moves it (its wake_rule)
+    ext0 = wake["ext0"] if wake["ext0"][0] is not None else None
+    ext1 = wake["ext1"] if wake["ext1"][0] else None
+    pins = []
+    if ext0:
+        pins.append(ext0[0])
+    if ext1:
+        pins += ext1[0]
+    rules = []
+    for dev in devices.values():
+        rule = getattr(dev, "wake_rule", None)
+        if rule is not None and getattr(dev, "pin", None) in pins:
+            rules.append(rule())
+    spec = {
+        "ms": ms,  # None: no timer; 0 wakes at once (a 0 us timer), as on the chip
+        "ext0": ext0,
+        "ext1": ext1,
+        "levels": {str(p): pins_level(p) for p in pins},
+        "rules": rules,
+    }
+    js.polekitHw.deepsleep(json.dumps(spec))
+    while True:  # the chip never returns from deep sleep: the board ends this VM
+        pass
+
+
+def pins_level(pin):
+    return pins.get(pin, 0)
 
 
 def uart_write(uart_id, data):
@@ -41,7 +78,8 @@ def uart_write(uart_id, data):
 
 
 def adc_u16(pin):
-    return adc.get(pin, 0)
+    v = adc.get(pin, 0)
+    return v() if callable(v) else v  # a device that answers at the moment of conversion
 
 
 def set_pin(pin, value):
@@ -123,3 +161,12 @@ def interrupt():
     if alive:
         print("Traceback (most recent call last):\r\nKeyboardInterrupt: ")
     return len(alive)
+
+
+def set_rtc(ms_since_2000):
+    # machine.RTC().datetime(...): the board keeps the new offset across deep sleep and resets
+    global rtc_offset_ms
+    import time as _t  # the port's, or _rtc_time: both give host ms plus the offset
+
+    rtc_offset_ms = ms_since_2000 - (_t.time_ns() // 1000000 - rtc_offset_ms)
+    js.polekitHw.rtcSet(rtc_offset_ms)

@@ -3,12 +3,14 @@
 # Each answers the firmware at the bus level (I2C bytes with the real chip's commands and
 # CRCs, UART frames, pin levels, ADC counts) from physical values the host sets:
 #   sht3x.temperature, sht3x.humidity, bh1750.illuminance, adxl345.tilt, pms5003.pm2_5,
-#   door.active, sos.press (ms), noise.voltage, battery.voltage, lamp.level (read back)...
+#   door.active, sos.press (ms), noise.voltage, battery.voltage, lamp.level (read back),
+#   level.metres (4-20 mA loop), rain.tips / rain.rate_mm_h, flow.l_min, cover.open / cover.tilt...
 # Faults, on any device: .absent (1: no answer, I2C raises ENODEV), .stuck (1: the value
 # freezes), .noise (amplitude added at random to every reading), .spike ({quantity: value}:
 # the next measurement only reads that wild value; reads back {} once it has been measured).
 import math
 import random
+import time
 
 import _board
 
@@ -223,12 +225,15 @@ class Button(Contact):
 
 
 class Analog(Device):
-    # a voltage on an ADC pin (3.3 V full scale), through an optional divider
+    # a voltage on an ADC pin (3.3 V full scale), through an optional divider; a battery's
+    # input starts at the cells' nominal_v (the board definition's), not at a bare 1.0 V
     DEFAULTS = {"voltage": 1.0}
 
     def __init__(self, name, spec):
         super().__init__(name, spec)
         self.pin = spec["pin"]
+        if "nominal_v" in spec:
+            self.values["voltage"] = float(spec["nominal_v"])
 
     def tick(self, now):
         if self.absent:
@@ -255,7 +260,159 @@ class Lamp(Device):
         return values[quantity]
 
 
+class LoopTransducer(Device):
+    # a 4-20 mA water-level pressure transducer read through a shunt on an ADC pin:
+    # 4 mA at 0 m, 20 mA at range_m; it drives its loop only while its power pin is high and
+    # warmup_ms after that (before, the loop reads 0 mA, as a cold sensor's does). Saturates
+    # at 3.9 and 22 mA (NAMUR NE 43 keeps 3.8-20.5 mA for measurements); open=1 is a cut wire
+    DEFAULTS = {"metres": 0.5, "open": 0}
+
+    def __init__(self, name, spec):
+        super().__init__(name, spec)
+        self.pin = spec["pin"]
+        self.powered_at = None
+        power = spec.get("power_pin")
+        if power is not None:
+            _board.pin_listeners.setdefault(power, []).append(self._power)
+            if _board.pins.get(power):
+                self._power(1)
+        _board.adc[self.pin] = self.adc_u16  # converted when the firmware reads it
+
+    def _power(self, level):
+        self.powered_at = time.ticks_ms() if level else None
+
+    def current_ma(self):
+        if self.spec.get("power_pin") is not None:
+            if self.powered_at is None:
+                return 0.0
+            if time.ticks_diff(time.ticks_ms(), self.powered_at) < self.spec.get("warmup_ms", 0):
+                return 0.0
+        if self.absent or self.values["open"]:
+            return 0.0
+        ma = 4 + 16 * self.reading("metres") / self.spec.get("range_m", 5.0)
+        return max(3.9, min(22.0, ma))
+
+    def adc_u16(self):
+        volts = self.current_ma() / 1000 * self.spec.get("shunt_ohm", 120)
+        return max(0, min(65535, int(volts / 3.3 * 65535)))
+
+
+class RainGauge(Device):
+    # a tipping-bucket rain gauge: a reed contact closes for closure_ms at each tip of
+    # mm_per_tip. rain.tips = N: N tips from now (GAP_MS apart); rain.rate_mm_h: the bucket
+    # fills and tips on its own; rain.bounce: extra make/break chatters at each closure (a
+    # worn reed); rain.fill_mm: the water in the bucket now (the board keeps it across sleep)
+    DEFAULTS = {"tips": 0, "rate_mm_h": 0.0, "fill_mm": 0.0, "bounce": 0}
+    # tips=N comes one tip a second: faster than any rain (300 mm/h, about the wettest hour
+    # on record, is a tip every 2.4 s at 0.2 mm), and still inside a woken node's boot
+    GAP_MS = 900
+
+    def __init__(self, name, spec):
+        super().__init__(name, spec)
+        self.pin = spec["pin"]
+        self.closed_level = 0 if spec.get("active_low", True) else 1
+        self.pending = 0
+        self.closed_until = None
+        self.next_ms = 0
+        self.last = None
+        _board.set_pin(self.pin, 1 - self.closed_level)
+
+    def changed(self, quantity):
+        if quantity == "tips":
+            self.pending += int(self.values["tips"])
+            self.values["tips"] = 0
+            self._step(_board.ticks_ms)
+
+    def _step(self, now):
+        if self.closed_until is not None and now >= self.closed_until:
+            self.closed_until = None
+            _board.set_pin(self.pin, 1 - self.closed_level)
+            self.next_ms = now + self.GAP_MS
+        if self.closed_until is None and self.pending and now >= self.next_ms:
+            self.pending -= 1
+            for _ in range(int(self.values["bounce"])):  # make, break, make...: one tip
+                _board.set_pin(self.pin, self.closed_level)
+                _board.set_pin(self.pin, 1 - self.closed_level)
+            _board.set_pin(self.pin, self.closed_level)
+            self.closed_until = now + self.spec.get("closure_ms", 100)
+
+    def tick(self, now):
+        if self.last is not None:
+            self.values["fill_mm"] += self.values["rate_mm_h"] * (now - self.last) / 3600000
+        self.last = now
+        tip = self.spec.get("mm_per_tip", 0.2)
+        while self.values["fill_mm"] >= tip:
+            self.values["fill_mm"] -= tip
+            self.pending += 1
+        self._step(now)
+
+    def wake_rule(self):
+        return {
+            "kind": "bucket",
+            "device": self.name,
+            "pin": self.pin,
+            "level": self.closed_level,
+            "tip_mm": self.spec.get("mm_per_tip", 0.2),
+            "fill_mm": self.values["fill_mm"],
+            "rate": self.values["rate_mm_h"],
+            "pending": self.pending,
+        }
+
+
+class FlowMeter(Device):
+    # a pulse-output flow meter: pulses_per_litre pulses per litre at flow.l_min, while its
+    # power pin (if any) is high
+    DEFAULTS = {"l_min": 0.0}
+
+    def __init__(self, name, spec):
+        super().__init__(name, spec)
+        self.pin = spec["pin"]
+        self.due = 0.0
+        self.last = None
+        _board.set_pin(self.pin, 0)
+
+    def tick(self, now):
+        power = self.spec.get("power_pin")
+        on = power is None or _board.pins.get(power)
+        if self.last is not None and on and not self.absent:
+            litres = self.reading("l_min") * (now - self.last) / 60000
+            self.due += litres * self.spec.get("pulses_per_litre", 100)
+        self.last = now
+        while self.due >= 1:
+            self.due -= 1
+            _board.set_pin(self.pin, 1)
+            _board.set_pin(self.pin, 0)
+
+
+class Cover(ADXL345):
+    # a manhole cover: a reed contact on `pin` (high when the cover is lifted off its magnet,
+    # unless active_low) and an ADXL345 on the cover's frame for its tilt
+    DEFAULTS = {"open": 0, "tilt": 0.0}
+
+    def __init__(self, name, spec):
+        super().__init__(name, spec)
+        self.pin = spec["pin"]
+        self.changed("open")
+
+    def changed(self, quantity):
+        if quantity == "open":
+            level = (1 if self.values["open"] else 0) ^ (1 if self.spec.get("active_low") else 0)
+            _board.set_pin(self.pin, level)
+
+    def wake_rule(self):
+        return {
+            "kind": "level",
+            "path": self.name + ".open",
+            "pin": self.pin,
+            "invert": bool(self.spec.get("active_low")),
+        }
+
+
 KINDS = {
+    "loop_4_20": LoopTransducer,
+    "rain_gauge": RainGauge,
+    "flow_meter": FlowMeter,
+    "cover": Cover,
     "sht3x": SHT3x,
     "bh1750": BH1750,
     "adxl345": ADXL345,

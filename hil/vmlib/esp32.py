@@ -79,6 +79,34 @@ if _board.DEFINITION.get("chip", "esp32") == "esp32":
     def raw_temperature():
         return 113
 
+    # deep-sleep wake sources on RTC GPIOs (ports/esp32/modesp32.c; RTC_IS_VALID_EXT_PIN):
+    # the board (hil/js/board.mjs) watches these pins while the chip sleeps
+    _RTC_PINS = (0, 2, 4, 12, 13, 14, 15, 25, 26, 27, 32, 33, 34, 35, 36, 37, 38, 39)
+
+    def _rtc_pin(pin):
+        n = pin.id if hasattr(pin, "id") else pin
+        if n not in _RTC_PINS:
+            raise ValueError("invalid pin")
+        return n
+
+    # ports/esp32/modesp32.c v1.27.0 (esp32_wake_on_ext0/ext1): both arguments optional, by
+    # position or by name, each left out keeps what it was (their defaults are the current
+    # setting); ext0's pin None ends EXT0, ext1's pins None keeps the pins (only an empty
+    # list ends EXT1)
+    def wake_on_ext0(pin=..., level=...):
+        old_pin, old_level = _board.wake["ext0"]
+        if pin is ...:
+            pin = old_pin
+        elif pin is not None:
+            pin = _rtc_pin(pin)
+        _board.wake["ext0"] = (pin, old_level if level is ... else (1 if level else 0))
+
+    def wake_on_ext1(pins=None, level=...):
+        old_pins, old_level = _board.wake["ext1"]
+        if pins is not None:
+            old_pins = [_rtc_pin(p) for p in pins]
+        _board.wake["ext1"] = (old_pins, old_level if level is ... else (1 if level else 0))
+
 else:
 
     def mcu_temperature():

@@ -45,6 +45,16 @@ HARD_RESET = 2
 WDT_RESET = 3
 DEEPSLEEP_RESET = 4
 SOFT_RESET = 5
+# machine.wake_reason() is esp_sleep_get_wakeup_cause() (ports/esp32/modmachine.c): ESP-IDF's
+# esp_sleep_source_t numbers; 0 (undefined) after any start that was not a wake from sleep
+PIN_WAKE = 2
+EXT0_WAKE = 2
+EXT1_WAKE = 3
+TIMER_WAKE = 4
+TOUCHPAD_WAKE = 5
+ULP_WAKE = 6
+SLEEP = 2
+DEEPSLEEP = 4
 
 
 class Pin:
@@ -398,16 +408,44 @@ class WDT:
 
 
 class RTC:
+    # ports/esp32/machine_rtc.c v1.27.0 machine_rtc_datetime_helper: read (year, month, day,
+    # weekday, hours, minutes, seconds, microseconds) from the clock; set from such a tuple
+    # of exactly 8 (the weekday is not used); init() takes (year, month, day, hours, minutes,
+    # seconds, microseconds, tzinfo)
     def datetime(self, _datetimetuple=None):
         import time
 
         if _datetimetuple is None:
-            t = time.localtime()
-            return (t[0], t[1], t[2], t[6], t[3], t[4], t[5], 0)
+            ns = time.time_ns()
+            t = time.gmtime(ns // 1000000000)
+            return (t[0], t[1], t[2], t[6], t[3], t[4], t[5], ns // 1000 % 1000000)
+        self._set(_datetimetuple, 4)
         return None
 
     def init(self, _datetime):
-        pass
+        self._set(_datetime, 3)
+
+    def _set(self, items, hour):
+        import time
+
+        items = tuple(items)
+        if len(items) != 8:
+            raise ValueError("tuple/list has wrong length")
+        secs = time.mktime(
+            (items[0], items[1], items[2], items[hour], items[hour + 1], items[hour + 2], 0, 0)
+        )
+        _board.set_rtc(secs * 1000 + items[7] // 1000)
+
+    # RTC slow memory: kept across deep sleep and resets, lost when the power goes
+    # (ports/esp32/machine_rtc.c: at most MICROPY_HW_RTC_USER_MEM_MAX = 2048 bytes)
+    def memory(self, _data=None):
+        if _data is None:
+            return bytes(_board.rtc_memory)
+        data = bytes(_data)
+        if len(data) > 2048:
+            raise ValueError("buffer too long")
+        _board.rtc_memory = data
+        _js.polekitHw.rtcMemory(_board.hex_of(data))
 
 
 class Timer:
@@ -462,12 +500,23 @@ def freq(_hz=None):
     return (160000000 if _CHIP == "esp32c3" else 240000000) if _hz is None else None
 
 
-def deepsleep(_time_ms=0):
-    _js.polekitHw.deepsleep(_time_ms)
+# never returns, as on the chip: the board powers the CPU down (the VM is thrown away) and
+# starts a new one on the timer or on a wake source (esp32.wake_on_ext0/ext1)
+# (ports/esp32/modmachine.c machine_sleep_helper: a time given, even 0, arms the timer; none
+# given, only the wake pins wake it)
+def deepsleep(_time_ms=None):
+    _board.deep_sleep(_time_ms)
 
 
-def lightsleep(_time_ms=0):
-    pass
+def wake_reason():
+    return _board.DEFINITION.get("wake_reason", 0)
+
+
+# the CPU paused for the time given (the VM blocks; timers and wake pins do not end it early
+# here, a difference the chip would not show a firmware that sleeps by time)
+def lightsleep(_time_ms=None):
+    if _time_ms is not None and _time_ms > 0:
+        _js.polekitHw.sleepMs(int(_time_ms))
 
 
 def idle():

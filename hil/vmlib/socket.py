@@ -7,8 +7,10 @@
 # the resolver cannot find. The link is the board's Wi-Fi: the host's `wifi.up` = 0 drops
 # every connection (ECONNRESET) and refuses new ones (EHOSTUNREACH).
 #
-# What the emulated board does not have: UDP and raw sockets, listening sockets (bind,
-# listen, accept), sendto/recvfrom, and TLS (the chip's ssl module wraps a socket in
+# UDP (SOCK_DGRAM: sendto, recv/recvfrom with the socket's timeout; micropython-lib's ntptime
+# uses it) goes to the host's network through node:dgram, the same Wi-Fi: down, sendto raises
+# EHOSTUNREACH. What the emulated board does not have: raw sockets, listening sockets (bind,
+# listen, accept), and TLS (the chip's ssl module wraps a socket in
 # mbedTLS; here there is none, see docs/hil.md). Calls are held to the chip's (see
 # machine.py): "_name" parameters are positional-only.
 import errno as _errno
@@ -67,10 +69,11 @@ def getaddrinfo(_host, _port, _af=0, _type=0, _proto=0, _flags=0):
 
 class socket:  # noqa: N801 - the chip's name
     def __init__(self, _af=AF_INET, _type=SOCK_STREAM, _proto=0):
-        if _type != SOCK_STREAM:
+        if _type not in (SOCK_STREAM, SOCK_DGRAM):
             raise NotImplementedError(
-                "the emulated board has TCP sockets (SOCK_STREAM) only; a real ESP32 has UDP too"
+                "the emulated board has TCP and UDP sockets; a real ESP32 has raw ones too"
             )
+        self._udp = _type == SOCK_DGRAM
         self._id = None  # the host's connection, once connected
         self._timeout_ms = None  # None: block for ever (the chip's default); 0: non-blocking
         self._closed = False
@@ -122,8 +125,44 @@ class socket:  # noqa: N801 - the chip's name
         if "errno" in reply:  # a refused or timed-out connect; EINPROGRESS if non-blocking
             raise _error(reply["errno"])
 
+    def _datagram(self, n, flags=0):
+        # one datagram (up to n bytes of it; the rest is dropped, as lwIP does) and its sender
+        if self._closed:
+            raise OSError(_errno.EBADF)
+        if self._id is None:  # nothing sent from it yet: nothing can come to it
+            self._id = _call({"op": "udp-open"})["id"]
+        timeout = 0 if flags & MSG_DONTWAIT else self._timeout_ms
+        reply = _call({"op": "recvfrom", "id": self._id, "n": n, "timeout_ms": timeout})
+        if "errno" in reply:
+            raise _error(reply["errno"])
+        return bytes.fromhex(reply["hex"]), (reply["host"], reply["port"])
+
+    def recvfrom(self, _bufsize):
+        if not self._udp:
+            return self._recv(_bufsize), None
+        return self._datagram(_bufsize)
+
+    def sendto(self, _bytes, _address):
+        if self._closed:
+            raise OSError(_errno.EBADF)
+        host, port = _address
+        addr = _resolve(host)
+        if not _network.WLAN(_network.STA_IF).isconnected():
+            raise OSError(_errno.EHOSTUNREACH)
+        if self._id is None:
+            self._id = _call({"op": "udp-open"})["id"]
+        data = bytes(_bytes)
+        reply = _call(
+            {"op": "sendto", "id": self._id, "host": addr, "port": int(port), "hex": data.hex()}
+        )
+        if "errno" in reply:
+            raise _error(reply["errno"])
+        return reply["n"]
+
     def _recv(self, n, flags=0):
         # one read from the network: up to n bytes, b"" at the peer's close
+        if self._udp:
+            return self._datagram(n, flags)[0]
         conn = self._conn()
         if self._peer_closed or n <= 0:
             return b""

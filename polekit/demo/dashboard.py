@@ -32,8 +32,12 @@ SHOWN = (  # the values worth a glance, per kind of device
     "voltage",
     "battery",
     "smoke",
+    "water_level",
+    "rain",
+    "cover_open",
 )
-LABELS = {"lamp_level": "lamp"}  # where the model's name reads oddly on a dashboard
+# where the model's name reads oddly on a dashboard
+LABELS = {"lamp_level": "lamp", "water_level": "river", "cover_open": "cover open"}
 
 
 def number(value: float) -> str:
@@ -102,10 +106,18 @@ def summary_text(summary: dict[str, Any]) -> str:
     lines = [
         f"The street ran {number(summary['duration_s'])} s with "
         f"{_devices(summary['devices'], 'modbus')} on RS-485 and "
-        f"{_count(summary['devices'], 'ble')} on BLE.",
+        f"{_count(summary['devices'], 'ble')} on BLE"
+        + (" and a water node on Wi-Fi MQTT." if summary.get("water") else "."),
         f"Readings: {produced} produced by the gateway, {delivered} reached the platform, "
         + ("none lost." if not lost else f"{lost} lost."),
     ]
+    water = summary.get("water")
+    if water:
+        lost = water["lost"]
+        lines.append(
+            f"Water node {water['code']}: {water['packs']} reports reached the platform "
+            "straight from the node, " + ("none lost." if not lost else f"{lost} lost.")
+        )
     raised, seen = summary["alarms_raised"], summary["alarms_seen"]
     names = list(raised) + [n for n in seen if n not in raised]  # in the order they happened
     if names:

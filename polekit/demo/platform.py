@@ -23,7 +23,19 @@ import aiomqtt
 from polekit.protocols import modbus, senml
 
 # one wording for each alarm, wherever a person reads it (dashboard, summary, verdict)
-ALARM_WORDS = {"tilt": "tilt alarm", "water": "water alarm", "smoke": "smoke alarm", "sos": "SOS"}
+ALARM_WORDS = {
+    "tilt": "tilt alarm",
+    "water": "water alarm",
+    "smoke": "smoke alarm",
+    "sos": "SOS",
+    "level_high": "high water alarm",
+    "level_rising": "rising water alarm",
+    "rain_heavy": "heavy rain alarm",
+    "cover_open": "manhole cover alarm",
+}
+# nodes that reach the broker themselves (firmware/node/uplinks/mqtt_link.py): SenML-CBOR
+# packs with their own seq per device and kind, alarms as packs on event/{code}
+DIRECT = ("wifi", "nbiot")
 
 
 def alarm_words(name: str) -> str:
@@ -40,6 +52,17 @@ class DeviceView:
     readings: int = 0
     packs: int = 0
     last_t: float = 0.0
+    seqs: set[int] = field(default_factory=set)  # data packs' seq, for a direct node's gaps
+
+    @property
+    def direct(self) -> bool:
+        """A node on its own uplink (no gateway between it and the broker)."""
+        return self.transport in DIRECT
+
+    @property
+    def lost(self) -> int:
+        """Data packs a direct node numbered but the platform never got (gaps in seq)."""
+        return max(self.seqs) - len(self.seqs) if self.seqs else 0
 
 
 @dataclass
@@ -107,7 +130,8 @@ class Platform:
 
     @property
     def delivered(self) -> int:
-        return sum(d.readings for d in self.devices.values())
+        """Readings from devices behind the gateway (what the gateway produced)."""
+        return sum(d.readings for d in self.devices.values() if not d.direct)
 
     def raise_alarm(self, name: str) -> None:
         """The street made alarm ``name`` happen: the platform must see it once."""
@@ -166,6 +190,9 @@ class Platform:
                 out.append(f"{alarm_words(name)}: {raised - seen} of {raised} not seen")
             elif seen > raised:
                 out.append(f"{alarm_words(name)}: seen {seen} times for {raised} raised")
+        for d in self.devices.values():
+            if d.direct and d.lost:
+                out.append(f"{d.lost} of {max(d.seqs)} packs from {d.code} never arrived")
         out += [c.problem for c in self.commands.values() if c.problem]
         return out
 
@@ -179,31 +206,23 @@ class Platform:
         self.arrivals.append(time.monotonic())
         parts = topic.split("/")
         kind, code = (parts[-2], parts[-1]) if len(parts) >= 2 else ("", "")
-        if kind == "data" and code in self.devices:
+        view = self.devices.get(code)
+        if view is not None and view.direct and kind in ("data", "event"):
+            self._direct(view, kind, payload)
+        elif kind == "data" and view is not None:
             pack = (
                 senml.decode_json(payload)
                 if self.fmt == "senml+json"
                 else senml.decode_cbor(payload)
             )
-            records = senml.resolve(pack, now=time.time())
-            values, units = {}, {}
-            for r in records:
-                name = r["n"].rsplit(":", 1)[1]
-                values[name] = r.get("v", r.get("vb", r.get("vs")))
-                if "u" in r:
-                    units[name] = r["u"]
+            values, units = self._values(pack)
             seq = int(values.pop("seq", -1))
             if (code, seq) in self.seen:
                 return  # a redelivery
             self.seen.add((code, seq))
-            view = self.devices[code]
-            view.values.update(values)
-            view.units.update(units)
-            view.readings += len(values)
-            view.packs += 1
-            view.last_t = time.time()
+            self._update(view, values, units)
             self._edges(code, values)
-        elif kind == "event" and code in self.devices:
+        elif kind == "event" and view is not None:
             body = json.loads(payload) if payload[:1] == b"{" else {}
             name, value = str(body.get("event", "event")), body.get("value")
             if (code, name, body.get("t")) in self._events_seen:
@@ -221,6 +240,44 @@ class Platform:
             cmd = self.commands.get(str(body.get("id")))
             if cmd is not None and cmd.result is None:
                 cmd.result, cmd.answered_at = body, time.monotonic()
+
+    @staticmethod
+    def _values(pack: Any) -> tuple[dict[str, Any], dict[str, str]]:
+        values, units = {}, {}
+        for r in senml.resolve(pack, now=time.time()):
+            name = r["n"].rsplit(":", 1)[1]
+            values[name] = r.get("v", r.get("vb", r.get("vs")))
+            if "u" in r:
+                units[name] = r["u"]
+        return values, units
+
+    @staticmethod
+    def _update(view: DeviceView, values: dict[str, Any], units: dict[str, str]) -> None:
+        view.values.update(values)
+        view.units.update(units)
+        view.readings += len(values)
+        view.packs += 1
+        view.last_t = time.time()
+
+    def _direct(self, view: DeviceView, kind: str, payload: bytes) -> None:
+        # a node's own SenML-CBOR pack: a report on data/, an alarm ({"alarm": name,
+        # "alarm_on": bool, ...}) on event/; each kind numbered by its own seq
+        values, units = self._values(senml.decode_cbor(payload))
+        seq = int(values.pop("seq", -1))
+        if (view.code, kind, seq) in self._events_seen:
+            return  # a redelivery
+        self._events_seen.add((view.code, kind, seq))
+        if kind == "data":
+            view.seqs.add(seq)
+            self._update(view, values, units)
+            return
+        self.events += 1
+        name = str(values.get("alarm", "event"))
+        if not values.get("alarm_on"):
+            self._log(f"{alarm_words(name)} cleared", view.code)
+            return
+        self.alarms[name] += 1
+        self._log(alarm_words(name), view.code)
 
     def _log(self, what: str, code: str) -> None:
         self.alarm_log.append(f"{time.strftime('%H:%M:%S')}  {what} at {code}")

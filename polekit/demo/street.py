@@ -40,6 +40,7 @@ class Options:
     duration: float = 60.0
     broker: str | None = None  # an existing broker's URL; default: an embedded amqtt
     faults: tuple[str, ...] = ()  # names in polekit.demo.faults.FAULTS
+    water: bool = False  # a battery water node on Wi-Fi MQTT, and a storm
 
 
 @dataclass
@@ -66,6 +67,9 @@ class Street:
     overtime_s: float = 0.0  # how long the street ran on for the platform to see it all
     started: float = 0.0
     broker: Any = None  # the embedded broker (a new one after the outage), None with --broker
+    water: tuple[str, Any] | None = None  # (code, board) of the water node, with --water
+    wan_port: int = 0  # the relay's port: the water node's way to the broker
+    level_m: float = 0.0  # the river at the water node, as last set
 
     # ---- the parts ----------------------------------------------------------------------
 
@@ -75,6 +79,8 @@ class Street:
         out[identity.make(REGION, "EM", 1)] = "modbus"
         out.update({identity.make(REGION, "SO", j): "ble" for j in range(1, m + 1)})
         out[identity.make(REGION, "TH", 1)] = "ble"
+        if self.options.water:
+            out[identity.make(REGION, "WL", 1)] = "wifi"
         return out
 
     def _start_boards(self) -> None:
@@ -127,6 +133,37 @@ class Street:
             every_s=2.0,
         )
         self.log(f"third-party BTHome thermometer {THERMO_ADDR} advertising")
+        if self.options.water:
+            self._start_water_node()
+
+    def _start_water_node(self) -> None:
+        # the battery node by the river: its own Wi-Fi MQTT uplink to the broker (through
+        # the relay, the street's WAN), deep sleep between reports; reports every 10 s in
+        # dry weather, every 5 s while it rains, so a minute's storm shows
+        from polekit.firmware.install import install
+        from polekit.hil.emulator import EmulatedBoard
+
+        code = identity.make(REGION, "WL", 1)
+        flash = install(
+            self.work / "water",
+            "water-esp32",
+            {
+                "device_code": code,
+                "uplink": "wifi",
+                "mqtt_host": "127.0.0.1",
+                "mqtt_port": self.wan_port,
+                "report_s": 10,
+                "storm_report_s": 5,
+                "flow_gate_ms": 500,
+            },
+            compiled=True,
+        )
+        board = EmulatedBoard("water-esp32", fs_dir=flash, unique_id="30aea4000001").start()
+        self.level_m = 0.5
+        board.set("level.metres", self.level_m)
+        self.boards.append(board)
+        self.water = (code, board)
+        self.log(f"water node {code} up by the river: Wi-Fi MQTT, asleep between reports")
 
     async def _start_meter(self) -> None:
         from polekit.hil.fieldbus import SimulatedBus
@@ -251,9 +288,40 @@ class Street:
             Step(0.74, "the broker is back", lambda: None),
             Step(0.80, "another SOS press", sos),
         ]
+        if self.water is not None:
+            steps += self._storm(platform)
+            steps.sort(key=lambda step: step.at)
         if self.options.broker is not None:
             steps = [s for s in steps if "broker" not in s.what]
         return steps
+
+    def _storm(self, platform: Platform) -> list[Step]:
+        """The water node's storm: rain, the river rising (``_physics`` ramps it from 0.30
+        to 0.50 of the run: one rising-water alarm, and a high-water one past 1.5 m), a
+        manhole cover lifted (its EXT1 wake: an alarm at once), then calm."""
+        assert self.water is not None
+        board = self.water[1]
+        raise_ = platform.raise_alarm
+
+        def rain(mm_h: float) -> Callable[[], None]:
+            return lambda: board.set("rain.rate_mm_h", mm_h)
+
+        def cover(is_open: int) -> Callable[[], None]:
+            def act() -> None:
+                board.set("cover.open", is_open)
+                if is_open:
+                    raise_("cover_open")
+
+            return act
+
+        return [
+            Step(0.10, "a storm: rain over the river, 36 mm/h", rain(36.0)),
+            Step(0.30, "the river rises fast", lambda: raise_("level_rising")),
+            Step(0.46, "the river passes 1.5 m", lambda: raise_("level_high")),
+            Step(0.62, "floodwater lifts a manhole cover", cover(1)),
+            Step(0.84, "the rain stops; the cover is put back", rain(0.0)),
+            Step(0.85, "", cover(0)),
+        ]
 
     # ---- running ------------------------------------------------------------------------
 
@@ -292,6 +360,7 @@ class Street:
         gw_task = None
         try:
             await asyncio.wait_for(subscribed.wait(), START_S)
+            self.wan_port = relay.port
             await asyncio.to_thread(self._start_boards)
             await self._start_meter()
             gw = Gateway(self._gateway_config(relay.port))
@@ -307,8 +376,9 @@ class Street:
                 for step in steps:
                     if not step.done and frac >= step.at:
                         step.done = True
-                        note = step.what
-                        self.log(f"{elapsed:5.1f} s  {step.what}")
+                        if step.what:
+                            note = step.what
+                            self.log(f"{elapsed:5.1f} s  {step.what}")
                         await self._special(step, platform, relay, subscribed, gw)
                         await asyncio.to_thread(step.action)
                 self.queue_peak = max(self.queue_peak, gw.queue.depth)
@@ -391,6 +461,16 @@ class Street:
             lux = round(60000 * sun**2 + 5, 1)
             await asyncio.to_thread(board.set, "sht3x.temperature", temp)
             await asyncio.to_thread(board.set, "bh1750.illuminance", lux)
+        if self.water is not None:
+            # the river: 0.5 m, rising to 1.8 m between 0.30 and 0.50 of the run (a steady
+            # climb: every sample in it sees the rise), high until 0.88, then falling back
+            level = 0.5 + 1.3 * min(1.0, max(0.0, (frac - 0.30) / 0.20))
+            if frac >= 0.88:
+                level = 0.8
+            level = round(level, 2)
+            if level != self.level_m:
+                self.level_m = level
+                await asyncio.to_thread(self.water[1].set, "level.metres", level)
 
     async def _finish(self, gw: Any, platform: Platform, render: Any) -> dict[str, Any]:
         # on a busy machine the emulated boards answer late: the street goes on (for
@@ -419,6 +499,18 @@ class Street:
             await asyncio.sleep(0.3)
         produced, delivered = gw.readings, platform.delivered
         failures = platform.failures(produced)
+        water = None
+        if self.water is not None:
+            view = platform.devices[self.water[0]]
+            water = {
+                "code": view.code,
+                "packs": view.packs,
+                "readings": view.readings,
+                "lost": view.lost,
+                "values": dict(view.values),
+            }
+            if not view.packs:
+                failures.append(f"no report from the water node {view.code} reached the platform")
         lamp = platform.commands.get("demo-lamp")
         return {
             "duration_s": self.options.duration,
@@ -453,6 +545,7 @@ class Street:
             "rs485": dict(vars(gw.buses["street-485"].counters)),
             "ble": dict(vars(gw.ble.counters)) if gw.ble is not None else {},
             "faults": list(self.options.faults),
+            "water": water,
             "failures": failures,
             "verdict": platform.verdict(failures),
         }

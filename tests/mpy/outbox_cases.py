@@ -246,6 +246,39 @@ def case_full_ring_drops_the_oldest_and_counts_them(mod, folder):
     assert mod.Outbox(path, capacity).dropped == total - held
 
 
+def case_pop_at_the_peeked_pack_never_forgets_an_unsent_one(mod, folder):
+    # a pack is being sent when a put fills the ring and drops the head segment (a command
+    # result put while the PUBACK is awaited): popping "the head" after the PUBACK would
+    # forget the oldest pack still held, which was never sent; pop(at) pops only the pack
+    # that was peeked, and that one is gone already
+    box = mod.Outbox(folder + "/outbox.bin", 1024)  # 128-byte segments
+    for i in range(4):
+        box.put("data", "D", b"pack %d" % i)
+    assert box.peek() == ("data", "D", b"pack 0")
+    sent = box.peeked
+    i = 4
+    while box.dropped == 0:
+        box.put("data", "D", b"pack %d" % i)
+        i += 1
+    oldest = box.peek()
+    box.pop(sent)  # its PUBACK came; the ring no longer holds it
+    assert box.peek() == oldest, (box.peek(), oldest)
+    held = len(box)
+    box.pop(box.peeked)
+    assert len(box) == held - 1 and box.peek() != oldest
+
+
+def case_a_pack_is_checked_before_anything_is_spent_on_it(mod, folder):
+    box = mod.Outbox(folder + "/outbox.bin", 1024)
+    assert box.check("data", "D", b"x" * 100) == 5 + 4 + 1 + 100 + 4
+    try:
+        box.check("data", "D", b"x" * 200)
+    except ValueError as exc:
+        assert "does not fit" in str(exc), str(exc)
+    else:
+        raise AssertionError("check() passed a pack over a segment")
+
+
 def case_cut_during_a_put(mod, folder):
     return _cut_test(
         mod,

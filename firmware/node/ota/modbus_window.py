@@ -5,31 +5,91 @@
 # Commands that take long (BEGIN: the signature; COMMIT: every file's hash) run as asyncio
 # tasks: the write is answered at once, the status says "checking"/"verifying" until they
 # end, and every other request (polls of this node's values) is answered meanwhile.
-# The session (session.py, and the Ed25519 code behind it) is imported at the first request
-# to the window, so a node that is never updated does not carry it on its heap.
+# This module is imported at the first request to the window; the signature check
+# (verify.py) at BEGIN, and the session (session.py) only once the signature is good: the
+# heap a running node leaves is too small for all of them and a signature step at once.
 from protocols import ota
 from protocols.errors import ModbusException
-from protocols.manifest import TOO_LARGE, ManifestError
 from protocols.modbus import ILLEGAL_ADDRESS, ILLEGAL_VALUE
 
+from . import record
+from .verify import TOO_LARGE
+
+HEADER = "/ota/header.bin"  # verify.HEADER
 DEVICE_FAILURE = 4
 DEVICE_BUSY = 6
 
 
-class ModbusWindow:
-    """The window of a node of ``board`` running version ``running`` ("MAJOR.MINOR");
-    ``reset`` is the node's planned reset (its state flushed first)."""
+# A collection at every request to the window: while an update runs, the node holds its
+# code and the update's beside its own, and its garbage must not pile up between the
+# collections the node asks for once a second (the emulated board's VM collects only when
+# asked and back in JavaScript; on the chip this is a collection of ~1 ms a request).
+def _collect():
+    import gc
 
+    gc.collect()
+
+
+async def pause_then_reset(reset):
+    from asyncio import sleep_ms
+
+    await sleep_ms(50)  # the answer to the last request leaves the UART first
+    reset()
+
+
+def _makedirs():
+    import os
+
+    try:
+        os.mkdir(record.DIR)
+    except OSError:
+        pass  # it exists
+
+
+# The window of a node of ``board`` running version ``running`` ("MAJOR.MINOR");
+# ``reset`` is the node's planned reset (its state flushed first).
+class ModbusWindow:
     def __init__(self, board, running, reset):
         self.board = board
         self.running = running
         self.reset = reset
         self.session = None
-        self.header = None  # bytearray: signature, then manifest, as the master writes it
+        self.boot = record.load() or {}
+        self.error = 0  # a refusal before the session was made
+        # the header (signature, then manifest) goes to the flash as the master writes it: the
+        # signature check has the heap its two RAM copies would take
+        self.header = 0  # its length, 0: none opened
         self.header_have = 0
         self.pending = 0  # CHECKING or VERIFYING while a command's task runs
         self.heap_low = None  # the least free heap seen during the update (bytes)
         self.task = None
+        self._after_check_boot()
+
+    # made after a check boot (verify.boot_check): its verdict is taken at once, as BEGIN would
+    def _after_check_boot(self):
+        import os
+
+        from .verify import PENDING, VERIFIED
+
+        try:
+            os.stat(VERIFIED)
+            n = os.stat(HEADER)[6]
+        except OSError:
+            return
+        try:
+            os.stat(PENDING)
+            return  # not checked yet
+        except OSError:
+            pass
+        stage = record.DIR + "/stage.json"
+        try:
+            os.stat(stage)
+            return  # staging began already: the master's BEGIN resumes it
+        except OSError:
+            pass
+        self.header = n
+        self.header_have = n
+        self._start(ota.CHECKING, self._begin())
 
     def handles(self, address):
         return ota.WINDOW_STATUS <= address < ota.WINDOW_DATA + 123
@@ -43,8 +103,6 @@ class ModbusWindow:
 
     # the update status points of the register map (pole-env), once a second
     def show(self, regs):
-        if self.session is None:
-            return
         s = self.status()
         regs.set("ota_state", s["state_code"])
         regs.set("ota_error", s["error"])
@@ -56,16 +114,31 @@ class ModbusWindow:
             self.heap_low = free
 
     def status(self):
-        s = self._session().status()
+        if self.session is not None:
+            s = self.session.status()
+        else:
+            rec = self.boot
+            prev = rec.get("previous")
+            state = {"trial": ota.TRIAL, "rolled_back": ota.ROLLED_BACK}.get(
+                rec.get("state") or "", 0
+            )
+            s = {
+                "state_code": ota.REFUSED if self.error else state,
+                "error": self.error,
+                "rollback": rec.get("rollback", 0),
+                "running_code": ota.version_code(self.running),
+                "previous_code": ota.version_code(prev) if prev else 0,
+            }
         if self.pending:
             s["state_code"] = self.pending
-        elif self.header is not None:
+        elif self.header:
             s["state_code"] = ota.HEADER
         s["heap_low"] = self.heap_low or 0
         return s
 
     # a function 3 read: registers of the status block
     def read(self, address, count):
+        _collect()
         end = ota.WINDOW_STATUS + ota.STATUS_REGS
         if address < ota.WINDOW_STATUS or address + count > end:
             raise ModbusException("only the status block can be read", ILLEGAL_ADDRESS)
@@ -75,6 +148,7 @@ class ModbusWindow:
 
     # a function 16 or 6 write: a command or a data chunk
     def write(self, address, values):
+        _collect()
         if address == ota.WINDOW_COMMAND:
             self._command(values)
         elif address == ota.WINDOW_DATA:
@@ -88,37 +162,41 @@ class ModbusWindow:
         code = values[0]
         if self.pending and code != ota.CMD_ABORT:
             raise ModbusException("busy", DEVICE_BUSY)
-        s = self._session()
         if code == ota.CMD_OPEN:
             n = values[1] << 16 | values[2] if len(values) >= 3 else 0
             if not ota.SIG_BYTES < n <= ota.SIG_BYTES + ota.MAX_MANIFEST_BYTES:
                 raise ModbusException("header of %d bytes" % n, ILLEGAL_VALUE)
-            if s.state == ota.TRIAL:
+            if self.status()["state_code"] == ota.TRIAL:
                 raise ModbusException("on trial", DEVICE_BUSY)
-            self.header = None  # the old one's memory first
-            self.header = bytearray(n)
+            _makedirs()
+            open(HEADER, "wb").close()
+            self.header = n
             self.header_have = 0
         elif code == ota.CMD_BEGIN:
-            if self.header is None or self.header_have < len(self.header):
+            if not self.header or self.header_have < self.header:
                 raise ModbusException("the header is not complete", ILLEGAL_VALUE)
             self._start(ota.CHECKING, self._begin())
         elif code == ota.CMD_COMMIT:
-            if s.state != ota.RECEIVING or s.need() is not None:
+            s = self.session
+            if s is None or s.state != ota.RECEIVING or s.need() is not None:
                 raise ModbusException("files are missing", ILLEGAL_VALUE)
             self._start(ota.VERIFYING, self._commit())
         elif code == ota.CMD_ABORT:
             if self.pending:
                 raise ModbusException("busy", DEVICE_BUSY)
-            self.header = None
+            self.header = 0
+            self.error = 0
+            if self.session is None:
+                return
             try:
-                s.abort()
+                self.session.abort()
             except OtaBusyError:
                 raise ModbusException("busy", DEVICE_BUSY) from None
         else:
             raise ModbusException("no command %d" % code, ILLEGAL_VALUE)
 
     def _data(self, values):
-        from .session import OtaBusyError, OtaOutOfOrderError
+        from .session import OtaBusyError
 
         if self.pending:
             raise ModbusException("busy", DEVICE_BUSY)
@@ -127,23 +205,32 @@ class ModbusWindow:
         except ValueError:
             raise ModbusException("data write too short", ILLEGAL_VALUE) from None
         if index == ota.HEADER_FILE:
-            h = self.header
-            if h is None or offset > self.header_have or offset >= len(h):
+            n = self.header
+            if not n or offset > self.header_have or offset >= n:
                 raise ModbusException("header at %d" % offset, ILLEGAL_VALUE)
-            end = min(len(h), offset + len(data))
-            h[offset:end] = data[: end - offset]
-            self.header_have = max(self.header_have, end)
+            end = min(n, offset + len(data))
+            if end > self.header_have:
+                with open(HEADER, "ab") as f:
+                    f.write(memoryview(data)[self.header_have - offset : end - offset])
+                self.header_have = end
             return
         try:
             self._session().write(index, offset, data)
-        except (OtaOutOfOrderError, ManifestError):
+        except ValueError:  # out of order, or a file refused (the status says which)
             raise ModbusException("chunk refused", ILLEGAL_VALUE) from None
         except OtaBusyError:
             raise ModbusException("busy", DEVICE_BUSY) from None
         except OSError:
-            self.session.state = ota.REFUSED
-            self.session.error = TOO_LARGE
+            self._refuse(TOO_LARGE)
             raise ModbusException("the flash refused the write", DEVICE_FAILURE) from None
+
+    # the update refused with ``code``: the status says so until the next OPEN or ABORT
+    def _refuse(self, code):
+        self.error = code
+        s = self.session
+        if s is not None:
+            s.state = ota.REFUSED
+            s.error = code
 
     def _start(self, state, coro):
         import asyncio
@@ -156,11 +243,10 @@ class ModbusWindow:
 
         try:
             await coro
-        except (ManifestError, OtaBusyError, ValueError) as exc:
+        except (OtaBusyError, ValueError) as exc:  # refused: the status says why
             print("polekit: update refused: %s" % exc)
         except OSError as exc:
-            self.session.state = ota.REFUSED
-            self.session.error = TOO_LARGE
+            self._refuse(TOO_LARGE)
             print("polekit: update stopped: the flash failed (%s)" % exc)
         except Exception as exc:  # noqa: BLE001 - a bug must not kill the slave: shown, state reset
             import sys
@@ -170,13 +256,44 @@ class ModbusWindow:
         finally:
             self.pending = 0
 
+    # BEGIN: a header whose signature a check boot found good (verify.VERIFIED) starts the
+    # staging; one it refused is refused with its code; a new one is left for a check boot
+    # (verify.boot_check): the node resets, checks it before it starts, and the first
+    # request to the window after that (the master's status read) takes the verdict.
     async def _begin(self):
-        h = self.header
-        self.header = None
-        sig = bytes(h[: ota.SIG_BYTES])
-        manifest = bytes(h[ota.SIG_BYTES :])
-        del h
-        await self._session().begin(manifest, sig)
+        import json
+        import os
+
+        from .verify import PENDING, VERIFIED, OtaRefusedError, header_id, read_table
+
+        n = os.stat(HEADER)[6]
+        self.header = 0
+        self.error = 0
+        try:
+            with open(VERIFIED) as f:
+                verdict = json.load(f)
+        except (OSError, ValueError):
+            verdict = {}
+        if verdict.get("id") != header_id(n):
+            with open(PENDING, "w") as f:
+                f.write("%d\n" % n)
+            print("polekit: update: checking its signature in a boot of its own")
+            await pause_then_reset(self.reset)
+            return
+        from .verify import pause
+
+        try:
+            if verdict.get("code"):
+                raise OtaRefusedError(verdict["code"], ota.error_text(verdict["code"]))
+            await pause(1, True)
+            info = {"version": verdict["version"], "files": read_table()}
+        except OtaRefusedError as exc:
+            self._refuse(exc.code)
+            raise
+        await pause(1, True)
+        s = self._session()
+        await pause(1, True)
+        await s.begin(None, None, info, verdict["id"])
 
     async def _commit(self):
         await self._session().commit()

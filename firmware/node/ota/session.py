@@ -19,12 +19,11 @@ import json
 import os
 
 from protocols import ota
-from protocols.manifest import FILE_HASH, MALFORMED, NO_KEY, REASONS, TOO_LARGE, ManifestError
 
 from . import record
+from .verify import FILE_HASH, KEY, TOO_LARGE, OtaRefusedError, pause, read_key
 
 STAGE = "/ota/stage.json"
-KEY = "/ota.pub"
 READ_BYTES = 512  # a flash read per step: small, so every step is short and makes no garbage
 LIB_DIRS = ("lib/node", "lib/protocols", "lib/umqtt")  # what a slot holds at least
 
@@ -78,15 +77,6 @@ def _remove(path):
         pass  # already gone
 
 
-# One step of long work ends here. 1 ms, not 0: a task that sleeps 0 runs again before the
-# scheduler returns to its caller, and on the emulated board (MicroPython's WebAssembly
-# port, whose scheduler is JavaScript's setTimeout) garbage is only collected there.
-async def _pause():
-    from asyncio import sleep_ms
-
-    await sleep_ms(1)
-
-
 async def _remove_tree(path):
     try:
         entries = list(os.ilistdir(path))
@@ -98,55 +88,20 @@ async def _remove_tree(path):
             await _remove_tree(child)
         else:
             os.remove(child)
-        await _pause()
+        await pause()
     os.rmdir(path)
 
 
-# A manifest path a slot may hold: lib/<package>/..., no "..", nothing at the root.
-def _path_ok(path):
-    if not isinstance(path, str) or not path.startswith("lib/") or path.endswith("/"):
-        return False
-    parts = path.split("/")
-    return len(parts) >= 3 and all(p and p != "." and p != ".." for p in parts)
-
-
-# Check a signed manifest as protocols.manifest.check_manifest does (the signature first,
-# then board, versions and the files' table), with the signature verified one step at a
-# time between pauses; then every path must be in a slot's lib/<package>/.
-async def check(manifest, sig, key, board, running):
-    from protocols.ed25519 import verify_steps
-    from protocols.manifest import BAD_SIGNATURE, check_parsed, parse
-
-    if len(key) != 32:
-        raise ManifestError(NO_KEY, "the update key /ota.pub is %d bytes, not 32" % len(key))
-    ok = False
-    for result in verify_steps(key, manifest, sig):
-        if result is not None:
-            ok = result
-            break
-        await _pause()
-    if not ok:
-        raise ManifestError(BAD_SIGNATURE, "the manifest's signature is not the update key's")
-    info = check_parsed(parse(manifest), board, running)
-    for f in info["files"]:
-        if not _path_ok(f["path"]):
-            raise ManifestError(MALFORMED, "file %s is not under lib/<package>/" % f["path"])
-    return info
-
-
+# One update: staging, checks, install into the inactive slot.
+# ``board`` (the board map's name) and ``running`` ("MAJOR.MINOR") are what the manifest
+# is checked against; ``reset`` is called after commit() marked the new slot (the node
+# passes one that flushes its state first); ``on_heap`` is called with gc.mem_free() at
+# every step.
 class OtaSession:
-    """One update: staging, checks, install into the inactive slot.
-
-    ``board`` (the board map's name) and ``running`` ("MAJOR.MINOR") are what the manifest
-    is checked against; ``reset`` is called after commit() marked the new slot (the node
-    passes one that flushes its state first); ``checker`` is the manifest check (the
-    default: check() above); ``on_heap`` is called with gc.mem_free() at every step."""
-
-    def __init__(self, board, running, reset=None, checker=None, key_path=KEY, on_heap=None):
+    def __init__(self, board, running, reset=None, key_path=KEY, on_heap=None):
         self.board = board
         self.running = running
         self.reset = reset
-        self.checker = checker or check
         self.key_path = key_path
         self.on_heap = on_heap
         rec = record.load() or {}
@@ -170,15 +125,15 @@ class OtaSession:
 
     # ---- what the link asks -------------------------------------------------------
 
+    # (file index, offset) of the first byte not staged; None when all are.
     def need(self):
-        """(file index, offset) of the first byte not staged; None when all are."""
         for i, size in enumerate(self.sizes):
             if self.have[i] < size:
                 return i, self.have[i]
         return None
 
+    # The session as the status block and the register map show it.
     def status(self):
-        """The session as the status block and the register map show it."""
         need = self.need() if self.state == ota.RECEIVING else None
         rec = self.boot
         prev = rec.get("previous")
@@ -202,10 +157,13 @@ class OtaSession:
 
     # ---- the update -----------------------------------------------------------------
 
-    async def begin(self, manifest, sig):
-        """Check the signed manifest (ManifestError with the reason, before any file byte is
-        taken), then start staging into the inactive slot, or resume the staging of the
-        same manifest. Raises OtaBusyError while a version is on trial or work is under way."""
+    # Check the signed manifest (OtaRefusedError with the reason, before any file byte is
+    # taken), then start staging into the inactive slot, or resume the staging of the
+    # same manifest. Raises OtaBusyError while a version is on trial or work is under way.
+    # ``info``: the manifest's map when the caller checked it already (verify.check): the
+    # Modbus window does, before this module is loaded, to leave the heap to the signature
+    # ``ident``: the manifest's SHA-256 (hex) when ``manifest`` is not given (with ``info``).
+    async def begin(self, manifest, sig, info=None, ident=None):
         if self.state in (ota.CHECKING, ota.VERIFYING, ota.INSTALLING, ota.TRIAL):
             raise OtaBusyError("the node is %s; try again later" % ota.STATES[self.state])
         self.state = ota.CHECKING
@@ -213,21 +171,20 @@ class OtaSession:
         self.paths, self.sizes, self.have, self.hashes = [], [], [], b""
         self._h, self._h_index = None, -1
         try:
-            try:
-                with open(self.key_path, "rb") as f:
-                    key = f.read()
-            except OSError:
-                raise ManifestError(NO_KEY, REASONS[NO_KEY]) from None
-            info = await self.checker(manifest, sig, key, self.board, self.running)
+            if info is None:
+                from .verify import check
+
+                key = read_key(self.key_path)
+                info = await check(manifest, sig, key, self.board, self.running)
             files = info["files"]
             need_bytes = sum(f["size"] for f in files)
             st = os.statvfs("/")
             if need_bytes > st[0] * st[4]:
-                raise ManifestError(
+                raise OtaRefusedError(
                     TOO_LARGE,
                     "the files take %d bytes; the flash has %d free" % (need_bytes, st[0] * st[4]),
                 )
-        except ManifestError as exc:
+        except OtaRefusedError as exc:
             self.state = ota.REFUSED
             self.error = exc.code
             raise
@@ -240,7 +197,7 @@ class OtaSession:
         self.hashes = b"".join(f["sha256"] for f in files)
         self.have = [0] * len(files)
         del info, files
-        ident = hashlib.sha256(manifest).digest().hex()
+        ident = ident or hashlib.sha256(manifest).digest().hex()
         stage = _load_stage()
         if stage and stage.get("id") == ident and stage.get("slot") == self.slot:
             self._scan()  # resume: what is on the flash is what was taken
@@ -252,12 +209,12 @@ class OtaSession:
         await self._rehash()
         self.state = ota.RECEIVING
 
+    # Take ``data`` for file ``file_index`` at ``offset``: appended when it starts at
+    # (or overlaps) the next byte expected; a chunk already staged is taken again without
+    # a write. Returns the offset expected next in that file. OtaOutOfOrderError for a gap,
+    # another file than need()'s or data past the file's size; OtaRefusedError(FILE_HASH)
+    # when the file's last byte lands and its hash differs (the file is dropped).
     def write(self, file_index, offset, data):
-        """Take ``data`` for file ``file_index`` at ``offset``: appended when it starts at
-        (or overlaps) the next byte expected; a chunk already staged is taken again without
-        a write. Returns the offset expected next in that file. OtaOutOfOrderError for a gap,
-        another file than need()'s or data past the file's size; ManifestError(FILE_HASH)
-        when the file's last byte lands and its hash differs (the file is dropped)."""
         if self.state != ota.RECEIVING:
             raise OtaBusyError("not receiving (the node is %s)" % ota.STATES[self.state])
         if not 0 <= file_index < len(self.sizes):
@@ -285,27 +242,28 @@ class OtaSession:
             _makedirs(path)
         with open(path, "ab" if have else "wb") as f:
             f.write(chunk)
-        if self._h_index != file_index:
-            self._h = hashlib.sha256()
+        h = self._h
+        if h is None or self._h_index != file_index:
+            h = self._h = hashlib.sha256()
             self._h_index = file_index
-        self._h.update(chunk)
+        h.update(chunk)
         self.have[file_index] = end
         if end == size:
-            digest = self._h.digest()
+            digest = h.digest()
             self._h, self._h_index = None, -1
             if digest != self.hashes[32 * file_index : 32 * file_index + 32]:
                 self._drop(file_index)
-                raise ManifestError(
+                raise OtaRefusedError(
                     FILE_HASH,
-                    "%s: %s" % (self.paths[file_index], REASONS[FILE_HASH]),
+                    "%s: its SHA-256 differs from the manifest's" % self.paths[file_index],
                 )
         self._heap()
         return end
 
+    # Hash every staged file from the flash, mark the new slot on trial in the boot
+    # record, then reset into it. OtaRefusedError(FILE_HASH) for a file that differs (it is
+    # dropped: need() points at it again); ValueError when files are still missing.
     async def commit(self):
-        """Hash every staged file from the flash, mark the new slot on trial in the boot
-        record, then reset into it. ManifestError(FILE_HASH) for a file that differs (it is
-        dropped: need() points at it again); ValueError when files are still missing."""
         if self.state != ota.RECEIVING:
             raise OtaBusyError("nothing to commit (the node is %s)" % ota.STATES[self.state])
         if self.need() is not None:
@@ -315,7 +273,9 @@ class OtaSession:
             digest = (await self._hash_file(self.root + "/" + self.paths[i])).digest()
             if digest != self.hashes[32 * i : 32 * i + 32]:
                 self._drop(i)
-                raise ManifestError(FILE_HASH, "%s: %s" % (self.paths[i], REASONS[FILE_HASH]))
+                raise OtaRefusedError(
+                    FILE_HASH, "%s: its SHA-256 differs from the manifest's" % self.paths[i]
+                )
         self.state = ota.INSTALLING
         rec = self.boot
         record.save(
@@ -330,17 +290,19 @@ class OtaSession:
             }
         )
         _remove(STAGE)
+        _remove_header()
         if self.reset:
             from asyncio import sleep_ms
 
             await sleep_ms(50)  # the answer to the last poll leaves the UART first
             self.reset()
 
+    # Drop the staging; the files in the inactive slot are cleared at the next begin().
     def abort(self):
-        """Drop the staging; the files in the inactive slot are cleared at the next begin()."""
         if self.state in (ota.CHECKING, ota.VERIFYING, ota.INSTALLING):
             raise OtaBusyError("the node is %s; abort when it is done" % ota.STATES[self.state])
         _remove(STAGE)
+        _remove_header()
         self.paths, self.sizes, self.have, self.hashes = [], [], [], b""
         self._h, self._h_index = None, -1
         if self.state != ota.TRIAL:
@@ -393,7 +355,7 @@ class OtaSession:
                 h.update(mv[:n])
                 left -= n
                 self._heap()
-                await _pause()
+                await pause()
         return h
 
     async def _rehash(self):
@@ -415,14 +377,14 @@ class OtaSession:
                 continue
             dst = self.root + "/" + path
             _makedirs(dst)
-            buf = self._buf
+            buf = self._buf or bytearray(READ_BYTES)
             with open(src, "rb") as fi, open(dst, "wb") as fo:
                 while True:
                     n = fi.readinto(buf)
                     if not n:
                         break
                     fo.write(memoryview(buf)[:n])
-                    await _pause()
+                    await pause()
             self.have[i] = self.sizes[i]
 
     def _heap(self):
@@ -430,6 +392,14 @@ class OtaSession:
             import gc
 
             self.on_heap(gc.mem_free())
+
+
+# the header and its check boot's verdict: an update installed or dropped is never begun again
+def _remove_header():
+    from .verify import HEADER, PENDING, VERIFIED
+
+    for path in (HEADER, PENDING, VERIFIED):
+        _remove(path)
 
 
 def _load_stage():

@@ -44,10 +44,9 @@ async def selftest_then(node):
     await node.run()
 
 
+# Watches ``node.uplink_exchanges()`` (a counter of good exchanges on its uplink) for
+# ``trial_s`` seconds; ``node.state.flush()`` runs before a reset.
 class Trial:
-    """Watches ``node.uplink_exchanges()`` (a counter of good exchanges on its uplink) for
-    ``trial_s`` seconds; ``node.state.flush()`` runs before a reset."""
-
     def __init__(self, trial_s, node, clock=None):
         self.trial_ms = trial_s * 1000
         self.quiet_ms = max(5000, self.trial_ms // 2)

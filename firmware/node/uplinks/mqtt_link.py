@@ -8,8 +8,10 @@
 #                      record per quantity in its primary unit, and a "seq" record)
 #   event/{code}       the same, for alarms sent at once
 #   state              retained JSON {"state": "online", "node": id, "dropped": n, ...the
-#                      transport's status}; the last will says "offline"
-#   cmd/{code}         commands in, the gateway's shape: {"id": ..., "set": {...}} (JSON or CBOR),
+#                      transport's status}; the last will says "offline" ("node" where the
+#                      gateway's says "gateway": docs/protocols.md, the node's dialect)
+#   cmd/{code}         commands in, the gateway's shape: {"id": ..., "set": {...}} (JSON if
+#                      it starts with "{" after white space, else CBOR, as the gateway reads),
 #                      or {"id": ..., "ota": "http://.../"} (an update: ota_http.py)
 #   cmd-result/{code}  {"id", "ok": true, "set": {...}} or {"id", "ok": false, "error": "..."},
 #                      in the command's own encoding
@@ -18,12 +20,29 @@
 # kind (data, event) from 1, kept in the node's StateFile and flushed to flash before the
 # pack carrying it is queued: a reset never reuses a number, so a gap means a loss.
 #
+# A command is answered durably: its result is put in the outbox (on flash) by the time the
+# transport acknowledges the command (see `handler` below), so a fault, a sleep or a reset
+# after the PUBACK cannot lose it, and a fault before it makes the broker send it again.
+#
 # The transport (one per radio; MqttLink uses only this):
 #   connect(client_id, will_topic, will_payload)  OSError on failure; retained QoS 1 will
 #   publish(topic, payload, retain=False)         QoS 1: returns after PUBACK, else OSError
 #   subscribe(topic)                              QoS 1
 #   poll(wait_ms=0)                               [(topic str, payload bytes)] received
-#   close(); status() -> dict; sleep()
+#   close()                                       DISCONNECT when it can (no will); never raises
+#   status() -> dict
+#   sleep()       before deep sleep: DISCONNECT, radio to sleep; returns the messages it
+#                 holds unread ([(topic, payload)], or None): a radio that acknowledges by
+#                 itself may take one during the DISCONNECT, and nobody else will read it
+#   handler      set by MqttLink: a transport whose client acknowledges a message when its
+#                callback returns (umqtt.simple) calls handler(topic, payload, size) from
+#                that callback and poll() returns none; payload may be only the first bytes
+#                of a message over the transport's limit, size is the message's. A radio
+#                that acknowledges by itself (the BC260Y) returns them from poll()
+#   keeps_alive  True when the radio keeps the link alive between calls (the BC260Y's own
+#                MQTT client pings); False (umqtt.simple pings only when called): flush()
+#                then ends with close(), else the broker would drop a node that reports
+#                less often than its keepalive and publish its will
 import json
 import time
 
@@ -32,6 +51,7 @@ from protocols.model import quantity
 
 COMMAND_MAX_BYTES = 4096  # a node's commands are a few settings; more is not read
 ERROR_MAX_CHARS = 300  # as the gateway's results (gateway/commands.py)
+ID_MAX_CHARS = 128  # as the gateway's command ids (gateway/commands.py ID_MAX_CHARS)
 _EPOCH_2000 = 946684800  # Unix seconds at 2000-01-01, the epoch of older ports' time.time()
 _CLOCK_SET = 1577836800  # 2020-01-01: an earlier clock was never set (no NTP yet)
 
@@ -64,6 +84,7 @@ class MqttLink:
         self.commands = 0  # commands answered (every one gets a result)
         self.commands_failed = 0  # answered with ok: false
         self._told_dropped = -1  # the dropped count the retained state last said
+        transport.handler = self._command
 
     def topic(self, kind, code=None):
         return self.base + "/" + kind + ("/" + code if code else "")
@@ -101,15 +122,20 @@ class MqttLink:
         seq = self.state.get(key, 0) + 1
         records[-1]["v"] = seq
         payload = senml.encode_cbor(records)  # validates: a bad pack spends no seq
+        self.outbox.check(kind, code, payload)  # nor does one the outbox cannot hold
         self.state.set(key, seq, now=True)  # on flash before the pack that carries it
         self.outbox.put(kind, code, payload)
         return seq
 
     # connect if needed, publish the retained state, drain the outbox (QoS 1, each pack
     # popped after its PUBACK) and answer the commands that came in, for up to budget_ms.
-    # Returns the packs sent. A link fault is counted (faults, last_fault), the transport
-    # closed, and the rest stays in the outbox for the next flush: it never raises for one.
-    def flush(self, budget_ms=30000):
+    # Returns the packs sent. A link fault (or MemoryError) is counted (faults,
+    # last_fault), the transport closed, and the rest stays in the outbox for the next
+    # flush: it never raises. Then, on a transport that does not keep the link alive by
+    # itself, the link is closed with a DISCONNECT (no will) unless `stay`: a caller that
+    # flushes again within the keepalive (a mains node listening for commands) stays
+    # connected, and each flush pings when half the keepalive has gone by.
+    def flush(self, budget_ms=30000, stay=False):
         started = _ms()
         sent = 0
         try:
@@ -124,19 +150,21 @@ class MqttLink:
                 if item is None or _diff(_ms(), started) >= budget_ms:
                     break
                 kind, code, payload = item
+                at = self.outbox.peeked
                 self.transport.publish(self.topic(kind, code), payload)
-                self.outbox.pop()
+                self.outbox.pop(at)  # that pack, even if a put dropped it meanwhile
                 sent += 1
                 self.sent += 1
-        except OSError as exc:
+            if not (stay or self.transport.keeps_alive):
+                self._close()
+        except (OSError, MemoryError) as exc:
             self.faults += 1
             self.last_fault = "%s: %r" % (type(exc).__name__, exc.args)
             self._close()
         return sent
 
-    # a planned stop (before deep sleep): the retained state says "offline" at once (the
-    # will would wait for the broker to notice), then the link closes; the will may repeat
-    # it (transports close without a DISCONNECT). A fault on the way is counted, not raised
+    # a planned stop (before deep sleep): the retained state says "offline" at once, then
+    # the link closes with a DISCONNECT. A fault on the way is counted, not raised
     def close(self):
         if self.connected:
             try:
@@ -145,6 +173,20 @@ class MqttLink:
                 self.faults += 1
                 self.last_fault = "%s: %r" % (type(exc).__name__, exc.args)
         self._close()
+
+    # before deep sleep: the link ends and the radio sleeps (transport.sleep()). A command
+    # the radio took meanwhile (the BC260Y acknowledges one that comes during its
+    # DISCONNECT; the broker will not send it again) is applied and answered now: its
+    # result waits in the outbox for the next wake. Never raises for a link fault
+    def sleep(self):
+        self.connected = False
+        held = self.transport.sleep()
+        for topic, payload in held or ():
+            try:
+                self._command(topic, payload)
+            except (OSError, MemoryError) as exc:  # the flash or the heap: it is lost
+                self.faults += 1
+                self.last_fault = "%s: %r" % (type(exc).__name__, exc.args)
 
     def _connect(self):
         self.transport.connect(
@@ -173,27 +215,33 @@ class MqttLink:
         self.transport.publish(self.topic("state"), self._state("online"), True)
         self._told_dropped = dropped
 
-    def _command(self, topic, payload):
-        # every command gets a result on cmd-result/{code}, through the outbox
+    def _command(self, topic, payload, size=None):
+        # every command gets a result on cmd-result/{code}, put in the outbox before this
+        # returns (the transport acknowledges the command after it); raises only OSError or
+        # MemoryError (the flash or the heap failed: not acknowledged, sent again)
         prefix = self.topic("cmd") + "/"
         if not topic.startswith(prefix):
             return
         code = topic[len(prefix) :]
-        as_json = bytes(payload[:1]) == b"{"
+        payload = bytes(payload)
+        if size is None:
+            size = len(payload)
+        as_json = payload.lstrip()[:1] == b"{"
         cid = None
         try:
-            if len(payload) > COMMAND_MAX_BYTES:
+            if size > COMMAND_MAX_BYTES:
                 raise ValueError(
                     "command of %d bytes is over the %d-byte limit; it was not read"
-                    % (len(payload), COMMAND_MAX_BYTES)
+                    % (size, COMMAND_MAX_BYTES)
+                )
+            if size > len(payload):  # the transport drained it unread
+                raise ValueError(
+                    "command of %d bytes is over what the radio reads; it was not read" % size
                 )
             body = json.loads(payload) if as_json else cbor.loads(payload)
             if not isinstance(body, dict):
                 raise ValueError('body must be a map like {"id": 1, "set": {"report_s": 600}}')
-            cid = body.get("id")
-            if cid is True or cid is False or not (cid is None or isinstance(cid, (int, str))):
-                cid = None
-                raise ValueError("id must be text or an integer; the command was not applied")
+            cid = _command_id(body.get("id"))
             changes = body.get("set")
             # {"id": 7, "ota": URL}: an update to fetch (ota_http.py); the handler takes it
             if "ota" not in body and (not isinstance(changes, dict) or not changes):
@@ -203,10 +251,27 @@ class MqttLink:
         except (ValueError, TypeError, OSError) as exc:
             result = {"id": cid, "ok": False, "error": str(exc)[:ERROR_MAX_CHARS]}
         self.commands += 1
-        if not result.get("ok"):
+        ok = result.get("ok") is True
+        if not ok:
             self.commands_failed += 1
-        encoded = json.dumps(result).encode() if as_json else cbor.dumps(result)
-        self.outbox.put("cmd-result", code, encoded)
+        try:
+            self.outbox.put("cmd-result", code, _encoded(result, as_json))
+            return
+        except (ValueError, TypeError) as exc:  # not encodable, or too big for the outbox
+            why = "%s: %s" % (type(exc).__name__, str(exc)[:120])
+        print("polekit: result of a command to %s not sendable (%s)" % (code[:40], why))
+        if ok:
+            self.commands_failed += 1
+        short = {
+            "id": cid,
+            "ok": False,
+            "error": "its result could not be sent (%s); %s"
+            % (why, "it was applied" if ok else "it was not applied"),
+        }
+        try:
+            self.outbox.put("cmd-result", code, _encoded(short, as_json))
+        except ValueError:  # a device code too long for any record: nowhere to answer
+            print("polekit: command to %r dropped: no result fits" % code[:40])
 
     def _applied(self, code, body):
         handler = self.handler
@@ -216,6 +281,8 @@ class MqttLink:
             out = handler(code, body)
         except (ValueError, TypeError, OSError):
             raise
+        except MemoryError:
+            raise  # the heap, not the command: not acknowledged, sent again
         except Exception as exc:  # noqa: BLE001 - a handler's bug: answered, printed, node goes on
             print("polekit: command to %s: internal error %r" % (code, exc))
             raise ValueError(
@@ -224,3 +291,23 @@ class MqttLink:
         if isinstance(out, dict) and "ok" in out:
             return dict(out)
         return {"id": None, "ok": True, "set": out if isinstance(out, dict) else {}}
+
+
+# the id a result can echo, as the gateway takes them (gateway/commands.py _check_id): text
+# of up to ID_MAX_CHARS characters or a 64-bit integer; ValueError for anything else
+def _command_id(value):
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and -(1 << 63) <= value < 1 << 63:
+        return value
+    if isinstance(value, str) and len(value) <= ID_MAX_CHARS:
+        return value
+    raise ValueError(
+        "id must be text of up to %d characters or a 64-bit integer; the command was not "
+        "applied" % ID_MAX_CHARS
+    )
+
+
+def _encoded(result, as_json):
+    # a result in its command's encoding; ValueError or TypeError if a value cannot be
+    return json.dumps(result).encode() if as_json else cbor.dumps(result)

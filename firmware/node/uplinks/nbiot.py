@@ -14,20 +14,27 @@
 # AT+QMTCONN/QMTSUB/QMTPUB (URC within <pkt_timeout> x (<retry_times> + 1), 10 s x 4 by
 # default; result 0 acked, 1 retransmitting, 2 failed), the fixed-length publish
 # ("...,<msglen>" then ">" then exactly msglen bytes, so binary CBOR needs no escaping),
-# +QMTRECV with its length (recv/mode 0,0,1) and +QMTSTAT; 3GPP TS 27.007 for +CEREG
-# (stat 1 home, 5 roaming), +CSQ (rssi 0..31 -> -113..-51 dBm, 99 unknown), +CPSMS
+# +QMTRECV with its length (recv/mode 0,0,1) or without it (the BC26's form, and what a
+# module that refuses or ignores recv/mode sends) and +QMTSTAT; 3GPP TS 27.007 for +CEREG
+# (the read answer is <n>,<stat>[,...], the URC <stat>[,...]: stat 1 home, 5 roaming),
+# +CFUN (0: radio off), +CSQ (rssi 0..31 -> -113..-51 dBm, 99 unknown), +CPSMS
 # (timers as TS 24.008 GPRS Timer 3 and Timer 2 bit strings), +CME ERROR; the BC260Y
 # hardware design for PWRKEY (low >= 500 ms powers the module up; low wakes it from PSM;
 # driven through a transistor, so the MCU pin is active high by default). Plain commands
-# answer within 300 ms. Strings (the will's JSON) are escaped as ITU-T V.250 5.4.2.2 says
-# (\22 for a quote); a module firmware without those escapes needs a quote-free will.
+# answer within 300 ms. Strings go between quotes as they are: Quectel documents no
+# escapes for the QMT commands' strings, so one with a quote or a control character in it
+# cannot be sent (ValueError), and the will is the quote-free word `offline` (the Wi-Fi
+# node's is JSON). "will" and "recv/mode" are optional settings: a module that refuses
+# them is used without a will, and its +QMTRECV without a length is read all the same.
 #
 # Power: the node wakes, attaches (PSM kept the registration), sends its backlog, reads
 # the commands the broker queued for it (a persistent session, clean_session 0, and a
 # QoS 1 subscription: the broker holds them while the node sleeps), disconnects and asks
 # for PSM (sleep()); the module then powers its radio down after the active time. A
 # module that stops answering AT is pressed on its PWRKEY: that wakes one in PSM and
-# powers a hung one up again.
+# powers a hung one up again. Out of coverage an unregistered module cannot enter PSM (it
+# would search the whole gap): when the attach gives up, its radio is switched off
+# (AT+CFUN=0), and the next connect() switches it on again (AT+CFUN=1).
 #
 # The UART should have a read timeout (UART(1, 9600, tx=17, rx=16, timeout=50)): reads
 # then block in the UART driver instead of spinning.
@@ -43,6 +50,10 @@ _WAKE_PRESS_MS = 100
 _POWER_PRESS_MS = 650  # >= 500 ms: powers the module up
 _BOOT_MS = 10000  # a powered-up module answers within this
 _MAX_PAYLOAD = 1548  # AT+QMTPUB <msglen> range
+_CFUN_MS = 15000  # AT+CFUN: the radio on or off takes seconds on a real module
+_RECV_MAX = 4608  # a +QMTRECV payload longer than this is dropped (commands are < 4 KiB)
+_TOPIC_MAX = 256
+_FRAME_GAP_MS = 500  # a URC comes in one go: a +QMTRECV unfinished through this is cut
 
 
 def timer3_bits(seconds):
@@ -74,16 +85,25 @@ def _left(deadline):
     return time.ticks_diff(deadline, time.ticks_ms())
 
 
-def _quoted(text):
-    # an AT string constant (ITU-T V.250 5.4.2.2): a quote, a backslash or a control
-    # character inside is written as a backslash and two hex digits (\22 for ")
-    out = []
+def _plain(text, what="string"):
+    # a string for between the quotes of an AT command: sent as it is (Quectel documents
+    # no escapes for the QMT commands), so a quote or a control character cannot be in it
     for ch in text:
-        out.append("\\%02X" % ord(ch) if ch in '"\\' or ord(ch) < 0x20 else ch)
-    return "".join(out)
+        if ch == '"' or ord(ch) < 0x20:
+            raise ValueError(
+                "%s %r: a quote or a control character cannot cross the modem's AT commands"
+                % (what, text)
+            )
+    return text
 
 
 class NbIot:
+    # the module's MQTT client pings on its own keepalive and acknowledges a message before
+    # it reaches the UART: MqttLink keeps the link between flushes and reads commands from
+    # poll() (its `handler` is not used here)
+    keeps_alive = True
+    handler = None
+
     def __init__(
         self,
         uart,
@@ -97,12 +117,17 @@ class NbIot:
         psm_tau_s=7200,
         psm_active_s=10,
         pwrkey_active=1,
+        asleep=False,
     ):
         self._uart = uart
         self._key = pwrkey_pin
         self._key_on = pwrkey_active
         self._key.value(1 - pwrkey_active)  # released
-        self.host = _quoted(host)
+        self.host = _plain(host, "host")
+        if user is not None:
+            _plain(user, "user")
+        if password is not None:
+            _plain(password, "password")
         self.port = port
         self.user = user
         self.password = password
@@ -114,8 +139,11 @@ class NbIot:
         self._mid = 0
         self._connected = False
         self._lost = False  # +QMTSTAT ended the link since connect()
-        self._asleep = False  # sleep() asked for PSM: the module will not answer at first
-        self._psm_asked = False  # AT+CPSMS sent since the module powered up
+        # sleep() asked for PSM: the module will not answer at first. `asleep`: a previous
+        # boot left it in PSM (a node that deep-sleeps between reports), so the first
+        # connect presses PWRKEY to wake it instead of taking its silence for a hang
+        self._asleep = asleep
+        self._psm_asked = asleep  # AT+CPSMS sent since the module powered up
         self.csq = 99
         self.ber = 99
         self.cereg = 0
@@ -123,6 +151,10 @@ class NbIot:
         self.recoveries = 0  # PWRKEY presses that brought a silent module back
         self.link_losses = 0  # +QMTSTAT
         self.last_error = None
+        self.bad_frames = 0  # +QMTRECV frames or lines that could not be read, dropped
+        self._radio_off = False  # AT+CFUN=0 after an attach that gave up
+        self._rx_at = _ms()  # when the last byte came
+        self.refused = []  # optional AT+QMTCFG settings the module refused ("will", ...)
 
     # ---- Transport -------------------------------------------------------------------
 
@@ -131,20 +163,34 @@ class NbIot:
         # (ETIMEDOUT, EHOSTUNREACH: no network, ECONNREFUSED: the broker said no) if not
         if self._connected:
             self.close()
+        _plain(client_id, "client id")
+        _plain(will_topic, "topic")
+        will = bytes(will_payload).decode()
+        if '"' in will or any(ord(ch) < 0x20 for ch in will):
+            will = "offline"  # JSON cannot cross without escapes the module does not have
+        self._rx = b""  # what a link left half-said (a cut +QMTRECV) would wedge the reader
         self._wake()
         self._lost = False
         self._cmd("ATE0")
         self._cmd("AT+CMEE=1")
+        self._radio_on()
         self._attach()
-        will = _quoted(bytes(will_payload).decode())
-        for setting in (
-            '"version",0,4',
-            '"keepalive",0,%d' % self.keepalive,
-            '"session",0,0',  # the broker keeps our subscription and queues QoS 1 for us
-            '"will",0,1,1,1,"%s","%s"' % (_quoted(will_topic), will),
-            '"recv/mode",0,0,1',  # +QMTRECV carries the payload's length
+        for setting, optional in (
+            ('"version",0,4', False),
+            ('"keepalive",0,%d' % self.keepalive, False),
+            # the broker keeps our subscription and queues QoS 1 for us
+            ('"session",0,0', False),
+            ('"will",0,1,1,1,"%s","%s"' % (will_topic, will), True),
+            ('"recv/mode",0,0,1', True),  # +QMTRECV with the payload's length
         ):
-            self._cmd("AT+QMTCFG=" + setting)
+            try:
+                self._cmd("AT+QMTCFG=" + setting)
+            except OSError as exc:
+                if not optional or exc.args[0] != errno.EIO:
+                    raise  # refused, or silence: a fault either way
+                name = setting.split(",")[0].strip('"')
+                if name not in self.refused:
+                    self.refused.append(name)  # in status(): this module has no such setting
         result = self._open()
         if result == 2:  # a link left open from before (we reset, the module did not)
             self._cmd("AT+QMTCLOSE=0")
@@ -153,11 +199,12 @@ class NbIot:
         if result != 0:
             code = errno.EHOSTUNREACH if result in (3, 4) else errno.ECONNREFUSED
             self._fail(code, "AT+QMTOPEN: result %d" % result)
-        login = '"%s"' % _quoted(client_id)
+        self._lost = False  # a +QMTSTAT of the link closed above is not this one's
+        login = '"%s"' % client_id
         if self.user is not None:
-            login += ',"%s"' % _quoted(self.user)
+            login += ',"%s"' % self.user
             if self.password is not None:
-                login += ',"%s"' % _quoted(self.password)
+                login += ',"%s"' % self.password
         self._cmd("AT+QMTCONN=0," + login)
         fields = self._fields(self._wait_urc("+QMTCONN: 0,", _MQTT_MS))
         if fields[1] != 0 or (len(fields) > 2 and fields[2] != 0):
@@ -173,7 +220,8 @@ class NbIot:
             raise ValueError("payload of %d bytes: the module takes 1..1548" % len(payload))
         mid = self._next_mid()
         self._send(
-            'AT+QMTPUB=0,%d,1,%d,"%s",%d' % (mid, 1 if retain else 0, _quoted(topic), len(payload))
+            'AT+QMTPUB=0,%d,1,%d,"%s",%d'
+            % (mid, 1 if retain else 0, _plain(topic, "topic"), len(payload))
         )
         self._expect_prompt()
         self._uart.write(payload)
@@ -189,7 +237,7 @@ class NbIot:
     def subscribe(self, topic):
         self._need_link()
         mid = self._next_mid()
-        self._cmd('AT+QMTSUB=0,%d,"%s",1' % (mid, _quoted(topic)))
+        self._cmd('AT+QMTSUB=0,%d,"%s",1' % (mid, _plain(topic, "topic")))
         fields = self._fields(self._wait_urc("+QMTSUB: 0,%d," % mid, _MQTT_MS))
         if fields[2] != 0:
             self._fail(errno.EIO, "AT+QMTSUB: result %d" % fields[2])
@@ -204,7 +252,8 @@ class NbIot:
         return got
 
     def close(self):
-        # DISCONNECT (the session stays on the broker); never raises
+        # DISCONNECT (the session stays on the broker); never raises. A message the module
+        # hands over meanwhile stays in the inbox: poll() or sleep() returns it
         was, self._connected = self._connected, False
         if not was:
             return
@@ -220,8 +269,7 @@ class NbIot:
             try:
                 for line in self._cmd("AT+CSQ", "+CSQ:"):
                     self.csq, self.ber = self._fields(line)[:2]
-                for line in self._cmd("AT+CEREG?", "+CEREG:"):
-                    self.cereg = self._fields(line)[-1]
+                self._read_cereg()
             except OSError:
                 pass  # a silent module: the last values stand, last_error says why
         return {
@@ -235,19 +283,42 @@ class NbIot:
             "recoveries": self.recoveries,
             "link_losses": self.link_losses,
             "last_error": self.last_error,
+            "bad_frames": self.bad_frames,
+            "radio_off": self._radio_off,
+            "refused": self.refused,
         }
+
+    def clock(self):
+        # the network's time as Unix seconds (AT+CCLK?: "yy/MM/dd,hh:mm:ss+zz", local time
+        # and its offset in quarter hours, TS 27.007; the network gives it at registration),
+        # or None: asleep, not registered, or a clock the network has not set yet
+        if self._asleep or self.cereg not in (1, 5):
+            return None
+        try:
+            lines = self._cmd("AT+CCLK?", "+CCLK:")
+        except OSError:
+            return None
+        return _cclk_unix(lines[0]) if lines else None
 
     def sleep(self):
         # disconnect and let the module go to PSM after its active time; the UART is quiet
-        # from here until the next connect() wakes it
+        # from here until the next connect() wakes it. Returns the messages the module
+        # handed over and nobody has read (one that came during the DISCONNECT: the module
+        # acknowledged it, the broker will not send it again), for the caller to handle
+        # before the node sleeps. A module with its radio off (no coverage) is not in PSM:
+        # its UART stays awake, the radio draws nothing
         self.close()
+        got, self._inbox = self._inbox, []
+        if self._radio_off:
+            return got
         if not self._psm_asked:
             try:
                 self._cmd('AT+CPSMS=1,,,"%s","%s"' % self.psm)
                 self._psm_asked = True
             except OSError:
-                return  # not asleep: the next connect() will find out why
+                return got  # not asleep: the next connect() will find out why
         self._asleep = True
+        return got
 
     # ---- the module ------------------------------------------------------------------
 
@@ -285,13 +356,34 @@ class NbIot:
     def _attach(self):
         deadline = _ms() + self.attach_timeout_ms
         while True:
-            for line in self._cmd("AT+CEREG?", "+CEREG:"):
-                self.cereg = self._fields(line)[-1]
+            self._read_cereg()
             if self.cereg in (1, 5):
                 return
             if _left(deadline) <= 0:
-                self._fail(errno.EHOSTUNREACH, "not registered (+CEREG stat %d)" % self.cereg)
+                stat = self.cereg
+                try:  # out of coverage: no PSM, it would search the whole gap; radio off
+                    self._cmd("AT+CFUN=0", timeout_ms=_CFUN_MS)
+                    self._radio_off = True
+                except OSError:
+                    pass  # it searches on; the fault below is the one to report
+                self._fail(errno.EHOSTUNREACH, "not registered (+CEREG stat %s)" % stat)
             self._pump(min(_ms() + 1000, deadline))
+
+    def _radio_on(self):
+        # a module that a previous wake (or boot) left with its radio off searches again
+        fun = 1
+        for line in self._cmd("AT+CFUN?", "+CFUN:"):
+            fun = self._fields(line)[0]
+        if fun != 1:
+            self._cmd("AT+CFUN=1", timeout_ms=_CFUN_MS)
+        self._radio_off = False
+
+    def _read_cereg(self):
+        # the read answer is +CEREG: <n>,<stat>[,<tac>,<ci>,<AcT>...]: the stat by position
+        for line in self._cmd("AT+CEREG?", "+CEREG:"):
+            fields = self._fields(line)
+            if len(fields) > 1 and isinstance(fields[1], int):
+                self.cereg = fields[1]
 
     def _open(self):
         self._cmd('AT+QMTOPEN=0,"%s",%d' % (self.host, self.port))
@@ -353,25 +445,28 @@ class NbIot:
 
     def _wait_urc(self, prefix, timeout_ms):
         # the result URC of a command; other URCs are taken as they come; a +QMTSTAT on
-        # the way means the link is gone
+        # the way (or before it: with the command's OK or its ">") means the link is gone
+        # and the URC will not come
         deadline = _ms() + timeout_ms
         while True:
+            if self._lost and not prefix.startswith("+QMTOPEN"):
+                self._fail(errno.ECONNRESET, "MQTT link lost (+QMTSTAT)")
             item = self._next(deadline)
             if item is None:
                 self._fail(errno.ETIMEDOUT, "no %s within %d ms" % (prefix.strip(", "), timeout_ms))
             if item.startswith(prefix):
                 return item
             self._urc(item)
-            if self._lost and not prefix.startswith("+QMTOPEN"):
-                self._fail(errno.ECONNRESET, "MQTT link lost (+QMTSTAT)")
 
     def _urc(self, item):
         if item.startswith("+QMTSTAT:"):
             self._connected = False
             self._lost = True
             self.link_losses += 1
-        elif item.startswith("+CEREG:"):
-            self.cereg = self._fields(item)[-1]
+        elif item.startswith("+CEREG:"):  # the URC: +CEREG: <stat>[,<tac>,<ci>,<AcT>...]
+            stat = self._fields(item)[0]
+            if isinstance(stat, int):
+                self.cereg = stat
         elif item == "RDY":  # the module powered up again: its settings are gone
             self._connected = False
             self._psm_asked = False
@@ -385,7 +480,8 @@ class NbIot:
             if item is None:
                 if _left(deadline) <= 0:
                     return
-                self._fill()
+                if not self._fill():
+                    self._cut_frame()
             elif item is not True:
                 self._urc(item)
             if stop_on_message and self._inbox:
@@ -402,18 +498,39 @@ class NbIot:
                 continue
             if _left(deadline) <= 0:
                 return None
-            self._fill()
+            if not self._fill():
+                self._cut_frame()
 
     def _fill(self, block=True):
+        # what the UART has (waiting up to its timeout for a first byte if `block`): True
+        # if bytes came
         n = self._uart.any()
+        came = False
         if not n and block:
             data = self._uart.read(1)  # waits up to the UART's timeout
             if not data:
-                return
+                return False
             self._rx += data
+            came = True
             n = self._uart.any()
         if n:
-            self._rx += self._uart.read(n)
+            data = self._uart.read(n)
+            if data:
+                self._rx += data
+                came = True
+        if came:
+            self._rx_at = _ms()
+        return came
+
+    def _cut_frame(self):
+        # a +QMTRECV the module never finished (bytes lost on the way: a UART overflow)
+        # would hold every answer after it as its payload: after a silence it is cut
+        rx = self._rx
+        i = 0
+        while i < len(rx) and (rx[i] == 13 or rx[i] == 10):
+            i += 1
+        if rx.startswith(b"+QMTRECV:", i) and time.ticks_diff(_ms(), self._rx_at) >= _FRAME_GAP_MS:
+            self._bad(i)
 
     def _frame(self):
         # one item off the front of the receive buffer: a line, ">", True for a message
@@ -439,22 +556,68 @@ class NbIot:
         self._rx = rx[end + 1 :]
         if rx[i] == 65 and rx[i + 1 : i + 2] == b"T":  # our own command echoed (before ATE0)
             return True
-        return rx[i:end].decode()
+        try:
+            return rx[i:end].decode()
+        except UnicodeError:  # noise on the wire (a module booting, a baud rate mismatch)
+            self.bad_frames += 1
+            return True
 
     def _message(self, i):
-        # +QMTRECV: 0,<msgID>,"<topic>",<len>,"<payload>" (the payload may hold anything)
+        # +QMTRECV: <id>,<msgID>,"<topic>",<len>,"<payload>"<CR><LF> (recv/mode 0,0,1: the
+        # payload may hold anything), or +QMTRECV: <id>,<msgID>,"<topic>","<payload>"<CR><LF>
+        # (no length: the BC26's form, and a module's that refused recv/mode; the payload
+        # ends at a quote before CR LF). Every position is checked before it is used; a
+        # frame that cannot be one is counted and dropped to its first line end. Returns
+        # True (taken or dropped), None (more bytes needed).
         rx = self._rx
-        start = rx.find(b'"', i)
-        end = rx.find(b'"', start + 1) if start > 0 else -1
-        comma = rx.find(b',"', end + 1) if end > 0 else -1
-        if comma < 0:
+        n = len(rx)
+        start = rx.find(b'"', i, min(n, i + 32))  # "+QMTRECV: 5,65535," then the topic
+        if start < 0:
+            return None if n - i < 32 and rx.find(b"\r", i) < 0 else self._bad(i)
+        for b in rx[i + 9 : start]:
+            if not (48 <= b <= 57 or b == 44 or b == 32):  # digits, commas, spaces
+                return self._bad(i)
+        end = rx.find(b'"', start + 1, min(n, start + 2 + _TOPIC_MAX))
+        if end < 0:
+            return None if n - start < _TOPIC_MAX + 2 else self._bad(i)
+        if n < end + 3:
             return None
-        length = int(rx[end + 2 : comma])
-        body = comma + 2
-        if len(rx) < body + length + 1:
-            return None
-        self._inbox.append((rx[start + 1 : end].decode(), rx[body : body + length]))
-        self._rx = rx[body + length + 1 :]
+        if rx[end + 1] != 44:  # ","
+            return self._bad(i)
+        if rx[end + 2] == 34:  # '"': no length
+            body = end + 3
+            stop = rx.find(b'"\r\n', body)
+            if stop < 0:
+                return None if n - body < _RECV_MAX + 3 else self._bad(i)
+        else:
+            comma = rx.find(b",", end + 2, min(n, end + 9))
+            if comma < 0:
+                return None if n < end + 9 else self._bad(i)
+            digits = rx[end + 2 : comma]
+            if not digits or any(not 48 <= b <= 57 for b in digits):
+                return self._bad(i)
+            length = int(digits)
+            body = comma + 2
+            if length > _RECV_MAX:
+                return self._bad(i)
+            if n < body + length + 1:
+                return None
+            stop = body + length
+            if rx[comma + 1] != 34 or rx[stop] != 34:  # the payload's quotes
+                return self._bad(i)
+        try:
+            topic = rx[start + 1 : end].decode()
+        except UnicodeError:
+            return self._bad(i)
+        self._inbox.append((topic, rx[body:stop]))
+        self._rx = rx[stop + 1 :]
+        return True
+
+    def _bad(self, i):
+        # a frame that is not one: counted, dropped up to its first line end
+        self.bad_frames += 1
+        cut = self._rx.find(b"\r", i)
+        self._rx = self._rx[len(self._rx) if cut < 0 else cut + 1 :]
         return True
 
     def _fields(self, line):
@@ -469,21 +632,50 @@ class NbIot:
         return out
 
 
-def from_settings(s, uart, pwrkey_pin):
-    # the transport from the node's settings (the broker keys are the Wi-Fi uplink's)
+def _cclk_unix(line):
+    # '+CCLK: "26/01/01,08:00:00+32"' (a 4-digit year taken too) -> Unix seconds, or None
+    text = line.split(":", 1)[1].strip().strip('"')
+    try:
+        date, clock = text.split(",")
+        y, mo, d = (int(x) for x in date.split("/"))
+        cut = max(clock.rfind("+"), clock.rfind("-"))
+        zone = int(clock[cut:]) if cut > 0 else 0
+        h, mi, sec = (int(x) for x in (clock[:cut] if cut > 0 else clock).split(":"))
+    except ValueError:
+        return None
+    if y < 100:
+        y += 2000 if y < 70 else 1900
+    if y < 2020 or not (1 <= mo <= 12 and 1 <= d <= 31 and h < 24 and mi < 60 and sec < 61):
+        return None  # the module's own clock, never set by the network
+    # days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil)
+    y -= mo <= 2
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (mo + (-3 if mo > 2 else 9)) + 2) // 5 + d - 1
+    days = era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+    return days * 86400 + h * 3600 + mi * 60 + sec - zone * 900
+
+
+def from_settings(s, uart, pwrkey_pin, **options):
+    # the transport from the node's settings (the MQTT uplink's broker keys, as the Wi-Fi
+    # transport takes them); `options`: NbIot keywords the node decides itself, over those
+    # (the water node's attach budget, PSM active time, `asleep`). ValueError says what to set
     if not s.get("mqtt_host"):
         raise ValueError(
             "config: mqtt_host needed for the NB-IoT uplink; set it with `polekit deploy --set`"
         )
-    return NbIot(
-        uart,
-        pwrkey_pin,
-        s["mqtt_host"],
-        s.get("mqtt_port", 1883),
-        s.get("mqtt_user"),
-        s.get("mqtt_password"),
-        s.get("mqtt_keepalive_s", 300),
-        s.get("nbiot_attach_s", 120) * 1000,
-        s.get("nbiot_psm_tau_s", 7200),
-        s.get("nbiot_psm_active_s", 10),
-    )
+    if s.get("mqtt_tls"):  # never fall back to clear text when TLS was asked for
+        raise ValueError(
+            "config: mqtt_tls = 1 is not available on the NB-IoT uplink (this driver has no "
+            "TLS); set mqtt_tls = 0 or use the Wi-Fi uplink"
+        )
+    kw = {
+        "user": s.get("mqtt_user"),
+        "password": s.get("mqtt_password"),
+        "keepalive": s.get("mqtt_keepalive_s", 300),
+        "attach_timeout_ms": s.get("nbiot_attach_s", 120) * 1000,
+        "psm_tau_s": s.get("nbiot_psm_tau_s", 7200),
+        "psm_active_s": s.get("nbiot_psm_active_s", 10),
+    }
+    kw.update(options)
+    return NbIot(uart, pwrkey_pin, s["mqtt_host"], s.get("mqtt_port", 1883), **kw)

@@ -28,7 +28,11 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None
 class PahoTransport:
     """firmware/node/uplinks/mqtt_link.py's transport interface on paho-mqtt, driven by
     hand (no network thread, no automatic reconnect) so that it behaves like umqtt.simple:
-    every call blocks until its acknowledgement or raises OSError within ``timeout_s``."""
+    every call blocks until its acknowledgement or raises OSError within ``timeout_s``.
+    Like umqtt.simple it pings only when called (``keeps_alive`` False), and hands each
+    message to ``handler`` (MqttLink's) before paho sends its PUBACK."""
+
+    keeps_alive = False
 
     def __init__(self, host: str, port: int, timeout_s: float = 5.0) -> None:
         self.host = host
@@ -36,6 +40,7 @@ class PahoTransport:
         self.timeout_s = timeout_s
         self.client: mqtt.Client | None = None
         self.received: list[tuple[str, bytes]] = []
+        self.handler: Callable[[str, bytes, int], None] | None = None
         self._connack: int | None = None
         self._subacks: set[int] = set()
 
@@ -55,13 +60,20 @@ class PahoTransport:
         c.will_set(will_topic, will_payload, qos=1, retain=True)
         c.on_connect = lambda _c, _u, _f, rc, _p: setattr(self, "_connack", rc.value)
         c.on_subscribe = lambda _c, _u, mid, _rc, _p: self._subacks.add(mid)
-        c.on_message = lambda _c, _u, m: self.received.append((m.topic, bytes(m.payload)))
+        c.on_message = lambda _c, _u, m: self._message(m.topic, bytes(m.payload))
         self._connack = None
         self.client = c
         c.connect(self.host, self.port, keepalive=60)  # OSError when nothing listens
         self._loop_until(lambda: self._connack is not None, "CONNACK")
         if self._connack != 0:
             raise OSError(errno.ECONNREFUSED, f"CONNACK {self._connack}")
+
+    def _message(self, topic: str, payload: bytes) -> None:
+        # paho's PUBACK goes out when this returns, as umqtt.simple's does
+        if self.handler is None:
+            self.received.append((topic, payload))
+        else:
+            self.handler(topic, payload, len(payload))
 
     def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
         if self.client is None:
@@ -91,7 +103,17 @@ class PahoTransport:
         return out
 
     def close(self) -> None:
-        # as the board does after a fault: the socket goes, no DISCONNECT (the will fires)
+        # as WifiMqtt does: a DISCONNECT (no will), then the socket goes
+        client, self.client = self.client, None
+        if client is not None:
+            client.disconnect()
+            client.loop(0.05)
+            sock = client.socket()
+            if sock is not None:
+                sock.close()
+
+    def drop(self) -> None:
+        # the radio gone: the socket goes, no DISCONNECT (the will fires)
         client, self.client = self.client, None
         if client is not None:
             sock = client.socket()
@@ -123,13 +145,18 @@ class Message:
 
 class Subscriber:
     """A paho client on its own thread subscribed to ``topic_filter`` (resubscribing after
-    a broker restart); ``messages`` fill in arrival order."""
+    a broker restart), with ``login`` (user, password) if given; ``messages`` fill in
+    arrival order."""
 
-    def __init__(self, host: str, port: int, topic_filter: str) -> None:
+    def __init__(
+        self, host: str, port: int, topic_filter: str, login: tuple[str, str] | None = None
+    ) -> None:
         self.messages: list[Message] = []
         self.subscribed = threading.Event()
         self._lock = threading.Lock()
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        if login is not None:
+            c.username_pw_set(*login)
         c.on_connect = lambda cl, _u, _f, _rc, _p: cl.subscribe(topic_filter, 1)
         c.on_subscribe = lambda _c, _u, _mid, _rc, _p: self.subscribed.set()
         c.on_disconnect = lambda _c, _u, _f, _rc, _p: self.subscribed.clear()

@@ -1,0 +1,165 @@
+# What /main.py starts: the node the board is, chosen before any of them is imported (the
+# water node's cycle needs the heap the pole node's Modbus tables would take), with the
+# maintenance flag, the crash count and safe mode shared by all. A water node woken by a
+# rain tip takes its short wake (tipwake.py) before any of it: no file read, no driver
+# built, unless that wake finds a report or an alarm due. Imports are inside main() for
+# that reason.
+import time
+
+BOOT_MS = time.ticks_ms()  # the firmware starts: what came before is the chip's boot
+
+CRASH_FILE = "/crashes.json"
+SAFE_MODE_AFTER = 3  # start-up crashes in a row; resets alone (brownouts) never count
+RETRY_S = 3600  # a battery node that cannot start sleeps this long (or its report_s) and retries
+
+
+def started():
+    """The node is up: its start-up crash count starts over. A node whose main never
+    returns (the water node ends each wake in deep sleep) calls this once it has started,
+    before its first deep sleep; the others are cleared by main() below."""
+    from .settings import load_json, save_json
+
+    if load_json(CRASH_FILE, {"count": 0}).get("count", 0):
+        save_json(CRASH_FILE, {"count": 0})
+
+
+def _sleep_instead(config):
+    # a battery node must not wait at the REPL for a person (its battery would be flat in
+    # days): it sleeps for its report interval and tries again at the next wake
+    import machine
+
+    s = config.get("report_s") if isinstance(config, dict) else None
+    s = s if isinstance(s, int) and 5 <= s <= 86400 else RETRY_S
+    print("polekit: a battery node: asleep for %d s, then it tries again" % s)
+    machine.deepsleep(s * 1000)
+
+
+# ``boot``: the boot record /main.py's boot selector read (None: no update ever ran)
+def main(boot=None):
+    import os
+
+    try:
+        os.stat("/maintenance")
+        print("polekit: maintenance: node not started (a deploy is running; it clears this)")
+        return
+    except OSError:
+        pass
+    import machine
+
+    if machine.wake_reason() == machine.EXT0_WAKE:  # only the water node arms EXT0: a tip
+        try:
+            from .tipwake import start as tip_wake
+
+            wake = tip_wake(BOOT_MS)
+        except (KeyError, TypeError, ValueError) as exc:  # a record of another version
+            print("polekit: tip wake: %r; the whole cycle runs" % (exc,))
+            wake = None
+        if wake is not None:
+            import asyncio
+
+            asyncio.run(wake.finish())
+            return
+    import asyncio
+
+    from .settings import load_json
+
+    config = load_json("/config.json", None)
+    board = load_json("/board.json", None)
+    crashes = load_json(CRASH_FILE, {"count": 0}).get("count", 0)
+    if board is None or not isinstance(config, dict):
+        print(
+            "polekit: safe mode: /board.json or /config.json missing or not JSON; the REPL is up. "
+            "Redeploy with `polekit deploy`."
+        )
+        return
+    battery = board.get("uplink") == "mqtt"  # the water node: each wake ends in deep sleep
+    if crashes >= SAFE_MODE_AFTER:
+        print(
+            "polekit: safe mode: the node crashed at start %d times in a row; the REPL is up. "
+            "Fix the config, then delete %s." % (crashes, CRASH_FILE)
+        )
+        if battery:
+            _sleep_instead(config)
+        return
+    if battery:
+        try:
+            from .water import main as water_main  # alone: its heap is the budget
+
+            water_main(config, board, BOOT_MS)  # calls started() once up; sleeps, never returns
+        except Exception as exc:  # noqa: BLE001 - counted, shown, then the node sleeps
+            _failed(crashes, exc)
+            _sleep_instead(config)
+        return
+    try:
+        os.stat("/ota/check")  # node/ota/verify.py's PENDING: an update's signature to check
+    except OSError:
+        node = _make_node(config, board, boot, crashes)
+        if node:
+            asyncio.run(_run(node, boot))
+        return
+    asyncio.run(_check_then_run(config, board, boot, crashes))
+
+
+def _on_trial(boot):
+    return bool(boot) and boot.get("state") == "trial"
+
+
+# An update's signature checked before the node starts, in the heap it would hold (a boot
+# of its own: node/ota/verify.py boot_check), then the node.
+async def _check_then_run(config, board, boot, crashes):
+    from .app import VERSION  # what runs: the version this boot checks the update against
+    from .ota.verify import boot_check, pause
+
+    await boot_check(board.get("name"), "%d.%d" % VERSION)
+    await pause(10, True)  # the node starts in a heap without the check's garbage
+    node = _make_node(config, board, boot, crashes)
+    if node:
+        await _run(node, boot)
+
+
+def _run(node, boot):
+    if _on_trial(boot):
+        from .ota.trial import selftest_then
+
+        return selftest_then(node)  # a failed self-test rolls the version back
+    return node.run()
+
+
+# The node for this board, or None when it cannot start (counted toward safe mode).
+def _make_node(config, board, boot, crashes):
+    from .settings import save_json
+
+    try:
+        if board.get("uplink") == "ble":
+            from .community import CommunityNode
+
+            node = CommunityNode(config, board)
+        else:
+            from .app import PoleNode
+
+            node = PoleNode(config, board, boot)  # type: ignore[assignment]  # both have run()
+    except Exception as exc:  # noqa: BLE001 - counted, shown, and the REPL stays usable
+        if _on_trial(boot):
+            raise  # the boot selector (/main.py) rolls this version back
+        _failed(crashes, exc)
+        return None
+    if crashes:
+        save_json(CRASH_FILE, {"count": 0})
+    if board.get("uplink") == "ble":
+        print("polekit community node %s up, BTHome over BLE" % config.get("device_code", "?"))
+    else:
+        print(
+            "polekit node %s up, unit %d"
+            % (node.config.get("device_code", "?"), node.config["unit"])
+        )
+    return node
+
+
+def _failed(crashes, exc):
+    from .settings import save_json
+
+    save_json(CRASH_FILE, {"count": crashes + 1})
+    print("polekit: start failed (%d/%d before safe mode):" % (crashes + 1, SAFE_MODE_AFTER))
+    import sys
+
+    sys.print_exception(exc)
