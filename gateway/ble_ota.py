@@ -2,8 +2,10 @@
 frames, docs/protocols.md the exchange): the gateway's side, on bleak.
 
 ``push_ble`` is what the rollout (gateway orchestration) calls per BLE device. It sends the
-manifest and its signature, lets the node check them (a refusal comes back with the node's
-reason code and text, before any file byte moves), then the files from where the node says
+manifest and its signature, lets the node check them (the node resets to check the signature
+in a boot of its own; the same header and BEGIN are sent again once it is back, and its
+verdict answers: a refusal comes back with the node's reason code and text, before any file
+byte moves), then the files from where the node says
 it stands, ``WINDOW`` writes ahead of the node's acknowledgements. A dropped link or a node
 that restarted is met by connecting again and asking where to go on (the node's staging is
 on flash), up to ``attempts`` times in a row without progress. After the commit the node
@@ -25,10 +27,11 @@ from polekit.protocols import ota_gatt as og
 
 log = logging.getLogger("polekit.gateway.ble_ota")
 ANSWER_TIMEOUT_S = 10.0  # a control answer
-BEGIN_TIMEOUT_S = 120.0  # begin checks the Ed25519 signature: seconds on a chip
+BEGIN_TIMEOUT_S = 120.0  # the check boot (Ed25519 on the node): seconds on a chip
 ACK_TIMEOUT_S = 5.0  # a data acknowledgement
 COMMIT_TIMEOUT_S = 180.0  # hashes and install on the node, until its reset drops the link
 BOOT_TIMEOUT_S = 60.0  # the node back on the air after its reset
+CHECK_BOOTS = 2  # check boots for one bundle: one, and one more after a power cut in it
 CHUNK_BYTES = og.MAX_WRITE - og.DATA_HEAD
 
 
@@ -49,6 +52,11 @@ class OtaRefusedError(BleOtaError):
 
 class _DroppedError(Exception):
     """The link went down (or stopped answering) in the middle: connect again and resume."""
+
+
+class _CheckBootError(Exception):
+    """The node resets to check the signature in a boot of its own: connect again once it
+    is back and send the same header; its verdict answers the next BEGIN."""
 
 
 Progress = Callable[[int, int], Any]
@@ -148,16 +156,27 @@ class _Link:
         await self.request(og.header(len(manifest), sig))
         for piece in og.manifest_pieces(manifest):
             await self.request(piece)
-        need = (await self.request(bytes((og.OP_BEGIN,)), BEGIN_TIMEOUT_S))["need"]
+        answer = await self.request(bytes((og.OP_BEGIN,)), BEGIN_TIMEOUT_S)
+        if answer.get("check"):  # it resets now: the link drops (then connect again)
+            try:
+                async with asyncio.timeout(ANSWER_TIMEOUT_S):
+                    await self.gone.wait()
+            except TimeoutError:
+                raise _DroppedError(f"{self.address}: no reset for its check boot") from None
+            raise _CheckBootError(f"{self.address} checks the signature in a boot of its own")
+        need = answer["need"]
         return None if need is None else (int(need[0]), int(need[1]))
 
     async def send(
         self, start: tuple[int, int], blobs: list[bytes], done: Callable[[int, int], None]
     ) -> None:
-        """Files from ``start`` until the node has all; ``done(file, offset)`` at each ack."""
+        """Files from ``start`` until the node has all; ``done(file, offset)`` at each ack.
+        An ack that says the node wants another place than the byte after its frame (it
+        has the next files already: copied from its running slot) moves the writes there."""
         pos: tuple[int, int] | None = start
         inflight = 0
         rewind: tuple[int, int] | None = None
+        ends: list[tuple[int, int] | None] = []  # where each frame in flight ends
         while True:
             while inflight < og.WINDOW and rewind is None and pos is not None:
                 f, off = pos
@@ -166,14 +185,18 @@ class _Link:
                 self.written += len(chunk)
                 inflight += 1
                 pos = _after(blobs, f, off + len(chunk))
+                ends.append(pos)
             if inflight == 0:  # everything sent and answered, and no DONE: ask again
                 raise _DroppedError(f"{self.address}: the node did not confirm the last bytes")
             status, f, off = await self._next(self.acks, ACK_TIMEOUT_S, "a data ack")
             inflight -= 1
+            end = ends.pop(0) if ends else None
             if status == og.ACK_DONE:
                 return
             if status == og.ACK_OK:
                 done(f, off)
+                if (f, off) != end and rewind is None:  # the node skips what it has
+                    rewind = (f, off)
             elif status == og.ACK_IDLE:  # the node restarted: begin again
                 raise _DroppedError(f"{self.address}: the node forgot the update (it restarted)")
             elif status == og.ACK_ERROR:  # a file's hash differs, the flash is full: why
@@ -263,7 +286,13 @@ async def push_ble(
     sizes = [len(b) for b in blobs]
     total = sum(sizes)
     starts = [sum(sizes[:i]) for i in range(len(sizes))]
-    report: dict[str, Any] = {"address": address, "bytes": total, "sent": 0, "reconnects": 0}
+    report: dict[str, Any] = {
+        "address": address,
+        "bytes": total,
+        "sent": 0,
+        "reconnects": 0,
+        "check_boots": 0,
+    }
     started = time.monotonic()
 
     def done(f: int, off: int) -> None:
@@ -293,6 +322,14 @@ async def push_ble(
                     progress(total, total)
                 await link.commit()
                 committed = True
+        except _CheckBootError as exc:
+            report["check_boots"] += 1
+            if report["check_boots"] > CHECK_BOOTS:  # its verdict is not kept: say so
+                raise BleOtaError(
+                    f"{exc}, {report['check_boots']} times: it keeps no verdict"
+                ) from None
+            log.info("%s; waiting for it", exc)
+            await _status_after_reset(config, address, BEGIN_TIMEOUT_S)
         except _DroppedError as exc:
             last = exc
             failures = 0 if link.written else failures + 1
@@ -307,9 +344,11 @@ async def push_ble(
     return report
 
 
-async def _status_after_reset(config: BleConfig, address: str) -> dict[str, Any]:
-    # the node resets after its commit: its status once it is back on the air
-    deadline = time.monotonic() + BOOT_TIMEOUT_S
+async def _status_after_reset(
+    config: BleConfig, address: str, timeout_s: float = BOOT_TIMEOUT_S
+) -> dict[str, Any]:
+    # the node resets after its commit (or for a check boot): its status once it is back
+    deadline = time.monotonic() + timeout_s
     last: BaseException | None = None
     while time.monotonic() < deadline:
         try:
@@ -318,6 +357,4 @@ async def _status_after_reset(config: BleConfig, address: str) -> dict[str, Any]
         except _DroppedError as exc:
             last = exc
             await asyncio.sleep(0.5)
-    raise DeviceNoResponse(
-        f"{address}: not back after its update in {BOOT_TIMEOUT_S:.0f} s: {last}"
-    )
+    raise DeviceNoResponse(f"{address}: not back after its reset in {timeout_s:.0f} s: {last}")

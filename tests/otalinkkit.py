@@ -1,15 +1,7 @@
 """Helpers for the OTA transport tests (BLE and HTTP): real signed bundles of the node
 firmware for a board (bundle.build with a version, signing.sign_bundle with a fresh key),
-and a stand-in for the node's OtaSession.
-
-The stand-in for node/ota/session.py that the transport tests run on the emulated boards:
-on the community node the real session's Ed25519 check (protocols/ed25519.py, pure code)
-needs more heap than is left while an update runs (about 21 KiB free), and the emulated VM
-then hangs instead of raising MemoryError (measured; see the branch's report). The stand-in
-keeps the session's interface (I16.md and s23-otanode's OtaSession: async begin,
-need/write/commit/abort/status) with real staging files on the board's flash, a real
-SHA-256 of every file at commit and a reset at the end; it checks the signature against
-/ota.sig-ok (the bytes the test allows) instead of Ed25519."""
+and a node flashed as `polekit deploy --key` leaves it (compiled libraries in slot a, the
+update key at /ota.pub), so the transports run on the node's real OtaSession."""
 
 from __future__ import annotations
 
@@ -17,9 +9,11 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from polekit.firmware.deploy import signing
 from polekit.firmware.deploy.bundle import DEFAULT_MPY, build
+from polekit.firmware.install import install
 from polekit.protocols import cbor
 
 
@@ -43,13 +37,17 @@ def signed_bundle(
     version: str = "0.2",
     key: Path | None = None,
     change: Callable[[dict[str, bytes]], None] | None = None,
+    extra: dict[str, bytes] | None = None,
 ) -> Signed:
     """The node bundle for ``board`` at ``version`` (compiled), signed with ``key`` (a new
-    one in ``tmp`` by default); ``change`` edits the files after signing (tampering)."""
+    one in ``tmp`` by default); ``extra`` are files the new version adds (signed with it);
+    ``change`` edits the files after signing (tampering)."""
     folder = tmp / f"bundle-{version}"
     if key is None:
         key, _pub = signing.new_key(tmp / "update")
-    build(board, DEFAULT_MPY, version=version).write(folder)
+    built = build(board, DEFAULT_MPY, version=version)
+    built.files.update(extra or {})
+    built.write(folder)
     signing.sign_bundle(folder, key, board, version, "0.1")
     raw, sig, files = signing.load_signed(folder)
     if change is not None:
@@ -58,6 +56,21 @@ def signed_bundle(
     return Signed(raw, sig, files, pub)
 
 
+def flashed_node(flash: Path, board: str, pub: bytes, config: dict[str, Any] | None = None) -> Path:
+    """A node's flash as `polekit deploy --key` leaves it: version 0.1's compiled libraries
+    in slot a, ``config`` over the board's settings, the raw update key at /ota.pub."""
+    install(flash, board, config, compiled=True)
+    (flash / "ota.pub").write_bytes(pub)
+    return flash
+
+
+def staged(flash: Path, path: str) -> Path:
+    """Where the session staged a bundle path: the inactive slot (b: /slot_b) of a node
+    that ran slot a."""
+    return flash / "slot_b" / path
+
+
+# ---- still used by tests/test_ota_http.py only (not yet moved to the real session) ----
 STAND_IN_SESSION = """
 # test stand-in for firmware/node/ota/session.py (tests/otakit.py says why)
 import asyncio

@@ -15,8 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from linkkit import Subscriber, wait_for
 from otalinkkit import bundle, install_stand_in
+from uplinkkit import Subscriber, wait_for
 
 from polekit.firmware.install import install
 from polekit.hil.broker import LocalBroker

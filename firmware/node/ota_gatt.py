@@ -6,30 +6,43 @@
 # loop, hands the frames to the OtaSession (ota/session.py: staging on flash, checks,
 # slots) and answers each by a notification. Commit runs as a task of its own (hashing
 # every file takes a while; the node keeps advertising) that yields between its steps.
+#
+# The signature is checked as the pole node's Modbus window does (ota/modbus_window.py):
+# the header (signature, then manifest) goes to the flash as the central writes it
+# (verify.HEADER), and the first BEGIN of a header marks it (verify.PENDING) and resets:
+# node.start checks it before the node starts (verify.boot_check), in a heap the running
+# node's tasks do not hold (the Ed25519 steps beside them do not fit the community node's
+# heap). The central connects again and sends the same header and BEGIN; the check boot's
+# verdict (verify.VERIFIED) answers it, and staging starts or resumes. (The node resets once
+# more after its check boot, community.py _after_check_boot: the check's leftovers on the
+# heap would not leave room for staging.)
 import asyncio
 import gc
 
 from protocols import cbor
 from protocols import ota_gatt as og
 
+from .ota.verify import HEADER, PENDING, VERIFIED
 from .ota_reason import reason
 
 ERROR_CHARS = 100  # an answer fits one notification (MTU - 3 bytes)
+TABLE_STEP = 8  # files' table lines read between two collections
 
 
 STATUS_KEYS = ("state", "error", "running", "previous", "rollback", "version", "staged", "total")
 
 
 class OtaGatt:
-    def __init__(self, ble, h_control, h_data, make_session):
+    # ``reset``: the node's planned reset (its state on flash first), for the check boot
+    def __init__(self, ble, h_control, h_data, make_session, reset):
         self.ble = ble
+        self.reset = reset
         self.h_control = h_control
         self.h_data = h_data
         self.make_session = make_session  # (on_heap) -> an OtaSession, made on first use
         self.session = None
-        self.manifest = None  # bytearray while a central sends it
-        self.manifest_got = 0
-        self.sig = None
+        self.header = 0  # bytes of the header (signature + manifest) on flash, 0: none
+        self.header_have = 0
         self.begun = False  # the session took a manifest: data may come
         self.working = None  # the task of a begin or a commit (both take a while)
         self.heap_low = None  # the least gc.mem_free() seen while taking frames
@@ -120,13 +133,12 @@ class OtaGatt:
                 self._answer(conn, op)
             elif op == og.OP_MANIFEST:
                 self._piece(raw)
-                self._answer(conn, op, got=self.manifest_got)
+                self._answer(conn, op, got=self.header_have - og.SIG_BYTES)
             elif op == og.OP_BEGIN:
-                manifest = self.manifest
-                if manifest is None or self.manifest_got != len(manifest):
+                if not self.header or self.header_have != self.header:
                     raise ValueError(og.CODE_ORDER, "begin before the whole manifest")
                 self.begun = False
-                self.working = asyncio.create_task(self._begin(conn, bytes(manifest)))
+                self.working = asyncio.create_task(self._begin(conn))
             elif op == og.OP_COMMIT:
                 if not self.begun or self.session.need() is not None:
                     raise ValueError(og.CODE_ORDER, "commit before every file is staged")
@@ -135,6 +147,7 @@ class OtaGatt:
             elif op == og.OP_ABORT:
                 self._session().abort()
                 self.begun = False
+                self.header = self.header_have = 0
                 self._answer(conn, op)
             elif op == og.OP_STATUS:
                 status = self._session().status()
@@ -148,34 +161,43 @@ class OtaGatt:
             self._refuse(conn, op, exc)
 
     def _header(self, raw):
+        import os
+
         if len(raw) != 3 + og.SIG_BYTES:
             raise ValueError(og.CODE_ORDER, "header of %d bytes" % len(raw))
         size = int.from_bytes(raw[1:3], "little")
         if not 0 < size <= og.MANIFEST_MAX:
             raise ValueError(og.CODE_ORDER, "manifest of %d bytes" % size)
-        self.manifest = None
-        gc.collect()  # the last manifest's buffer is back before a new one is taken
-        self.manifest = bytearray(size)
-        self.manifest_got = 0
-        self.sig = bytes(raw[3:])
+        try:
+            os.mkdir(HEADER[: HEADER.rfind("/")])
+        except OSError:
+            pass  # it exists
+        with open(HEADER, "wb") as f:  # a begun staging is kept: same header, same id
+            f.write(memoryview(raw)[3:])
+        self.header = og.SIG_BYTES + size
+        self.header_have = og.SIG_BYTES
 
     def _piece(self, raw):
-        if self.manifest is None or len(raw) < 3:
+        if not self.header or len(raw) < 3:
             raise ValueError(og.CODE_ORDER, "a manifest piece before its header")
-        at = int.from_bytes(raw[1:3], "little")
+        at = og.SIG_BYTES + int.from_bytes(raw[1:3], "little")
         end = at + len(raw) - 3
-        if at != self.manifest_got or end > len(self.manifest):
+        if at != self.header_have or end > self.header:
             raise ValueError(
-                og.CODE_ORDER, "manifest piece at %d, expected %d" % (at, self.manifest_got)
+                og.CODE_ORDER,
+                "manifest piece at %d, expected %d"
+                % (at - og.SIG_BYTES, self.header_have - og.SIG_BYTES),
             )
-        self.manifest[at:end] = raw[3:]
-        self.manifest_got = end
+        with open(HEADER, "ab") as f:
+            f.write(memoryview(raw)[3:])
+        self.header_have = end
 
-    async def _begin(self, conn, manifest):
-        # the signature check takes seconds on a chip, in steps: the node keeps advertising
+    async def _begin(self, conn):
         try:
-            await self._session().begin(manifest, self.sig)  # ManifestError: nothing taken
-            self.manifest = None
+            info, ident = await self._verdict(conn)
+            if info is None:
+                return  # the node resets for its check boot
+            await self._session().begin(None, None, info, ident)
             self.begun = True
             self._answer(conn, og.OP_BEGIN, need=self.session.need())
         except (ValueError, TypeError, RuntimeError, OSError) as exc:
@@ -184,6 +206,36 @@ class OtaGatt:
             self._crashed(conn, og.OP_BEGIN, exc)
         finally:
             self.working = None
+
+    # (the checked manifest's {"version", "files"}, its id) from the check boot's verdict
+    # on this very header; (None, None) after marking it for a check boot (the answer says
+    # "check": the central connects again once the node is back)
+    async def _verdict(self, conn):
+        import json
+
+        from .ota.verify import OtaRefusedError, header_id, pause
+
+        ident = header_id(self.header)
+        try:
+            with open(VERIFIED) as f:
+                verdict = json.load(f)
+        except (OSError, ValueError):
+            verdict = {}
+        if verdict.get("id") != ident:
+            with open(PENDING, "w") as f:
+                f.write("%d\n" % self.header)
+            print("ota: checking the signature in a boot of its own")
+            self._answer(conn, og.OP_BEGIN, check=True)
+            await pause(100)  # the answer leaves the radio first
+            self.reset()
+            return None, None
+        code = verdict.get("code")
+        if code:
+            from protocols.ota import error_text
+
+            raise OtaRefusedError(code, error_text(code))
+        await pause(1, True)
+        return {"version": verdict["version"], "files": await _table()}, ident
 
     async def _commit(self, conn):
         try:
@@ -195,3 +247,22 @@ class OtaGatt:
         finally:
             self.working = None
             self.begun = False
+
+
+# The check boot's files table (verify.TABLE, verify.read_table's list) read in steps with a
+# collection between them: the list of a 70-file bundle holds ~13 KB, and read at once its
+# garbage comes on top, more than a running community node has free between two
+# collections (the emulated board collects only when the scheduler runs).
+async def _table():
+    from binascii import unhexlify
+
+    from .ota.verify import TABLE, pause
+
+    files = []
+    with open(TABLE) as f:
+        for line in f:
+            size, digest, path = line.split()
+            files.append({"path": path, "size": int(size), "sha256": unhexlify(digest)})
+            if len(files) % TABLE_STEP == 0:
+                await pause(1, True)
+    return files
