@@ -103,6 +103,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from polekit.firmware.node.wake_rules import Alarm  # the node's own rule, one crossing a change
+
 HOURS_PER_YEAR = 8766.0
 DAY_S = 86400
 TARGET_YEARS = 2.0
@@ -292,29 +294,14 @@ class Wake:
     level_m: float | None
 
 
-class _Alarm:
-    def __init__(self) -> None:
-        self.active = False
-
-    def update(self, value: float | None, on: float, hysteresis: float) -> bool | None:
-        # water.py's Alarm: one change per crossing
-        if value is None:
-            return None
-        if not self.active and value > on:
-            self.active = True
-            return True
-        if self.active and value < on - hysteresis:
-            self.active = False
-            return False
-        return None
-
-
 def wakes(weather: Weather, rules: Rules, awake_s: dict[str, float]) -> list[Wake]:
     """The node's wakes through the day, by water.py's rules: what wakes it, whether a
     report is due, which alarms change. ``awake_s`` per kind: tips that fall while it is
     awake are counted without a wake of their own (the gauge's interrupt)."""
     out: list[Wake] = []
-    alarms = {name: _Alarm() for name in ("rain_heavy", "level_high", "level_rising", "cover")}
+    alarms = {
+        name: Alarm(name, False) for name in ("rain_heavy", "level_high", "level_rising", "cover")
+    }
     seen: list[float] = []  # tip times counted so far
     tips = iter(weather.tips)
     next_tip = next(tips, math.inf)
@@ -381,7 +368,7 @@ def wakes(weather: Weather, rules: Rules, awake_s: dict[str, float]) -> list[Wak
 
 
 def _note(
-    alarm: _Alarm, value: float | None, on: float, hyst: float, out: list[str], name: str
+    alarm: Alarm, value: float | None, on: float, hyst: float, out: list[str], name: str
 ) -> None:
     changed = alarm.update(value, on, hyst)
     if changed is not None:

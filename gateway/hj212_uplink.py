@@ -192,6 +192,8 @@ class Hj212Uplink:
                         await self._answered.wait()
                     return
                 except TimeoutError:
+                    if self._answered.is_set():  # came in the turn the time ran out
+                        return
                     continue
         finally:
             self._waiting_qn = None

@@ -259,10 +259,11 @@ def test_asyncio_firmware_that_yields_gets_its_garbage_collected_like_on_the_chi
 def test_a_heap_reading_after_a_collection_holds_no_other_tasks_garbage(
     board: EmulatedBoard,
 ) -> None:
-    # On the chip `gc.collect(); gc.mem_free()` reads the heap as the collection left it.
-    # Here the collection waits for the task's yield, and two tasks that are due make 4 KB of
-    # garbage each step: the loop must resume the task that asked for the collection before
-    # them, or its reading is about 8 KB short (54 KB against a 55 KB floor at chip speed)
+    # On the chip `gc.collect(); gc.mem_free()` reads the heap as the collection left it:
+    # nothing runs in between. Here the collection waits for the task's yield, so the reading
+    # comes after one, and two tasks that are due make 4 KB of garbage each step: the loop
+    # resumes the task that asked for the collection before them, so its reading is the
+    # chip's (else about 8 KB short: 54 KB against a 55 KB floor at chip speed)
     script = (
         "import asyncio, gc\n"
         "out = []\n"
@@ -281,6 +282,7 @@ def test_a_heap_reading_after_a_collection_holds_no_other_tasks_garbage(
         "    busy = []\n"
         "    for i in range(5):\n"
         "        busy.append(await reading())\n"
+        "        await asyncio.sleep_ms(5)  # the others run between two readings\n"
         "    while left[0]:\n"
         "        await asyncio.sleep_ms(20)\n"
         "    out.append((min(busy), await reading()))\n"

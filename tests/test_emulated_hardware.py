@@ -205,6 +205,29 @@ def test_a_button_press_outlasts_a_host_that_starves_the_board() -> None:
     assert released_at == 29
 
 
+def test_a_path_with_dots_stays_inside_the_boards_flash(tmp_path: Path) -> None:
+    # the VM stops ".." at "/", as the chip's filesystem does; the host folder's write-
+    # through must too, or a firmware's "../x" made (or removed) a folder beside the flash
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    (tmp_path / "beside").mkdir()
+    with EmulatedBoard("pole-env-esp32", fs_dir=flash) as board:
+        out = board_exec(
+            board,
+            "import os\n"
+            "os.mkdir('../escape')\n"
+            "with open('../../x.txt', 'w') as f:\n"
+            "    f.write('in')\n"
+            "os.mkdir('/beside')\n"
+            "os.rename('/../beside', '/kept')\n"
+            "print(sorted(os.listdir('/')))",
+        )
+    assert "'escape'" in out and "'x.txt'" in out and "'kept'" in out
+    assert (flash / "escape").is_dir() and (flash / "x.txt").read_text() == "in"
+    assert (flash / "kept").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["beside", "flash"]
+
+
 def test_a_drop_nobody_reads_never_stalls_the_line() -> None:
     # An emulated board on a shared line makes a spare endpoint (its `uarts["rs485"]`) that
     # nobody opens. Its buffer fills; a blocking write into it stopped the line's pump and

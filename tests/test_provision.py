@@ -290,8 +290,8 @@ def test_settings_and_images_are_checked_before_any_board_is_touched(tmp_path: P
     lines = str(err.value).splitlines()
     assert lines == [
         f"{manifest}:2: config.unti: pole-env-esp32 has no setting 'unti'; did you mean "
-        "'unit'? Its settings: baudrate, board, device_code, lamp_default, report, report_s, "
-        "sample_ms, tilt_hysteresis, tilt_ms, tilt_threshold, unit, watchdog_ms "
+        "'unit'? Its settings: baudrate, board, device_code, lamp_default, ota_trial_s, report, "
+        "report_s, sample_ms, tilt_hysteresis, tilt_ms, tilt_threshold, unit, watchdog_ms "
         "(docs/firmware.md)",
         f"{manifest}:3: config.unit: unit = 300 must be a number 1..247",
         f"{manifest}:3: image {tmp_path / 'missing.bin'}: no such file. Get MicroPython for "

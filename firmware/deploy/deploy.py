@@ -28,6 +28,8 @@ from polekit.protocols import identity
 MAINTENANCE = "maintenance"  # the flag file: main.py leaves the node stopped while it exists
 OTA_KEY = "ota.pub"  # the raw 32-byte Ed25519 key the node checks updates with (signing.py)
 OTA_BOOT_RECORD = "ota/boot.json"  # which application slot runs (docs/firmware.md, Updates)
+# an update's header waiting for its check boot, and its verdict (firmware/node/ota/verify.py)
+OTA_CHECK_FILES = ("ota/check", "ota/header.bin", "ota/verified.json")
 OWNED = ["lib/node", "lib/protocols"]  # folders deploy owns: stale files there are removed
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 
@@ -229,8 +231,9 @@ def deploy(
             link.remove(stale)
             report.removed.append(stale)
         # a cable install is slot A (/lib) and runs confirmed: the boot record of an update
-        # (firmware/node/ota/record.py) would keep the node on the other slot or on trial
-        for path in (OTA_BOOT_RECORD, OTA_BOOT_RECORD + ".new"):
+        # (firmware/node/ota/record.py) would keep the node on the other slot or on trial,
+        # and a header left waiting would send the new install into a check boot
+        for path in (OTA_BOOT_RECORD, OTA_BOOT_RECORD + ".new", *OTA_CHECK_FILES):
             if link.hashes([path])[path] is not None:
                 link.remove(path)
         note("selftest", 0, 1)

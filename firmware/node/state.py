@@ -24,7 +24,8 @@ _ms = getattr(time, "ticks_ms", lambda: int(time.monotonic() * 1000))  # type: i
 _diff = getattr(time, "ticks_diff", lambda a, b: a - b)
 
 
-def _load(path):
+# a JSON map written atomically (save): the file, or its .new copy a cut-short rename left
+def load(path):
     for name in (path, path + ".new"):
         try:
             with open(name) as f:
@@ -36,12 +37,20 @@ def _load(path):
     return {}
 
 
+# written as path.new, then renamed over path: a reset leaves the old map or the new one
+def save(path, data):
+    new = path + ".new"
+    with open(new, "w") as f:
+        json.dump(data, f)
+    os.rename(new, path)
+
+
 class StateFile:
     def __init__(self, path, every_ms=WRITE_EVERY_MS, clock=_ms):
         self.path = path
         self.every_ms = every_ms
         self.clock = clock
-        self.data = _load(path)
+        self.data = load(path)
         self.dirty = False
         self.written_at = None  # clock() of the last write
         self.writes = 0
@@ -72,10 +81,7 @@ class StateFile:
 
     # write now, whatever the pace (before a value is used, before a planned reset)
     def flush(self):
-        new = self.path + ".new"
-        with open(new, "w") as f:
-            json.dump(self.data, f)
-        os.rename(new, self.path)
+        save(self.path, self.data)
         self.dirty = False
         self.written_at = self.clock()
         self.writes += 1

@@ -76,13 +76,17 @@ async def exchange(bus: ModbusBus, link: _Link, request: bytes, what: str) -> di
             async with asyncio.timeout(bus.config.timeout_s):
                 raw = await answer
         except TimeoutError:
-            if link.rx_bytes:
-                bus.counters.bad_response += 1
+            if not (answer.done() and not answer.cancelled()):
+                if link.rx_bytes:
+                    bus.counters.bad_response += 1
+                    raise DeviceNoResponse(
+                        f"{what}: corrupt or truncated answer ({link.rx_bytes} bytes)"
+                    ) from None
+                bus.counters.no_response += 1
                 raise DeviceNoResponse(
-                    f"{what}: corrupt or truncated answer ({link.rx_bytes} bytes)"
+                    f"{what}: no answer within {bus.config.timeout_s} s"
                 ) from None
-            bus.counters.no_response += 1
-            raise DeviceNoResponse(f"{what}: no answer within {bus.config.timeout_s} s") from None
+            raw = answer.result()  # it came in the turn the time ran out
     finally:
         del ctx.callback_data  # pymodbus's own handler again
         ctx.recv_buffer = b""

@@ -25,6 +25,8 @@ function readHostTree(root, prefix = "") {
   if (!root || !fs.existsSync(root)) return out;
   for (const entry of fs.readdirSync(root, { withFileTypes: true })) {
     const host = path.join(root, entry.name);
+    // a write-through a reset cut short (vm_worker.mjs): the file it was replacing stands
+    if (entry.name.endsWith(".polekit-partial")) { fs.rmSync(host, { force: true }); continue; }
     const vm = prefix + "/" + entry.name;
     if (entry.isDirectory()) { out[vm + "/"] = new Uint8Array(0); Object.assign(out, readHostTree(host, vm)); }
     else out[vm] = fs.readFileSync(host);

@@ -50,12 +50,14 @@ globalThis.polekitHw = {
   // worker, busy running that very call, saves it now)
   reset: (kind) => {
     if (kind === "soft") flushOpen();
+    halted = true;
     if (!fsDir) parentPort.postMessage({ type: "files", files: readTree("/", {}) });
     parentPort.postMessage({ type: "reset-request", kind });
   },
   // machine.deepsleep(): the flash is saved first, as for a reset (the chip's flash writes
   // are done when they return); `spec` (JSON) names the timer and the wake pins to watch
   deepsleep: (spec) => {
+    halted = true;
     if (!fsDir) parentPort.postMessage({ type: "files", files: readTree("/", {}) });
     parentPort.postMessage({ type: "deepsleep", spec: JSON.parse(spec) });
   },
@@ -151,26 +153,44 @@ function readTree(dir, out) {
 // A soft reset runs the finalisers of the files still open (MicroPython's gc_sweep_all), so
 // they reach the flash as if closed: flushOpen() does that before the VM is thrown away.
 let flushOpen = () => {};
+let halted = false;  // machine.reset() or deepsleep() called: nothing more reaches the flash
+const PARTIAL = ".polekit-partial";  // a file being written through (board.mjs skips these)
 function writeThrough() {
   if (!fsDir) return;
   const FS = mp.FS;
+  // the host path of a VM path, resolved as the VM resolves it (from its cwd, ".." stopping
+  // at "/"), so nothing the firmware names can reach outside the board's folder
   const host = (p) => {
-    const parts = String(p).split("/").filter((x) => x);
+    const parts = nodePath.posix.resolve(FS.cwd(), String(p)).split("/").filter((x) => x);
     return parts.length && !SKIP.has(parts[0]) ? nodePath.join(fsDir, ...parts) : null;
   };
+  // a host that refuses a write (full disk, a folder where a file was) is reported, never
+  // thrown into the VM: Emscripten's syscalls let only their own errors through
+  const safely = (what, fn) => {
+    try { fn(); }
+    catch (e) { parentPort.postMessage({ type: "log", text: `flash write-through: ${what}: ${e.message || e}` }); }
+  };
+  // whole, as littlefs commits a file: a reset during the copy leaves the old one, never half
   const saveFile = (p) => {
     const h = host(p);
-    if (!h) return;
-    fs.mkdirSync(nodePath.dirname(h), { recursive: true });
-    fs.writeFileSync(h, FS.readFile(p));
+    if (!h || !FS.analyzePath(p).exists) return;  // removed or renamed while it was open
+    safely(p, () => {
+      fs.mkdirSync(nodePath.dirname(h), { recursive: true });
+      fs.writeFileSync(h + PARTIAL, FS.readFile(p));
+      fs.renameSync(h + PARTIAL, h);
+    });
   };
   const saveTree = (p) => {  // a folder renamed: what it holds, as the VM has it
     const h = host(p);
-    if (!h) return;
+    if (!h || !FS.analyzePath(p).exists) return;
     if (FS.isDir(FS.stat(p).mode)) {
-      fs.mkdirSync(h, { recursive: true });
+      safely(p, () => fs.mkdirSync(h, { recursive: true }));
       for (const name of FS.readdir(p)) if (name !== "." && name !== "..") saveTree(p + "/" + name);
     } else saveFile(p);
+  };
+  const drop = (p) => {
+    const h = host(p);
+    if (h) safely(p, () => fs.rmSync(h, { recursive: true, force: true }));
   };
   flushOpen = () => {
     for (const stream of FS.streams) {
@@ -178,35 +198,33 @@ function writeThrough() {
     }
   };
   const { close, rename, unlink, rmdir, mkdir } = FS;
+  // after machine.reset() or deepsleep() the chip runs nothing more: the VM does until its
+  // worker is thrown away, and those writes must not reach the flash
   FS.close = (stream) => {
     const path = stream.path, written = (stream.flags & 3) !== 0;  // O_WRONLY or O_RDWR
     const out = close.call(FS, stream);
-    if (written && path) saveFile(path);
+    if (written && path && !halted) saveFile(path);
     return out;
   };
   FS.rename = (from, to) => {
     const out = rename.call(FS, from, to);
-    const a = host(from);
-    if (a) fs.rmSync(a, { recursive: true, force: true });
-    saveTree(to);
+    if (!halted) { drop(from); saveTree(to); }
     return out;
   };
   FS.unlink = (p) => {
     const out = unlink.call(FS, p);
-    const h = host(p);
-    if (h) fs.rmSync(h, { force: true });
+    if (!halted) drop(p);
     return out;
   };
   FS.rmdir = (p) => {
     const out = rmdir.call(FS, p);
-    const h = host(p);
-    if (h) fs.rmSync(h, { recursive: true, force: true });
+    if (!halted) drop(p);
     return out;
   };
   FS.mkdir = (p, mode) => {
     const out = mkdir.call(FS, p, mode);
     const h = host(p);
-    if (h) fs.mkdirSync(h, { recursive: true });
+    if (h && !halted) safely(p, () => fs.mkdirSync(h, { recursive: true }));
     return out;
   };
 }
@@ -359,6 +377,7 @@ parentPort.on("message", (msg) => {
     const ret = mp.replProcessChar(c);
     if (ret & FORCED_EXIT) {
       flushOpen();
+      halted = true;
       if (!fsDir) parentPort.postMessage({ type: "files", files: readTree("/", {}) });
       parentPort.postMessage({ type: "reset", soft: true });
       executing = false;

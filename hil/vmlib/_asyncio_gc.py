@@ -30,6 +30,7 @@ from time import ticks_add, ticks_diff, ticks_ms
 DUE_BYTES = 16 * 1024  # the port's gc_alloc_threshold: a collection is due after this
 _asked = [False]
 _asker = [None]  # the task whose gc.collect() is due
+_promoted = [None]  # the task last put first, until another task has run
 
 
 def collect():
@@ -47,6 +48,9 @@ def _asker_first(t):
     queue = _core._task_queue
     if t is None or t is not _asker[0] or not t.state or t.data is not None:
         return
+    if _promoted[0] is t:  # never twice in a row: a task that collects in a loop cannot
+        return  # starve the others
+
     if ticks_diff(t.ph_key, ticks_ms()) > 0:
         return
     queue.remove(t)
@@ -55,6 +59,7 @@ def _asker_first(t):
     if head and ticks_diff(head.ph_key, key) <= 0:
         key = ticks_add(head.ph_key, -1)
     queue.push(t, key)
+    _promoted[0] = t
 
 
 def _run_iter():
@@ -80,6 +85,8 @@ def _run_iter():
             core._schedule_run_iter(dt)  # JavaScript calls back; the collection runs first
             return
         stepped = t
+        if t is not _promoted[0]:
+            _promoted[0] = None
         t = core._task_queue.pop()
         core.cur_task = t
         try:

@@ -47,14 +47,16 @@ def _makedirs():
 
 
 # The window of a node of ``board`` running version ``running`` ("MAJOR.MINOR");
-# ``reset`` is the node's planned reset (its state flushed first).
+# ``reset`` is the node's planned reset (its state flushed first); ``down`` the sensors not
+# working now (OtaSession's).
 class ModbusWindow:
-    def __init__(self, board, running, reset):
+    def __init__(self, board, running, reset, down=None):
         self.board = board
+        self.down = down  # OtaSession's: the sensors not working before the update
         self.running = running
         self.reset = reset
         self.session = None
-        self.boot = record.load() or {}
+        self.boot = record.load()
         self.error = 0  # a refusal before the session was made
         # the header (signature, then manifest) goes to the flash as the master writes it: the
         # signature check has the heap its two RAM copies would take
@@ -98,7 +100,9 @@ class ModbusWindow:
         if self.session is None:
             from .session import OtaSession
 
-            self.session = OtaSession(self.board, self.running, self.reset, on_heap=self.on_heap)
+            self.session = OtaSession(
+                self.board, self.running, self.reset, on_heap=self.on_heap, down=self.down
+            )
         return self.session
 
     # the update status points of the register map (pole-env), once a second
@@ -108,6 +112,13 @@ class ModbusWindow:
         regs.set("ota_error", s["error"])
         regs.set("ota_rollback", s["rollback"])
         regs.set("fw_previous", s["previous_code"])
+
+    # the version on trial confirmed itself: the window reports the new boot record, and a
+    # session made during the trial (it answered "on trial") is dropped with its state
+    def confirmed(self, rec):
+        self.boot = rec
+        if self.session is not None and self.session.status()["state_code"] == ota.TRIAL:
+            self.session = None
 
     def on_heap(self, free):
         if self.heap_low is None or free < self.heap_low:

@@ -14,8 +14,9 @@
 # running version wrote: the boot selector rolls back at the next boot).
 # main.py has its own copy of the paths and field names: this format is frozen, since the
 # boot selector that reads it is never updated. Written atomically (.new, then rename).
-import json
 import os
+
+from .. import state
 
 PATH = "/ota/boot.json"
 DIR = "/ota"
@@ -28,15 +29,7 @@ def other(slot):
 
 
 def load():
-    for name in (PATH, PATH + ".new"):
-        try:
-            with open(name) as f:
-                data = json.load(f)
-        except (OSError, ValueError):
-            continue
-        if isinstance(data, dict):
-            return data
-    return None
+    return state.load(PATH)  # {} when there is none
 
 
 def save(record):
@@ -44,10 +37,7 @@ def save(record):
         os.mkdir(DIR)
     except OSError:
         pass  # it exists
-    new = PATH + ".new"
-    with open(new, "w") as f:
-        json.dump(record, f)
-    os.rename(new, PATH)
+    state.save(PATH, record)
 
 
 # The slot that runs ("a" when there is no record).

@@ -98,13 +98,16 @@ async def _remove_tree(path):
 # passes one that flushes its state first); ``on_heap`` is called with gc.mem_free() at
 # every step.
 class OtaSession:
-    def __init__(self, board, running, reset=None, key_path=KEY, on_heap=None):
+    # ``down``: the names of the node's sensors not working now (a callable, or None): the
+    # new version's trial self-test does not fail on them (trial.py)
+    def __init__(self, board, running, reset=None, key_path=KEY, on_heap=None, down=None):
         self.board = board
+        self.down = down
         self.running = running
         self.reset = reset
         self.key_path = key_path
         self.on_heap = on_heap
-        rec = record.load() or {}
+        rec = record.load()
         self.boot = rec
         self.state = ota.IDLE
         if rec.get("state") == "trial":
@@ -287,6 +290,7 @@ class OtaSession:
                 "prev_slot": rec.get("slot", "a"),
                 "boots": 0,
                 "rollback": 0,
+                "known_down": list(self.down()) if self.down else [],
             }
         )
         _remove(STAGE)
