@@ -172,7 +172,9 @@ class _Link:
     ) -> None:
         """Files from ``start`` until the node has all; ``done(file, offset)`` at each ack.
         An ack that says the node wants another place than the byte after its frame (it
-        has the next files already: copied from its running slot) moves the writes there."""
+        has the next files already: copied from its running slot) moves the writes there.
+        A file's last frame is acknowledged before the next file's first goes: the node may
+        have that one (and frames sent ahead into it would cross the air for nothing)."""
         pos: tuple[int, int] | None = start
         inflight = 0
         rewind: tuple[int, int] | None = None
@@ -180,6 +182,8 @@ class _Link:
         while True:
             while inflight < og.WINDOW and rewind is None and pos is not None:
                 f, off = pos
+                if inflight and off == 0:
+                    break  # a new file: where the node wants to go on comes with the ack
                 chunk = blobs[f][off : off + CHUNK_BYTES]
                 await self._write(og.DATA, og.data_frame(f, off, chunk))
                 self.written += len(chunk)
@@ -236,7 +240,22 @@ class _Link:
         out = dict(status) if isinstance(status, dict) else {}
         if answer.get("heap_low") is not None:
             out["heap_low"] = answer["heap_low"]
+        # also under the GATT status characteristic's names (docs/protocols.md), which a
+        # reader of either gets: fw_version, fw_previous, ota_state (code), ota_error,
+        # ota_rollback
+        for gatt_name, name in _STATUS_NAMES:
+            if name in out:
+                out.setdefault(gatt_name, out[name])
         return out
+
+
+_STATUS_NAMES = (
+    ("fw_version", "running"),
+    ("fw_previous", "previous"),
+    ("ota_state", "state_code"),
+    ("ota_error", "error"),
+    ("ota_rollback", "rollback"),
+)
 
 
 def _after(blobs: list[bytes], f: int, off: int) -> tuple[int, int] | None:

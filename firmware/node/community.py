@@ -41,13 +41,13 @@ EVENTS_WAITING = 8  # events queued behind the one on the air; more are dropped,
 LAST_EPOCH = 0xFFFF  # the epoch is the counter's top 16 bits
 
 
-TRIAL_S = 60  # a new version's trial: adverts for this long, then it confirms itself
+TRIAL_WDT_MS = 5000  # a version on trial whose loop stops this long is reset (the pole node's)
 
 
 # the GATT status fields of an update (docs/protocols.md): versions as "MAJOR.MINOR", the
 # state and rollback reason as protocols.ota's codes (7 trial, 8 rolled back, 0 idle)
 def _versions(boot):
-    from .app import VERSION
+    from .version import VERSION
 
     state = boot.get("state")
     return {
@@ -59,23 +59,9 @@ def _versions(boot):
     }
 
 
-# node.start checked an update's signature in this very start (node/ota/verify.py
-# boot_check, imported only then): the heap the check leaves behind (~16 KB less free than
-# after a plain start, measured on the emulated ESP32-C3) is more than the transfer can
-# spare beside the node, so one more reset starts the node clean; the verdict is on flash
-# (verify.VERIFIED) and answers the central's next BEGIN.
-def _after_check_boot():
-    import sys
-
-    if "node.ota.verify" in sys.modules:
-        print("polekit: update checked; a clean start for its transfer")
-        machine.reset()
-
-
 class CommunityNode:
     # ``boot``: the boot record the boot selector (/main.py) read; None: read it here
     def __init__(self, config, board, boot=None):
-        _after_check_boot()
         if boot is None:
             from .ota import record
 
@@ -248,10 +234,26 @@ class CommunityNode:
         self.ota.step(self._ota_inbox)
 
     def _ota_session(self, on_heap):
-        from .app import VERSION
         from .ota.session import OtaSession
+        from .version import VERSION
 
-        return OtaSession(self.board["name"], "%d.%d" % VERSION, self._reset, on_heap=on_heap)
+        return OtaSession(
+            self.board["name"], "%d.%d" % VERSION, self._reset, on_heap=on_heap, down=self._down
+        )
+
+    # the sensors not working now (the self-test's names): the new version's trial does
+    # not hold them against it (ota/trial.py, "known_down")
+    def _down(self):
+        volts = self.battery_adc.read_uv()
+        return ["battery"] if volts < 10000 else []  # selftest.py's 0 V limit
+
+    # the version on trial confirmed itself (ota/trial.py): the status says so from now on
+    def ota_confirmed(self, rec):
+        self.boot = rec
+        self.versions = _versions(rec)
+        self._status()
+        if self.ota is not None:
+            self.ota.confirmed()
 
     # a planned reset (into a new version): the state on flash first
     def _reset(self):
@@ -317,14 +319,20 @@ class CommunityNode:
         return {"battery": percent, "voltage": round(volts, 3), "smoke": self.smoke.active}
 
     async def run(self):
+        wdt = None
         if self.boot.get("state") == "trial":
             # a new version confirms itself once its adverts went out for the trial time;
-            # the boot selector rolls it back after a crash loop (node/ota/trial.py)
+            # the boot selector rolls it back after a crash loop (node/ota/trial.py). The
+            # watchdog /main.py armed for its start is re-armed here and fed by this loop
+            # alone: a version whose loop hangs is reset by it and rolled back (reason 2)
             from .ota.trial import Trial
 
-            asyncio.create_task(Trial(self.config.get("ota_trial_s", TRIAL_S), self).run())
+            asyncio.create_task(Trial(self.config["ota_trial_s"], self).run())
+            wdt = machine.WDT(timeout=TRIAL_WDT_MS)
         last = -1
         while True:
+            if wdt is not None:
+                wdt.feed()
             if self.sos.update() and not self.sos.active:  # released: short or long press
                 press = (
                     "long_press" if self.sos.press_ms >= self.config["long_press_ms"] else "press"

@@ -13,9 +13,8 @@
 # node.start checks it before the node starts (verify.boot_check), in a heap the running
 # node's tasks do not hold (the Ed25519 steps beside them do not fit the community node's
 # heap). The central connects again and sends the same header and BEGIN; the check boot's
-# verdict (verify.VERIFIED) answers it, and staging starts or resumes. (The node resets once
-# more after its check boot, community.py _after_check_boot: the check's leftovers on the
-# heap would not leave room for staging.)
+# verdict (verify.VERIFIED) answers it, and staging starts or resumes. (The check boot ends
+# in a reset of its own, node/start.py: the node starts in a heap the check never touched.)
 import asyncio
 import gc
 
@@ -29,7 +28,17 @@ ERROR_CHARS = 100  # an answer fits one notification (MTU - 3 bytes)
 TABLE_STEP = 8  # files' table lines read between two collections
 
 
-STATUS_KEYS = ("state", "error", "running", "previous", "rollback", "version", "staged", "total")
+STATUS_KEYS = (
+    "state",
+    "state_code",
+    "error",
+    "running",
+    "previous",
+    "rollback",
+    "version",
+    "staged",
+    "total",
+)
 
 
 class OtaGatt:
@@ -48,6 +57,12 @@ class OtaGatt:
         self.heap_low = None  # the least gc.mem_free() seen while taking frames
         self.frames = 0
         self.gaps = 0
+
+    # the version on trial confirmed itself (community.py ota_confirmed): a session made
+    # while it was on trial says so no more; the next request makes one from the record
+    def confirmed(self):
+        if self.session is not None and self.session.status()["state_code"] == 7:  # TRIAL
+            self.session = None
 
     def _session(self):
         if self.session is None:
