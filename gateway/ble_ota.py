@@ -31,6 +31,7 @@ BEGIN_TIMEOUT_S = 120.0  # the check boot (Ed25519 on the node): seconds on a ch
 ACK_TIMEOUT_S = 5.0  # a data acknowledgement
 COMMIT_TIMEOUT_S = 180.0  # hashes and install on the node, until its reset drops the link
 BOOT_TIMEOUT_S = 60.0  # the node back on the air after its reset
+TRIAL_POLL_S = 1.0  # how often a node on trial is asked how it goes (trial_wait_s)
 CHECK_BOOTS = 2  # check boots for one bundle: one, and one more after a power cut in it
 CHUNK_BYTES = og.MAX_WRITE - og.DATA_HEAD
 
@@ -285,6 +286,7 @@ async def push_ble(
     *,
     config: BleConfig | None = None,
     attempts: int = 5,
+    trial_wait_s: float | None = None,
 ) -> dict[str, Any]:
     """Update the node at ``address`` with the signed bundle (``files``: board path ->
     bytes, as signing.load_signed gives them) and wait until it runs it.
@@ -293,8 +295,12 @@ async def push_ble(
     report: ``bytes`` (the bundle's), ``sent`` (file bytes written, resends included),
     ``duration_s``, ``reconnects``, ``heap_low`` (the least free heap the node saw while
     it took the files), ``status`` (the node's status map after its reset: running
-    version, rollback reason...). Raises OtaRefusedError with the node's reason, and
-    DeviceNoResponse when ``attempts`` connections in a row made no progress."""
+    version, rollback reason...), ``result``: "trial" (it runs the new version on trial),
+    "updated" (confirmed), "rolled_back" (back on its previous version; ``rollback`` the
+    reason code, ``why`` its words) or "not_running". With ``trial_wait_s`` it waits that
+    long for the trial's outcome (the rollout watches trials itself and leaves it None).
+    Raises OtaRefusedError with the node's reason, and DeviceNoResponse when ``attempts``
+    connections in a row made no progress."""
     config = config or BleConfig()
     try:
         listed = cbor.loads(manifest)["files"]
@@ -360,7 +366,42 @@ async def push_ble(
     if committed:
         report["status"] = await _status_after_reset(config, address)
     report["duration_s"] = round(time.monotonic() - started, 3)
+    if trial_wait_s and report["status"].get("state") == "trial":
+        report["status"] = await _trial_outcome(config, address, trial_wait_s)
+    report.update(_result(report["status"], version))
     return report
+
+
+def _result(status: Mapping[str, Any], version: str) -> dict[str, Any]:
+    # what the report says of the update: the node runs it on trial or confirmed, or it
+    # went back to the version before (why: protocols.ota's rollback reason)
+    from polekit.protocols import ota
+
+    code = int(status.get("rollback") or 0)
+    if _running(status) == version:
+        return {"result": "trial" if status.get("state") == "trial" else "updated"}
+    if status.get("state") == "rolled_back" and code:
+        return {"result": "rolled_back", "rollback": code, "why": ota.rollback_text(code)}
+    return {"result": "not_running", "why": f"the node runs {_running(status)}, not {version}"}
+
+
+async def _trial_outcome(config: BleConfig, address: str, wait_s: float) -> dict[str, Any]:
+    # the new version on trial confirms itself or is rolled back (a reset: the link drops
+    # and the node comes back on its previous version); its status once either happened
+    deadline = time.monotonic() + wait_s
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        left = deadline - time.monotonic()
+        try:
+            status = await _status_after_reset(config, address, max(1.0, left))
+        except DeviceNoResponse:
+            break
+        if status.get("state") != "trial":
+            return status
+        await asyncio.sleep(TRIAL_POLL_S)
+    raise DeviceNoResponse(
+        f"{address}: still on trial (or silent) after {wait_s:.0f} s; last status {status}"
+    )
 
 
 async def _status_after_reset(

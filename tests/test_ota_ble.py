@@ -15,27 +15,38 @@ from typing import Any
 import pytest
 from otalinkkit import Signed, flashed_node, signed_bundle, staged
 
+from polekit.firmware.deploy.bundle import DEFAULT_MPY, compile_module
 from polekit.gateway.ble_ota import CHUNK_BYTES, OtaRefusedError, push_ble
 from polekit.gateway.config import BleConfig
 from polekit.hil.air import VirtualAir
 from polekit.hil.emulator import EmulatedBoard
-from polekit.protocols import identity
+from polekit.protocols import identity, ota
 from polekit.protocols.bthome import OTA_QUEUE
 from polekit.protocols.ota_gatt import WINDOW
 
+from conftest import ROOT
 from gwkit import run
 
 SOS = identity.make("371600", "SO", 16)
 BOARD = "community-sos-esp32c3"
+NODE = ROOT / "firmware" / "node"
 
 
-def _update(tmp_path: Path, new_bytes: int, key: Path | None = None) -> Signed:
+def _update(
+    tmp_path: Path, new_bytes: int, key: Path | None = None, broken: tuple[str, str] | None = None
+) -> Signed:
     # version 0.2 of the node's own bundle, which also brings a new module of ``new_bytes``
     # (incompressible): the files the node runs already are copied from its slot a, the
-    # rest goes over the air
-    return signed_bundle(
-        tmp_path, BOARD, "0.2", key, extra={"lib/node/assets.bin": os.urandom(new_bytes)}
-    )
+    # rest goes over the air. ``broken``: (text in community.py, what replaces it): a
+    # version that fails, signed as a good one is
+    extra = {"lib/node/assets.bin": os.urandom(new_bytes)}
+    if broken is not None:
+        source = (NODE / "community.py").read_text()
+        assert broken[0] in source, f"community.py no longer has {broken[0]!r}"
+        extra["lib/node/community.mpy"] = compile_module(
+            source.replace(broken[0], broken[1], 1).encode(), "lib/node/community.py", DEFAULT_MPY
+        )
+    return signed_bundle(tmp_path, BOARD, "0.2", key, extra=extra)
 
 
 def _needed(update: Signed, flash: Path) -> int:
@@ -47,8 +58,9 @@ def _needed(update: Signed, flash: Path) -> int:
     )
 
 
-def _node(tmp_path: Path, update: Signed) -> Path:
-    return flashed_node(tmp_path / "fs", BOARD, update.pub, {"device_code": SOS, "advert_s": 1})
+def _node(tmp_path: Path, update: Signed, **config: Any) -> Path:
+    config = {"device_code": SOS, "advert_s": 1, **config}
+    return flashed_node(tmp_path / "fs", BOARD, update.pub, config)
 
 
 def _check_staged(update: Signed, flash: Path) -> None:
@@ -78,7 +90,9 @@ def _booted(board: EmulatedBoard) -> int:
 
 def test_a_signed_update_reaches_a_community_node_over_ble(tmp_path: Path) -> None:
     update = _update(tmp_path, 24000)
-    flash = _node(tmp_path, update)
+    # a trial longer than the 30 s watchdog /main.py arms for a version on trial: the
+    # node's loop must feed one of its own, or the good version is rolled back (reason 2)
+    flash = _node(tmp_path, update, ota_trial_s=35)
     needed = _needed(update, flash)
     seen: list[tuple[int, int]] = []
     with (
@@ -90,10 +104,16 @@ def test_a_signed_update_reaches_a_community_node_over_ble(tmp_path: Path) -> No
         report = _push(board, air, update, progress=lambda d, t: seen.append((d, t)))
         elapsed = time.monotonic() - started
         boots = _booted(board)
+        assert report["result"] == "trial", report  # the new version runs, on its trial
+        confirmed = _push(board, air, update, trial_wait_s=120)
         log = bytes(board.serial_log).decode(errors="replace")
     total = update.size
     assert report["status"]["running"] == "0.2", report
-    assert report["status"]["state"] == "trial", report  # the new version on its trial
+    # the same bundle again: the node runs it, and has confirmed it after its trial
+    assert confirmed["result"] == "updated" and confirmed["sent"] == 0, confirmed
+    assert confirmed["status"]["state"] == "idle" and confirmed["status"]["rollback"] == 0
+    assert "version 0.2 confirmed after its trial" in log
+    assert _booted(board) == boots  # no reset during the trial (its watchdog was fed)
     assert report["check_boots"] == 1, report
     # start, the check boot (it ends in a reset), the start after it, the new version
     assert boots == 4, boots
@@ -181,3 +201,31 @@ def test_a_wrongly_signed_bundle_is_refused_with_its_reason(tmp_path: Path) -> N
     assert "update refused" in log  # by the check boot, before the node started
     assert not (flash / "slot_b").exists()  # not a byte taken
     assert not (flash / "ota" / "boot.json").exists()  # slot a runs on, untouched
+
+
+# raises as it starts: the boot selector rolls it back at once
+RAISES = ("class CommunityNode:", 'raise RuntimeError("broken")\n\n\nclass CommunityNode:')
+# its loop hangs once it advertises: the watchdog it armed on trial resets it
+HANGS = (
+    "            await asyncio.sleep_ms(10)\n",
+    "            while True:\n                pass\n",
+)
+
+
+@pytest.mark.parametrize(("broken", "code"), [(RAISES, 1), (HANGS, 2)], ids=["raises", "hangs"])
+def test_a_failing_version_rolls_back_and_the_report_says_so(
+    tmp_path: Path, broken: tuple[str, str], code: int
+) -> None:
+    update = _update(tmp_path, 1000, broken=broken)
+    flash = _node(tmp_path, update, ota_trial_s=20)
+    with (
+        VirtualAir(tmp_path / "air.sock") as air,
+        EmulatedBoard(BOARD, fs_dir=flash, air=air.path) as board,
+    ):
+        board.wait_output("community node", 30)
+        report = _push(board, air, update, trial_wait_s=90)
+        log = bytes(board.serial_log).decode(errors="replace")
+    assert report["result"] == "rolled_back" and report["rollback"] == code, report
+    assert report["status"]["running"] == "0.1" and report["status"]["previous"] == "0.2"
+    assert report["why"] == ota.rollback_text(code)
+    assert "failed its trial (reason %d)" % code in log
