@@ -11,6 +11,7 @@ import asyncio
 import json
 import re
 import sqlite3
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -329,21 +330,23 @@ def test_failing_canary_stops_the_rollout_and_the_report_says_so(
     run(scenario(), 900)
 
 
-def test_gateway_restart_mid_rollout_resumes_from_its_database(tmp_path: Path) -> None:
-    # the gateway is killed (-9) in the middle of a transfer; started again, it takes the
-    # rollout up from its database and the node goes on from what it had staged
+Cut = Callable[[GatewayProcess, Path, list[Any]], Awaitable[tuple[GatewayProcess, Any]]]
+
+
+def _cut_midway(tmp_path: Path, serial: int, cut: Cut) -> tuple[dict[str, Any], str, Any, Path]:
+    """One pole node of an earlier release (every module differs: the whole bundle is
+    sent) at 115200 baud, and a gateway pushing 0.2 to it; a third of the way through,
+    ``cut(gateway, config, boards)`` does its harm and returns the gateway that goes on
+    and what it saw. The node's report, that gateway's output, what ``cut`` saw, and the
+    bundle."""
     key = make_key(tmp_path, "city")
     bundle = signed_bundle(tmp_path / "v0.2", key, "0.2")
-    codes = pole_codes(1, 80)
-    size = sum(f.stat().st_size for f in (bundle / "lib").rglob("*") if f.is_file())
+    codes = pole_codes(1, serial)
+    third = sum(f.stat().st_size for f in (bundle / "lib").rglob("*") if f.is_file()) // 3
 
-    async def scenario() -> None:
-        # every module of the node's release differs from the bundle's: all are sent
+    async def scenario() -> tuple[dict[str, Any], str, Any]:
         with (
-            pole_line(tmp_path, key, codes, 115200, changed="all") as (
-                line,
-                _,
-            ),
+            pole_line(tmp_path, key, codes, 115200, changed="all") as (line, boards),
             LocalBroker() as broker,
         ):
             config = ota_config(
@@ -371,100 +374,65 @@ def test_gateway_restart_mid_rollout_resumes_from_its_database(tmp_path: Path) -
                         rollout = h and h["ota"]["rollout"]
                         return rollout["devices"][0]["have"] if rollout else 0
 
-                    await until(lambda: have() > size // 3, 120, "a third of the transfer")
-                    assert gw.status_url is not None
-                    shown = await asyncio.to_thread(
-                        polekit, "gateway", "status", "--url", gw.status_url.rsplit("/", 1)[0]
-                    )
-                    gw.proc.kill()  # mid-transfer, no goodbye
-                    gw.proc.wait(timeout=15)
-                    gw = GatewayProcess(config, tmp_path / "gateway.log")
+                    await until(lambda: have() > third, 120, "a third of the transfer")
+                    gw, seen = await cut(gw, config, boards)
                     await until(
                         lambda: len(events(sub.messages, "ota_result")) == 1, 300, "the report"
                     )
-                    second_run = gw.output()
+                    output = gw.output()
                 finally:
                     gw.proc.terminate()
                     gw.proc.wait(timeout=15)
-        report = events(sub.messages, "ota_result")[0][2]
-        assert report["result"] == "updated" and report["version_after"] == "0.2", report
-        assert "update rollout 1" in shown.stdout and "sending" in shown.stdout, shown.stdout
-        assert "polled every 10 s at most" in shown.stdout, shown.stdout
-        assert "rollout 1 resumed" in second_run, second_run[-3000:]
-        held = re.search(
-            r"bundle delivered \((\d+) bytes sent, (\d+) held from before\)", second_run
-        )
-        assert held is not None, second_run[-3000:]
-        assert int(held.group(2)) > size // 3 and int(held.group(1)) < size - size // 3, held.group(
-            0
-        )
+        return events(sub.messages, "ota_result")[0][2], output, seen
 
-    run(scenario(), 600)
+    report, output, seen = run(scenario(), 600)
+    assert report["result"] == "updated" and report["version_after"] == "0.2", report
+    return report, output, seen, bundle
+
+
+def test_gateway_restart_mid_rollout_resumes_from_its_database(tmp_path: Path) -> None:
+    # the gateway is killed (-9) in the middle of a transfer; started again, it takes the
+    # rollout up from its database and the node goes on from what it had staged
+    async def kill(
+        gw: GatewayProcess, config: Path, _boards: list[Any]
+    ) -> tuple[GatewayProcess, Any]:
+        assert gw.status_url is not None
+        shown = await asyncio.to_thread(
+            polekit, "gateway", "status", "--url", gw.status_url.rsplit("/", 1)[0]
+        )
+        gw.proc.kill()  # mid-transfer, no goodbye
+        gw.proc.wait(timeout=15)
+        return GatewayProcess(config, tmp_path / "gateway.log"), shown
+
+    _report, second_run, shown, bundle = _cut_midway(tmp_path, 80, kill)
+    size = sum(f.stat().st_size for f in (bundle / "lib").rglob("*") if f.is_file())
+    assert "update rollout 1" in shown.stdout and "sending" in shown.stdout, shown.stdout
+    assert "polled every 10 s at most" in shown.stdout, shown.stdout
+    assert "rollout 1 resumed" in second_run, second_run[-3000:]
+    held = re.search(r"bundle delivered \((\d+) bytes sent, (\d+) held from before\)", second_run)
+    assert held is not None, second_run[-3000:]
+    assert int(held.group(2)) > size // 3, held.group(0)
+    assert int(held.group(1)) < size - size // 3, held.group(0)
 
 
 def test_a_power_cut_mid_transfer_resumes_where_the_node_stopped(tmp_path: Path) -> None:
     # the node loses its power a third of the way through (RAM gone, flash kept); the
     # gateway waits for it to answer again and goes on from the node's own ``need``:
     # what it had staged is not sent twice
-    key = make_key(tmp_path, "city")
-    bundle = signed_bundle(tmp_path / "v0.2", key, "0.2")
-    codes = pole_codes(1, 85)
-    sources = ("node", "protocols")  # what an earlier release differs in (all of it)
-    size = sum(
-        f.stat().st_size for d in sources for f in (bundle / "lib" / d).rglob("*") if f.is_file()
-    )
+    async def power_cut(
+        gw: GatewayProcess, _config: Path, boards: list[Any]
+    ) -> tuple[GatewayProcess, Any]:
+        await asyncio.to_thread(boards[0].power_cycle, 0.5)
+        return gw, None
 
-    async def scenario() -> dict[str, Any]:
-        with (
-            pole_line(tmp_path, key, codes, 115200, changed="all") as (
-                line,
-                boards,
-            ),
-            LocalBroker() as broker,
-        ):
-            config = ota_config(
-                tmp_path / "gateway.toml",
-                tmp_path / "data",
-                broker.url,
-                _pole_devices(codes),
-                [rtu_bus(line.endpoint(), 115200)],
-                key.with_suffix(".pub"),
-                trial_wait=120,
-            )
-            async with Collector(broker.host, broker.port) as sub:
-                gw = GatewayProcess(config, tmp_path / "gateway.log")
-                try:
-                    await until(lambda: _fw_version(sub, codes[0]) == 1, 60, "0.1")
-                    push = await asyncio.to_thread(
-                        polekit,
-                        "ota", "push", "-c", str(config), "--bundle", str(bundle),
-                        "--devices", codes[0], "--no-wait",
-                    )  # fmt: skip
-                    assert push.returncode == 0, push.stderr
-
-                    def have() -> int:
-                        h = gw.health()
-                        rollout = h and h["ota"]["rollout"]
-                        return rollout["devices"][0]["have"] if rollout else 0
-
-                    await until(lambda: have() > size // 3, 120, "a third of the transfer")
-                    staged = have()
-                    await asyncio.to_thread(boards[0].power_cycle, 0.5)
-                    await until(
-                        lambda: len(events(sub.messages, "ota_result")) == 1, 300, "the report"
-                    )
-                    log = gw.output()
-                finally:
-                    gw.proc.terminate()
-                    gw.proc.wait(timeout=15)
-        report: dict[str, Any] = events(sub.messages, "ota_result")[0][2]
-        report["staged_at_cut"] = staged
-        report["log"] = log
-        return report
-
-    report = run(scenario(), 600)
-    assert report["result"] == "updated" and report["version_after"] == "0.2", report
-    assert "resuming when it answers again" in report["log"], report["log"][-3000:]
+    report, log, _seen, bundle = _cut_midway(tmp_path, 85, power_cut)
+    assert "resuming when it answers again" in log, log[-3000:]
     # sent once: what the node had on its flash at the cut was not sent again (a chunk
-    # or two in flight at the cut may be)
+    # or two in flight at the cut may be); the vendored modules are copied on the node
+    size = sum(
+        f.stat().st_size
+        for d in ("node", "protocols")
+        for f in (bundle / "lib" / d).rglob("*")
+        if f.is_file()
+    )
     assert size <= report["bytes"] < size + 2 * 240, (report["bytes"], size)
