@@ -24,9 +24,12 @@ from typing import Any
 
 from polekit.gateway.ble_commands import BleCommander
 from polekit.gateway.ble_counters import BleCounterStore
-from polekit.gateway.commands import CommandRouter
+from polekit.gateway.commands import CommandRouter, OtaCommand
 from polekit.gateway.config import BleDeviceConfig, Config, DeviceConfig
 from polekit.gateway.delivery import Delivery, QueueOpenError, open_deliveries
+from polekit.gateway.ota.rollout import RolloutRunner
+from polekit.gateway.ota.store import RolloutStore
+from polekit.gateway.ota.transports import transports_for
 from polekit.gateway.pipeline import encode_body
 from polekit.gateway.platforms.base import Outgoing, PlatformCommand, Reading
 from polekit.gateway.queue import MAX_UNCOMMITTED, DurableQueue, QueueWriteError
@@ -131,12 +134,33 @@ class Gateway:
             commander = BleCommander(config.ble, self.ble.last_counter)
             self.ble_commander = commander
             ble_owners = {d.code: (d, commander) for d in config.ble_devices}
+        try:  # rollouts in the first platform's queue file, as the BLE counters
+            self.ota_store = RolloutStore(self.primary.queue.path)
+        except (OSError, sqlite3.Error) as exc:
+            if self.ble_counters is not None:
+                self.ble_counters.close()
+            for d in self.deliveries:
+                d.queue.close()
+            raise StartError(
+                f"cannot keep update rollouts in {self.primary.queue.path}: {exc}; check "
+                "gateway.data_dir with `polekit gateway check`"
+            ) from None
+        self.ota = RolloutRunner(
+            config.ota,
+            self.ota_store,
+            transports_for(config, self.buses),
+            self._on_event,
+            config.gateway_id,
+            config.data_dir / "ota",
+        )
         self.commands = CommandRouter(
             owners,
             self._on_result,
             ble_owners,
             limits=config.commands,
             encode=lambda body: encode_body(body, config.mqtt.format),
+            ota=self._on_ota_command,
+            gateway_code=config.gateway_id,
         )
         self.status = StatusServer(self.health, config.status.host, config.status.port)
         self.readings = 0
@@ -287,6 +311,22 @@ class Gateway:
         for out in messages:
             await self._store(delivery.queue, out)
 
+    async def _on_ota_command(self, device_code: str, command: OtaCommand) -> dict[str, Any]:
+        # the platform's ota command: verified and queued (RolloutRefused says why not);
+        # its progress and report follow as events
+        rollout = await self.ota.start(
+            command.bundle,
+            command.devices if command.devices is not None else [device_code],
+            command.batch_size,
+            f"command {command.id}",
+        )
+        return {
+            "rollout": rollout.id,
+            "version": rollout.version,
+            "devices": [d.device for d in rollout.devices],
+            "stages": rollout.summary()["stages"],
+        }
+
     def _resync(self, device: BleDeviceConfig, counter: int) -> None:
         # the BLE source saw a device's counter go back: tell it (over an authenticated
         # GATT write) the last counter accepted, so the node moves its epoch past it
@@ -370,6 +410,8 @@ class Gateway:
                     "connected": b.connected,
                     "last_error": b.last_error,
                     "counters": vars(b.counters),
+                    # while an update transfer runs on it: its devices' polling floor
+                    "poll_floor_s": b.poll_floor_s or None,
                 }
                 for b in self.buses.values()
             ],
@@ -390,6 +432,7 @@ class Gateway:
             "events": self.events,
             "commands": dict(vars(self.commands.counters)),
             "platforms": [d.health() for d in self.deliveries],
+            "ota": self.ota.health(),
         }
 
     def stop(self) -> None:
@@ -409,13 +452,15 @@ class Gateway:
                 uplinks = [
                     tg.create_task(d.uplink.run(), name=f"uplink-{d.name}") for d in self.deliveries
                 ]
+                # a rollout stopped here is taken up again from the database at the next run
+                ota = tg.create_task(self.ota.run(), name="ota")
                 await self._stopping.wait()
                 log.info(
                     "stopping: %d messages queued; answer-to-commit ms %s",
                     self.queue.depth,
                     self.commit_latency.summary_ms(),
                 )
-                others = [*([ble] if ble else []), *self._resync_tasks]
+                others = [ota, *([ble] if ble else []), *self._resync_tasks]
                 for task in others:
                     task.cancel()
                 await self._stop_buses(buses)
@@ -432,6 +477,7 @@ class Gateway:
                 bus.close()
             if self.ble_counters is not None:
                 self.ble_counters.close()
+            self.ota_store.close()
             await self._close_queues()
             log.info("stopped")
 

@@ -314,3 +314,35 @@ def status(url: str, as_json: bool) -> None:
             d["last_error"] or "",
         )
     console.print(devices)
+    _print_rollout(console, health.get("ota"), health["buses"])
+
+
+def _print_rollout(console: Console, ota: dict[str, Any] | None, buses: list[Any]) -> None:
+    # an update rollout in progress: its devices' progress, and the buses polled slower
+    rollout = (ota or {}).get("rollout")
+    if rollout is None:
+        return
+    console.print(
+        f"[bold]update rollout {rollout['rollout']}[/bold]: {rollout['board']} "
+        f"{rollout['version']}, {rollout['state']}, {len(rollout['devices'])} device(s) in "
+        f"{rollout['stages']} stage(s)",
+        highlight=False,
+    )
+    for b in buses:
+        if b.get("poll_floor_s"):
+            console.print(
+                f"  bus {b['name']} carries a transfer: its devices are polled every "
+                f"{b['poll_floor_s']:g} s at most until it ends",
+                highlight=False,
+            )
+    table = Table(Column("device", no_wrap=True), "stage", "state", "progress", "result")
+    for d in rollout["devices"]:
+        share = f"{100 * d['have'] // d['total']}%" if d["total"] else ""
+        table.add_row(
+            d["device"],
+            "canary" if d["stage"] == 0 else str(d["stage"]),
+            d["state"],
+            f"{d['have']}/{d['total']} {share}" if d["total"] else "",
+            d["result"] or "",
+        )
+    console.print(table)

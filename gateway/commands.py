@@ -42,6 +42,9 @@ ResultEncoder = Callable[[dict[str, Any]], bytes]
 # the result body of one command, for the platform that sent it (its adapter encodes it
 # for its reply topic, with its request id)
 Answer = Callable[[dict[str, Any]], Awaitable[None]]
+# the device the command was sent to, the ota command -> what the result says of the
+# rollout it queued (raises ValueError saying why it cannot start): gateway/ota/
+OtaHandler = Callable[[str, "OtaCommand"], Awaitable[dict[str, Any]]]
 
 Value = bool | int | float
 
@@ -123,10 +126,9 @@ def _check_value(name: str, value: Any, command_id: str | int | None) -> Value:
     )
 
 
-def decode_command(payload: bytes, max_bytes: int = CommandsConfig.max_bytes) -> Command:
-    """The command in ``payload`` (JSON if it starts with ``{``, else CBOR), validated:
-    an id that any result can echo, and a non-empty ``set`` of point names to finite
-    numbers or booleans. Pure; raises CommandError (PayloadTooLargeError over ``max_bytes``)
+def decode_body(payload: bytes, max_bytes: int = CommandsConfig.max_bytes) -> dict[str, Any]:
+    """The map a command payload holds (JSON if it starts with ``{``, else CBOR), with
+    its id checked. Pure; raises CommandError (PayloadTooLargeError over ``max_bytes``)
     and nothing else, whatever the bytes."""
     if len(payload) > max_bytes:
         raise PayloadTooLargeError(
@@ -153,6 +155,20 @@ def decode_command(payload: bytes, max_bytes: int = CommandsConfig.max_bytes) ->
             ) from None
     if not isinstance(body, dict):
         raise CommandError('body must be a map like {"id": 1, "set": {"lamp_level": 40}}')
+    _check_id(body.get("id"))
+    return body
+
+
+def decode_command(payload: bytes, max_bytes: int = CommandsConfig.max_bytes) -> Command:
+    """The command in ``payload`` (JSON if it starts with ``{``, else CBOR), validated:
+    an id that any result can echo, and a non-empty ``set`` of point names to finite
+    numbers or booleans. Pure; raises CommandError (PayloadTooLargeError over ``max_bytes``)
+    and nothing else, whatever the bytes."""
+    return command_of(decode_body(payload, max_bytes))
+
+
+def command_of(body: dict[str, Any]) -> Command:
+    """The ``set`` command of a decoded body (``decode_body``); CommandError if it is not."""
     command_id = _check_id(body.get("id"))
     changes = body.get("set")
     if not isinstance(changes, dict) or not changes:
@@ -165,6 +181,56 @@ def decode_command(payload: bytes, max_bytes: int = CommandsConfig.max_bytes) ->
             raise CommandError(f"point names are text, not {_shown(name)}", command_id)
         checked[name] = _check_value(_shown(name), value, command_id)
     return Command(command_id, checked)
+
+
+@dataclass(frozen=True)
+class OtaCommand:
+    """An ``ota`` command: roll the bundle at ``bundle`` (an http(s) URL of a signed
+    bundle's folder, or a folder on the gateway) out to ``devices`` (None: the device the
+    command was sent to), ``batch_size`` nodes a stage after the canary (None: [ota]'s)."""
+
+    id: str | int | None
+    bundle: str
+    devices: list[str] | None
+    batch_size: int | None
+
+
+OTA_MAX_DEVICES = 1000
+OTA_EXAMPLE = (
+    '{"id": 1, "ota": {"bundle": "https://host/pole-0.2/", "devices": ["371600PL000001C"]}}'
+)
+
+
+def ota_command_of(body: dict[str, Any]) -> OtaCommand:
+    """The ``ota`` command of a decoded body; CommandError saying what is wrong."""
+    command_id = _check_id(body.get("id"))
+    ota = body.get("ota")
+    if "set" in body:
+        raise CommandError("a command has either set or ota, not both", command_id)
+    if not isinstance(ota, dict) or not isinstance(ota.get("bundle"), str):
+        raise CommandError(f"an ota command looks like {OTA_EXAMPLE}", command_id)
+    bundle = ota["bundle"]
+    if not 0 < len(bundle) <= 1024:
+        raise CommandError("ota.bundle: a URL of up to 1024 characters", command_id)
+    devices = ota.get("devices")
+    if devices is not None and (
+        not isinstance(devices, list)
+        or not 0 < len(devices) <= OTA_MAX_DEVICES
+        or not all(isinstance(d, str) and 0 < len(d) <= 64 for d in devices)
+    ):
+        raise CommandError(f"ota.devices: a list of 1..{OTA_MAX_DEVICES} device codes", command_id)
+    batch = ota.get("batch_size")
+    if batch is not None and (
+        not isinstance(batch, int) or isinstance(batch, bool) or not 1 <= batch <= 1000
+    ):
+        raise CommandError("ota.batch_size: nodes a stage, 1..1000", command_id)
+    unknown = sorted(set(ota) - {"bundle", "devices", "batch_size"})
+    if unknown:
+        raise CommandError(
+            f"ota: unknown key {_shown(unknown[0])}; known: bundle, devices, batch_size",
+            command_id,
+        )
+    return OtaCommand(command_id, bundle, devices, batch)
 
 
 @dataclass(frozen=True)
@@ -269,8 +335,14 @@ class CommandRouter:
         limits: CommandsConfig | None = None,
         encode: ResultEncoder | None = None,
         clock: Callable[[], float] = time.monotonic,
+        ota: OtaHandler | None = None,
+        gateway_code: str | None = None,
     ) -> None:
+        """``ota``: takes the ``ota`` commands (sent to a device or to ``gateway_code``,
+        the gateway's own id); without it they are answered with an error."""
         self.devices = devices
+        self.ota = ota
+        self.gateway_code = gateway_code
         self.ble = ble or {}
         self.publish = publish
         self.limits = limits or CommandsConfig()
@@ -323,7 +395,11 @@ class CommandRouter:
         # the result body of one command; never raises
         cmd_id: str | int | None = None
         try:
-            command = decode_command(payload, self.limits.max_bytes)
+            body = decode_body(payload, self.limits.max_bytes)
+            cmd_id = _check_id(body.get("id"))
+            if "ota" in body:
+                return await self._ota(device_code, body)
+            command = command_of(body)
             cmd_id = command.id
             # unknown devices share one bucket: their codes come from the network
             known = device_code in self.devices or device_code in self.ble
@@ -352,6 +428,29 @@ class CommandRouter:
                 exc_info=log.isEnabledFor(logging.DEBUG),
             )
             return self._error(cmd_id, f"internal error ({type(exc).__name__}); see the log")
+
+    async def _ota(self, device_code: str, body: dict[str, Any]) -> dict[str, Any]:
+        # an update: verified and queued here (the bundle is fetched first), rolled out by
+        # the gateway's rollout task; the result says it was queued, events say the rest
+        command = ota_command_of(body)
+        known = device_code in self.devices or device_code in self.ble
+        if not self.rate.allow(device_code if known else "?"):
+            self.counters.rate_limited += 1
+            raise ValueError(
+                f"rate limit: {device_code} takes {self.limits.rate_per_s:g} commands/s; "
+                "this one was not applied, send it later"
+            )
+        if self.ota is None:
+            raise ValueError("this gateway takes no ota command: set [ota] public_key")
+        if command.devices is None and not known:
+            raise ValueError(
+                f"ota to {_shown(device_code)}: name the devices (ota.devices) or send it "
+                "to a device's command topic"
+            )
+        if not known and device_code != self.gateway_code:
+            raise ValueError(f"unknown device {_shown(device_code)} on this gateway")
+        started = await self.ota(device_code, command)
+        return {"id": command.id, "ok": True, "ota": started}
 
     @staticmethod
     def _error(cmd_id: str | int | None, reason: str) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from polekit.gateway.ota.settings import OtaConfig, parse_ota
 from polekit.gateway.redact import HIDDEN, bindkey_problem, redact_url
 from polekit.protocols import devices as library
 from polekit.protocols import dlt645, identity, modbus
@@ -217,6 +218,7 @@ class Config:
     commands: CommandsConfig = field(default_factory=CommandsConfig)
     # the northbound platforms ([platform] / [[platform]]); empty: SenML on [mqtt]
     platforms: tuple[Any, ...] = ()
+    ota: OtaConfig = field(default_factory=OtaConfig)  # [ota]: over-the-air updates
 
     @property
     def queue_path(self) -> Path:
@@ -306,6 +308,7 @@ _TOP_KEYS = (
     "ble",
     "commands",
     "platform",
+    "ota",
 )
 _ARRAYS = ("bus", "map", "device")  # [[...]] arrays of tables
 _GATEWAY_KEYS = ("id", "data_dir", "queue_max_mb")
@@ -538,6 +541,7 @@ def parse_config(raw: dict[str, Any], path: Path | str = "<config>") -> Config:
     from polekit.gateway.platforms.settings import parse_platforms  # it imports this module
 
     platforms = parse_platforms(raw.get("platform"), mqtt, path.parent, r.problems.append)
+    ota = parse_ota(r, _table(r, raw, "ota", required=False), path.parent)
     buses = _meter_lines(raw.get("bus", []), buses, devices)
     if r.problems:
         raise ConfigError(path, r.problems)
@@ -554,6 +558,7 @@ def parse_config(raw: dict[str, Any], path: Path | str = "<config>") -> Config:
         ble,
         commands,
         platforms,
+        ota,
     )
 
 

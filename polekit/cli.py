@@ -406,6 +406,7 @@ def _add_area_commands() -> None:
     from polekit.firmware.deploy.cli import COMMANDS
     from polekit.gateway.ble_cli import ble
     from polekit.gateway.cli import gateway
+    from polekit.gateway.ota.cli import ota
     from polekit.gateway.platform_cli import platform
     from polekit.hil.cli import emulate
     from polekit.hil.simulate_cli import simulate
@@ -413,6 +414,7 @@ def _add_area_commands() -> None:
     main.add_command(gateway)
     main.add_command(ble)
     main.add_command(platform)
+    main.add_command(ota)
     main.add_command(emulate)
     main.add_command(simulate)
     for command in COMMANDS:

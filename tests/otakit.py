@@ -15,7 +15,7 @@ from pymodbus.client import ModbusSerialClient
 from pymodbus.exceptions import ModbusException
 
 from polekit.firmware.deploy import signing
-from polekit.firmware.deploy.bundle import DEFAULT_MPY, build, compile_module, with_version
+from polekit.firmware.deploy.bundle import DEFAULT_MPY, build, compile_module
 from polekit.protocols import modbus, ota
 
 BOARD = "pole-env-esp32"
@@ -54,7 +54,7 @@ def signed_update(
     bundle = build(BOARD, DEFAULT_MPY, version=version)
     if patch_app is not None:
         app = "lib/node/app.py"
-        src = with_version((_FIRMWARE / "node" / "app.py").read_bytes(), version).decode()
+        src = (_FIRMWARE / "node" / "app.py").read_text()
         bundle.files["lib/node/app.mpy"] = compile_module(patch_app(src).encode(), app, DEFAULT_MPY)
     bundle.write(folder)
     manifest, sig = signing.sign_bundle(folder, key, board, version, min_version, downgrade)

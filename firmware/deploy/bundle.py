@@ -53,10 +53,10 @@ _VERSION_LINE = re.compile(rb"^VERSION = \((\d+), (\d+)\)", re.M)
 
 
 def firmware_version() -> str:
-    """The node firmware's version, read from node/app.py (its one source)."""
-    m = _VERSION_LINE.search((_NODE / "app.py").read_bytes())
+    """The node firmware's version, read from node/version.py (its one source)."""
+    m = _VERSION_LINE.search((_NODE / "version.py").read_bytes())
     if not m:
-        raise BundleError("node/app.py has no VERSION = (major, minor)")
+        raise BundleError("node/version.py has no VERSION = (major, minor)")
     return f"{int(m.group(1))}.{int(m.group(2))}"
 
 
@@ -72,13 +72,13 @@ def parse_version(version: str) -> tuple[int, int]:
         ) from None
 
 
-def with_version(app_source: bytes, version: str) -> bytes:
-    """node/app.py with its VERSION set to ``version`` ("MAJOR.MINOR"): what a bundle built
+def with_version(source: bytes, version: str) -> bytes:
+    """node/version.py with its VERSION set to ``version`` ("MAJOR.MINOR"): what a bundle built
     with ``--version`` reports once it runs (fw_version register, status)."""
     major, minor = parse_version(version)
-    new, n = _VERSION_LINE.subn(f"VERSION = ({major}, {minor})".encode(), app_source, count=1)
+    new, n = _VERSION_LINE.subn(f"VERSION = ({major}, {minor})".encode(), source, count=1)
     if n != 1:
-        raise BundleError("node/app.py has no VERSION = (major, minor)")
+        raise BundleError("node/version.py has no VERSION = (major, minor)")
     return new
 
 
@@ -158,7 +158,7 @@ class Bundle:
     files: dict[str, bytes]
     config: dict[str, Any] = field(default_factory=dict)  # the board's reference settings
     march: str | None = None  # native architecture, None: bytecode for any chip
-    version: str | None = None  # what the node reports, None: node/app.py's VERSION
+    version: str | None = None  # what the node reports, None: node/version.py's VERSION
 
     @property
     def manifest(self) -> dict[str, Any]:
@@ -197,7 +197,7 @@ def build(
 ) -> Bundle:
     """The bundle for ``board``; ``mpy=None`` keeps the sources (for boards whose MicroPython
     has no matching mpy-cross, and for debugging); ``march`` (see MARCH) compiles for that
-    native architecture too; ``version`` ("MAJOR.MINOR") replaces node/app.py's VERSION
+    native architecture too; ``version`` ("MAJOR.MINOR") replaces node/version.py's VERSION
     (an update's version: see signing.py)."""
     board = board if isinstance(board, Board) else load(board)
     if version is not None:
@@ -214,7 +214,7 @@ def build(
                 continue
             path = f"{prefix}/{rel}"
             data = src.read_bytes()
-            if version is not None and root is _NODE and rel == "app.py":
+            if version is not None and root is _NODE and rel == "version.py":
                 data = with_version(data, version)
             if mpy is None:
                 files[path] = data

@@ -118,7 +118,7 @@ def print_selftest(console: Console, report: Any) -> None:
     "--version",
     "version",
     metavar="X.Y",
-    help="The version the bundle reports once it runs. Default: node/app.py's VERSION.",
+    help="The version the bundle reports once it runs. Default: node/version.py's VERSION.",
 )
 @click.option(
     "--min-version",

@@ -6,7 +6,10 @@
 # trial is rolled back to the previous slot, by this file alone, when: it raised at start-up
 # (1, then a reset), the watchdog reset the board during its trial (2), it booted TRIAL_BOOTS
 # times without confirming itself (3, a crash loop), or it asked for it ("failed": 4
-# self-test, 5 uplink).
+# self-test, 5 uplink). On trial a watchdog is armed before the version's first import
+# (BOOT_WDT_MS, re-armed shorter by the node once its tasks run): a version that hangs
+# before then, or whose start returns without running its node, is reset by it and rolled
+# back (2); on trial node.start raises where it would stop quietly (safe mode), (1).
 # Kept small and frozen in what it reads: the record's format outlives every update.
 import json
 import os
@@ -17,6 +20,7 @@ import machine
 BOOT = "/ota/boot.json"
 ROOTS = {"a": "", "b": "/slot_b"}
 TRIAL_BOOTS = 3
+BOOT_WDT_MS = 30000  # start-up and self-test of a version on trial, at most (a chip: ~3 s)
 
 
 def _record():
@@ -70,6 +74,11 @@ def _select():
     return rec
 
 
+# still on trial (the version has not confirmed itself since this boot began)
+def _on_trial(was):
+    return was and (_record() or {}).get("state") == "trial"
+
+
 def _start():
     try:
         os.stat("/maintenance")
@@ -78,14 +87,18 @@ def _start():
     except OSError:
         pass
     rec = _select()
+    trial = bool(rec) and rec.get("state") == "trial"
+    if trial:
+        machine.WDT(timeout=BOOT_WDT_MS)  # cannot be stopped: the node re-arms it, or it bites
     try:
         from node.start import main
 
         main(rec)
     except Exception as exc:  # noqa: BLE001 - a version on trial that cannot start is rolled back
-        if not rec or rec.get("state") != "trial":
+        if not _on_trial(trial):
             raise
         sys.print_exception(exc)
+        rec = _record() or rec
         rec["failed"] = 1
         _save(rec)
         machine.reset()

@@ -67,16 +67,18 @@ def main(boot=None):
     board = load_json("/board.json", None)
     crashes = load_json(CRASH_FILE, {"count": 0}).get("count", 0)
     if board is None or not isinstance(config, dict):
-        print(
+        _quiet(
+            boot,
             "polekit: safe mode: /board.json or /config.json missing or not JSON; the REPL is up. "
-            "Redeploy with `polekit deploy`."
+            "Redeploy with `polekit deploy`.",
         )
         return
     battery = board.get("uplink") == "mqtt"  # the water node: each wake ends in deep sleep
     if crashes >= SAFE_MODE_AFTER:
-        print(
+        _quiet(
+            boot,
             "polekit: safe mode: the node crashed at start %d times in a row; the REPL is up. "
-            "Fix the config, then delete %s." % (crashes, CRASH_FILE)
+            "Fix the config, then delete %s." % (crashes, CRASH_FILE),
         )
         if battery:
             _sleep_instead(config)
@@ -97,32 +99,56 @@ def main(boot=None):
         if node:
             asyncio.run(_run(node, boot))
         return
-    asyncio.run(_check_then_run(config, board, boot, crashes))
+    asyncio.run(_check(board))  # it ends in a reset (the emulated board's asyncio.run
+    # returns at once: nothing may follow it here)
 
 
 def _on_trial(boot):
     return bool(boot) and boot.get("state") == "trial"
 
 
-# An update's signature checked before the node starts, in the heap it would hold (a boot
-# of its own: node/ota/verify.py boot_check), then the node.
-async def _check_then_run(config, board, boot, crashes):
-    from .app import VERSION  # what runs: the version this boot checks the update against
-    from .ota.verify import boot_check, pause
+# The node stops at the REPL for a person; a version on trial raises instead: the boot
+# selector (/main.py) rolls it back (the version it replaced started here).
+def _quiet(boot, text):
+    if _on_trial(boot):
+        raise RuntimeError(text)
+    print(text)
 
-    await boot_check(board.get("name"), "%d.%d" % VERSION)
-    await pause(10, True)  # the node starts in a heap without the check's garbage
-    node = _make_node(config, board, boot, crashes)
-    if node:
-        await _run(node, boot)
+
+# An update's signature checked before the node starts, in a boot of its own (node/ota/
+# verify.py boot_check), then a reset. A watchdog is armed for it (fed at each of its steps):
+# a check that hangs resets the node, which then starts without a verdict.
+async def _check(board):
+    import machine
+
+    from .ota import verify
+    from .version import VERSION  # what runs: the version the update is checked against
+
+    verify.WDT = machine.WDT(timeout=verify.CHECK_WDT_MS)
+    try:
+        await verify.boot_check(board.get("name"), "%d.%d" % VERSION)
+    finally:
+        machine.reset()  # the node starts in a heap the check never touched
 
 
 def _run(node, boot):
     if _on_trial(boot):
-        from .ota.trial import selftest_then
-
-        return selftest_then(node)  # a failed self-test rolls the version back
+        return _trial(node, boot)
     return node.run()
+
+
+# A version on trial: the node's construction leaves garbage that the trial's code would
+# not fit beside (the emulated board's VM collects only between steps, so a collection and
+# a yield first), then its self-test, whose failure rolls the version back.
+async def _trial(node, boot):
+    import asyncio
+    import gc
+
+    gc.collect()
+    await asyncio.sleep_ms(1)
+    from .ota.trial import selftest_then
+
+    await selftest_then(node, boot)
 
 
 # The node for this board, or None when it cannot start (counted toward safe mode).

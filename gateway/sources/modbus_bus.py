@@ -5,7 +5,9 @@ line shares it) and runs a schedule: each device is polled when due; the reads o
 are planned to be as few as the protocol allows; a device that stops answering is backed
 off exponentially (capped) and reported offline after a few misses, so it costs the others
 at most one timeout per backoff period. Writes from the command path are queued to the
-same task and run between polls, one at a time and in the order they came. When the port
+same task and run between polls, one at a time and in the order they came; so are the
+transactions of an over-the-air update (``request``), while every device is polled at the
+reduced rate ``poll_floor_s`` states (gateway/ota/). When the port
 itself goes away (USB adapter unplugged, TCP peer restarted) the task closes it and reopens
 it with a short capped backoff.
 
@@ -19,6 +21,7 @@ a "lane" that polls whichever device is due next and no other lane is holding.
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import itertools
 import logging
@@ -219,6 +222,14 @@ class ModbusBus:
         self._writes: asyncio.Queue[tuple[DeviceConfig, Point, Any, asyncio.Future[None]]] = (
             asyncio.Queue()
         )
+        # transactions of the command path's other kinds (an update's chunks, its status
+        # reads): (call on the client, what, future), run between polls like the writes
+        self._requests: asyncio.Queue[
+            tuple[Callable[[Any], Awaitable[Any]], str, asyncio.Future[Any]]
+        ] = asyncio.Queue()
+        # while an over-the-air transfer runs on this bus (one at a time: gateway/ota/),
+        # every device is polled at most every ``poll_floor_s`` seconds (0: at its own rate)
+        self.poll_floor_s = 0.0
         self.in_flight = 0  # polls started and not yet failed or handed to the sink
         self.closing = False  # set when the gateway stops: polls in flight finish, none starts
 
@@ -452,6 +463,16 @@ class ModbusBus:
         self._links[0].wake()  # the first connection's lane runs the writes
         await fut
 
+    async def request(self, call: Callable[[Any], Awaitable[Any]], what: str) -> Any:
+        """One transaction ``call(client)`` (a pymodbus client call) run on the line between
+        polls, in turn with the writes, with the line's silent interval before it; returns
+        the response. Raises DeviceNoResponse, DeviceRefused (a Modbus exception answer),
+        ConnectionException/OSError (the port went away). ``what`` names it in errors."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        await self._requests.put((call, what, fut))
+        self._links[0].wake()  # the first connection's lane runs them, as the writes
+        return await fut
+
     async def _write_with_retries(
         self, device: DeviceConfig, point: Point, value: Any, link: _Link
     ) -> None:
@@ -547,6 +568,22 @@ class ModbusBus:
                 fut.set_exception(exc)
             else:
                 fut.set_result(None)
+        while link is self._links[0] and not self._requests.empty():
+            call, what, req = self._requests.get_nowait()
+            if req.done():  # its caller gave up (cancelled) meanwhile
+                continue
+            try:
+                response = await self._transaction(functools.partial(call, link.client), what, link)
+            except (ConnectionException, OSError) as exc:
+                if not req.done():
+                    req.set_exception(exc)
+                raise
+            except Exception as exc:  # noqa: BLE001 - handed to the request's caller
+                if not req.done():
+                    req.set_exception(exc)
+            else:
+                if not req.done():
+                    req.set_result(response)
         state = self._hold(link)
         if state is None:  # no devices on this bus
             await link.sleep(3600)
@@ -597,7 +634,8 @@ class ModbusBus:
             if self.on_status is not None:  # before its data, in the platforms' order too
                 await self.on_status(state.config.code, True, started)
         state.online = True
-        state.next_due = max(state.next_due + state.config.poll_interval_s, self.clock())
+        interval = max(state.config.poll_interval_s, self.poll_floor_s)
+        state.next_due = max(state.next_due + interval, self.clock())
         # returns once the poll is handed to the queue, not once it is on disk: the bus
         # waits for the disk only when the queue's room for uncommitted polls is full
         await self.sink(state.config, values, started)

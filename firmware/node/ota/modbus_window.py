@@ -47,10 +47,12 @@ def _makedirs():
 
 
 # The window of a node of ``board`` running version ``running`` ("MAJOR.MINOR");
-# ``reset`` is the node's planned reset (its state flushed first).
+# ``reset`` is the node's planned reset (its state flushed first); ``down`` the sensors not
+# working now (OtaSession's).
 class ModbusWindow:
-    def __init__(self, board, running, reset):
+    def __init__(self, board, running, reset, down=None):
         self.board = board
+        self.down = down  # OtaSession's: the sensors not working before the update
         self.running = running
         self.reset = reset
         self.session = None
@@ -98,7 +100,9 @@ class ModbusWindow:
         if self.session is None:
             from .session import OtaSession
 
-            self.session = OtaSession(self.board, self.running, self.reset, on_heap=self.on_heap)
+            self.session = OtaSession(
+                self.board, self.running, self.reset, on_heap=self.on_heap, down=self.down
+            )
         return self.session
 
     # the update status points of the register map (pole-env), once a second

@@ -2,11 +2,14 @@
 #
 # A version the boot record (record.py) says is "trial" runs its self-test (selftest.py)
 # before the node's tasks start; a failure writes "failed": 4 and resets (the boot
-# selector, /main.py, then rolls back). Then the uplink must be healthy for `trial_s`
-# seconds: the node's link counts its good exchanges (answered Modbus requests, adverts
-# sent, broker acknowledgements) and a silence longer than quiet_ms starts the count
-# again. Healthy for trial_s: the record becomes "confirmed". Not confirmed within
-# 2 * trial_s: "failed": 5 and a reset. The watchdog, the crash loop and an exception at
+# selector, /main.py, then rolls back). A sensor the old version already had down when it
+# installed the update (the record's "known_down") does not fail it: a node with a dead
+# sensor can still be updated. Then the uplink must be healthy for `trial_s` seconds: the
+# node's link counts its good exchanges (answered Modbus requests, adverts sent, broker
+# acknowledgements) and a silence longer than trial_s itself starts the count again (a
+# master polling every minute or two is healthy; the trial must be longer than its poll).
+# Healthy for trial_s: the record becomes "confirmed". Not confirmed within 2 * trial_s:
+# "failed": 5 and a reset. The watchdog, the crash loop and an exception at
 # start-up are the boot selector's own checks; this file is the version's side.
 import time
 
@@ -29,16 +32,18 @@ def fail(code, before_reset=None):
     machine.reset()
 
 
-# A version on trial: its self-test before the node's tasks start (they would share its
-# buses), a rollback when it fails, else the node runs.
-async def selftest_then(node):
+# A version on trial (``boot``: its boot record): its self-test before the node's tasks
+# start (they would share its buses), a rollback when it fails, else the node runs.
+async def selftest_then(node, boot=None):
     from .. import selftest
 
     rows = await selftest.run()
+    known = (boot or {}).get("known_down") or ()
     bad = [r for r in rows if not r[1]]
     for name, _ok, detail in bad:
-        print("polekit: trial self-test: %s: %s" % (name, detail))
-    if bad:
+        was = " (down before the update: not held against it)" if name in known else ""
+        print("polekit: trial self-test: %s: %s%s" % (name, detail, was))
+    if [r for r in bad if r[0] not in known]:
         fail(ota.RB_SELFTEST, node.state.flush)
         return
     await node.run()
@@ -49,7 +54,7 @@ async def selftest_then(node):
 class Trial:
     def __init__(self, trial_s, node, clock=None):
         self.trial_ms = trial_s * 1000
-        self.quiet_ms = max(5000, self.trial_ms // 2)
+        self.quiet_ms = self.trial_ms  # a silence as long as the trial: not healthy
         self.exchanges = node.uplink_exchanges
         self.before_reset = node.state.flush
         self.on_confirmed = node.ota_confirmed

@@ -49,11 +49,19 @@ def read_key(path=KEY):
 async def pause(ms=1, collect=False):
     from asyncio import sleep_ms
 
+    if WDT is not None:
+        WDT.feed()
     if collect:
         import gc
 
         gc.collect()
     await sleep_ms(ms)
+
+
+# The check boot's watchdog (node.start._check arms it), fed at each pause; a chip's
+# watchdog cannot be stopped, and the check boot ends in a reset that stops it.
+WDT = None
+CHECK_WDT_MS = 30000
 
 
 # a signature step makes up to ~18 KB of garbage (protocols/ed25519.py): a collection after
@@ -267,7 +275,8 @@ def header_id(size):
 # The check boot: the header's signature (and manifest) checked before the node starts,
 # with the heap a running node would otherwise hold (a pole node leaves ~45 KB, less than
 # the Ed25519 code and one of its steps take); the verdict goes to VERIFIED, which BEGIN
-# then takes without checking again. Called by node.start.main when PENDING exists.
+# then takes without checking again. Called by node.start.main when PENDING exists; a
+# reset follows (the node starts in a heap the check never touched).
 async def boot_check(board, running):
     import json
     import os
@@ -293,7 +302,7 @@ async def boot_check(board, running):
     except Exception as exc:  # noqa: BLE001 - no verdict: the master's next BEGIN checks again
         import sys
 
-        print("polekit: update: the check failed; the node starts without a verdict:")
+        print("polekit: update: the check failed; the node restarts without a verdict:")
         sys.print_exception(exc)
         return
     with open(VERIFIED, "w") as f:

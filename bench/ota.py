@@ -1,0 +1,211 @@
+"""Over-the-air updates over RS-485: transfer efficiency, update time per node, a street.
+
+The path a user runs: the real node bundle (``polekit build --sign``), emulated pole nodes
+with the real firmware of an earlier release whose every node and protocols module differs
+(tests/otagwkit.py earlier_release: the whole bundle is sent, none of it copied on the
+node) on hil's virtual RS-485 line paced at the baud rate (11 bits a character, t3.5
+between frames), and the gateway itself (``Gateway``: its bus task polling
+every node, its rollout runner and Modbus transfer client, its SQLite database, a real
+broker). Figures:
+
+- transfer: file bytes per second while a node takes its files, over the line's payload
+  maximum under Modbus timing: 240 data bytes per function-16 request (255 bytes on the
+  wire, answered in 8), each frame followed by t3.5: ``240 / ((255 + 8) * 11 / baud +
+  2 * t3.5)``. Target >= 0.8. The polling of the node goes on meanwhile at [ota]
+  poll_interval (10 s), and counts against the transfer as it does in the field;
+- update time per node: from the push to the node confirming the new version (its
+  signature check, transfer, hash check, restart, trial of ``ota_trial_s``);
+- a street of N nodes on 2 buses (default 20): the rollout's total time, one canary then
+  batches, one transfer at a time per bus. ``--street-nodes`` smaller runs it for real at
+  that size; the 20-node figure is also computed from the measured per-node times.
+
+    .venv/bin/python bench/ota.py [--baud 9600 --baud 115200] [--street-nodes 4]
+    .venv/bin/python bench/ota.py --smoke      # 115200 only, one node, a 2-node street
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from otagwkit import make_key, pole_codes, pole_line, rtu_bus, signed_bundle  # noqa: E402
+
+from polekit.gateway.app import Gateway  # noqa: E402
+from polekit.gateway.config import parse_config  # noqa: E402
+from polekit.gateway.ota.transport import Progress, Pushed  # noqa: E402
+from polekit.hil.broker import LocalBroker  # noqa: E402
+from polekit.protocols import modbus, ota  # noqa: E402
+
+TRIAL_S = 5  # the nodes' ota_trial_s (their minimum)
+
+
+def payload_max_bps(baud: int) -> float:
+    """File bytes a second the line carries at most under Modbus timing."""
+    request = 1 + 1 + 2 + 2 + 1 + 2 * (ota.DATA_HEADER_REGS + ota.CHUNK_BYTES // 2) + 2
+    answer = 8
+    seconds = (request + answer) * modbus.char_time_s(baud) + 2 * modbus.t35_s(baud)
+    return ota.CHUNK_BYTES / seconds
+
+
+class Timed:
+    """A transport wrapped to time each push's file transfer (first to last chunk)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.transfers: dict[str, tuple[float, float, int]] = {}  # device: (t0, t1, bytes)
+
+    def line_of(self, device: str) -> str:
+        return str(self.inner.line_of(device))
+
+    async def status(self, device: str) -> Any:
+        return await self.inner.status(device)
+
+    async def push(
+        self, device: str, manifest: bytes, sig: bytes, files: list[bytes], progress: Progress
+    ) -> Pushed:
+        marks: list[tuple[float, int]] = []
+
+        def seen(have: int, total: int, sent: int = 0) -> None:
+            marks.append((time.monotonic(), sent))  # bytes on the link, not files copied
+            progress(have, total, sent)
+
+        pushed: Pushed = await self.inner.push(device, manifest, sig, files, seen)
+        if len(marks) >= 2:
+            self.transfers[device] = (marks[0][0], marks[-1][0], marks[-1][1] - marks[0][1])
+        return pushed
+
+
+async def rollout(
+    tmp: Path, key: Path, bundle: Path, baud: int, per_bus: list[int], batch_size: int
+) -> tuple[float, dict[str, Any], dict[str, tuple[float, float, int]]]:
+    """Nodes on ``len(per_bus)`` lines at ``baud``; one rollout to all of them through a
+    Gateway; (total seconds, reports by device, transfer timings by device)."""
+    codes_of = [pole_codes(n, 100 + 50 * i) for i, n in enumerate(per_bus)]
+    with contextlib.ExitStack() as stack:
+        broker = stack.enter_context(LocalBroker())
+        lines = [
+            stack.enter_context(
+                pole_line(tmp / f"bus{i}", key, codes, baud, TRIAL_S, changed="all")
+            )[0]
+            for i, codes in enumerate(codes_of)
+        ]
+        buses = []
+        devices = []
+        for i, (line, codes) in enumerate(zip(lines, codes_of, strict=True)):
+            bus = rtu_bus(line.endpoint(), baud) | {"name": f"line{i}"}
+            buses.append(bus)
+            devices += [
+                {"code": c, "bus": f"line{i}", "unit": u, "map": "pole-env", "poll_interval": 1}
+                for u, c in enumerate(codes, 1)
+            ]
+        data = tmp / f"data-{baud}-{len(devices)}"
+        config = parse_config(
+            {
+                "gateway": {"id": "gw-bench", "data_dir": str(data)},
+                "mqtt": {"url": broker.url},
+                "bus": buses,
+                "device": devices,
+                "status": {"enabled": False},
+                "ota": {
+                    "public_key": str(key.with_suffix(".pub")),
+                    "batch_size": batch_size,
+                    "trial_wait": 300,
+                },
+            },
+            tmp / "gateway.toml",
+        )
+        gw = Gateway(config)
+        timed: dict[int, Timed] = {}
+        for code, transport in list(gw.ota.transports.items()):
+            wrapped = timed.setdefault(id(transport), Timed(transport))
+            gw.ota.transports[code] = wrapped
+        task = asyncio.create_task(gw.run())
+        try:
+            everyone = [c for codes in codes_of for c in codes]
+            deadline = time.monotonic() + 60
+            while not all(
+                s.online for b in gw.buses.values() for s in b.devices.values()
+            ):  # every node answers its polls first
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the nodes did not come up")
+                await asyncio.sleep(0.2)
+            started = time.monotonic()
+            await gw.ota.start(str(bundle), everyone, batch_size, "bench")
+            while gw.ota.last is None:
+                await asyncio.sleep(0.2)
+            total = time.monotonic() - started
+            last = gw.ota.last
+        finally:
+            gw.stop()
+            await task
+    transfers: dict[str, tuple[float, float, int]] = {}
+    for t in timed.values():
+        transfers.update(t.transfers)
+    return total, {d.device: d.report() for d in last.devices}, transfers
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--baud", type=int, action="append", help="9600 and 115200 by default")
+    parser.add_argument("--street-nodes", type=int, default=0, help="run a street of N nodes")
+    parser.add_argument("--street-baud", type=int, default=9600)
+    parser.add_argument("--batch-size", type=int, default=5)
+    parser.add_argument("--smoke", action="store_true", help="115200, 1 node, 2-node street")
+    args = parser.parse_args()
+    bauds = args.baud or ([115200] if args.smoke else [9600, 115200])
+    street = args.street_nodes or (2 if args.smoke else 0)
+    street_baud = 115200 if args.smoke else args.street_baud
+    tmp = Path(tempfile.mkdtemp(prefix="polekit-bench-ota-"))
+    key = make_key(tmp, "bench")
+    bundle = signed_bundle(tmp / "bundle", key, "0.2")
+    size = sum(f.stat().st_size for f in (bundle / "lib").rglob("*") if f.is_file())
+    print(f"bundle: {size} bytes of files, {len(list((bundle / 'lib').rglob('*.*')))} files")
+    print(
+        f"{'baud':>7} {'max B/s':>8} {'achieved':>9} {'ratio':>6} {'transfer s':>11} "
+        f"{'update s':>9} {'result':>8}"
+    )
+    per_node: dict[int, tuple[float, float]] = {}
+    for baud in bauds:
+        total, reports, transfers = asyncio.run(
+            rollout(tmp / f"b{baud}", key, bundle, baud, [1], 1)
+        )
+        ((device, report),) = reports.items()
+        t0, t1, moved = transfers[device]
+        achieved = moved / (t1 - t0)
+        peak = payload_max_bps(baud)
+        per_node[baud] = (t1 - t0, float(report["duration_s"]))
+        print(
+            f"{baud:>7} {peak:>8.0f} {achieved:>9.0f} {achieved / peak:>6.2f} {t1 - t0:>11.1f} "
+            f"{report['duration_s']:>9.1f} {report['result']:>8}"
+        )
+    if street:
+        half = [street - street // 2, street // 2]
+        total, reports, _ = asyncio.run(
+            rollout(tmp / "street", key, bundle, street_baud, half, args.batch_size)
+        )
+        ok = sum(r["result"] == "updated" for r in reports.values())
+        print(
+            f"street: {street} nodes on 2 buses at {street_baud} baud, batch {args.batch_size}: "
+            f"{total:.0f} s for the rollout, {ok} of {street} updated"
+        )
+    for baud, (transfer_s, update_s) in per_node.items():
+        # one canary alone, then per bus the transfers one after another, each node's
+        # restart and trial overlapping the next transfer on its bus
+        n, per_bus = 20, 10
+        estimate = update_s + (per_bus - 1) * transfer_s + (update_s - transfer_s)
+        print(
+            f"street estimate: 20 nodes on 2 buses at {baud} baud: about {estimate / 60:.0f} "
+            f"min ({transfer_s:.0f} s a transfer, {update_s:.0f} s a whole update; {n} nodes)"
+        )
+
+
+if __name__ == "__main__":
+    main()
