@@ -192,16 +192,16 @@ class OtaCommand:
         parse_url(url)  # a bad URL is the command's own error
         if self.task is not None:
             raise ValueError("ota: an update is running already")
-        self.pull = HttpPull(self.make_session(), url, self.timeout_s)
-        self.task = asyncio.create_task(self._run(code, body.get("id")))
+        self.pull = pull = HttpPull(self.make_session(), url, self.timeout_s)
+        self.task = asyncio.create_task(self._run(pull, code, body.get("id")))
         return {"ok": True, "ota": "fetching"}
 
-    async def _run(self, code, cid):
+    async def _run(self, pull, code, cid):
         try:
-            await self.pull.fetch()
+            await pull.fetch()
             # the version that runs after the reset answers the command (report_boot)
-            self.state.set(REPORT_KEY, [code, cid, self.pull.heap_low], now=True)
-            await self.pull.session.commit()  # hashes, install, reset: no return
+            self.state.set(REPORT_KEY, [code, cid, pull.heap_low], now=True)
+            await pull.session.commit()  # hashes, install, reset: no return
         except (ValueError, TypeError, OSError) as exc:
             n, text = reason(exc)
             self.state.set(REPORT_KEY, None, now=True)
