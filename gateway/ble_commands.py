@@ -53,6 +53,43 @@ def _challenge(status: bytes, code: str) -> bytes:
     return challenge
 
 
+async def open_client(
+    config: BleConfig,
+    address: str,
+    name: str,
+    disconnected: Callable[[Any], None] | None = None,
+) -> Any:
+    """A connected BleakClient to ``address`` (``name`` for the logs): on the virtual air
+    when the config says so, else found on the adapter and connected by
+    bleak-retry-connector. ``disconnected(client)`` is called when the link drops.
+    DeviceNoResponse when the device is not in range; BleakError when connecting fails."""
+    from bleak import BleakClient
+
+    if config.air:
+        from polekit.hil.bleak_air import AirClient
+
+        client = BleakClient(
+            address,
+            disconnected_callback=disconnected,
+            backend=AirClient,
+            air=config.air,
+            timeout=10,
+        )
+        await client.connect()
+        return client
+    from bleak import BleakScanner
+    from bleak_retry_connector import establish_connection
+
+    found = await BleakScanner.find_device_by_address(
+        address, timeout=10, bluez={"adapter": config.adapter}
+    )
+    if found is None:
+        raise DeviceNoResponse(f"{name}: {address} not in range")
+    return await establish_connection(
+        BleakClient, found, name, disconnected_callback=disconnected, max_attempts=ATTEMPTS
+    )
+
+
 class BleCommander:
     """Writes settings to BLE nodes, one connection at a time. ``last_counter(address)``
     gives the last advert counter the gateway accepted from a device (None if none)."""
@@ -64,27 +101,8 @@ class BleCommander:
         self.last_counter = last_counter or (lambda _address: None)
         self._lock = asyncio.Lock()  # one connection at a time on one adapter
 
-    async def _client(self, device: BleDeviceConfig) -> Any:
-        from bleak import BleakClient
-
-        if self.config.air:
-            from polekit.hil.bleak_air import AirClient
-
-            client = BleakClient(device.address, backend=AirClient, air=self.config.air, timeout=10)
-            await client.connect()
-            return client
-        from bleak import BleakScanner
-        from bleak_retry_connector import establish_connection
-
-        found = await BleakScanner.find_device_by_address(
-            device.address, timeout=10, bluez={"adapter": self.config.adapter}
-        )
-        if found is None:
-            raise DeviceNoResponse(f"{device.code}: {device.address} not in range")
-        return await establish_connection(BleakClient, found, device.code, max_attempts=ATTEMPTS)
-
     async def _exchange(self, device: BleDeviceConfig, changes: dict[str, Any]) -> bytes:
-        client = await self._client(device)
+        client = await open_client(self.config, device.address, device.code)
         try:
             results: asyncio.Queue[bytes] = asyncio.Queue()
             await client.start_notify(

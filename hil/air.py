@@ -89,6 +89,8 @@ class VirtualAir:
                         except ValueError:
                             continue
                         air._message(client, msg)
+                except ConnectionResetError:  # noqa: S110 - a board reset its radio: gone, as at EOF
+                    pass
                 finally:
                     air._gone(client)
 
@@ -170,6 +172,19 @@ class VirtualAir:
             if pair is not None:
                 other = pair[1] if client is pair[0] else pair[0]
                 other.send({"ev": "disconnect", "conn": conn})
+
+    def drop_links(self, addr: str) -> int:
+        """A radio fault: every connection to the peripheral ``addr`` drops (both ends hear
+        the disconnect, as after a link's supervision timeout); it keeps advertising.
+        Returns how many dropped."""
+        addr = addr.upper()
+        with self.lock:
+            dead = [c for c, (_, p) in self.conns.items() if p.addr == addr]
+            pairs = [self.conns.pop(c) for c in dead]
+        for conn, (central, peripheral) in zip(dead, pairs, strict=True):
+            central.send({"ev": "disconnect", "conn": conn})
+            peripheral.send({"ev": "disconnect", "conn": conn})
+        return len(dead)
 
     def _pending(self, central: _Client, their_id: Any) -> int:
         air_id = next(self.ids)

@@ -181,6 +181,10 @@ class AirClient(BaseBleakClient):
     def _gone(self) -> None:
         was = self._conn is not None
         self._conn = None
+        # a write or read in flight fails at once, as on a real link (no wait for the timeout)
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_result({"error": "disconnected"})
         if was and self._disconnected_callback is not None:
             self._disconnected_callback()
 

@@ -426,7 +426,9 @@ class EmulatedBoard:
             from polekit.hil.air import AirPeripheral
 
             self._air_link = AirPeripheral(self.air, self.mac, self._air_event)
-            threading.Thread(target=self._repeat_adverts, daemon=True).start()
+            threading.Thread(
+                target=self._repeat_adverts, args=(self._air_link,), daemon=True
+            ).start()
         msg = json.loads(text)
         with self._adv_lock:
             if msg.get("op") == "adv_stop":  # gap_advertise(None): the radio goes quiet
@@ -438,7 +440,18 @@ class EmulatedBoard:
                 self._new_adv.set()
             self._air_link.send(msg)
 
-    def _repeat_adverts(self) -> None:
+    def _radio_off(self) -> None:
+        # a reset, a power cut, deep sleep: the chip's radio stops, so its connections drop
+        # (a central sees the disconnect, as after the link's supervision timeout) and it
+        # is silent until the firmware advertises again
+        with self._adv_lock:
+            link, self._air_link = self._air_link, None
+            self._last_adv = None
+            self._new_adv.set()
+        if link is not None:
+            link.close()
+
+    def _repeat_adverts(self, mine: Any) -> None:
         while not self._stop.is_set():
             last = self._last_adv
             if self._new_adv.wait(last[1] if last else 0.5):
@@ -446,7 +459,7 @@ class EmulatedBoard:
                 continue
             with self._adv_lock:
                 link, last = self._air_link, self._last_adv
-                if link is None:
+                if link is None or link is not mine:  # the radio went off (a reset)
                     return
                 if last is not None and self._proc is not None and not self._new_adv.is_set():
                     link.send(last[0])
@@ -589,6 +602,7 @@ class EmulatedBoard:
                 if self.events[-1].get("event") in _PINS_RELEASED:
                     for pin in [p for p, level in self.pin_levels.items() if level]:
                         self._pin_changed(pin, 0)
+                    self._radio_off()
             except ValueError:
                 self.events.append(
                     {"event": "stderr", "text": line.decode(errors="replace").rstrip()}

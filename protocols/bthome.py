@@ -11,8 +11,14 @@ from .errors import BTHomeError
 UUID16 = 0xFCD2
 # The polekit node GATT service, one UUID pattern (GATT % n): 0 the service, 1 SETTINGS
 # (write a CBOR map, e.g. {"lamp_level": 40}), 2 RESULT (read/notify: {"ok": true, "set":
-# {...}} or {"ok": false, "error": "..."} for the last write), 3 STATUS (read: a CBOR map)
+# {...}} or {"ok": false, "error": "..."} for the last write), 3 STATUS (read: a CBOR map),
+# 4 OTA_CONTROL and 5 OTA_DATA (write, notify: protocols/ota_gatt.py), each taking writes
+# of up to OTA_WRITE bytes (ATT MTU 247 - 3); the node queues OTA_QUEUE writes
 GATT = "7f1c000%d-5a1e-4c0b-9b1e-706f6c656b69"
+OTA_CONTROL = 4
+OTA_DATA = 5
+OTA_WRITE = 244
+OTA_QUEUE = 8
 _UUID_LE = b"\xd2\xfc"
 INFO_ENCRYPTED = 0x01
 INFO_TRIGGER = 0x04

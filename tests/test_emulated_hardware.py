@@ -439,6 +439,39 @@ def test_stuck_and_noisy_sensors(board: EmulatedBoard) -> None:
         board.set("sht3x.noise", 0)
 
 
+ONE_RADIO = """
+import bluetooth
+ble = bluetooth.BLE()
+ble.active(True)
+seen = []
+ble.irq(lambda event, data: seen.append(event))
+again = bluetooth.BLE()  # a self-test's, while the node runs
+again.active(True)
+print(again is ble, again._irq is not None)
+"""
+
+
+def test_bluetooth_ble_is_one_radio_as_on_the_chip(board: EmulatedBoard) -> None:
+    # a second BLE() once replaced the first: the firmware's irq handler heard no write
+    assert board_exec(board, ONE_RADIO) == "True True"
+    board.set("ble.connect", 7)
+    assert board_exec(board, "print(seen)") == "[1]"
+
+
+def test_a_battery_reads_on_its_adc_from_power_on(tmp_path: Path) -> None:
+    # main.py converts before the board's clock first ticks (a new version's self-test at
+    # start-up does): the cells are on the pin from power-on, never 0 V
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    (flash / "main.py").write_text(
+        "import machine\nprint('battery uV', machine.ADC(machine.Pin(3)).read_uv(), 'read')\n"
+    )
+    with EmulatedBoard("community-sos-esp32c3", fs_dir=flash) as board:
+        log = board.wait_output(" read", 30)
+    uv = int(log.split("battery uV ", 1)[1].split()[0])
+    assert 400000 <= uv <= 600000, uv  # 1.0 V through the board's 1:2 divider
+
+
 def test_friendly_ctrl_d_soft_reset_runs_boot_and_main(tmp_path: Path) -> None:
     flash = tmp_path / "flash"
     flash.mkdir()

@@ -41,8 +41,31 @@ EVENTS_WAITING = 8  # events queued behind the one on the air; more are dropped,
 LAST_EPOCH = 0xFFFF  # the epoch is the counter's top 16 bits
 
 
+TRIAL_WDT_MS = 5000  # a version on trial whose loop stops this long is reset (the pole node's)
+
+
+# the GATT status fields of an update (docs/protocols.md): versions as "MAJOR.MINOR", the
+# state and rollback reason as protocols.ota's codes (7 trial, 8 rolled back, 0 idle)
+def _versions(boot):
+    from .version import VERSION
+
+    state = boot.get("state")
+    return {
+        "fw_version": "%d.%d" % VERSION,
+        "fw_previous": boot.get("previous"),
+        "ota_state": 7 if state == "trial" else 8 if state == "rolled_back" else 0,
+        "ota_error": 0,
+        "ota_rollback": boot.get("rollback", 0),
+    }
+
+
 class CommunityNode:
-    def __init__(self, config, board):
+    # ``boot``: the boot record the boot selector (/main.py) read; None: read it here
+    def __init__(self, config, board, boot=None):
+        if boot is None:
+            from .ota import record
+
+            boot = record.load()
         self.config, problems = validate(config, "ble")
         for line in problems:
             print(line)
@@ -57,6 +80,11 @@ class CommunityNode:
         self._resume = False  # a central disconnected: advertising must restart
         self._events = []  # events waiting for the air, oldest first
         self._held_until = None  # ticks_ms until which the event on the air holds it
+        self._ota_inbox = []  # OTA frames (conn, handle, bytes) written by a central
+        self.ota = None  # ota_gatt.OtaGatt, made at the first OTA frame
+        self.adverts = 0
+        self.boot = boot or {}  # the boot record /main.py read (node/ota/record.py)
+        self.versions = _versions(self.boot)
         key = self.config.get("bindkey")
         if key is not None:
             try:
@@ -106,13 +134,20 @@ class CommunityNode:
                 (u(bthome.GATT % 1), bluetooth.FLAG_WRITE),
                 (u(bthome.GATT % 2), bluetooth.FLAG_READ | bluetooth.FLAG_NOTIFY),
                 (u(bthome.GATT % 3), bluetooth.FLAG_READ),
+                # OTA (ota_gatt.py): CONTROL and DATA, answered by notifications
+                (u(bthome.GATT % bthome.OTA_CONTROL), bluetooth.FLAG_WRITE | bluetooth.FLAG_NOTIFY),
+                (u(bthome.GATT % bthome.OTA_DATA), bluetooth.FLAG_WRITE | bluetooth.FLAG_NOTIFY),
             ),
         )
-        ((self.h_settings, self.h_result, self.h_status),) = self.ble.gatts_register_services(
+        ((h_settings, h_result, h_status, h_control, h_data),) = self.ble.gatts_register_services(
             (service,)
         )
+        self.h_settings, self.h_result, self.h_status = h_settings, h_result, h_status
+        self.h_ota = (h_control, h_data)
         # the chip keeps 20 bytes of a write unless told more: a signed write is longer
         self.ble.gatts_set_buffer(self.h_settings, MAX_BYTES)
+        self.ble.gatts_set_buffer(h_control, bthome.OTA_WRITE)
+        self.ble.gatts_set_buffer(h_data, bthome.OTA_WRITE)
         self.ble.irq(self._irq)
         if self.key is not None:
             self._new_challenge()
@@ -121,6 +156,11 @@ class CommunityNode:
     def _irq(self, event, data):
         if event == 3 and data[1] == self.h_settings:  # _IRQ_GATTS_WRITE
             self._pending = (data[0], self.ble.gatts_read(self.h_settings))
+        elif event == 3 and data[1] in self.h_ota:
+            # an OTA frame: queued for the loop; a central keeps fewer than OTA_QUEUE in
+            # flight, and one that sends more loses the rest and is told where to resume
+            if len(self._ota_inbox) < bthome.OTA_QUEUE:
+                self._ota_inbox.append((data[0], data[1], self.ble.gatts_read(data[1])))
         elif event == 2:  # _IRQ_CENTRAL_DISCONNECT: the chip stopped advertising on connect
             self._resume = True
 
@@ -131,6 +171,7 @@ class CommunityNode:
             "packet_id": self.packet_id,
             "rejected": self.rejected,
         }
+        status.update(self.versions)
         if self.key is not None:
             status["challenge"] = self.challenge
             status["counter"] = self.epoch << 16 | self.counter
@@ -183,6 +224,46 @@ class CommunityNode:
         self._status()
         self.ble.gatts_notify(conn, self.h_result, cbor.dumps(result))
 
+    def _ota_step(self):
+        if self.ota is None:
+            from .ota_gatt import OtaGatt
+
+            self.ota = OtaGatt(
+                self.ble, self.h_ota[0], self.h_ota[1], self._ota_session, self._reset
+            )
+        self.ota.step(self._ota_inbox)
+
+    def _ota_session(self, on_heap):
+        from .ota.session import OtaSession
+        from .version import VERSION
+
+        return OtaSession(
+            self.board["name"], "%d.%d" % VERSION, self._reset, on_heap=on_heap, down=self._down
+        )
+
+    # the sensors not working now (the self-test's names): the new version's trial does
+    # not hold them against it (ota/trial.py, "known_down")
+    def _down(self):
+        volts = self.battery_adc.read_uv()
+        return ["battery"] if volts < 10000 else []  # selftest.py's 0 V limit
+
+    # the version on trial confirmed itself (ota/trial.py): the status says so from now on
+    def ota_confirmed(self, rec):
+        self.boot = rec
+        self.versions = _versions(rec)
+        self._status()
+        if self.ota is not None:
+            self.ota.confirmed()
+
+    # a planned reset (into a new version): the state on flash first
+    def _reset(self):
+        self.state.flush()
+        machine.reset()
+
+    # adverts the radio took: what the trial of a new version watches (BLE has no answers)
+    def uplink_exchanges(self):
+        return self.adverts
+
     def _new_epoch(self, epoch):
         if epoch > LAST_EPOCH:  # wrapping would reuse nonces: only a new key helps
             raise ValueError("bindkey: all %d epochs are used; provision a new key" % LAST_EPOCH)
@@ -223,6 +304,7 @@ class CommunityNode:
             time.ticks_add(time.ticks_ms(), self.config["event_s"] * 1000) if trigger else None
         )
         self.ble.gap_advertise(EVENT_US if trigger else SLOW_US, data, resp_data=self.resp)
+        self.adverts += 1
 
     def event(self, values):
         """Queue an event (a press, an alarm) for the air; it goes out once the one on the
@@ -237,8 +319,20 @@ class CommunityNode:
         return {"battery": percent, "voltage": round(volts, 3), "smoke": self.smoke.active}
 
     async def run(self):
+        wdt = None
+        if self.boot.get("state") == "trial":
+            # a new version confirms itself once its adverts went out for the trial time;
+            # the boot selector rolls it back after a crash loop (node/ota/trial.py). The
+            # watchdog /main.py armed for its start is re-armed here and fed by this loop
+            # alone: a version whose loop hangs is reset by it and rolled back (reason 2)
+            from .ota.trial import Trial
+
+            asyncio.create_task(Trial(self.config["ota_trial_s"], self).run())
+            wdt = machine.WDT(timeout=TRIAL_WDT_MS)
         last = -1
         while True:
+            if wdt is not None:
+                wdt.feed()
             if self.sos.update() and not self.sos.active:  # released: short or long press
                 press = (
                     "long_press" if self.sos.press_ms >= self.config["long_press_ms"] else "press"
@@ -256,6 +350,8 @@ class CommunityNode:
                 conn, raw = self._pending
                 self._pending = None
                 self._apply(conn, raw)
+            if self._ota_inbox:
+                self._ota_step()
             self.state.tick()
             now = time.ticks_ms()
             if self._held_until is not None and time.ticks_diff(self._held_until, now) > 0:

@@ -48,8 +48,19 @@ REPORTED = {
 }
 
 # The community node (BTHome over BLE)
-COMMUNITY_DEFAULTS = {"advert_s": 30, "event_s": 5, "long_press_ms": 2000, "name": "polekit"}
-COMMUNITY_LIMITS = {"advert_s": (1, 3600), "event_s": (1, 60), "long_press_ms": (100, 60000)}
+COMMUNITY_DEFAULTS = {
+    "advert_s": 30,
+    "event_s": 5,
+    "long_press_ms": 2000,
+    "name": "polekit",
+    "ota_trial_s": 60,
+}
+COMMUNITY_LIMITS = {
+    "advert_s": (1, 3600),
+    "event_s": (1, 60),
+    "long_press_ms": (100, 60000),
+    "ota_trial_s": (5, 86400),
+}
 COMMUNITY_TEXTS = ("device_code", "board", "name", "bindkey")
 
 

@@ -226,7 +226,9 @@ class Button(Contact):
 
 class Analog(Device):
     # a voltage on an ADC pin (3.3 V full scale), through an optional divider; a battery's
-    # input starts at the cells' nominal_v (the board definition's), not at a bare 1.0 V
+    # input starts at the cells' nominal_v (the board definition's), not at a bare 1.0 V.
+    # Converted when the firmware reads it: a battery is on the pin from power-on, so a
+    # read before the board's clock first ticked (a self-test at start-up) sees it, not 0 V
     DEFAULTS = {"voltage": 1.0}
 
     def __init__(self, name, spec):
@@ -234,13 +236,13 @@ class Analog(Device):
         self.pin = spec["pin"]
         if "nominal_v" in spec:
             self.values["voltage"] = float(spec["nominal_v"])
+        _board.adc[self.pin] = self.adc_u16
 
-    def tick(self, now):
+    def adc_u16(self):
         if self.absent:
-            _board.adc[self.pin] = 0
-            return
+            return 0
         v = self.reading("voltage") / self.spec.get("divider", 1.0)
-        _board.adc[self.pin] = max(0, min(65535, int(v / 3.3 * 65535)))
+        return max(0, min(65535, int(v / 3.3 * 65535)))
 
 
 class Lamp(Device):

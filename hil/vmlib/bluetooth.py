@@ -112,11 +112,17 @@ _radio = _board.devices.setdefault("ble", _Radio())
 
 
 class BLE:
-    def __init__(self):
-        self._active = False
-        self._irq = None
-        self._adv = None  # the advert being sent: [interval_us, adv_data]
-        _radio.ble = self
+    # One radio: BLE() gives the same object every time, as on the chip (extmod/
+    # modbluetooth.c bluetooth_ble_make_new keeps it in MP_STATE_VM), so a second BLE() (a
+    # self-test's) keeps the firmware's irq handler and its GATT server answering
+    def __new__(cls):
+        if _radio.ble is None:
+            ble = object.__new__(cls)
+            ble._active = False
+            ble._irq = None
+            ble._adv = None  # the advert being sent: [interval_us, adv_data]
+            _radio.ble = ble
+        return _radio.ble
 
     def active(self, _active=None):
         if _active is None:

@@ -11,7 +11,8 @@
 #                      transport's status}; the last will says "offline" ("node" where the
 #                      gateway's says "gateway": docs/protocols.md, the node's dialect)
 #   cmd/{code}         commands in, the gateway's shape: {"id": ..., "set": {...}} (JSON if
-#                      it starts with "{" after white space, else CBOR, as the gateway reads)
+#                      it starts with "{" after white space, else CBOR, as the gateway reads),
+#                      or {"id": ..., "ota": "http://.../"} (an update: ota_http.py)
 #   cmd-result/{code}  {"id", "ok": true, "set": {...}} or {"id", "ok": false, "error": "..."},
 #                      in the command's own encoding
 # Everything outbound goes through the outbox (outbox.py) and is popped only after its
@@ -242,7 +243,8 @@ class MqttLink:
                 raise ValueError('body must be a map like {"id": 1, "set": {"report_s": 600}}')
             cid = _command_id(body.get("id"))
             changes = body.get("set")
-            if not isinstance(changes, dict) or not changes:
+            # {"id": 7, "ota": URL}: an update to fetch (ota_http.py); the handler takes it
+            if "ota" not in body and (not isinstance(changes, dict) or not changes):
                 raise ValueError('body must be a map like {"id": 1, "set": {"report_s": 600}}')
             result = self._applied(code, body)
             result["id"] = cid

@@ -1,0 +1,234 @@
+# OTA over Wi-Fi for a node with its own uplink (MqttLink): an `ota` command names the URL
+# of a signed bundle's folder ({"id": 7, "ota": "http://host:8080/bundles/0.2/"}); the node
+# fetches manifest.cbor and manifest.sig there, hands them to the OtaSession (refused before
+# a file byte moves), then each file at its board path under the URL, from where the
+# staging stands: `Range: bytes=N-`, so a dropped connection or a reset costs only what
+# never reached the flash. Then the session's commit (hashes, install, reset).
+#
+# Plain HTTP on purpose: the bundle is signed (Ed25519 over the manifest, every file's
+# SHA-256 in it) and the node checks both, so the transport needs no trust; the emulated
+# board has no TLS (docs/hil.md). The sockets block (the chip's, hil/vmlib/socket.py on the
+# emulated board) for at most timeout_s per read; between reads of CHUNK bytes the pull
+# yields to the loop: the watchdog is fed, other tasks run, and the emulated VM collects
+# its garbage only there (I16.md).
+import asyncio
+import gc
+import socket
+
+from protocols import cbor
+
+from .ota_reason import reason
+
+CHUNK = 512  # bytes per read: small allocations
+# a pause between reads that the emulated VM's scheduler cannot skip: its asyncio runs every
+# task that is due in one call from JavaScript, so sleep_ms(0) never returns there and
+# never lets it collect; 1 ms does
+YIELD_MS = 1
+HEAD_MAX = 2048  # a response's status line and headers
+MANIFEST_MAX = 8192
+SIG_BYTES = 64
+ATTEMPTS = 5  # connections in a row that staged nothing before the pull gives up
+REPORT_KEY = "ota.cmd"  # [code, id] of the command whose update is being installed
+
+
+# (host, port, path) of an http:// URL; ValueError for anything else
+def parse_url(url):
+    if not isinstance(url, str) or not url.startswith("http://"):
+        raise ValueError("ota: %r is not an http:// URL (the bundle is signed: plain HTTP)" % url)
+    rest = url[7:]
+    slash = rest.find("/")
+    hostport, path = (rest, "/") if slash < 0 else (rest[:slash], rest[slash:])
+    host, _, port = hostport.partition(":")
+    if not host or (port and not port.isdigit()):
+        raise ValueError("ota: %r has no usable host[:port]" % url)
+    if not path.endswith("/"):
+        path += "/"
+    return host, int(port) if port else 80, path
+
+
+class HttpPull:
+    def __init__(self, session, url, timeout_s=10):
+        self.session = session
+        self.host, self.port, self.path = parse_url(url)
+        self.timeout_s = timeout_s
+        self.requests = 0
+        self.fetched = 0  # file bytes staged by this pull
+        self.heap_low = None  # the least gc.mem_free() seen between reads
+
+    def _open(self, name, start):
+        # a GET of name under the bundle's path from byte `start`: (socket, bytes of the
+        # body already read, bytes of it to skip: the server ignored the Range)
+        s = socket.socket()
+        try:
+            s.settimeout(self.timeout_s)
+            s.connect(socket.getaddrinfo(self.host, self.port)[0][-1])
+            req = "GET %s%s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n" % (
+                self.path,
+                name,
+                self.host,
+            )
+            if start:
+                req += "Range: bytes=%d-\r\n" % start
+            s.write((req + "\r\n").encode())
+            self.requests += 1
+            head = b""
+            while True:
+                end = head.find(b"\r\n\r\n")
+                if end >= 0:
+                    break
+                if len(head) > HEAD_MAX:
+                    raise ValueError("ota: GET %s: headers over %d bytes" % (name, HEAD_MAX))
+                chunk = s.recv(256)
+                if not chunk:
+                    raise OSError(104, "ota: GET %s: closed in the headers" % name)
+                head += chunk
+            lines = head[:end].decode().split("\r\n")
+            body = head[end + 4 :]
+            parts = lines[0].split(" ", 2)
+            status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+            skip = 0
+            if status == 206:
+                ranged = [x for x in lines if x.lower().startswith("content-range:")]
+                if not ranged or not ranged[0].split()[-1].startswith("%d-" % start):
+                    raise ValueError("ota: GET %s: a range other than from %d" % (name, start))
+            elif status == 200:
+                skip = start  # the whole file: what the staging has is dropped as it comes
+            else:
+                raise ValueError("ota: GET %s%s: HTTP %d" % (self.path, name, status))
+            return s, body, skip
+        except BaseException:
+            s.close()
+            raise
+
+    async def _whole(self, name, limit):
+        s, data, _ = self._open(name, 0)
+        try:
+            while True:
+                if len(data) > limit:
+                    raise ValueError("ota: %s is over %d bytes" % (name, limit))
+                await asyncio.sleep_ms(YIELD_MS)
+                chunk = s.recv(CHUNK)
+                if not chunk:
+                    return data
+                data += chunk
+        finally:
+            s.close()
+
+    async def _file(self, index, entry, start):
+        # one GET from `start`, staged as it comes; returns the bytes staged
+        s, data, skip = self._open(entry["path"], start)
+        staged = 0
+        pos = start
+        try:
+            while True:
+                if skip:
+                    cut = min(skip, len(data))
+                    data, skip = data[cut:], skip - cut
+                if data:
+                    expect = self.session.write(index, pos, data)
+                    if expect != pos + len(data):  # the session stands elsewhere: ask need()
+                        return staged
+                    staged += len(data)
+                    pos = expect
+                    if pos >= entry["size"]:
+                        return staged
+                self._heap()
+                await asyncio.sleep_ms(YIELD_MS)
+                data = s.recv(CHUNK)
+                if not data:
+                    raise OSError(
+                        104, "ota: %s cut at byte %d of %d" % (entry["path"], pos, entry["size"])
+                    )
+        finally:
+            s.close()
+            self.fetched += staged
+
+    def _heap(self):
+        free = gc.mem_free()
+        if self.heap_low is None or free < self.heap_low:
+            self.heap_low = free
+
+    # manifest, signature and every file into the staging; then the session's commit.
+    # Raises ManifestError / ValueError(code, text) for a refusal, OSError when the server
+    # stayed unreachable for ATTEMPTS tries in a row
+    async def fetch(self):
+        manifest = await self._whole("manifest.cbor", MANIFEST_MAX)
+        sig = await self._whole("manifest.sig", SIG_BYTES)
+        await self.session.begin(manifest, sig)  # checks the signature in steps
+        files = cbor.loads(manifest)["files"]
+        del manifest
+        failures = 0
+        while True:
+            need = self.session.need()
+            if need is None:
+                break
+            index, start = need
+            try:
+                if await self._file(index, files[index], start):
+                    failures = 0
+            except OSError as exc:
+                failures += 1
+                print("ota: %r (%d/%d)" % (exc, failures, ATTEMPTS))
+                if failures >= ATTEMPTS:
+                    raise
+                await asyncio.sleep_ms(200 * 2**failures)
+
+
+class OtaCommand:
+    # the `ota` command of an MqttLink node: start(code, body) from the command handler
+    # answers at once ({"ok": true, "ota": "fetching"}); a refusal or a failure later goes
+    # out as a second result for the same id, and the new version, once running, reports
+    # its status as the last one (report_boot at start-up). Later results are JSON.
+    def __init__(self, link, state, make_session, timeout_s=10):
+        self.link = link
+        self.state = state
+        self.make_session = make_session
+        self.timeout_s = timeout_s
+        self.task = None
+        self.pull = None
+
+    def start(self, code, body):
+        url = body.get("ota")
+        parse_url(url)  # a bad URL is the command's own error
+        if self.task is not None:
+            raise ValueError("ota: an update is running already")
+        self.pull = pull = HttpPull(self.make_session(), url, self.timeout_s)
+        self.task = asyncio.create_task(self._run(pull, code, body.get("id")))
+        return {"ok": True, "ota": "fetching"}
+
+    async def _run(self, pull, code, cid):
+        try:
+            await pull.fetch()
+            # the version that runs after the reset answers the command (report_boot)
+            self.state.set(REPORT_KEY, [code, cid, pull.heap_low], now=True)
+            await pull.session.commit()  # hashes, install, reset: no return
+        except (ValueError, TypeError, OSError) as exc:
+            n, text = reason(exc)
+            self.state.set(REPORT_KEY, None, now=True)
+            self._result(code, {"id": cid, "ok": False, "code": n, "error": text})
+        except Exception as exc:  # noqa: BLE001 - a bug or MemoryError: answered, printed
+            import sys
+
+            sys.print_exception(exc)
+            self.state.set(REPORT_KEY, None, now=True)
+            text = "internal error (%s); see the node's log" % type(exc).__name__
+            self._result(code, {"id": cid, "ok": False, "code": None, "error": text})
+        finally:
+            self.task = None
+
+    def _result(self, code, result):
+        import json
+
+        self.link.outbox.put("cmd-result", code, json.dumps(result).encode())
+
+    # at start-up: the result of the command whose update led here, with the session's
+    # status (the version running, a rollback's reason) and the least free heap the pull saw
+    def report_boot(self):
+        pending = self.state.get(REPORT_KEY)
+        if not pending:
+            return
+        code, cid, heap_low = pending
+        self.state.set(REPORT_KEY, None, now=True)
+        status = self.make_session().status()
+        ok = not status.get("ota_rollback")
+        self._result(code, {"id": cid, "ok": ok, "ota": status, "heap_low": heap_low})
