@@ -179,13 +179,17 @@ class OtaSession:
 
                 key = read_key(self.key_path)
                 info = await check(manifest, sig, key, self.board, self.running)
-            # one pass over the files' table (verify.read_table yields it line by line: a
-            # list of 70 dicts held ~13 KB, more than a node has to spare during an update)
+            # one pass over the files' table, in steps (verify.read_table yields it line by
+            # line: a list of 70 dicts held ~13 KB, more than a node has to spare during an
+            # update, and in one synchronous go the emulated board's VM crawled past its
+            # watchdog)
             paths, sizes, hashes = [], [], []
             for f in info["files"]:
                 paths.append(f["path"])
                 sizes.append(f["size"])
                 hashes.append(f["sha256"])
+                if len(paths) % 8 == 0:  # each line's garbage collected as it goes
+                    await pause(1, True)
             need_bytes = sum(sizes)
             st = os.statvfs("/")
             if need_bytes > st[0] * st[4]:
