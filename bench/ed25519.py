@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from polekit.firmware.deploy.bundle import build
 from polekit.firmware.deploy.signing import load_signed, new_key, public_key_raw, sign_bundle
@@ -56,33 +57,51 @@ def in_vm(lib: Path, case: Path, code: str) -> tuple:
     return eval(result.stdout.strip().splitlines()[-1])  # noqa: S307 - numbers it printed
 
 
+def measure(board: str = "pole-env-esp32", rounds: int = 3) -> dict[str, Any]:
+    """The signature check of ``board``'s real update manifest in the MicroPython VM, and
+    projected to the chip by the Pystone ratio of an emulated ``board``."""
+    with tempfile.TemporaryDirectory() as tmp_name:
+        lib, case, size = prepare(board, Path(tmp_name))
+        with EmulatedBoard(board, fs_dir=Path(tmp_name) / "fs") as target:
+            vm = pystones(Board(target), rounds)
+        ok, ms = in_vm(lib, case, "print(ed25519_heap.sync())")
+        a_ok, a_ms, steps, total, step_bytes = in_vm(
+            lib, case, "await ed25519_heap.main()\nprint(ed25519_heap.RESULT)"
+        )
+    return {
+        "size": size,
+        "vm_pystones": vm,
+        "ratio": vm / ESP32_PYSTONES,
+        "ok": ok and a_ok,
+        "sync_ms": ms,
+        "async_ms": a_ms,
+        "steps": steps,
+        "total_bytes": total,
+        "step_bytes": step_bytes,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--board", default="pole-env-esp32")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp_name:
-        lib, case, size = prepare(args.board, Path(tmp_name))
-        with EmulatedBoard(args.board, fs_dir=Path(tmp_name) / "fs") as target:
-            vm = pystones(Board(target), args.rounds)
-        ratio = vm / ESP32_PYSTONES
-        print(f"manifest       {size} bytes ({(size + 64 + 17) // 128 + 1} SHA-512 blocks)")
-        print(f"Pystone        VM {vm:.0f}/s, ESP32 {ESP32_PYSTONES}/s: the VM is {ratio:.1f}x")
-        ok, ms = in_vm(lib, case, "print(ed25519_heap.sync())")
-        print(f"sync verify    {ok}: {ms} ms in the VM, ~{ms * ratio:.0f} ms at ESP32 speed")
-        work = ms  # the sync run's compute; the async one adds the event loop's yields
-        ok, ms, steps, total, step_bytes = in_vm(
-            lib, case, "await ed25519_heap.main()\nprint(ed25519_heap.RESULT)"
-        )
-        print(
-            f"async verify   {ok}: {ms} ms in the VM ({steps} steps; each yield waits for a "
-            f"Node timer, ~{(ms - work) / steps:.1f} ms, microseconds on the chip): "
-            f"~{work * ratio:.0f} ms of work at ESP32 speed, ~{work * ratio / steps:.0f} ms a step"
-        )
-        print(
-            f"heap           {total} bytes allocated in all, at most {step_bytes} by one step "
-            "(what must fit between two collections)"
-        )
+    m = measure(args.board, args.rounds)
+    size, vm, ratio, ms = m["size"], m["vm_pystones"], m["ratio"], m["sync_ms"]
+    print(f"manifest       {size} bytes ({(size + 64 + 17) // 128 + 1} SHA-512 blocks)")
+    print(f"Pystone        VM {vm:.0f}/s, ESP32 {ESP32_PYSTONES}/s: the VM is {ratio:.1f}x")
+    print(f"sync verify    {m['ok']}: {ms} ms in the VM, ~{ms * ratio:.0f} ms at ESP32 speed")
+    work, steps = ms, m["steps"]  # the sync run's compute; the async one adds the yields
+    print(
+        f"async verify   {m['ok']}: {m['async_ms']} ms in the VM ({steps} steps; each yield "
+        f"waits for a Node timer, ~{(m['async_ms'] - work) / steps:.1f} ms, microseconds on "
+        f"the chip): ~{work * ratio:.0f} ms of work at ESP32 speed, ~{work * ratio / steps:.0f} "
+        "ms a step"
+    )
+    print(
+        f"heap           {m['total_bytes']} bytes allocated in all, at most {m['step_bytes']} "
+        "by one step (what must fit between two collections)"
+    )
 
 
 if __name__ == "__main__":

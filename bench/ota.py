@@ -56,11 +56,23 @@ def payload_max_bps(baud: int) -> float:
 
 
 class Timed:
-    """A transport wrapped to time each push's file transfer (first to last chunk)."""
+    """A transport wrapped to time each push's file transfer (first to last chunk), and to
+    keep the least free heap each node reported in its status block during the update
+    (the window's ``heap_low``, read at every status read of the transfer)."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.transfers: dict[str, tuple[float, float, int]] = {}  # device: (t0, t1, bytes)
+        self.heap_low: dict[str, int] = {}
+        read = inner._status
+
+        async def recorded(device: str) -> dict[str, Any]:
+            s: dict[str, Any] = await read(device)
+            if s.get("heap_low"):
+                self.heap_low[device] = min(self.heap_low.get(device, 1 << 30), s["heap_low"])
+            return s
+
+        inner._status = recorded
 
     def line_of(self, device: str) -> str:
         return str(self.inner.line_of(device))
@@ -85,9 +97,10 @@ class Timed:
 
 async def rollout(
     tmp: Path, key: Path, bundle: Path, baud: int, per_bus: list[int], batch_size: int
-) -> tuple[float, dict[str, Any], dict[str, tuple[float, float, int]]]:
+) -> tuple[float, dict[str, Any], dict[str, tuple[float, float, int]], dict[str, int]]:
     """Nodes on ``len(per_bus)`` lines at ``baud``; one rollout to all of them through a
-    Gateway; (total seconds, reports by device, transfer timings by device)."""
+    Gateway; (total seconds, reports by device, transfer timings by device, the least free
+    heap each node reported)."""
     codes_of = [pole_codes(n, 100 + 50 * i) for i, n in enumerate(per_bus)]
     with contextlib.ExitStack() as stack:
         broker = stack.enter_context(LocalBroker())
@@ -147,9 +160,11 @@ async def rollout(
             gw.stop()
             await task
     transfers: dict[str, tuple[float, float, int]] = {}
+    heap: dict[str, int] = {}
     for t in timed.values():
         transfers.update(t.transfers)
-    return total, {d.device: d.report() for d in last.devices}, transfers
+        heap.update(t.heap_low)
+    return total, {d.device: d.report() for d in last.devices}, transfers, heap
 
 
 def main() -> None:
@@ -170,11 +185,11 @@ def main() -> None:
     print(f"bundle: {size} bytes of files, {len(list((bundle / 'lib').rglob('*.*')))} files")
     print(
         f"{'baud':>7} {'max B/s':>8} {'achieved':>9} {'ratio':>6} {'transfer s':>11} "
-        f"{'update s':>9} {'result':>8}"
+        f"{'update s':>9} {'result':>8} {'heap low':>9}"
     )
     per_node: dict[int, tuple[float, float]] = {}
     for baud in bauds:
-        total, reports, transfers = asyncio.run(
+        total, reports, transfers, heap = asyncio.run(
             rollout(tmp / f"b{baud}", key, bundle, baud, [1], 1)
         )
         ((device, report),) = reports.items()
@@ -184,17 +199,31 @@ def main() -> None:
         per_node[baud] = (t1 - t0, float(report["duration_s"]))
         print(
             f"{baud:>7} {peak:>8.0f} {achieved:>9.0f} {achieved / peak:>6.2f} {t1 - t0:>11.1f} "
-            f"{report['duration_s']:>9.1f} {report['result']:>8}"
+            f"{report['duration_s']:>9.1f} {report['result']:>8} {heap.get(device, 0):>9}"
         )
     if street:
         half = [street - street // 2, street // 2]
-        total, reports, _ = asyncio.run(
+        total, reports, _, _ = asyncio.run(
             rollout(tmp / "street", key, bundle, street_baud, half, args.batch_size)
         )
         ok = sum(r["result"] == "updated" for r in reports.values())
         print(
             f"street: {street} nodes on 2 buses at {street_baud} baud, batch {args.batch_size}: "
             f"{total:.0f} s for the rollout, {ok} of {street} updated"
+        )
+    print(
+        "heap low: the least free heap a node reported during its update (the board gives "
+        "MicroPython 112,640 bytes)"
+    )
+    if not args.smoke:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from ed25519 import measure  # bench/ed25519.py: the node's signature check
+
+        v = measure()
+        print(
+            f"signature check of the update manifest ({v['size']} bytes): "
+            f"{v['sync_ms']} ms in the VM, ~{v['sync_ms'] * v['ratio'] / 1000:.1f} s at ESP32 "
+            f"speed (the VM is {v['ratio']:.1f}x an ESP32's Pystones), ok={v['ok']}"
         )
     for baud, (transfer_s, update_s) in per_node.items():
         # one canary alone, then per bus the transfers one after another, each node's

@@ -22,6 +22,8 @@ from typing import Any
 
 import click
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from polekit.cli import main
 from polekit.gateway.platforms import adapter_class, available
@@ -33,6 +35,12 @@ from boardkit import polekit_emulate
 from forkrun import TIMED_OUT, ForkServer
 
 CODE = identity.make("371600", "PL", 1)
+# an update public key for the configs' [ota] (a real Ed25519 key: the bundle is what fails)
+CITY_PUB = (
+    Ed25519PrivateKey.generate()
+    .public_key()
+    .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+)
 # a case still running after this waits for hardware that is not there; generous, because a
 # busy machine takes seconds for what needs a fraction of one
 CASE_TIMEOUT_S = 60
@@ -97,6 +105,7 @@ class Inputs:
         self.under_file = self.garbage / "inside"  # its parent is a regular file
         self.taken_key = tmp / "taken"  # a key pair by this name exists: never overwritten
         (tmp / "taken.key").write_bytes(b"an existing signing key")
+        (tmp / "city.pub").write_bytes(CITY_PUB)  # the configs' [ota] public_key
         closed = free_port()
         self.config = tmp / "gateway.toml"
         self.config.write_text(self._config(tmp / "data", closed))
@@ -151,6 +160,8 @@ data_dir = "{data_dir}"
 url = "mqtt://127.0.0.1:{port}"
 [status]
 enabled = false
+[ota]
+public_key = "city.pub"
 [[bus]]
 name = "meters"
 type = "tcp"
@@ -193,6 +204,8 @@ map = "pole-env"
             "maps": "sdm120",
             "device": "chint-dtsu666",
             "preview_device": CODE,
+            "source": str(self.folder),  # not a bundle: a push trips on it last
+            "devices": CODE,
         }.get(name)
 
     def bad(self, path: tuple[str, ...], param: click.Parameter) -> list[str]:
@@ -239,6 +252,14 @@ map = "pole-env"
                 "rfc2217://no port here",
             ],
             "device_code": ["371600PL000001X", "371600PL00001", "é"],
+            "devices": ["371600PL000001X", identity.make("371600", "PL", 9), "", "é"],
+            # an update's bundle: files and folders that are not one, URLs that lead nowhere
+            "source": [
+                *files,
+                f"http://127.0.0.1:{free_port()}/",
+                "http://127.0.0.1:99999/",
+                "ftp://127.0.0.1/bundle",
+            ],
             "codes": ["371600PL000001X", "", "é"],
             "region": ["12", "é"],
             "dtype": ["ZZ", "é"],

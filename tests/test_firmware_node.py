@@ -128,3 +128,31 @@ def test_precompiled_firmware_boots_and_serves_the_same_registers(tmp_path: Path
         board.set("sht3x.temperature", 18.5)
         values = master(board).wait_for(lambda v: v["temperature"] == 18.5, timeout_s=20)
         assert values["temperature"] == 18.5 and values["free_heap"] >= 112640 // 2
+
+
+def test_a_node_task_that_dies_restarts_the_node(tmp_path: Path) -> None:
+    # one of the node's tasks raises once it runs (here its door and water inputs): the
+    # node used to go on without it, the loop watch still feeding the watchdog (a node deaf
+    # on its bus for good when that task was the Modbus slave); it restarts instead
+    from polekit.firmware.deploy.bundle import DEFAULT_MPY, compile_module
+    from polekit.firmware.install import install as install_firmware
+
+    flash = install_firmware(
+        tmp_path / "flash", "pole-env-esp32", {"device_code": CODE}, compiled=True
+    )
+    source = (Path(__file__).parent.parent / "firmware" / "node" / "app.py").read_text()
+    broken = source.replace(
+        "    async def _inputs(self):\n",
+        '    async def _inputs(self):\n        raise RuntimeError("a task that dies")\n',
+    )
+    assert broken != source, "app.py has no _inputs task: update this test"
+    (flash / "lib" / "node" / "app.mpy").write_bytes(
+        compile_module(broken.encode(), "lib/node/app.py", DEFAULT_MPY)
+    )
+    with EmulatedBoard("pole-env-esp32", fs_dir=flash) as board:
+        board.wait_output("a node task failed; restarting", 30)
+        board.wait_event("booted", 30, after=len(board.events))  # up again
+        log = bytes(board.serial_log).decode(errors="replace")
+        resets = [e for e in board.events if e.get("event") == "hard-reset"]
+    assert "RuntimeError: a task that dies" in log, log[-2000:]
+    assert resets and resets[0]["why"] == "machine.reset", resets

@@ -179,6 +179,9 @@ def test_the_check_boot_writes_its_verdict_then_resets_into_the_node(tmp_path: P
     board = EmulatedBoard("pole-env-esp32", fs_dir=flash).start(timeout_s=60)
     try:
         log = board.wait_output("polekit node %s up" % CODE, 60)
+        # events and the console travel apart: the node's boot event may come after its line
+        first = next(i for i, e in enumerate(board.events) if e.get("event") == "booted")
+        board.wait_event("booted", 10, after=first + 1)
         boots = [e for e in board.events if e.get("event") == "booted"]
     finally:
         board.stop()

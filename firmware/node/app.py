@@ -279,7 +279,16 @@ class PoleNode:
         if wdt_ms:
             # fed only by the loop watch: a task that blocks the loop starves it
             self.watch.wdt = machine.WDT(timeout=wdt_ms)
-        await asyncio.gather(*tasks)
+        try:
+            await asyncio.gather(*tasks)
+        except Exception as exc:  # noqa: BLE001 - shown, then a restart
+            # one task ended: the others (the loop watch among them) would go on without
+            # it, feeding the watchdog of a node deaf on its bus or blind to a sensor
+            import sys
+
+            print("polekit: a node task failed; restarting:")
+            sys.print_exception(exc)
+            self._reset()
 
     # good exchanges on the uplink (requests to this unit answered): what a trial watches
     def uplink_exchanges(self):

@@ -179,8 +179,18 @@ class OtaSession:
 
                 key = read_key(self.key_path)
                 info = await check(manifest, sig, key, self.board, self.running)
-            files = info["files"]
-            need_bytes = sum(f["size"] for f in files)
+            # one pass over the files' table, in steps (verify.read_table yields it line by
+            # line: a list of 70 dicts held ~13 KB, more than a node has to spare during an
+            # update, and in one synchronous go the emulated board's VM crawled past its
+            # watchdog)
+            paths, sizes, hashes = [], [], []
+            for f in info["files"]:
+                paths.append(f["path"])
+                sizes.append(f["size"])
+                hashes.append(f["sha256"])
+                if len(paths) % 8 == 0:  # each line's garbage collected as it goes
+                    await pause(1, True)
+            need_bytes = sum(sizes)
             st = os.statvfs("/")
             if need_bytes > st[0] * st[4]:
                 raise OtaRefusedError(
@@ -195,21 +205,26 @@ class OtaSession:
             self.state = ota.IDLE
             raise
         self.version = info["version"]
-        self.paths = [f["path"] for f in files]
-        self.sizes = [f["size"] for f in files]
-        self.hashes = b"".join(f["sha256"] for f in files)
-        self.have = [0] * len(files)
-        del info, files
+        self.paths, self.sizes = paths, sizes
+        self.hashes = b"".join(hashes)
+        self.have = [0] * len(paths)
+        del info, paths, sizes, hashes
         ident = ident or hashlib.sha256(manifest).digest().hex()
-        stage = _load_stage()
-        if stage and stage.get("id") == ident and stage.get("slot") == self.slot:
-            await self._scan()  # resume: what is on the flash is what was taken
-        else:
-            _remove(STAGE)
-            await self._clear()
-            _save_stage({"id": ident, "slot": self.slot})
-            await self._reuse()
-        await self._rehash()
+        try:
+            stage = _load_stage()
+            if stage and stage.get("id") == ident and stage.get("slot") == self.slot:
+                await self._scan()  # resume: what is on the flash is what was taken
+            else:
+                _remove(STAGE)
+                await self._clear()
+                _save_stage({"id": ident, "slot": self.slot})
+            await self._reuse()  # a resume too: a copy cut short is made again
+            await self._rehash()
+        except Exception:
+            # a MemoryError, a flash error: idle, so that the master's next BEGIN goes on
+            # from the staging record (it used to stay "checking": a master waited 10 min)
+            self.state = ota.IDLE
+            raise
         self.state = ota.RECEIVING
 
     # Take ``data`` for file ``file_index`` at ``offset``: appended when it starts at
@@ -380,7 +395,7 @@ class OtaSession:
         for i, path in enumerate(self.paths):
             await pause()  # a step per file, as _scan
             src = here + "/" + path
-            if _size(src) != self.sizes[i]:
+            if self.have[i] == self.sizes[i] or _size(src) != self.sizes[i]:
                 continue
             h = await self._hash_file(src)
             if h.digest() != self.hashes[32 * i : 32 * i + 32]:

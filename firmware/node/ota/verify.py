@@ -137,7 +137,8 @@ async def _verify(key, manifest, sig):
 # ``manifest`` may be bytes or a FileBytes (the header the Modbus window keeps on flash: the
 # signature is checked reading it 128 bytes at a time; parse() gets it whole after).
 # ``signed``: the signature was checked already (a check boot's verdict, VERIFIED).
-# Returns {"version", "files": [{path, size, sha256}]}; the files' table is in TABLE too.
+# Returns {"version", "files": {path, size, sha256} one by one (read_table)}; the table is
+# in TABLE.
 async def check(manifest, sig, key, board, running, signed=False):
     import sys
 
@@ -311,13 +312,13 @@ async def boot_check(board, running):
         print("polekit: update: signature and manifest good")
 
 
-# The files' table a check boot wrote (TABLE): [{"path", "size", "sha256"}], as a manifest's.
+# The files' table a check boot wrote (TABLE): {"path", "size", "sha256"} a file, as a
+# manifest's, yielded line by line (OtaSession.begin takes them in one pass; a list of all
+# of them held ~13 KB).
 def read_table():
     from binascii import unhexlify
 
-    files = []
     with open(TABLE) as f:
         for line in f:
             size, digest, path = line.split()
-            files.append({"path": path, "size": int(size), "sha256": unhexlify(digest)})
-    return files
+            yield {"path": path, "size": int(size), "sha256": unhexlify(digest)}

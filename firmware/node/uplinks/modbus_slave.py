@@ -42,6 +42,7 @@ class ModbusSlave:
         self.fragment_ms = max(50, self.gap_ms) + int(128 * modbus.char_time_s(baudrate) * 1000)
         self.requests = 0
         self.ignored = 0  # bad CRC, other units, noise
+        self.no_memory = 0  # requests dropped unanswered for want of heap (the master retries)
         self._buf = b""
         self._last_rx = 0
 
@@ -66,7 +67,7 @@ class ModbusSlave:
             if w is not None and fc != modbus.READ_INPUT and w.handles(req.address):
                 if fc == modbus.READ_HOLDING:
                     return modbus.read_response(self.unit, fc, w.read(req.address, req.count))
-                w.write(req.address, list(req.values))
+                w.write(req.address, req.values)  # a tuple: no copy of an update's 123
                 value = req.values[0] if fc == modbus.WRITE_SINGLE else req.count
                 return modbus.write_response(self.unit, fc, req.address, value)
             if fc == modbus.READ_HOLDING or fc == modbus.READ_INPUT:
@@ -138,9 +139,19 @@ class ModbusSlave:
         self.uart.write(reply)
         return 1
 
+    # A request the heap has no room for (an update's chunk while the node's garbage waits
+    # for a collection) goes unanswered and is counted; the master sends it again after the
+    # collection. It used to end this task, and with it the node's gather: a node whose loop
+    # watch still fed the watchdog, deaf on its bus for good.
     async def run(self):
+        import gc
         from asyncio import sleep_ms
 
         while True:
-            self.poll()
+            try:
+                self.poll()
+            except MemoryError:
+                self.no_memory += 1
+                self._buf = b""
+                gc.collect()
             await sleep_ms(1)
