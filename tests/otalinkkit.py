@@ -6,15 +6,19 @@ update key at /ota.pub), so the transports run on the node's real OtaSession."""
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from polekit.firmware.deploy import signing
-from polekit.firmware.deploy.bundle import DEFAULT_MPY, build
+from polekit.firmware.deploy.bundle import DEFAULT_MPY, build, compile_module
 from polekit.firmware.install import install
 from polekit.protocols import cbor
+
+COMMUNITY = "community-sos-esp32c3"
+_NODE = Path(__file__).resolve().parent.parent / "firmware" / "node"
 
 
 @dataclass
@@ -25,6 +29,7 @@ class Signed:
     sig: bytes
     files: dict[str, bytes]
     pub: bytes  # the raw 32-byte public key (/ota.pub on the node)
+    folder: Path | None = None  # the bundle as `polekit build --sign` writes it
 
     @property
     def size(self) -> int:
@@ -53,7 +58,43 @@ def signed_bundle(
     if change is not None:
         change(files)
     pub = signing.public_key_raw(key.with_suffix(".pub"))
-    return Signed(raw, sig, files, pub)
+    return Signed(raw, sig, files, pub, folder)
+
+
+# a version that raises as it starts: the boot selector rolls it back at once (reason 1)
+RAISES = ("class CommunityNode:", 'raise RuntimeError("broken")\n\n\nclass CommunityNode:')
+# its loop hangs once it advertises: the watchdog it armed on trial resets it (reason 2)
+HANGS = (
+    "            await asyncio.sleep_ms(10)\n",
+    "            while True:\n                pass\n",
+)
+
+
+def community_update(
+    tmp: Path, new_bytes: int, key: Path | None = None, broken: tuple[str, str] | None = None
+) -> Signed:
+    """Version 0.2 of the community node's own bundle, which also brings a new module of
+    ``new_bytes`` (incompressible): the files the node runs already are copied from its
+    slot a, the rest goes over the air. ``broken``: (text in community.py, what replaces
+    it): a version that fails (RAISES, HANGS), signed as a good one is."""
+    extra = {"lib/node/assets.bin": os.urandom(new_bytes)}
+    if broken is not None:
+        source = (_NODE / "community.py").read_text()
+        assert broken[0] in source, f"community.py no longer has {broken[0]!r}"
+        extra["lib/node/community.mpy"] = compile_module(
+            source.replace(broken[0], broken[1], 1).encode(), "lib/node/community.py", DEFAULT_MPY
+        )
+    return signed_bundle(tmp, COMMUNITY, "0.2", key, extra=extra)
+
+
+def over_the_link(update: Signed, flash: Path) -> int:
+    """The bytes of ``update``'s files that slot a of ``flash`` does not hold as they are:
+    what the link must carry (the node copies the rest on its flash)."""
+    return sum(
+        len(data)
+        for path, data in update.files.items()
+        if not (flash / path).exists() or (flash / path).read_bytes() != data
+    )
 
 
 def flashed_node(flash: Path, board: str, pub: bytes, config: dict[str, Any] | None = None) -> Path:
