@@ -40,11 +40,21 @@ class BundleServer:
     """A real HTTP/1.1 server on loopback serving one bundle folder, with Range (RFC 9110
     section 14: `bytes=N-` answered 206 with Content-Range). ``cut`` maps a path to a byte
     count: its first GET sends that many body bytes and drops the connection. Every request
-    is logged as (path, range start or None)."""
+    is logged as (path, range start or None). ``stall`` maps a path to a byte count: its
+    first GET sends that many body bytes, sets ``stalled`` and holds the connection open
+    until ``release`` is set."""
 
-    def __init__(self, files: dict[str, bytes], cut: dict[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        files: dict[str, bytes],
+        cut: dict[str, int] | None = None,
+        stall: dict[str, int] | None = None,
+    ) -> None:
         self.files = files
         self.cut = dict(cut or {})
+        self.stall = dict(stall or {})
+        self.stalled = threading.Event()
+        self.release = threading.Event()
         self.log: list[tuple[str, int | None]] = []
         server = self
 
@@ -70,6 +80,14 @@ class BundleServer:
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("Connection", "close")
                 self.end_headers()
+                held = server.stall.pop(path, None)
+                if held is not None:
+                    self.wfile.write(body[:held])
+                    self.wfile.flush()
+                    server.stalled.set()
+                    server.release.wait(30)
+                    self.close_connection = True
+                    return
                 cut = server.cut.pop(path, None)
                 if cut is not None:
                     self.wfile.write(body[:cut])
@@ -299,3 +317,50 @@ def test_a_version_that_cannot_start_is_rolled_back_and_the_command_says_so(
     assert final["ota"]["state"] == "rolled_back", final
     assert "failed its trial (reason 1)" in log
     assert log.count("node up, running 0.1") == 3, log  # before, after the check, after
+
+
+def test_a_power_cut_mid_file_resumes_from_the_staging_when_the_command_comes_again(
+    tmp_path: Path,
+) -> None:
+    # the node loses its power in the middle of a file (RAM gone, flash kept); the
+    # platform sends the command again: the node goes on from its staging, without a
+    # second check boot, and fetches only the rest of the file
+    update = _update(tmp_path)
+    broker = LocalBroker().start()
+    flash = _board(tmp_path, broker, update)
+    served = {"manifest.cbor": update.manifest, "manifest.sig": update.sig, **update.files}
+    path = "lib/node/extra.py"
+
+    def up(board: EmulatedBoard) -> int:
+        return bytes(board.serial_log).decode(errors="replace").count("node up, running 0.1")
+
+    try:
+        with (
+            BundleServer(served, stall={path: 5000}) as server,
+            Subscriber(broker.host, broker.port, f"{BASE}/#") as sub,
+            EmulatedBoard(BOARD, fs_dir=flash) as board,
+        ):
+            board.wait_output("node up, running 0.1", 30)
+            wait_for(lambda: sub.on(f"{BASE}/state"), 30, "the node online")
+            _command(broker, {"id": "u1", "ota": server.url})
+            wait_for(server.stalled.is_set, 60, "the node in the middle of the file")
+            board.power_cycle(0.5)
+            server.release.set()
+            wait_for(lambda: up(board) == 3, 60, "the node back")  # start, check, the cut
+            _command(broker, {"id": "u2", "ota": server.url})
+            wait_for(
+                lambda: [r for r in _results(sub) if r["id"] == "u2" and "heap_low" in r],
+                120,
+                "the second command's outcome",
+            )
+            log = bytes(board.serial_log).decode(errors="replace")
+    finally:
+        broker.stop()
+    final = next(r for r in _results(sub) if r["id"] == "u2" and "heap_low" in r)
+    assert final["ok"] is True and final["ota"]["running"] == "0.2", final
+    assert log.count("update: signature and manifest good") == 1, log  # not checked again
+    gets = [start for p, start in server.log if p == path]
+    # the second GET of the file starts where the staging stood at the cut
+    assert len(gets) == 2 and gets[0] is None and gets[1] is not None, server.log
+    assert 0 < gets[1] <= 5000, server.log
+    assert staged(flash, path).read_bytes() == EXTRA[path]
