@@ -115,7 +115,7 @@ class OtaGatt:
         if not self.begun or self.working is not None:
             self._ack(conn, og.ACK_IDLE, None)
             return
-        session = self.session
+        session = self._session()  # begun: it exists
         try:
             file, offset, chunk = og.parse_data(raw)
             need = session.need()
@@ -154,7 +154,7 @@ class OtaGatt:
                 self.begun = False
                 self.working = asyncio.create_task(self._begin(conn))
             elif op == og.OP_COMMIT:
-                if not self.begun or self.session.need() is not None:
+                if not self.begun or self._session().need() is not None:
                     raise ValueError(og.CODE_ORDER, "commit before every file is staged")
                 self.working = asyncio.create_task(self._commit(conn))
                 self._answer(conn, op, state="committing")
@@ -213,7 +213,7 @@ class OtaGatt:
                 return  # the node resets for its check boot
             await self._session().begin(None, None, info, ident)
             self.begun = True
-            self._answer(conn, og.OP_BEGIN, need=self.session.need())
+            self._answer(conn, og.OP_BEGIN, need=self._session().need())
         except (ValueError, TypeError, RuntimeError, OSError) as exc:
             self._refuse(conn, og.OP_BEGIN, exc)
         except Exception as exc:  # noqa: BLE001 - a bug or MemoryError: answered, printed
@@ -253,7 +253,7 @@ class OtaGatt:
 
     async def _commit(self, conn):
         try:
-            await self.session.commit()  # on success the node resets in there
+            await self._session().commit()  # on success the node resets in there
         except (ValueError, TypeError, RuntimeError, OSError) as exc:
             self._refuse(conn, og.OP_COMMIT, exc)
         except Exception as exc:  # noqa: BLE001 - a bug or MemoryError: answered, printed

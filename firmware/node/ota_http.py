@@ -258,28 +258,28 @@ class OtaCommand:
         return {"ok": True, "ota": "fetching"}
 
     def _go(self, code, cid, url, checked):
-        self.pull = HttpPull(url, self.timeout_s)
-        self.task = asyncio.create_task(self._run(code, cid, checked))
+        self.pull = pull = HttpPull(url, self.timeout_s)
+        self.task = asyncio.create_task(self._run(pull, code, cid, checked))
 
-    async def _run(self, code, cid, checked):
+    async def _run(self, pull, code, cid, checked):
         from .ota.verify import pause
 
         try:
             if not checked:
-                await self.pull.fetch_header()
+                await pull.fetch_header()
             info, ident = await _verdict()
             if info is None:
                 if checked:  # the check boot failed in a way of its own (its log says)
                     raise ValueError("ota: the signature check gave no verdict; send it again")
-                await self._check_boot(code, cid)
+                await self._check_boot(pull, code, cid)
                 return
-            self.pull.session = session = self.make_session()
+            pull.session = session = self.make_session()
             await session.begin(None, None, info, ident)
             del info  # the session keeps the files' paths and sizes: the table is garbage
             await pause(1, True)
-            await self.pull.fetch_files()
+            await pull.fetch_files()
             # the version that runs after the reset answers the command (resume)
-            self.state.set(REPORT_KEY, [code, cid, self.pull.heap_low], now=True)
+            self.state.set(REPORT_KEY, [code, cid, pull.heap_low], now=True)
             await session.commit()  # hashes, install, reset: no return
         except (ValueError, TypeError, OSError) as exc:
             n, text = reason(exc)
@@ -297,12 +297,12 @@ class OtaCommand:
 
     # the header is marked for a check boot and the node resets into it; the command goes
     # on at the start after it (resume)
-    async def _check_boot(self, code, cid):
+    async def _check_boot(self, pull, code, cid):
         import os
 
         from .ota.verify import HEADER, PENDING, pause
 
-        self.state.set(PULL_KEY, [code, cid, self.pull.url], now=True)
+        self.state.set(PULL_KEY, [code, cid, pull.url], now=True)
         with open(PENDING, "w") as f:
             f.write("%d\n" % os.stat(HEADER)[6])
         print("ota: checking the signature in a boot of its own")

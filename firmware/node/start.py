@@ -126,7 +126,7 @@ async def check_boot(board):
     from .ota import verify
     from .version import VERSION  # what runs: the version the update is checked against
 
-    verify.WDT = machine.WDT(timeout=verify.CHECK_WDT_MS)
+    verify.WDT = machine.WDT(timeout=verify.CHECK_WDT_MS)  # type: ignore[assignment]  # None until armed
     try:
         await verify.boot_check(board.get("name"), "%d.%d" % VERSION)
     finally:
