@@ -60,7 +60,9 @@ class _CheckBootError(Exception):
     is back and send the same header; its verdict answers the next BEGIN."""
 
 
-Progress = Callable[[int, int], Any]
+# (bytes the node holds of the files, bytes in all, file bytes written over the air by this
+# push so far: resends included, the files the node copied from its own slot not)
+Progress = Callable[[int, int, int], Any]
 
 
 def _running(status: Mapping[str, Any]) -> Any:
@@ -273,8 +275,21 @@ async def open_client_for(config: BleConfig, address: str, disconnected: Any) ->
 
     try:
         return await open_client(config, address, address, disconnected)
-    except (BleakError, TimeoutError, OSError) as exc:
+    except (BleakError, TimeoutError, OSError, DeviceNoResponse) as exc:
+        # DeviceNoResponse: not heard on a real adapter (a node rebooting into its new
+        # version is off the air for seconds): connect again, as for a dropped link
         raise _DroppedError(f"{address}: cannot connect: {exc}") from None
+
+
+async def status_ble(address: str, *, config: BleConfig | None = None) -> dict[str, Any]:
+    """The node's update status map (the answer to ``S``, also under the GATT status
+    names: ``fw_version``, ``ota_state``...), over one connection. BleOtaError (or
+    DeviceNoResponse) when it cannot be had."""
+    try:
+        async with _Link(config or BleConfig(), address) as link:
+            return await link.status()
+    except _DroppedError as exc:
+        raise BleOtaError(str(exc)) from None
 
 
 async def push_ble(
@@ -291,7 +306,8 @@ async def push_ble(
     """Update the node at ``address`` with the signed bundle (``files``: board path ->
     bytes, as signing.load_signed gives them) and wait until it runs it.
 
-    ``progress(bytes_done, bytes_total)`` is called as the node acknowledges. Returns the
+    ``progress(bytes_done, bytes_total, bytes_sent)`` is called as the node acknowledges
+    (``bytes_sent``: what crossed the air so far, which the rollout reports). Returns the
     report: ``bytes`` (the bundle's), ``sent`` (file bytes written, resends included),
     ``duration_s``, ``reconnects``, ``heap_low`` (the least free heap the node saw while
     it took the files), ``status`` (the node's status map after its reset: running
@@ -319,10 +335,15 @@ async def push_ble(
         "check_boots": 0,
     }
     started = time.monotonic()
+    link: _Link | None = None
+
+    def sent() -> int:
+        # file bytes written: by the links before this one, and this one's so far
+        return int(report["sent"]) + (link.written if link is not None else 0)
 
     def done(f: int, off: int) -> None:
         if progress is not None and f < len(starts):
-            progress(starts[f] + off, total)
+            progress(starts[f] + off, total, sent())
 
     failures = 0
     committed = False
@@ -344,7 +365,7 @@ async def push_ble(
                     # what the node saw while it took the files (its heap low-water mark)
                     report["heap_low"] = (await link.status()).get("heap_low")
                 if progress is not None:
-                    progress(total, total)
+                    progress(total, total, sent())
                 await link.commit()
                 committed = True
         except _CheckBootError as exc:
@@ -363,6 +384,7 @@ async def push_ble(
             await asyncio.sleep(min(5.0, 0.2 * 2**failures))
         finally:
             report["sent"] += link.written
+            link = None
     if committed:
         report["status"] = await _status_after_reset(config, address)
     report["duration_s"] = round(time.monotonic() - started, 3)

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from gwproc import write_config
+
 from polekit.firmware.deploy.signing import public_key_raw, sign_bundle
 from polekit.firmware.install import install
 from polekit.hil.emulator import EmulatedBoard
@@ -155,6 +157,26 @@ def pole_line(
         for board in boards:
             board.stop()
         line.close()
+
+
+def ota_config(
+    path: Path,
+    data_dir: Path,
+    broker_url: str,
+    devices: Any,
+    buses: Any,
+    key: Path,
+    ble_air: str | None = None,
+    **ota: Any,
+) -> Path:
+    """gwproc's config with an [ota] table trusting ``key`` (and the BLE devices on the
+    virtual air at ``ble_air``)."""
+    write_config(path, data_dir, broker_url, devices, buses)
+    lines = ["[ota]", f'public_key = "{key}"'] + [f"{k} = {json.dumps(v)}" for k, v in ota.items()]
+    if ble_air is not None:
+        lines += ["[ble]", f"air = {json.dumps(ble_air)}"]
+    path.write_text(path.read_text() + "\n".join(lines) + "\n")
+    return path
 
 
 def rtu_bus(port: str, baudrate: int) -> dict[str, Any]:

@@ -6,16 +6,22 @@ back with the node's reason."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from otalinkkit import Signed, flashed_node, signed_bundle, staged
+from otalinkkit import (
+    HANGS,
+    RAISES,
+    Signed,
+    community_update,
+    flashed_node,
+    over_the_link,
+    staged,
+)
 
-from polekit.firmware.deploy.bundle import DEFAULT_MPY, compile_module
 from polekit.gateway.ble_ota import CHUNK_BYTES, OtaRefusedError, push_ble
 from polekit.gateway.config import BleConfig
 from polekit.hil.air import VirtualAir
@@ -24,38 +30,10 @@ from polekit.protocols import identity, ota
 from polekit.protocols.bthome import OTA_QUEUE
 from polekit.protocols.ota_gatt import WINDOW
 
-from conftest import ROOT
 from gwkit import run
 
 SOS = identity.make("371600", "SO", 16)
 BOARD = "community-sos-esp32c3"
-NODE = ROOT / "firmware" / "node"
-
-
-def _update(
-    tmp_path: Path, new_bytes: int, key: Path | None = None, broken: tuple[str, str] | None = None
-) -> Signed:
-    # version 0.2 of the node's own bundle, which also brings a new module of ``new_bytes``
-    # (incompressible): the files the node runs already are copied from its slot a, the
-    # rest goes over the air. ``broken``: (text in community.py, what replaces it): a
-    # version that fails, signed as a good one is
-    extra = {"lib/node/assets.bin": os.urandom(new_bytes)}
-    if broken is not None:
-        source = (NODE / "community.py").read_text()
-        assert broken[0] in source, f"community.py no longer has {broken[0]!r}"
-        extra["lib/node/community.mpy"] = compile_module(
-            source.replace(broken[0], broken[1], 1).encode(), "lib/node/community.py", DEFAULT_MPY
-        )
-    return signed_bundle(tmp_path, BOARD, "0.2", key, extra=extra)
-
-
-def _needed(update: Signed, flash: Path) -> int:
-    # the bytes of the files slot a does not hold as they are: what the air must carry
-    return sum(
-        len(data)
-        for path, data in update.files.items()
-        if not (flash / path).exists() or (flash / path).read_bytes() != data
-    )
 
 
 def _node(tmp_path: Path, update: Signed, **config: Any) -> Path:
@@ -89,11 +67,11 @@ def _booted(board: EmulatedBoard) -> int:
 
 
 def test_a_signed_update_reaches_a_community_node_over_ble(tmp_path: Path) -> None:
-    update = _update(tmp_path, 24000)
+    update = community_update(tmp_path, 24000)
     # a trial longer than the 30 s watchdog /main.py arms for a version on trial: the
     # node's loop must feed one of its own, or the good version is rolled back (reason 2)
     flash = _node(tmp_path, update, ota_trial_s=35)
-    needed = _needed(update, flash)
+    needed = over_the_link(update, flash)
     seen: list[tuple[int, int]] = []
     with (
         VirtualAir(tmp_path / "air.sock") as air,
@@ -101,7 +79,7 @@ def test_a_signed_update_reaches_a_community_node_over_ble(tmp_path: Path) -> No
     ):
         board.wait_output("community node", 30)
         started = time.monotonic()
-        report = _push(board, air, update, progress=lambda d, t: seen.append((d, t)))
+        report = _push(board, air, update, progress=lambda d, t, _sent: seen.append((d, t)))
         elapsed = time.monotonic() - started
         boots = _booted(board)
         assert report["result"] == "trial", report  # the new version runs, on its trial
@@ -135,9 +113,9 @@ def test_a_signed_update_reaches_a_community_node_over_ble(tmp_path: Path) -> No
 def _interrupted(tmp_path: Path, fault: str) -> tuple[dict[str, Any], int, int]:
     # a transfer cut at about 40 % of what the air carries: by the board's power (RAM lost,
     # flash kept) or by the radio link dropping; push_ble goes on by itself
-    update = _update(tmp_path, 30000)
+    update = community_update(tmp_path, 30000)
     flash = _node(tmp_path, update)
-    needed = _needed(update, flash)
+    needed = over_the_link(update, flash)
     acks: list[int] = []
     cut: list[threading.Thread] = []
     with (
@@ -146,7 +124,7 @@ def _interrupted(tmp_path: Path, fault: str) -> tuple[dict[str, Any], int, int]:
     ):
         board.wait_output("community node", 30)
 
-        def progress(done: int, _total: int) -> None:
+        def progress(done: int, _total: int, _sent: int) -> None:
             acks.append(done)
             if len(acks) * CHUNK_BYTES >= needed * 0.4 and not cut:
                 if fault == "power":
@@ -185,7 +163,7 @@ def test_a_transfer_cut_by_a_dropped_link_resumes(tmp_path: Path) -> None:
 
 
 def test_a_wrongly_signed_bundle_is_refused_with_its_reason(tmp_path: Path) -> None:
-    update = _update(tmp_path, 1000)
+    update = community_update(tmp_path, 1000)
     flash = _node(tmp_path, update)
     forged = bytes(64)
     with (
@@ -203,20 +181,11 @@ def test_a_wrongly_signed_bundle_is_refused_with_its_reason(tmp_path: Path) -> N
     assert not (flash / "ota" / "boot.json").exists()  # slot a runs on, untouched
 
 
-# raises as it starts: the boot selector rolls it back at once
-RAISES = ("class CommunityNode:", 'raise RuntimeError("broken")\n\n\nclass CommunityNode:')
-# its loop hangs once it advertises: the watchdog it armed on trial resets it
-HANGS = (
-    "            await asyncio.sleep_ms(10)\n",
-    "            while True:\n                pass\n",
-)
-
-
 @pytest.mark.parametrize(("broken", "code"), [(RAISES, 1), (HANGS, 2)], ids=["raises", "hangs"])
 def test_a_failing_version_rolls_back_and_the_report_says_so(
     tmp_path: Path, broken: tuple[str, str], code: int
 ) -> None:
-    update = _update(tmp_path, 1000, broken=broken)
+    update = community_update(tmp_path, 1000, broken=broken)
     flash = _node(tmp_path, update, ota_trial_s=20)
     with (
         VirtualAir(tmp_path / "air.sock") as air,

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gwproc import CountingDevices, GatewayProcess, write_config
+from gwproc import CountingDevices, GatewayProcess
 from otagwkit import (
     broken_bundle,
     events,
     make_key,
+    ota_config,
     pole_codes,
     pole_line,
     polekit,
@@ -53,16 +54,6 @@ class WatchedDevices(CountingDevices):
     def ota_requests(self) -> list[tuple[int, int, int]]:
         """Requests into the OTA window, or of a writing function."""
         return [r for r in self.requests if r[2] >= WINDOW or r[1] in (6, 16, 21)]
-
-
-def ota_config(
-    path: Path, data_dir: Path, broker_url: str, devices: Any, buses: Any, key: Path, **ota: Any
-) -> Path:
-    """gwproc's config with an [ota] table trusting ``key``."""
-    write_config(path, data_dir, broker_url, devices, buses)
-    lines = ["[ota]", f'public_key = "{key}"'] + [f"{k} = {json.dumps(v)}" for k, v in ota.items()]
-    path.write_text(path.read_text() + "\n".join(lines) + "\n")
-    return path
 
 
 def rollouts_in(database: Path) -> list[tuple[Any, ...]]:

@@ -25,7 +25,6 @@ from .ota.verify import HEADER, PENDING, VERIFIED
 from .ota_reason import reason
 
 ERROR_CHARS = 100  # an answer fits one notification (MTU - 3 bytes)
-TABLE_STEP = 8  # files' table lines read between two collections
 
 
 STATUS_KEYS = (
@@ -228,7 +227,7 @@ class OtaGatt:
     async def _verdict(self, conn):
         import json
 
-        from .ota.verify import OtaRefusedError, header_id, pause
+        from .ota.verify import OtaRefusedError, header_id, pause, read_table_steps
 
         ident = header_id(self.header)
         try:
@@ -250,7 +249,7 @@ class OtaGatt:
 
             raise OtaRefusedError(code, error_text(code))
         await pause(1, True)
-        return {"version": verdict["version"], "files": await _table()}, ident
+        return {"version": verdict["version"], "files": await read_table_steps()}, ident
 
     async def _commit(self, conn):
         try:
@@ -262,22 +261,3 @@ class OtaGatt:
         finally:
             self.working = None
             self.begun = False
-
-
-# The check boot's files table (verify.TABLE, verify.read_table's list) read in steps with a
-# collection between them: the list of a 70-file bundle holds ~13 KB, and read at once its
-# garbage comes on top, more than a running community node has free between two
-# collections (the emulated board collects only when the scheduler runs).
-async def _table():
-    from binascii import unhexlify
-
-    from .ota.verify import TABLE, pause
-
-    files = []
-    with open(TABLE) as f:
-        for line in f:
-            size, digest, path = line.split()
-            files.append({"path": path, "size": int(size), "sha256": unhexlify(digest)})
-            if len(files) % TABLE_STEP == 0:
-                await pause(1, True)
-    return files

@@ -1,9 +1,18 @@
 # OTA over Wi-Fi for a node with its own uplink (MqttLink): an `ota` command names the URL
 # of a signed bundle's folder ({"id": 7, "ota": "http://host:8080/bundles/0.2/"}); the node
-# fetches manifest.cbor and manifest.sig there, hands them to the OtaSession (refused before
-# a file byte moves), then each file at its board path under the URL, from where the
-# staging stands: `Range: bytes=N-`, so a dropped connection or a reset costs only what
-# never reached the flash. Then the session's commit (hashes, install, reset).
+# fetches manifest.cbor and manifest.sig there, then each file at its board path under the
+# URL, from where the staging stands: `Range: bytes=N-`, so a dropped connection or a reset
+# costs only what never reached the flash. Then the session's commit (hashes, install,
+# reset).
+#
+# The signature is checked as the Modbus and BLE links do it (ota/modbus_window.py,
+# ota_gatt.py): the header (signature, then manifest) goes to the flash (verify.HEADER),
+# is marked (verify.PENDING) and the node resets; node.start checks it before the node
+# starts (verify.boot_check), in a heap the running node's tasks do not hold, writes the
+# verdict (verify.VERIFIED) and resets again. The command (PULL_KEY in the node's state)
+# survives those resets: the node takes the verdict at start-up (resume) and fetches the
+# files, or answers the command with the refusal. A resumed pull of the same bundle is not
+# checked again.
 #
 # Plain HTTP on purpose: the bundle is signed (Ed25519 over the manifest, every file's
 # SHA-256 in it) and the node checks both, so the transport needs no trust; the emulated
@@ -15,20 +24,21 @@ import asyncio
 import gc
 import socket
 
-from protocols import cbor
-
 from .ota_reason import reason
 
 CHUNK = 512  # bytes per read: small allocations
 # a pause between reads that the emulated VM's scheduler cannot skip: its asyncio runs every
 # task that is due in one call from JavaScript, so sleep_ms(0) never returns there and
-# never lets it collect; 1 ms does
+# never lets it collect; 1 ms does. A collection is asked for at each pause (verify.pause:
+# ~1 ms on the chip): the garbage of a read and a write never piles up beside the node's
+# own, and the free heap measured after it is what the update really leaves
 YIELD_MS = 1
 HEAD_MAX = 2048  # a response's status line and headers
 MANIFEST_MAX = 8192
 SIG_BYTES = 64
 ATTEMPTS = 5  # connections in a row that staged nothing before the pull gives up
-REPORT_KEY = "ota.cmd"  # [code, id] of the command whose update is being installed
+REPORT_KEY = "ota.cmd"  # [code, id, heap low] of the command whose update is being installed
+PULL_KEY = "ota.pull"  # [code, id, url] of a command whose header a check boot checks
 
 
 # (host, port, path) of an http:// URL; ValueError for anything else
@@ -47,8 +57,10 @@ def parse_url(url):
 
 
 class HttpPull:
-    def __init__(self, session, url, timeout_s=10):
+    # ``session``: the OtaSession the files are staged into (set once the verdict is in)
+    def __init__(self, url, timeout_s=10, session=None):
         self.session = session
+        self.url = url
         self.host, self.port, self.path = parse_url(url)
         self.timeout_s = timeout_s
         self.requests = 0
@@ -114,9 +126,12 @@ class HttpPull:
         finally:
             s.close()
 
-    async def _file(self, index, entry, start):
-        # one GET from `start`, staged as it comes; returns the bytes staged
-        s, data, skip = self._open(entry["path"], start)
+    async def _file(self, index, path, size, start):
+        # one GET of file ``index`` (``path``, ``size`` bytes) from ``start``, staged as it
+        # comes; returns the bytes staged
+        from .ota.verify import pause
+
+        s, data, skip = self._open(path, start)
         staged = 0
         pos = start
         try:
@@ -130,15 +145,13 @@ class HttpPull:
                         return staged
                     staged += len(data)
                     pos = expect
-                    if pos >= entry["size"]:
+                    if pos >= size:
                         return staged
+                await pause(YIELD_MS, True)
                 self._heap()
-                await asyncio.sleep_ms(YIELD_MS)
                 data = s.recv(CHUNK)
                 if not data:
-                    raise OSError(
-                        104, "ota: %s cut at byte %d of %d" % (entry["path"], pos, entry["size"])
-                    )
+                    raise OSError(104, "ota: %s cut at byte %d of %d" % (path, pos, size))
         finally:
             s.close()
             self.fetched += staged
@@ -148,23 +161,34 @@ class HttpPull:
         if self.heap_low is None or free < self.heap_low:
             self.heap_low = free
 
-    # manifest, signature and every file into the staging; then the session's commit.
-    # Raises ManifestError / ValueError(code, text) for a refusal, OSError when the server
-    # stayed unreachable for ATTEMPTS tries in a row
-    async def fetch(self):
+    # manifest.cbor and manifest.sig, to verify.HEADER (the signature, then the manifest):
+    # what a check boot checks. Its size in bytes.
+    async def fetch_header(self):
+        from .ota.verify import HEADER
+
         manifest = await self._whole("manifest.cbor", MANIFEST_MAX)
         sig = await self._whole("manifest.sig", SIG_BYTES)
-        await self.session.begin(manifest, sig)  # checks the signature in steps
-        files = cbor.loads(manifest)["files"]
-        del manifest
+        if len(sig) != SIG_BYTES:
+            raise ValueError(1, "manifest.sig has %d bytes, not %d" % (len(sig), SIG_BYTES))
+        _makedir(HEADER)
+        with open(HEADER, "wb") as f:
+            f.write(sig)
+            f.write(manifest)
+        return SIG_BYTES + len(manifest)
+
+    # every file the staging lacks, into the session (begun on the checked manifest).
+    # Raises ValueError(code, text) for a refusal, OSError when the server stayed
+    # unreachable for ATTEMPTS tries in a row
+    async def fetch_files(self):
+        session = self.session
         failures = 0
         while True:
-            need = self.session.need()
+            need = session.need()
             if need is None:
-                break
+                return
             index, start = need
             try:
-                if await self._file(index, files[index], start):
+                if await self._file(index, session.paths[index], session.sizes[index], start):
                     failures = 0
             except OSError as exc:
                 failures += 1
@@ -174,15 +198,53 @@ class HttpPull:
                 await asyncio.sleep_ms(200 * 2**failures)
 
 
+def _makedir(path):
+    import os
+
+    try:
+        os.mkdir(path[: path.rfind("/")])
+    except OSError:
+        pass  # it exists
+
+
+# (the checked manifest's {"version", "files"}, its id) from the check boot's verdict on
+# the header on the flash; (None, id) when no check boot gave one for it yet. Raises
+# OtaRefusedError when the check refused it.
+async def _verdict():
+    import json
+    import os
+
+    from .ota.verify import HEADER, VERIFIED, OtaRefusedError, header_id, pause, read_table_steps
+
+    ident = header_id(os.stat(HEADER)[6])
+    try:
+        with open(VERIFIED) as f:
+            verdict = json.load(f)
+    except (OSError, ValueError):
+        verdict = {}
+    if verdict.get("id") != ident:
+        return None, ident
+    code = verdict.get("code")
+    if code:
+        from protocols.ota import error_text
+
+        raise OtaRefusedError(code, error_text(code))
+    await pause(1, True)
+    return {"version": verdict["version"], "files": await read_table_steps()}, ident
+
+
 class OtaCommand:
     # the `ota` command of an MqttLink node: start(code, body) from the command handler
     # answers at once ({"ok": true, "ota": "fetching"}); a refusal or a failure later goes
     # out as a second result for the same id, and the new version, once running, reports
-    # its status as the last one (report_boot at start-up). Later results are JSON.
-    def __init__(self, link, state, make_session, timeout_s=10):
+    # its status as the last one. resume() at start-up (from the node's loop) sends that
+    # report, or goes on with an update whose signature the check boot has just checked.
+    # ``reset``: the node's planned reset (its state flushed first). Later results are JSON.
+    def __init__(self, link, state, make_session, reset, timeout_s=10):
         self.link = link
         self.state = state
         self.make_session = make_session
+        self.reset = reset
         self.timeout_s = timeout_s
         self.task = None
         self.pull = None
@@ -192,16 +254,33 @@ class OtaCommand:
         parse_url(url)  # a bad URL is the command's own error
         if self.task is not None:
             raise ValueError("ota: an update is running already")
-        self.pull = pull = HttpPull(self.make_session(), url, self.timeout_s)
-        self.task = asyncio.create_task(self._run(pull, code, body.get("id")))
+        self._go(code, body.get("id"), url, False)
         return {"ok": True, "ota": "fetching"}
 
-    async def _run(self, pull, code, cid):
+    def _go(self, code, cid, url, checked):
+        self.pull = pull = HttpPull(url, self.timeout_s)
+        self.task = asyncio.create_task(self._run(pull, code, cid, checked))
+
+    async def _run(self, pull, code, cid, checked):
+        from .ota.verify import pause
+
         try:
-            await pull.fetch()
-            # the version that runs after the reset answers the command (report_boot)
+            if not checked:
+                await pull.fetch_header()
+            info, ident = await _verdict()
+            if info is None:
+                if checked:  # the check boot failed in a way of its own (its log says)
+                    raise ValueError("ota: the signature check gave no verdict; send it again")
+                await self._check_boot(pull, code, cid)
+                return
+            pull.session = session = self.make_session()
+            await session.begin(None, None, info, ident)
+            del info  # the session keeps the files' paths and sizes: the table is garbage
+            await pause(1, True)
+            await pull.fetch_files()
+            # the version that runs after the reset answers the command (resume)
             self.state.set(REPORT_KEY, [code, cid, pull.heap_low], now=True)
-            await pull.session.commit()  # hashes, install, reset: no return
+            await session.commit()  # hashes, install, reset: no return
         except (ValueError, TypeError, OSError) as exc:
             n, text = reason(exc)
             self.state.set(REPORT_KEY, None, now=True)
@@ -216,19 +295,41 @@ class OtaCommand:
         finally:
             self.task = None
 
+    # the header is marked for a check boot and the node resets into it; the command goes
+    # on at the start after it (resume)
+    async def _check_boot(self, pull, code, cid):
+        import os
+
+        from .ota.verify import HEADER, PENDING, pause
+
+        self.state.set(PULL_KEY, [code, cid, pull.url], now=True)
+        with open(PENDING, "w") as f:
+            f.write("%d\n" % os.stat(HEADER)[6])
+        print("ota: checking the signature in a boot of its own")
+        await pause(50)  # what the outbox holds is on flash already: nothing else to wait for
+        self.reset()
+
     def _result(self, code, result):
         import json
 
         self.link.outbox.put("cmd-result", code, json.dumps(result).encode())
 
-    # at start-up: the result of the command whose update led here, with the session's
-    # status (the version running, a rollback's reason) and the least free heap the pull saw
-    def report_boot(self):
+    # at start-up, from the node's loop: an update whose header the check boot has just
+    # checked goes on (the files fetched, or the refusal answered); the result of the
+    # command whose update led to this version goes out with the session's status (the
+    # version running, a rollback's reason) and the least free heap the pull saw
+    def resume(self):
+        pulling = self.state.get(PULL_KEY)
+        if pulling:
+            code, cid, url = pulling
+            self.state.set(PULL_KEY, None, now=True)  # once: a pull that resets comes back
+            self._go(code, cid, url, True)
+            return
         pending = self.state.get(REPORT_KEY)
         if not pending:
             return
         code, cid, heap_low = pending
         self.state.set(REPORT_KEY, None, now=True)
         status = self.make_session().status()
-        ok = not status.get("ota_rollback")
+        ok = not status.get("rollback")
         self._result(code, {"id": cid, "ok": ok, "ota": status, "heap_low": heap_low})

@@ -99,7 +99,7 @@ def main(boot=None):
         if node:
             asyncio.run(_run(node, boot))
         return
-    asyncio.run(_check(board))  # it ends in a reset (the emulated board's asyncio.run
+    asyncio.run(check_boot(board))  # it ends in a reset (the emulated board's asyncio.run
     # returns at once: nothing may follow it here)
 
 
@@ -117,8 +117,10 @@ def _quiet(boot, text):
 
 # An update's signature checked before the node starts, in a boot of its own (node/ota/
 # verify.py boot_check), then a reset. A watchdog is armed for it (fed at each of its steps):
-# a check that hangs resets the node, which then starts without a verdict.
-async def _check(board):
+# a check that hangs resets the node, which then starts without a verdict. ``board``: the
+# board map (its "name"). A node started by other code than main() (a test's Wi-Fi node)
+# runs it the same way when verify.PENDING exists.
+async def check_boot(board):
     import machine
 
     from .ota import verify

@@ -14,7 +14,14 @@ from types import ModuleType
 from typing import Any
 
 from polekit.gateway.config import BleConfig, Config
-from polekit.gateway.ota.transport import LinkLost, NodeRefused, NodeUpdate, Progress, Pushed
+from polekit.gateway.ota.transport import (
+    LinkLost,
+    NodeRefused,
+    NodeUpdate,
+    Progress,
+    Pushed,
+    UpdateError,
+)
 from polekit.gateway.sources.modbus_bus import DeviceNoResponse
 from polekit.protocols import cbor
 
@@ -40,6 +47,27 @@ def _version(value: Any) -> str:
     return value if isinstance(value, str) else "0.0"
 
 
+def node_update(status: dict[str, Any]) -> NodeUpdate:
+    """A community node's update status (push_ble's status map: the GATT status names
+    ``fw_version``, ``ota_state`` as protocols.ota's code...) as the rollout reads it. A
+    state the map does not say is not taken for idle: a node on trial read as idle would
+    be counted updated before it confirmed."""
+    from polekit.protocols import ota
+
+    code = status.get("ota_state", status.get("state_code"))
+    if isinstance(code, int) and 0 <= code < len(ota.STATES):
+        state = ota.STATES[code]
+    else:
+        state = str(status.get("state") or "unknown")
+    return NodeUpdate(
+        running=_version(status.get("fw_version", status.get("running"))),
+        previous=status.get("fw_previous", status.get("previous")) or None,
+        state=state,
+        error=int(status.get("ota_error", status.get("error")) or 0),
+        rollback=int(status.get("ota_rollback", status.get("rollback")) or 0),
+    )
+
+
 class BleTransport:
     """Updates BLE nodes (``addresses``: device code -> MAC) through ``module``'s
     ``push_ble``."""
@@ -53,25 +81,14 @@ class BleTransport:
         return f"ble:{self.ble.air or self.ble.adapter}"
 
     async def status(self, device: str) -> NodeUpdate:
-        from polekit.protocols import ota
-
         address = self.addresses[device]
         try:
-            async with self.module._Link(self.ble, address) as link:  # its GATT status read
-                st = await link.status()
+            st = await self.module.status_ble(address, config=self.ble)
         except (DeviceNoResponse, OSError, self.module.BleOtaError) as exc:
             raise LinkLost(f"{device} ({address}): {exc}") from None
         except Exception as exc:  # noqa: BLE001 - bleak's and the link's errors vary
             raise LinkLost(f"{device} ({address}): {type(exc).__name__}: {exc}") from None
-        code = st.get("ota_state", 0)
-        state = ota.STATES[code] if isinstance(code, int) and code < len(ota.STATES) else "idle"
-        return NodeUpdate(
-            running=_version(st.get("fw_version", st.get("running"))),
-            previous=st.get("fw_previous") or None,
-            state=state,
-            error=int(st.get("ota_error", 0) or 0),
-            rollback=int(st.get("ota_rollback", 0) or 0),
-        )
+        return node_update(st)
 
     async def push(
         self,
@@ -96,4 +113,9 @@ class BleTransport:
             raise NodeRefused(exc.code or 0, exc.text) from None
         except (self.module.BleOtaError, DeviceNoResponse) as exc:
             raise LinkLost(f"{device} ({address}): {exc}") from None
+        # "trial", "updated" or "rolled_back": the rollout watches the trial's outcome
+        # itself (status). "not_running": the node came back on another version than the
+        # bundle's without a rollback (its install did not take): no trial to wait for
+        if report.get("result") == "not_running":
+            raise UpdateError(f"{device} ({address}) after its install: {report.get('why')}")
         return Pushed(int(report.get("sent", 0)))

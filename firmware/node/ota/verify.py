@@ -58,7 +58,7 @@ async def pause(ms=1, collect=False):
     await sleep_ms(ms)
 
 
-# The check boot's watchdog (node.start._check arms it), fed at each pause; a chip's
+# The check boot's watchdog (node.start.check_boot arms it), fed at each pause; a chip's
 # watchdog cannot be stopped, and the check boot ends in a reset that stops it.
 WDT = None
 CHECK_WDT_MS = 30000
@@ -310,6 +310,23 @@ async def boot_check(board, running):
         json.dump({"id": header_id(size), "code": code, "version": version}, f)
     if not code:
         print("polekit: update: signature and manifest good")
+
+
+# The files' table read in steps with a collection between them (``step`` lines a step):
+# the list of a 70-file bundle holds ~13 KB, and read at once its garbage comes on top,
+# more than a running node has free between two collections (the emulated board collects
+# only when the scheduler runs). The BLE and HTTP links read it so.
+async def read_table_steps(step=8):
+    from binascii import unhexlify
+
+    files = []
+    with open(TABLE) as f:
+        for line in f:
+            size, digest, path = line.split()
+            files.append({"path": path, "size": int(size), "sha256": unhexlify(digest)})
+            if len(files) % step == 0:
+                await pause(1, True)
+    return files
 
 
 # The files' table a check boot wrote (TABLE): {"path", "size", "sha256"} a file, as a
