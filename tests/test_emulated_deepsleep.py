@@ -34,7 +34,8 @@ asyncio.run(main())
 
 
 def _wakes(board: EmulatedBoard) -> list[str]:
-    return re.findall(r"woke [^\r\n]*", bytes(board.serial_log).decode(errors="replace"))
+    # whole lines only: one still arriving ("woke caus") is not a wake yet
+    return re.findall(r"woke [^\r\n]*(?=\r?\n)", bytes(board.serial_log).decode(errors="replace"))
 
 
 def _wait_wakes(board: EmulatedBoard, n: int, timeout_s: float = 30) -> list[str]:
