@@ -1,13 +1,17 @@
 """Helpers for the OTA transport tests (BLE and HTTP): real signed bundles of the node
 firmware for a board (bundle.build with a version, signing.sign_bundle with a fresh key),
 and a node flashed as `polekit deploy --key` leaves it (compiled libraries in slot a, the
-update key at /ota.pub), so the transports run on the node's real OtaSession."""
+update key at /ota.pub), so the transports run on the node's real OtaSession; and an HTTP
+server on loopback that serves a bundle's folder as the nodes' HTTP pull fetches it."""
 
 from __future__ import annotations
 
 import os
+import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +111,91 @@ def staged(flash: Path, path: str) -> Path:
     """Where the session staged a bundle path: the inactive slot (b: /slot_b) of a node
     that ran slot a."""
     return flash / "slot_b" / path
+
+
+def assert_pulled(update: Signed, log: list[tuple[str, int | None]], flash: Path, new: Any) -> int:
+    """An HTTP pull's requests (``log``: BundleServer.log) fetched the header first, then
+    only what slot a lacked (the paths in ``new`` and the changed version module), each
+    once and whole, and the staging holds the whole bundle. The file bytes fetched."""
+    for path, data in update.files.items():
+        assert staged(flash, path).read_bytes() == data, path
+    paths = [p for p, _ in log]
+    assert paths[:2] == ["manifest.sig", "manifest.cbor"], paths
+    assert paths[2:] == [p for p in update.files if p in new or p.endswith("version.mpy")], paths
+    assert all(start is None for _, start in log), log
+    return sum(len(update.files[p]) for p in paths[2:])
+
+
+class BundleServer:
+    """A real HTTP/1.1 server on loopback serving one bundle folder, with Range (RFC 9110
+    section 14: `bytes=N-` answered 206 with Content-Range). ``cut`` maps a path to a byte
+    count: its first GET sends that many body bytes and drops the connection. Every request
+    is logged as (path, range start or None). ``stall`` maps a path to a byte count: its
+    first GET sends that many body bytes, sets ``stalled`` and holds the connection open
+    until ``release`` is set."""
+
+    def __init__(
+        self,
+        files: dict[str, bytes],
+        cut: dict[str, int] | None = None,
+        stall: dict[str, int] | None = None,
+    ) -> None:
+        self.files = files
+        self.cut = dict(cut or {})
+        self.stall = dict(stall or {})
+        self.stalled = threading.Event()
+        self.release = threading.Event()
+        self.log: list[tuple[str, int | None]] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass  # the test reads server.log
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                path = self.path.removeprefix("/bundle/")
+                ranged = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
+                start = int(ranged.group(1)) if ranged else None
+                server.log.append((path, start))
+                data = server.files.get(path)
+                if data is None:
+                    self.send_error(404)
+                    return
+                body = data[start or 0 :]
+                self.send_response(206 if ranged else 200)
+                if ranged:
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                held = server.stall.pop(path, None)
+                if held is not None:
+                    self.wfile.write(body[:held])
+                    self.wfile.flush()
+                    server.stalled.set()
+                    server.release.wait(30)
+                    self.close_connection = True
+                    return
+                cut = server.cut.pop(path, None)
+                if cut is not None:
+                    self.wfile.write(body[:cut])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(2)  # the link dropped mid-file
+                    return
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/bundle/"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> BundleServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

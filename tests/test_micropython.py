@@ -29,7 +29,7 @@ GATEWAY_SIDE = ("devices", "dlt645", "hj212")
 UPDATE_ONLY = ("cbor_canonical", "ed25519", "manifest", "ota", "ota_gatt", "sha512")
 # node modules loaded only when an update runs (inside a function, at its first frame or
 # command), like those under node/ota/: they may import update-only protocols at the top
-NODE_UPDATE_ONLY = ("ota_gatt.py", "ota_http.py", "ota_reason.py")
+NODE_UPDATE_ONLY = ("ota_gatt.py", "ota_http.py", "ota_reason.py", "ota_wake.py")
 MODULES = sorted(
     p.stem
     for p in PROTOCOLS.glob("*.py")

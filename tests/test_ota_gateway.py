@@ -8,10 +8,12 @@ every request on the wire is seen, so "nothing was sent" is checked, not assumed
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +167,55 @@ def _pack_time(payload: bytes) -> float:
     return float(senml.resolve(senml.decode_cbor(payload), now=0)[0]["t"])
 
 
+@dataclass
+class Rig:
+    """What a rollout test works with: the running gateway (a test that restarts it puts
+    the new one here), the collector at the broker, the gateway's config, the boards."""
+
+    gw: GatewayProcess
+    sub: Collector
+    config: Path
+    boards: list[Any]
+
+
+@contextlib.asynccontextmanager
+async def gateway_on_line(
+    tmp_path: Path,
+    key: Path,
+    codes: list[str],
+    baud: int,
+    changed: tuple[str, ...] | str = (),
+    **ota: Any,
+) -> AsyncIterator[Rig]:
+    """Emulated pole nodes ``codes`` of an earlier release (``changed``: otagwkit.pole_line)
+    on one line at ``baud``, a broker and a `polekit gateway run` polling them, its [ota]
+    table trusting ``key`` with ``ota``'s settings; yields once every node reports 0.1,
+    and stops the gateway (``rig.gw``) at the end."""
+    with (
+        pole_line(tmp_path, key, codes, baud, changed=changed) as (line, boards),
+        LocalBroker() as broker,
+    ):
+        config = ota_config(
+            tmp_path / "gateway.toml",
+            tmp_path / "data",
+            broker.url,
+            _pole_devices(codes),
+            [rtu_bus(line.endpoint(), baud)],
+            key.with_suffix(".pub"),
+            **ota,
+        )
+        async with Collector(broker.host, broker.port) as sub:
+            rig = Rig(GatewayProcess(config, tmp_path / "gateway.log"), sub, config, boards)
+            try:
+                await until(
+                    lambda: all(_fw_version(sub, c) == 1 for c in codes), 60, "0.1 everywhere"
+                )
+                yield rig
+            finally:
+                rig.gw.proc.terminate()
+                rig.gw.proc.wait(timeout=15)
+
+
 def test_signed_update_reaches_three_nodes_on_one_line_while_the_others_keep_being_polled(
     tmp_path: Path,
 ) -> None:
@@ -180,44 +231,27 @@ def test_signed_update_reaches_three_nodes_on_one_line_while_the_others_keep_bei
     changed = ("lib/node/app.mpy", "lib/node/water.mpy", "lib/node/community.mpy")
 
     async def scenario() -> None:
-        with (
-            pole_line(tmp_path, key, codes, 9600, changed=changed) as (
-                line,
-                _boards,
-            ),
-            LocalBroker() as broker,
-        ):
-            config = ota_config(
-                tmp_path / "gateway.toml",
-                tmp_path / "data",
-                broker.url,
-                _pole_devices(codes),
-                [rtu_bus(line.endpoint(), 9600)],
-                key.with_suffix(".pub"),
-                poll_interval=floor_s,
-                trial_wait=180,
-                batch_size=2,
+        async with gateway_on_line(
+            tmp_path,
+            key,
+            codes,
+            9600,
+            changed,
+            poll_interval=floor_s,
+            trial_wait=180,
+            batch_size=2,
+        ) as rig:
+            push = await asyncio.to_thread(
+                polekit,
+                "ota", "push", "-c", str(rig.config), "--bundle", str(bundle),
+                "--devices", ",".join(codes),
+                timeout=1500,
+            )  # fmt: skip
+            assert push.returncode == 0, push.stdout + push.stderr + rig.gw.output()[-3000:]
+            await until(
+                lambda: all(_fw_version(rig.sub, c) == 2 for c in codes), 30, "0.2 everywhere"
             )
-            async with Collector(broker.host, broker.port) as sub:
-                gw = GatewayProcess(config, tmp_path / "gateway.log")
-                try:
-                    await until(
-                        lambda: all(_fw_version(sub, c) == 1 for c in codes), 60, "0.1 everywhere"
-                    )
-                    push = await asyncio.to_thread(
-                        polekit,
-                        "ota", "push", "-c", str(config), "--bundle", str(bundle),
-                        "--devices", ",".join(codes),
-                        timeout=1500,
-                    )  # fmt: skip
-                    assert push.returncode == 0, push.stdout + push.stderr + gw.output()[-3000:]
-                    await until(
-                        lambda: all(_fw_version(sub, c) == 2 for c in codes), 30, "0.2 everywhere"
-                    )
-                    messages = list(sub.messages)
-                finally:
-                    gw.proc.terminate()
-                    gw.proc.wait(timeout=15)
+            messages = list(rig.sub.messages)
         assert "3 of 3 device(s) on 0.2" in push.stdout, push.stdout
         size = sum((bundle / p).stat().st_size for p in changed)
         reports = {dev: value for _, dev, value in events(messages, "ota_result")}
@@ -276,37 +310,17 @@ def test_failing_canary_stops_the_rollout_and_the_report_says_so(
     codes = pole_codes(2, 70)
 
     async def scenario() -> None:
-        with pole_line(tmp_path, key, codes, 115200) as (line, _), LocalBroker() as broker:
-            config = ota_config(
-                tmp_path / "gateway.toml",
-                tmp_path / "data",
-                broker.url,
-                _pole_devices(codes),
-                [rtu_bus(line.endpoint(), 115200)],
-                key.with_suffix(".pub"),
-                trial_wait=120,
-                batch_size=1,
-            )
-            async with Collector(broker.host, broker.port) as sub:
-                gw = GatewayProcess(config, tmp_path / "gateway.log")
-                try:
-                    await until(
-                        lambda: all(_fw_version(sub, c) == 1 for c in codes), 60, "0.1 everywhere"
-                    )
-                    command = {"id": "u-1", "ota": {"bundle": str(bundle), "devices": codes}}
-                    await sub.publish(
-                        "polekit/v1/gw-fault/cmd/gw-fault", json.dumps(command).encode()
-                    )
-                    await until(
-                        lambda: len(events(sub.messages, "ota_rollout")) == 2, 600, "the end"
-                    )
-                    accepted = cbor.loads(sub.on("/cmd-result/gw-fault")[0].payload)
-                    status = await asyncio.to_thread(polekit, "ota", "status", "-c", str(config))
-                    messages = list(sub.messages)
-                    await until(lambda: _fw_version(sub, codes[0]) == 1, 30, "the canary on 0.1")
-                finally:
-                    gw.proc.terminate()
-                    gw.proc.wait(timeout=15)
+        async with gateway_on_line(
+            tmp_path, key, codes, 115200, trial_wait=120, batch_size=1
+        ) as rig:
+            sub = rig.sub
+            command = {"id": "u-1", "ota": {"bundle": str(bundle), "devices": codes}}
+            await sub.publish("polekit/v1/gw-fault/cmd/gw-fault", json.dumps(command).encode())
+            await until(lambda: len(events(sub.messages, "ota_rollout")) == 2, 600, "the end")
+            accepted = cbor.loads(sub.on("/cmd-result/gw-fault")[0].payload)
+            status = await asyncio.to_thread(polekit, "ota", "status", "-c", str(rig.config))
+            messages = list(sub.messages)
+            await until(lambda: _fw_version(sub, codes[0]) == 1, 30, "the canary on 0.1")
         assert accepted["ok"] is True and accepted["ota"]["devices"] == codes, accepted
         final = events(messages, "ota_rollout")[-1][2]
         assert final["state"] == "stopped" and codes[0] in final["reason"], final
@@ -336,45 +350,24 @@ def _cut_midway(tmp_path: Path, serial: int, cut: Cut) -> tuple[dict[str, Any], 
     third = sum(f.stat().st_size for f in (bundle / "lib").rglob("*") if f.is_file()) // 3
 
     async def scenario() -> tuple[dict[str, Any], str, Any]:
-        with (
-            pole_line(tmp_path, key, codes, 115200, changed="all") as (line, boards),
-            LocalBroker() as broker,
-        ):
-            config = ota_config(
-                tmp_path / "gateway.toml",
-                tmp_path / "data",
-                broker.url,
-                _pole_devices(codes),
-                [rtu_bus(line.endpoint(), 115200)],
-                key.with_suffix(".pub"),
-                trial_wait=120,
-            )
-            async with Collector(broker.host, broker.port) as sub:
-                gw = GatewayProcess(config, tmp_path / "gateway.log")
-                try:
-                    await until(lambda: _fw_version(sub, codes[0]) == 1, 60, "0.1")
-                    push = await asyncio.to_thread(
-                        polekit,
-                        "ota", "push", "-c", str(config), "--bundle", str(bundle),
-                        "--devices", codes[0], "--no-wait",
-                    )  # fmt: skip
-                    assert push.returncode == 0, push.stderr
+        async with gateway_on_line(tmp_path, key, codes, 115200, "all", trial_wait=120) as rig:
+            push = await asyncio.to_thread(
+                polekit,
+                "ota", "push", "-c", str(rig.config), "--bundle", str(bundle),
+                "--devices", codes[0], "--no-wait",
+            )  # fmt: skip
+            assert push.returncode == 0, push.stderr
 
-                    def have() -> int:
-                        h = gw.health()
-                        rollout = h and h["ota"]["rollout"]
-                        return rollout["devices"][0]["have"] if rollout else 0
+            def have() -> int:
+                h = rig.gw.health()
+                rollout = h and h["ota"]["rollout"]
+                return rollout["devices"][0]["have"] if rollout else 0
 
-                    await until(lambda: have() > third, 120, "a third of the transfer")
-                    gw, seen = await cut(gw, config, boards)
-                    await until(
-                        lambda: len(events(sub.messages, "ota_result")) == 1, 300, "the report"
-                    )
-                    output = gw.output()
-                finally:
-                    gw.proc.terminate()
-                    gw.proc.wait(timeout=15)
-        return events(sub.messages, "ota_result")[0][2], output, seen
+            await until(lambda: have() > third, 120, "a third of the transfer")
+            rig.gw, seen = await cut(rig.gw, rig.config, rig.boards)
+            await until(lambda: len(events(rig.sub.messages, "ota_result")) == 1, 300, "the report")
+            output = rig.gw.output()
+        return events(rig.sub.messages, "ota_result")[0][2], output, seen
 
     report, output, seen = run(scenario(), 600)
     assert report["result"] == "updated" and report["version_after"] == "0.2", report

@@ -9,8 +9,11 @@ comes back as the gateway's ``ota_result`` event."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +71,35 @@ def _console(board: EmulatedBoard) -> str:
     return bytes(board.serial_log).decode(errors="replace")
 
 
+@dataclass
+class Rig:
+    gw: GatewayProcess
+    sub: Collector
+    config: Path
+    board: EmulatedBoard
+
+
+@contextlib.asynccontextmanager
+async def gateway_on_air(tmp_path: Path, code: str, flash: Path) -> AsyncIterator[Rig]:
+    """The community node (``flash``) on the virtual air, a broker, a collector and a
+    `polekit gateway run` with the node as its BLE device; yields once its adverts reach
+    the broker, and stops the gateway at the end."""
+    with (
+        VirtualAir(tmp_path / "air.sock") as air,
+        EmulatedBoard(COMMUNITY, fs_dir=flash, air=air.path) as board,
+        LocalBroker() as broker,
+    ):
+        config = _config(tmp_path, broker, air, code, board.mac)
+        async with Collector(broker.host, broker.port) as sub:
+            rig = Rig(GatewayProcess(config, tmp_path / "gateway.log"), sub, config, board)
+            try:
+                await until(lambda: sub.packs(code), 60, "the node's adverts")
+                yield rig
+            finally:
+                rig.gw.proc.terminate()
+                rig.gw.proc.wait(timeout=15)
+
+
 def test_a_signed_update_reaches_a_community_node_over_ble_through_the_gateway(
     tmp_path: Path,
 ) -> None:
@@ -77,33 +109,22 @@ def test_a_signed_update_reaches_a_community_node_over_ble_through_the_gateway(
     assert update.folder is not None
 
     async def scenario() -> tuple[Any, list[Any], float, str]:
-        with (
-            VirtualAir(tmp_path / "air.sock") as air,
-            EmulatedBoard(COMMUNITY, fs_dir=flash, air=air.path) as board,
-            LocalBroker() as broker,
-        ):
-            config = _config(tmp_path, broker, air, code, board.mac)
-            async with Collector(broker.host, broker.port) as sub:
-                gw = GatewayProcess(config, tmp_path / "gateway.log")
-                try:
-                    await until(lambda: sub.packs(code), 60, "the node's adverts")
-                    started = time.monotonic()
-                    push = await asyncio.to_thread(
-                        polekit,
-                        "ota", "push", "-c", str(config), "--bundle", str(update.folder),
-                        "--devices", code,
-                        timeout=600,
-                    )  # fmt: skip
-                    took = time.monotonic() - started
-                    assert push.returncode == 0, push.stdout + push.stderr + gw.output()[-3000:]
-                    # the node advertises on as 0.2 (the gateway goes on reading it)
-                    seen = len(sub.packs(code))
-                    await until(lambda: len(sub.packs(code)) > seen, 30, "adverts on 0.2")
-                    messages = list(sub.messages)
-                    console = _console(board)
-                finally:
-                    gw.proc.terminate()
-                    gw.proc.wait(timeout=15)
+        async with gateway_on_air(tmp_path, code, flash) as rig:
+            sub = rig.sub
+            started = time.monotonic()
+            push = await asyncio.to_thread(
+                polekit,
+                "ota", "push", "-c", str(rig.config), "--bundle", str(update.folder),
+                "--devices", code,
+                timeout=600,
+            )  # fmt: skip
+            took = time.monotonic() - started
+            assert push.returncode == 0, push.stdout + push.stderr + rig.gw.output()[-3000:]
+            # the node advertises on as 0.2 (the gateway goes on reading it)
+            seen = len(sub.packs(code))
+            await until(lambda: len(sub.packs(code)) > seen, 30, "adverts on 0.2")
+            messages = list(sub.messages)
+            console = _console(rig.board)
         return push, messages, took, console
 
     push, messages, took, console = run(scenario(), 900)
@@ -141,30 +162,15 @@ def test_a_failing_version_over_ble_is_rolled_back_and_the_gateway_reports_it(
     assert update.folder is not None
 
     async def scenario() -> tuple[dict[str, Any], list[Any], Any, str]:
-        with (
-            VirtualAir(tmp_path / "air.sock") as air,
-            EmulatedBoard(COMMUNITY, fs_dir=flash, air=air.path) as board,
-            LocalBroker() as broker,
-        ):
-            config = _config(tmp_path, broker, air, code, board.mac)
-            async with Collector(broker.host, broker.port) as sub:
-                gw = GatewayProcess(config, tmp_path / "gateway.log")
-                try:
-                    await until(lambda: sub.packs(code), 60, "the node's adverts")
-                    command = {"id": "u-1", "ota": {"bundle": str(update.folder)}}
-                    await sub.publish(
-                        f"polekit/v1/{GATEWAY}/cmd/{code}", json.dumps(command).encode()
-                    )
-                    await until(
-                        lambda: len(events(sub.messages, "ota_rollout")) == 2, 600, "the end"
-                    )
-                    accepted = cbor.loads(sub.on(f"/cmd-result/{code}")[0].payload)
-                    status = await asyncio.to_thread(polekit, "ota", "status", "-c", str(config))
-                    messages = list(sub.messages)
-                    console = _console(board)
-                finally:
-                    gw.proc.terminate()
-                    gw.proc.wait(timeout=15)
+        async with gateway_on_air(tmp_path, code, flash) as rig:
+            sub = rig.sub
+            command = {"id": "u-1", "ota": {"bundle": str(update.folder)}}
+            await sub.publish(f"polekit/v1/{GATEWAY}/cmd/{code}", json.dumps(command).encode())
+            await until(lambda: len(events(sub.messages, "ota_rollout")) == 2, 600, "the end")
+            accepted = cbor.loads(sub.on(f"/cmd-result/{code}")[0].payload)
+            status = await asyncio.to_thread(polekit, "ota", "status", "-c", str(rig.config))
+            messages = list(sub.messages)
+            console = _console(rig.board)
         return accepted, messages, status, console
 
     accepted, messages, status, console = run(scenario(), 900)

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from otalinkkit import Signed, flashed_node, signed_bundle, staged
+from otalinkkit import (
+    BundleServer,
+    Signed,
+    assert_pulled,
+    flashed_node,
+    signed_bundle,
+    staged,
+)
 from uplinkkit import Subscriber, wait_for
 
 from polekit.firmware.deploy.bundle import DEFAULT_MPY, compile_module
@@ -34,81 +38,6 @@ EXTRA = {  # what version 0.2 adds (incompressible): fetched over HTTP
     "lib/node/more.py": os.urandom(4000),
     "lib/node/tiny.py": b"x = 1\n",
 }
-
-
-class BundleServer:
-    """A real HTTP/1.1 server on loopback serving one bundle folder, with Range (RFC 9110
-    section 14: `bytes=N-` answered 206 with Content-Range). ``cut`` maps a path to a byte
-    count: its first GET sends that many body bytes and drops the connection. Every request
-    is logged as (path, range start or None). ``stall`` maps a path to a byte count: its
-    first GET sends that many body bytes, sets ``stalled`` and holds the connection open
-    until ``release`` is set."""
-
-    def __init__(
-        self,
-        files: dict[str, bytes],
-        cut: dict[str, int] | None = None,
-        stall: dict[str, int] | None = None,
-    ) -> None:
-        self.files = files
-        self.cut = dict(cut or {})
-        self.stall = dict(stall or {})
-        self.stalled = threading.Event()
-        self.release = threading.Event()
-        self.log: list[tuple[str, int | None]] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass  # the test reads server.log
-
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                path = self.path.removeprefix("/bundle/")
-                ranged = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
-                start = int(ranged.group(1)) if ranged else None
-                server.log.append((path, start))
-                data = server.files.get(path)
-                if data is None:
-                    self.send_error(404)
-                    return
-                body = data[start or 0 :]
-                self.send_response(206 if ranged else 200)
-                if ranged:
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Connection", "close")
-                self.end_headers()
-                held = server.stall.pop(path, None)
-                if held is not None:
-                    self.wfile.write(body[:held])
-                    self.wfile.flush()
-                    server.stalled.set()
-                    server.release.wait(30)
-                    self.close_connection = True
-                    return
-                cut = server.cut.pop(path, None)
-                if cut is not None:
-                    self.wfile.write(body[:cut])
-                    self.wfile.flush()
-                    self.close_connection = True
-                    self.connection.shutdown(2)  # the link dropped mid-file
-                    return
-                self.wfile.write(body)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.httpd.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}/bundle/"
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> BundleServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 # The test's Wi-Fi node (/wifi_node.py): MqttLink over WifiMqtt, commands through the
@@ -158,7 +87,7 @@ def run_node():
     def session():
         return OtaSession(BOARD, running, reset)
 
-    ota = OtaCommand(link, state, session, reset, timeout_s=2)
+    ota = OtaCommand(box, state, session, reset, timeout_s=2)
 
     def handler(code, body):
         if "ota" in body:
@@ -271,14 +200,8 @@ def test_an_ota_command_installs_the_bundle_over_http_and_reports(tmp_path: Path
     assert "node up, running 0.2" in log
     # the signature checked in a boot of its own (node.start.check_boot), once
     assert log.count("update: signature and manifest good") == 1, log
-    for path, data in update.files.items():
-        assert staged(flash, path).read_bytes() == data, path
-    paths = [p for p, _ in server.log]
-    assert paths[:2] == ["manifest.cbor", "manifest.sig"]
     # only what slot a lacks (the node's own modules are copied from it), each once, whole
-    assert paths[2:] == [p for p in update.files if p in EXTRA or p.endswith("version.mpy")]
-    assert all(start is None for _, start in server.log)
-    fetched = sum(len(update.files[p]) for p in paths[2:])
+    fetched = assert_pulled(update, server.log, flash, EXTRA)
     print(f"HTTP pull: {fetched} of the bundle's {update.size} bytes fetched")
 
 
@@ -297,8 +220,8 @@ def test_a_wrongly_signed_bundle_is_refused_with_its_reason(tmp_path: Path) -> N
     update = _update(tmp_path)
     results, server, flash, log = _pull(tmp_path, update, sig=bytes(64))
     assert results[1]["id"] == "u1" and results[1]["ok"] is False, results
-    assert results[1]["code"] == 1 and "signature" in results[1]["error"], results
-    assert [p for p, _ in server.log] == ["manifest.cbor", "manifest.sig"]  # no file fetched
+    assert results[1]["code"] == 1 and "signature" in results[1]["error"], (results, log[-3000:])
+    assert [p for p, _ in server.log] == ["manifest.sig", "manifest.cbor"]  # no file fetched
     assert "update refused" in log  # by the check boot, before the node started again
     assert not (flash / "slot_b").exists()  # not a byte staged
     assert not (flash / "ota" / "boot.json").exists()  # slot a runs on, untouched

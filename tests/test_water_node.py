@@ -112,6 +112,29 @@ def test_flow_rate_and_totalised_volume(board: EmulatedBoard) -> None:
     run(board, "fm.stop()")
 
 
+def test_the_self_test_reads_every_water_sensor_and_names_a_cut_loop(
+    board: EmulatedBoard,
+) -> None:
+    # what `polekit deploy` and a new version's trial run (node/selftest.py), through the
+    # board's own drivers against the virtual loop, accelerometer and battery
+    board.set("level.metres", 2.0)  # 10.4 mA through 120 ohm
+    rows = ast.literal_eval(run_async(board, "from node import selftest", "selftest.run()"))
+    checks = {r[0]: r for r in rows}
+    assert set(checks) == {"config", "level", "rain", "flow", "cover", "battery", "uplink"}, rows
+    assert all(ok for _, ok, _ in rows), rows
+    assert float(checks["level"][2].split()[0]) == pytest.approx(2.0, abs=0.01), rows
+    assert "tilt 0.0 deg" in checks["cover"][2], rows
+    assert checks["uplink"][2] == "MQTT over Wi-Fi 'polekit' to 192.168.1.10:1883", rows
+    board.set("level.open", 1)  # a cut cable: the row fails and says what to look at
+    try:
+        rows = ast.literal_eval(run_async(board, "from node import selftest", "selftest.run()"))
+    finally:
+        board.set("level.open", 0)
+    assert [r for r in rows if not r[1]] == [
+        ["level", False, "4-20 mA loop open: 0.00 mA (a cut cable or no power)"]
+    ], rows
+
+
 # ---- the node: whole cycles on the emulated board, through a real broker -------------------
 #
 # The node runs as deployed (main.py, /config.json from the board's [config] plus the test's

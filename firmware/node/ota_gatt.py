@@ -21,7 +21,7 @@ import gc
 from protocols import cbor
 from protocols import ota_gatt as og
 
-from .ota.verify import HEADER, PENDING, VERIFIED
+from .ota.verify import HEADER, PENDING
 from .ota_reason import reason
 
 ERROR_CHARS = 100  # an answer fits one notification (MTU - 3 bytes)
@@ -225,17 +225,10 @@ class OtaGatt:
     # on this very header; (None, None) after marking it for a check boot (the answer says
     # "check": the central connects again once the node is back)
     async def _verdict(self, conn):
-        import json
+        from .ota.verify import pause, verdict
 
-        from .ota.verify import OtaRefusedError, header_id, pause, read_table_steps
-
-        ident = header_id(self.header)
-        try:
-            with open(VERIFIED) as f:
-                verdict = json.load(f)
-        except (OSError, ValueError):
-            verdict = {}
-        if verdict.get("id") != ident:
+        info, ident = verdict(self.header)
+        if info is None:
             with open(PENDING, "w") as f:
                 f.write("%d\n" % self.header)
             print("ota: checking the signature in a boot of its own")
@@ -243,13 +236,8 @@ class OtaGatt:
             await pause(100)  # the answer leaves the radio first
             self.reset()
             return None, None
-        code = verdict.get("code")
-        if code:
-            from protocols.ota import error_text
-
-            raise OtaRefusedError(code, error_text(code))
         await pause(1, True)
-        return {"version": verdict["version"], "files": await read_table_steps()}, ident
+        return info, ident
 
     async def _commit(self, conn):
         try:

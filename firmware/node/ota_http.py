@@ -1,6 +1,6 @@
 # OTA over Wi-Fi for a node with its own uplink (MqttLink): an `ota` command names the URL
 # of a signed bundle's folder ({"id": 7, "ota": "http://host:8080/bundles/0.2/"}); the node
-# fetches manifest.cbor and manifest.sig there, then each file at its board path under the
+# fetches manifest.sig and manifest.cbor there, then each file at its board path under the
 # URL, from where the staging stands: `Range: bytes=N-`, so a dropped connection or a reset
 # costs only what never reached the flash. Then the session's commit (hashes, install,
 # reset).
@@ -12,7 +12,9 @@
 # verdict (verify.VERIFIED) and resets again. The command (PULL_KEY in the node's state)
 # survives those resets: the node takes the verdict at start-up (resume) and fetches the
 # files, or answers the command with the refusal. A resumed pull of the same bundle is not
-# checked again.
+# checked again. A node that sleeps between wakes (the water node) has no heap for the pull
+# beside its drivers and MQTT client: it keeps the command (queue) and runs it in boots of
+# its own (node/ota_wake.py).
 #
 # Plain HTTP on purpose: the bundle is signed (Ed25519 over the manifest, every file's
 # SHA-256 in it) and the node checks both, so the transport needs no trust; the emulated
@@ -24,6 +26,7 @@ import asyncio
 import gc
 import socket
 
+from .ota import PULL_KEY, REPORT_KEY
 from .ota_reason import reason
 
 CHUNK = 512  # bytes per read: small allocations
@@ -37,8 +40,6 @@ HEAD_MAX = 2048  # a response's status line and headers
 MANIFEST_MAX = 8192
 SIG_BYTES = 64
 ATTEMPTS = 5  # connections in a row that staged nothing before the pull gives up
-REPORT_KEY = "ota.cmd"  # [code, id, heap low] of the command whose update is being installed
-PULL_KEY = "ota.pull"  # [code, id, url] of a command whose header a check boot checks
 
 
 # (host, port, path) of an http:// URL; ValueError for anything else
@@ -161,20 +162,37 @@ class HttpPull:
         if self.heap_low is None or free < self.heap_low:
             self.heap_low = free
 
-    # manifest.cbor and manifest.sig, to verify.HEADER (the signature, then the manifest):
-    # what a check boot checks. Its size in bytes.
+    # manifest.sig, then manifest.cbor after it in verify.HEADER (the signature, then the
+    # manifest: what a check boot checks), written a read at a time: the manifest (5-8 KB)
+    # is never whole in the heap, where a growing copy of it took twice that between two
+    # collections beside the node's MQTT client. Its size in bytes.
     async def fetch_header(self):
         from .ota.verify import HEADER
 
-        manifest = await self._whole("manifest.cbor", MANIFEST_MAX)
         sig = await self._whole("manifest.sig", SIG_BYTES)
         if len(sig) != SIG_BYTES:
             raise ValueError(1, "manifest.sig has %d bytes, not %d" % (len(sig), SIG_BYTES))
         _makedir(HEADER)
         with open(HEADER, "wb") as f:
             f.write(sig)
-            f.write(manifest)
-        return SIG_BYTES + len(manifest)
+            return SIG_BYTES + await self._to_file("manifest.cbor", f, MANIFEST_MAX)
+
+    # the body of GET ``name`` written to the open file ``f`` as it comes; its size
+    async def _to_file(self, name, f, limit):
+        s, data, _ = self._open(name, 0)
+        size = 0
+        try:
+            while True:
+                size += len(data)
+                if size > limit:
+                    raise ValueError("ota: %s is over %d bytes" % (name, limit))
+                f.write(data)
+                await asyncio.sleep_ms(YIELD_MS)
+                data = s.recv(CHUNK)
+                if not data:
+                    return size
+        finally:
+            s.close()
 
     # every file the staging lacks, into the session (begun on the checked manifest).
     # Raises ValueError(code, text) for a refusal, OSError when the server stayed
@@ -207,30 +225,14 @@ def _makedir(path):
         pass  # it exists
 
 
-# (the checked manifest's {"version", "files"}, its id) from the check boot's verdict on
-# the header on the flash; (None, id) when no check boot gave one for it yet. Raises
-# OtaRefusedError when the check refused it.
-async def _verdict():
-    import json
-    import os
-
-    from .ota.verify import HEADER, VERIFIED, OtaRefusedError, header_id, pause, read_table_steps
-
-    ident = header_id(os.stat(HEADER)[6])
-    try:
-        with open(VERIFIED) as f:
-            verdict = json.load(f)
-    except (OSError, ValueError):
-        verdict = {}
-    if verdict.get("id") != ident:
-        return None, ident
-    code = verdict.get("code")
-    if code:
-        from protocols.ota import error_text
-
-        raise OtaRefusedError(code, error_text(code))
-    await pause(1, True)
-    return {"version": verdict["version"], "files": await read_table_steps()}, ident
+# The answer to an `ota` command that a node runs later, at its next start (resume): the
+# command is kept in the node's state (PULL_KEY, its header not fetched yet); ValueError
+# for a URL that is not http://.
+def queue(state, code, body):
+    url = body.get("ota")
+    parse_url(url)  # a bad URL is the command's own error
+    state.set(PULL_KEY, [code, body.get("id"), url, False], now=True)
+    return {"ok": True, "ota": "fetching"}
 
 
 class OtaCommand:
@@ -238,10 +240,11 @@ class OtaCommand:
     # answers at once ({"ok": true, "ota": "fetching"}); a refusal or a failure later goes
     # out as a second result for the same id, and the new version, once running, reports
     # its status as the last one. resume() at start-up (from the node's loop) sends that
-    # report, or goes on with an update whose signature the check boot has just checked.
+    # report, or goes on with a command kept for later (queue) or with an update whose
+    # signature the check boot has just checked. ``outbox``: where the later results go;
     # ``reset``: the node's planned reset (its state flushed first). Later results are JSON.
-    def __init__(self, link, state, make_session, reset, timeout_s=10):
-        self.link = link
+    def __init__(self, outbox, state, make_session, reset, timeout_s=10):
+        self.outbox = outbox
         self.state = state
         self.make_session = make_session
         self.reset = reset
@@ -257,17 +260,28 @@ class OtaCommand:
         self._go(code, body.get("id"), url, False)
         return {"ok": True, "ota": "fetching"}
 
+    # the pull under way, to its end: it returns when the pull failed (its result is in
+    # the outbox) or there was none; an update that went through, or one that needs its
+    # check boot, resets the node instead
+    async def finish(self):
+        task = self.task
+        if task is not None:
+            await task
+
     def _go(self, code, cid, url, checked):
         self.pull = pull = HttpPull(url, self.timeout_s)
         self.task = asyncio.create_task(self._run(pull, code, cid, checked))
 
     async def _run(self, pull, code, cid, checked):
-        from .ota.verify import pause
+        import os
+
+        from .ota.verify import HEADER, pause, verdict
 
         try:
             if not checked:
                 await pull.fetch_header()
-            info, ident = await _verdict()
+            # the check boot's verdict on the header (the files' table read as begin takes it)
+            info, ident = verdict(os.stat(HEADER)[6])
             if info is None:
                 if checked:  # the check boot failed in a way of its own (its log says)
                     raise ValueError("ota: the signature check gave no verdict; send it again")
@@ -302,7 +316,7 @@ class OtaCommand:
 
         from .ota.verify import HEADER, PENDING, pause
 
-        self.state.set(PULL_KEY, [code, cid, pull.url], now=True)
+        self.state.set(PULL_KEY, [code, cid, pull.url, True], now=True)
         with open(PENDING, "w") as f:
             f.write("%d\n" % os.stat(HEADER)[6])
         print("ota: checking the signature in a boot of its own")
@@ -312,18 +326,20 @@ class OtaCommand:
     def _result(self, code, result):
         import json
 
-        self.link.outbox.put("cmd-result", code, json.dumps(result).encode())
+        self.outbox.put("cmd-result", code, json.dumps(result).encode())
 
-    # at start-up, from the node's loop: an update whose header the check boot has just
-    # checked goes on (the files fetched, or the refusal answered); the result of the
+    # at start-up, from the node's loop: a command kept for later (queue) starts, an
+    # update whose header the check boot has just checked goes on (the files fetched, or
+    # the refusal answered); the result of the
     # command whose update led to this version goes out with the session's status (the
     # version running, a rollback's reason) and the least free heap the pull saw
     def resume(self):
         pulling = self.state.get(PULL_KEY)
         if pulling:
-            code, cid, url = pulling
+            code, cid, url = pulling[:3]
+            checked = pulling[3] if len(pulling) > 3 else True  # an earlier version's: checked
             self.state.set(PULL_KEY, None, now=True)  # once: a pull that resets comes back
-            self._go(code, cid, url, True)
+            self._go(code, cid, url, checked)
             return
         pending = self.state.get(REPORT_KEY)
         if not pending:

@@ -83,24 +83,42 @@ def main(boot=None):
         if battery:
             _sleep_instead(config)
         return
-    if battery:
-        try:
-            from .water import main as water_main  # alone: its heap is the budget
-
-            water_main(config, board, BOOT_MS)  # calls started() once up; sleeps, never returns
-        except Exception as exc:  # noqa: BLE001 - counted, shown, then the node sleeps
-            _failed(crashes, exc)
-            _sleep_instead(config)
-        return
     try:
         os.stat("/ota/check")  # node/ota/verify.py's PENDING: an update's signature to check
     except OSError:
-        node = _make_node(config, board, boot, crashes)
-        if node:
-            asyncio.run(_run(node, boot))
+        pass
+    else:
+        asyncio.run(check_boot(board))  # it ends in a reset (the emulated board's
+        return  # asyncio.run returns at once: nothing may follow it here)
+    if battery:
+        try:
+            if not _on_trial(boot) and _update_work():  # an update's work: a boot of its own
+                from .ota_wake import run as ota_wake
+
+                asyncio.run(ota_wake(config, board))  # it ends in a reset
+                return
+            from .water import main as water_main  # alone: its heap is the budget
+
+            water_main(config, board, BOOT_MS, boot)  # calls started() once up; never returns
+        except Exception as exc:  # noqa: BLE001 - counted, shown, then the node sleeps
+            if _on_trial(boot):
+                raise  # the boot selector (/main.py) rolls this version back
+            _failed(crashes, exc)
+            _sleep_instead(config)
         return
-    asyncio.run(check_boot(board))  # it ends in a reset (the emulated board's asyncio.run
-    # returns at once: nothing may follow it here)
+    node = _make_node(config, board, boot, crashes)
+    if node:
+        asyncio.run(_run(node, boot))
+
+
+# the node's state names an update's work (node/ota_wake.py): read without loading that
+# module, whose code a wake of the node would otherwise hold
+def _update_work():
+    from .ota import PULL_KEY, REPORT_KEY
+    from .state import load
+
+    state = load("/state.json")  # the water node's StateFile (water.py STATE_FILE)
+    return bool(state.get(PULL_KEY) or state.get(REPORT_KEY))
 
 
 def _on_trial(boot):

@@ -16,6 +16,16 @@
 # storm_report_s while it rains (a tip within the last report_s), so a rising river is seen
 # within minutes.
 #
+# An update (docs/ota.md "Over Wi-Fi HTTP") comes as an `ota` command in a flush: the node
+# answers it, keeps it (ota_http.queue) and resets at the end of the wake instead of
+# sleeping; the update's work is done in boots of their own (node/ota_wake.py: a wake has
+# no heap for it beside the drivers and the MQTT client), which end in the new version.
+# That version's trial is its first wake: its self-test, then a cycle whose report the
+# broker acknowledges (the boot record then says "confirmed"); if it raises, fails the
+# self-test or finds no broker, it asks the boot selector (/main.py) to roll it back, whose
+# own watchdog and crash-loop checks stand too. The command's last result (the version's
+# status) goes out from a boot of its own after that wake.
+#
 # The cycle is one asyncio task that yields (`await sleep_ms(0)`, `_breathe`) between its
 # steps and between the packs of a flush, and allocates little: on the chip a yield costs
 # nothing; on the emulated board (MicroPython's WebAssembly port) garbage is collected only
@@ -45,8 +55,9 @@ from .wake_rules import (
 )
 
 STATE_FILE = "/state.json"
-SEQ_FILE = "/seq.json"
+DOWN_KEY = "down"  # in the state file: the sensors down at the last sample
 PSM_ACTIVE_S = 2  # T3324 asked of the NB-IoT module
+TRIAL_WDT_MS = 30000  # a version on trial: its wake, past the flush budget, at most this long
 FLUSH_SLICE_MS = 1  # a flush slice sends about one pack: then the cycle yields
 SETTABLE = (
     "report_s",
@@ -63,8 +74,12 @@ SETTABLE = (
 
 
 class WaterNode:
-    def __init__(self, config, board, boot_ms=0):
+    # ``boot``: the boot record /main.py read (None: no update ever ran)
+    def __init__(self, config, board, boot_ms=0, boot=None):
         self.boot_ms = boot_ms  # ticks_ms when the firmware started (start.py)
+        self.boot = boot or {}
+        self.trial = self.boot.get("state") == "trial"  # this version's first wake
+        self.wdt = None  # armed for a trial wake
         from .settings import load_json
         from .settings_mqtt import WATER_LIMITS, check_hystereses
 
@@ -138,6 +153,8 @@ class WaterNode:
         # a collection, then the heap's low-water mark: the free heap at the cycle's fullest
         # moments (samples taken, packs built, the link and its client up), what is live
         # there, not the garbage a collection would give back
+        if self.wdt is not None:
+            self.wdt.feed()
         gc.collect()
         await sleep_ms(0)  # where the emulated board collects (the chip already has)
         free = gc.mem_free()
@@ -146,11 +163,35 @@ class WaterNode:
 
     # ---- one cycle ---------------------------------------------------------------------
 
+    # the wake, then deep sleep; a version on trial that fails asks for its rollback and
+    # resets instead (a reset never returns on the chip; on the emulated board the code
+    # after it runs on briefly, but nothing it writes or sends leaves the VM)
     async def run(self):
         try:
+            if self.trial:
+                # the watchdog /main.py armed for the start, re-armed for the whole wake
+                self.wdt = machine.WDT(timeout=self.config["flush_ms"] + TRIAL_WDT_MS)
+                from .ota.trial import selftest
+
+                if not await selftest(self.boot, self.state.flush):
+                    return  # a rollback asked for: the reset is under way
             await self.cycle()
-        finally:
-            self.sleep()
+        except Exception as exc:  # noqa: BLE001 - shown; the node sleeps and tries again
+            import sys
+
+            sys.print_exception(exc)
+            if self.trial:
+                from protocols.ota import RB_EXCEPTION
+
+                from .ota.trial import fail
+
+                fail(RB_EXCEPTION, self.state.flush)  # the boot selector rolls it back
+                return
+        if self._ota_pending():  # an update's work, or its result: a boot of its own
+            self.state.flush()
+            machine.reset()
+            return
+        self.sleep()
 
     async def cycle(self):
         c = self.config
@@ -171,6 +212,7 @@ class WaterNode:
             or now >= rtc.get("next", 0)
             or wake == machine.EXT1_WAKE
             or cover_news(self.cover.contact_open(), rtc)
+            or self.trial  # a new version's first wake: its report is its trial
         )
         values = None
         if due:
@@ -259,6 +301,10 @@ class WaterNode:
         if tilt is not None:
             values["tilt"] = round(tilt, 1)
         values["voltage"] = round(self.battery.read_uv() / 1e6 * self.divider, 3)
+        # the sensors down now: an update's trial self-test does not hold them against the
+        # new version (ota/trial.py "known_down"; node/ota_wake.py reads this)
+        down = [n for n, bad in (("level", fault), ("cover", tilt is None)) if bad]
+        self.state.set(DOWN_KEY, down)
         if rtc.get("awake_ms") is not None:  # the previous cycle's, whole (this one is not over)
             values["awake_time"] = rtc.get("awake_ms") / 1000
             values["free_heap"] = rtc.get("heap_min")
@@ -293,6 +339,8 @@ class WaterNode:
             link.report(self.code, values)
         await self._breathe()
         sent = await self.flush(link)
+        if self.trial and not self._trial_verdict(link, sent):
+            return sent  # a rollback asked for: the reset is under way
         from .uplinks.mqtt_link import unix_time
 
         if unix_time() is None:  # no clock since power-on: the network's (NTP or AT+CCLK?)
@@ -305,6 +353,42 @@ class WaterNode:
         if link.transport.status().get("psm"):
             self.rtc.set("psm", True)  # the next wake finds the modem asleep
         return sent
+
+    # ---- an update (node/ota_http.py) -------------------------------------------------
+
+    def _ota_pending(self):
+        from .ota import PULL_KEY, REPORT_KEY
+
+        return bool(self.state.get(PULL_KEY) or self.state.get(REPORT_KEY))
+
+    # answered at once, run from the end of this wake on (node/ota_wake.py)
+    def _ota_command(self, code, body):
+        if self.config["uplink"] != "wifi":
+            raise ValueError(
+                "ota: this node's uplink is NB-IoT, which carries no HTTP pull; update it "
+                "by cable (polekit deploy)"
+            )
+        if self._ota_pending():
+            raise ValueError("ota: an update is under way on this node; send it again later")
+        from .ota_http import queue
+
+        return queue(self.state, code, body)
+
+    # a new version's trial, once its first flush is over: the broker took everything the
+    # outbox held (this wake's report last), or the version is rolled back (reason 5)
+    def _trial_verdict(self, link, sent):
+        from .ota import trial
+
+        if sent and not self.held:
+            trial.confirm()
+            self.trial = False
+            return True
+        fault = link.last_fault
+        print("polekit: trial: the broker did not take this wake's report (%s)" % fault)
+        from protocols.ota import RB_UPLINK
+
+        trial.fail(RB_UPLINK, self.state.flush)
+        return False
 
     def _console_alarms(self, events):
         # no uplink to send on (none in the bundle, or none configured): the cycle's line on
@@ -348,8 +432,7 @@ class WaterNode:
     def _link(self):
         # the link from the MQTT uplink's settings (settings_mqtt.MQTT_*), whichever radio:
         # ValueError names a missing broker or access point
-        from .outbox import Outbox
-        from .uplinks.mqtt_link import MqttLink
+        from .uplinks.mqtt_link import from_settings
 
         c = self.config
         if c["uplink"] == "nbiot":
@@ -369,29 +452,20 @@ class WaterNode:
                 asleep=self.rtc.get("psm", False),  # PSM from the last cycle: PWRKEY wakes it
             )
             self.rtc.set("psm", False)
-            link = MqttLink(
-                transport,
-                Outbox(capacity=c["outbox_bytes"]),
-                c["node_id"],
-                StateFile(SEQ_FILE),
-                c["mqtt_prefix"],
-            )
         else:
             from .uplinks import wifi_mqtt
 
-            link = MqttLink(
-                wifi_mqtt.from_settings(c),
-                Outbox(capacity=c["outbox_bytes"]),
-                c["node_id"],
-                StateFile(SEQ_FILE),
-                c["mqtt_prefix"],
-            )
+            transport = wifi_mqtt.from_settings(c)
+        link = from_settings(c, transport)
         link.on_command(self.on_command)
         return link
 
     def on_command(self, code, body):
         """A platform command: {"id": ..., "set": {"report_s": 600}} changes settings, kept
-        on flash; the new report interval applies from this wake on."""
+        on flash; the new report interval applies from this wake on. {"id": ..., "ota":
+        URL} fetches a signed update once the flush is over (node/ota_http.py)."""
+        if "ota" in body:
+            return self._ota_command(code, body)
         from .settings_mqtt import WATER_LIMITS, hysteresis_faults
 
         changes = body.get("set")
@@ -450,13 +524,17 @@ class WaterNode:
         )
 
 
-def main(config, board, boot_ms=0):
+def main(config, board, boot_ms=0, boot=None):
     import asyncio
 
-    node = WaterNode(config, board, boot_ms)
+    node = WaterNode(config, board, boot_ms, boot)
     from .start import started
+    from .version import VERSION
 
     started()  # up: the start-up crash count starts over (this main never returns)
-    print("polekit water node %s up, uplink %s" % (node.code, node.config["uplink"]))
+    print(
+        "polekit water node %s up, uplink %s, version %d.%d%s"
+        % (node.code, node.config["uplink"], VERSION[0], VERSION[1], " on trial" * node.trial)
+    )
     asyncio.run(node.run())
     return node

@@ -272,39 +272,28 @@ class ModbusWindow:
     # (verify.boot_check): the node resets, checks it before it starts, and the first
     # request to the window after that (the master's status read) takes the verdict.
     async def _begin(self):
-        import json
         import os
 
-        from .verify import PENDING, VERIFIED, OtaRefusedError, header_id, read_table
+        from .verify import PENDING, OtaRefusedError, pause, verdict
 
         n = os.stat(HEADER)[6]
         self.header = 0
         self.error = 0
         try:
-            with open(VERIFIED) as f:
-                verdict = json.load(f)
-        except (OSError, ValueError):
-            verdict = {}
-        if verdict.get("id") != header_id(n):
+            info, ident = verdict(n)
+        except OtaRefusedError as exc:
+            self._refuse(exc.code)
+            raise
+        if info is None:
             with open(PENDING, "w") as f:
                 f.write("%d\n" % n)
             print("polekit: update: checking its signature in a boot of its own")
             await pause_then_reset(self.reset)
             return
-        from .verify import pause
-
-        try:
-            if verdict.get("code"):
-                raise OtaRefusedError(verdict["code"], ota.error_text(verdict["code"]))
-            await pause(1, True)
-            info = {"version": verdict["version"], "files": read_table()}
-        except OtaRefusedError as exc:
-            self._refuse(exc.code)
-            raise
         await pause(1, True)
         s = self._session()
         await pause(1, True)
-        await s.begin(None, None, info, verdict["id"])
+        await s.begin(None, None, info, ident)
 
     async def _commit(self):
         await self._session().commit()

@@ -35,18 +35,25 @@ def fail(code, before_reset=None):
 # A version on trial (``boot``: its boot record): its self-test before the node's tasks
 # start (they would share its buses), a rollback when it fails, else the node runs.
 async def selftest_then(node, boot=None):
-    from .. import selftest
+    if await selftest(boot, node.state.flush):
+        await node.run()
 
-    rows = await selftest.run()
+
+# The self-test of a version on trial: True when it passed; else a rollback is asked for
+# (fail: ``before_reset`` runs, then the reset).
+async def selftest(boot, before_reset=None):
+    from .. import selftest as deploy_selftest
+
+    rows = await deploy_selftest.run()
     known = (boot or {}).get("known_down") or ()
     bad = [r for r in rows if not r[1]]
     for name, _ok, detail in bad:
         was = " (down before the update: not held against it)" if name in known else ""
         print("polekit: trial self-test: %s: %s%s" % (name, detail, was))
     if [r for r in bad if r[0] not in known]:
-        fail(ota.RB_SELFTEST, node.state.flush)
-        return
-    await node.run()
+        fail(ota.RB_SELFTEST, before_reset)
+        return False
+    return True
 
 
 # Watches ``node.uplink_exchanges()`` (a counter of good exchanges on its uplink) for
@@ -87,10 +94,17 @@ class Trial:
                 return
 
     def confirm(self):
-        rec = record.load()
-        rec["state"] = "confirmed"
-        rec["boots"] = 0
-        record.save(rec)
+        rec = confirm()
         self.confirmed = True
         self.on_confirmed(rec)  # what the node reports: no longer on trial
-        print("polekit: version %s confirmed after its trial" % rec.get("version"))
+
+
+# The version on trial keeps its slot: the boot record says "confirmed" (the boot selector
+# no longer counts its boots or rolls it back). Returns the record.
+def confirm():
+    rec = record.load()
+    rec["state"] = "confirmed"
+    rec["boots"] = 0
+    record.save(rec)
+    print("polekit: version %s confirmed after its trial" % rec.get("version"))
+    return rec

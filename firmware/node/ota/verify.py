@@ -312,21 +312,28 @@ async def boot_check(board, running):
         print("polekit: update: signature and manifest good")
 
 
-# The files' table read in steps with a collection between them (``step`` lines a step):
-# the list of a 70-file bundle holds ~13 KB, and read at once its garbage comes on top,
-# more than a running node has free between two collections (the emulated board collects
-# only when the scheduler runs). The BLE and HTTP links read it so.
-async def read_table_steps(step=8):
-    from binascii import unhexlify
+# The check boot's verdict on the header on the flash (``size`` bytes in all), as every
+# link takes it before OtaSession.begin: (the checked manifest's {"version", "files"}, the
+# manifest's id), "files" read from TABLE as begin() takes them (read_table); (None, id)
+# when no check boot gave a verdict on this header yet (the link marks it PENDING and
+# resets). OtaRefusedError when the check refused it.
+def verdict(size):
+    import json
 
-    files = []
-    with open(TABLE) as f:
-        for line in f:
-            size, digest, path = line.split()
-            files.append({"path": path, "size": int(size), "sha256": unhexlify(digest)})
-            if len(files) % step == 0:
-                await pause(1, True)
-    return files
+    ident = header_id(size)
+    try:
+        with open(VERIFIED) as f:
+            said = json.load(f)
+    except (OSError, ValueError):
+        said = {}
+    if said.get("id") != ident:
+        return None, ident
+    code = said.get("code")
+    if code:
+        from protocols.ota import error_text
+
+        raise OtaRefusedError(code, error_text(code))
+    return {"version": said["version"], "files": read_table()}, ident
 
 
 # The files' table a check boot wrote (TABLE): {"path", "size", "sha256"} a file, as a

@@ -52,6 +52,7 @@ from protocols.model import quantity
 COMMAND_MAX_BYTES = 4096  # a node's commands are a few settings; more is not read
 ERROR_MAX_CHARS = 300  # as the gateway's results (gateway/commands.py)
 ID_MAX_CHARS = 128  # as the gateway's command ids (gateway/commands.py ID_MAX_CHARS)
+SEQ_FILE = "/seq.json"  # the packs' sequence numbers, a kind and a device code each
 _EPOCH_2000 = 946684800  # Unix seconds at 2000-01-01, the epoch of older ports' time.time()
 _CLOCK_SET = 1577836800  # 2020-01-01: an earlier clock was never set (no NTP yet)
 
@@ -291,6 +292,21 @@ class MqttLink:
         if isinstance(out, dict) and "ok" in out:
             return dict(out)
         return {"id": None, "ok": True, "set": out if isinstance(out, dict) else {}}
+
+
+# The node's link over ``transport`` (WifiMqtt, NbIotMqtt) from its checked MQTT settings
+# (settings_mqtt): its outbox file, the packs' sequence numbers, its id and topic prefix.
+def from_settings(c, transport):
+    from ..outbox import Outbox
+    from ..state import StateFile
+
+    return MqttLink(
+        transport,
+        Outbox(capacity=c["outbox_bytes"]),
+        c["node_id"],
+        StateFile(SEQ_FILE),
+        c["mqtt_prefix"],
+    )
 
 
 # the id a result can echo, as the gateway takes them (gateway/commands.py _check_id): text

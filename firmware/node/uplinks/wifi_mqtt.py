@@ -136,8 +136,8 @@ class WifiMqtt:
         self.wlan = network.WLAN(network.STA_IF)
         self.ntp_host = ntp_host
 
-    def _join(self):
-        # the access point, within timeout_s
+    # the access point, within timeout_s (an update's HTTP pull needs it without MQTT)
+    def join(self):
         wlan = self.wlan
         if wlan.isconnected():
             return
@@ -153,7 +153,7 @@ class WifiMqtt:
         from umqtt.simple import MQTTClient
 
         self.close()
-        self._join()
+        self.join()
         self._context = self._tls() if self.tls else None
         client = MQTTClient(
             client_id, self.host, self.port, self.user, self.password, self.keepalive, ssl=self
