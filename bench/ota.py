@@ -15,9 +15,12 @@ broker). Figures:
   poll_interval (10 s), and counts against the transfer as it does in the field;
 - update time per node: from the push to the node confirming the new version (its
   signature check, transfer, hash check, restart, trial of ``ota_trial_s``);
-- a street of N nodes on 2 buses (default 20): the rollout's total time, one canary then
-  batches, one transfer at a time per bus. ``--street-nodes`` smaller runs it for real at
-  that size; the 20-node figure is also computed from the measured per-node times.
+- a street of nodes on 2 buses: the rollout's total time, one canary then batches, one
+  transfer at a time per bus. A street of 4 (``--street-nodes``) at 115200 baud runs for
+  real, each node's transfer on the rollout's clock, against the model; 20 emulated boards
+  do not fit beside the gateway on 2 cores, so the 20-node figure is the model's, from the
+  measured per-node times and the gap the street showed between two transfers on a bus
+  (the node's commit).
 
     .venv/bin/python bench/ota.py [--baud 9600 --baud 115200] [--street-nodes 4]
     .venv/bin/python bench/ota.py --smoke      # 115200 only, one node, a 2-node street
@@ -98,10 +101,12 @@ class Timed:
 
 async def rollout(
     tmp: Path, key: Path, bundle: Path, baud: int, per_bus: list[int], batch_size: int
-) -> tuple[float, dict[str, Any], dict[str, tuple[float, float, int]], dict[str, int]]:
+) -> tuple[
+    float, dict[str, Any], dict[str, tuple[float, float, int]], dict[str, int], list[list[str]]
+]:
     """Nodes on ``len(per_bus)`` lines at ``baud``; one rollout to all of them through a
     Gateway; (total seconds, reports by device, transfer timings by device, the least free
-    heap each node reported)."""
+    heap each node reported, the devices of each line)."""
     codes_of = [pole_codes(n, 100 + 50 * i) for i, n in enumerate(per_bus)]
     with contextlib.ExitStack() as stack:
         broker = stack.enter_context(LocalBroker())
@@ -165,22 +170,35 @@ async def rollout(
     for t in timed.values():
         transfers.update(t.transfers)
         heap.update(t.heap_low)
-    return total, {d.device: d.report() for d in last.devices}, transfers, heap
+    return total, {d.device: d.report() for d in last.devices}, transfers, heap, codes_of
 
 
-def street_estimate(nodes: int, transfer_s: float, update_s: float) -> float:
-    """A street's rollout time from one node's figures: the canary alone, then per bus
-    (two) the transfers one after another, the last node's restart and trial after its
-    transfer (each node's restart and trial overlap the next transfer on its bus)."""
+def first_device(transfers: dict[str, tuple[float, float, int]]) -> str:
+    """The canary: the device whose transfer began first."""
+    return min(transfers, key=lambda d: transfers[d][0])
+
+
+def street_estimate(nodes: int, transfer_s: float, update_s: float, gap_s: float) -> float:
+    """A street's rollout time from one node's figures: the canary alone; then on the bus
+    without it (half the nodes, rounded up) the transfers one after another, each ``gap_s``
+    after the one before (that node's commit: it hashes every file while the line waits),
+    and the last node's restart and trial after its transfer. Each node's restart and trial
+    overlap the next transfer on its bus."""
     per_bus = nodes - nodes // 2
-    return update_s + (per_bus - 1) * transfer_s + (update_s - transfer_s)
+    return update_s + per_bus * transfer_s + (per_bus - 1) * gap_s + (update_s - transfer_s)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--baud", type=int, action="append", help="9600 and 115200 by default")
-    parser.add_argument("--street-nodes", type=int, default=0, help="run a street of N nodes")
-    parser.add_argument("--street-baud", type=int, default=9600)
+    parser.add_argument(
+        "--street-nodes",
+        type=int,
+        default=4,
+        help="run a street of N nodes on 2 buses for real (4; 0: none): the 20-node estimate "
+        "takes the gap between two transfers on a bus from it",
+    )
+    parser.add_argument("--street-baud", type=int, default=115200)
     parser.add_argument("--batch-size", type=int, default=5)
     parser.add_argument("--smoke", action="store_true", help="115200, 1 node, 2-node street")
     args = parser.parse_args()
@@ -188,7 +206,7 @@ def main() -> None:
     # `polekit gateway run` does: pymodbus's own lines would bury the figures
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     bauds = args.baud or ([115200] if args.smoke else [9600, 115200])
-    street = args.street_nodes or (2 if args.smoke else 0)
+    street = 2 if args.smoke else args.street_nodes
     street_baud = 115200 if args.smoke else args.street_baud
     tmp = Path(tempfile.mkdtemp(prefix="polekit-bench-ota-"))
     key = make_key(tmp, "bench")
@@ -200,8 +218,9 @@ def main() -> None:
         f"{'update s':>9} {'result':>8} {'heap low':>9}"
     )
     per_node: dict[int, tuple[float, float]] = {}
+    gap_s = None  # between two transfers on one bus, measured by a street run
     for baud in bauds:
-        total, reports, transfers, heap = asyncio.run(
+        total, reports, transfers, heap, _ = asyncio.run(
             rollout(tmp / f"b{baud}", key, bundle, baud, [1], 1)
         )
         ((device, report),) = reports.items()
@@ -215,7 +234,7 @@ def main() -> None:
         )
     if street:
         half = [street - street // 2, street // 2]
-        total, reports, _, _ = asyncio.run(
+        total, reports, transfers, _, lines = asyncio.run(
             rollout(tmp / "street", key, bundle, street_baud, half, args.batch_size)
         )
         ok = sum(r["result"] == "updated" for r in reports.values())
@@ -223,8 +242,26 @@ def main() -> None:
             f"street: {street} nodes on 2 buses at {street_baud} baud, batch {args.batch_size}: "
             f"{total:.0f} s for the rollout, {ok} of {street} updated"
         )
-        if street_baud in per_node:  # the model below, against this street run for real
-            model = street_estimate(street, *per_node[street_baud])
+        # each node's transfer on the rollout's clock (from the canary's first byte) and
+        # its whole update: where the time goes, against the model below
+        first = min(t0 for t0, _, _ in transfers.values())
+        for device in sorted(transfers, key=lambda d: transfers[d][0]):
+            t0, t1, moved = transfers[device]
+            print(
+                f"  {device}: transfer {t0 - first:5.0f} to {t1 - first:5.0f} s "
+                f"({moved} bytes), update {reports[device]['duration_s']} s"
+            )
+        gaps = [
+            transfers[b][0] - transfers[a][1]
+            for codes in lines
+            for a, b in zip(codes, codes[1:], strict=False)
+            if transfers[b][0] > transfers[a][1] and a != first_device(transfers)
+        ]
+        if gaps:
+            gap_s = sum(gaps) / len(gaps)
+            print(f"  between two transfers on a bus (the node's commit): {gap_s:.1f} s")
+        if street_baud in per_node and gap_s is not None:  # the model, against this street
+            model = street_estimate(street, *per_node[street_baud], gap_s)
             print(
                 f"street model for {street} nodes: {model:.0f} s; measured / model = "
                 f"{total / model:.2f}"
@@ -244,10 +281,14 @@ def main() -> None:
             f"speed (the VM is {v['ratio']:.1f}x an ESP32's Pystones), ok={v['ok']}"
         )
     for baud, (transfer_s, update_s) in per_node.items():
-        estimate = street_estimate(20, transfer_s, update_s)
+        if gap_s is None:
+            print(f"street estimate at {baud} baud: run a street (--street-nodes 4) for it")
+            continue
+        estimate = street_estimate(20, transfer_s, update_s, gap_s)
         print(
             f"street estimate: 20 nodes on 2 buses at {baud} baud: about {estimate / 60:.0f} "
-            f"min ({transfer_s:.0f} s a transfer, {update_s:.0f} s a whole update)"
+            f"min ({transfer_s:.0f} s a transfer, {update_s:.0f} s a whole update, "
+            f"{gap_s:.0f} s between transfers)"
         )
 
 
