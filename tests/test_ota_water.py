@@ -1,10 +1,11 @@
 """OTA on the water node (issue 16 item 3, "over Wi-Fi HTTP for nodes that have it"): the
 battery node that sleeps between wakes takes the `ota` command in a wake's flush, through a
-real mosquitto, fetches the signed bundle from an HTTP server on loopback after the flush,
-checks its signature in a boot of its own, stages the files over the next wake and resets
-into the new version, whose first wake is its trial (self-test, then its report
-acknowledged by the broker). All of it on the emulated ESP32 under the real boot selector
-(/main.py), deep sleeps included; the node's own modules in its MicroPython VM."""
+real mosquitto, and fetches the signed bundle from an HTTP server on loopback in update
+boots of its own (node/ota_wake.py): the header, its signature checked in the check boot,
+then the files, and a reset into the new version, whose first wake is its trial
+(self-test, then its report acknowledged by the broker); an update boot sends the result.
+All of it on the emulated ESP32 under the real boot selector (/main.py), deep sleeps
+included; the node's own modules in its MicroPython VM."""
 
 from __future__ import annotations
 
