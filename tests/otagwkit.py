@@ -8,17 +8,21 @@ import contextlib
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gwproc import write_config
+from gwproc import GatewayProcess, write_config
 
 from polekit.firmware.deploy.signing import public_key_raw, sign_bundle
 from polekit.firmware.install import install
+from polekit.hil.broker import LocalBroker
 from polekit.hil.emulator import EmulatedBoard
 from polekit.hil.line import VirtualLine
 from polekit.protocols import cbor, identity
+
+from gwkit import Collector, until
 
 BOARD = "pole-env-esp32"
 
@@ -203,3 +207,35 @@ def events(messages: list[Any], name: str) -> list[tuple[int, str, dict[str, Any
         if body.get("event") == name:
             out.append((i, m.topic.rsplit("/", 1)[1], body["value"]))
     return out
+
+
+@dataclass
+class Rig:
+    """What a rollout test works with: the running gateway (a test that restarts it puts
+    the new one here), the collector at the broker, the gateway's config, the boards."""
+
+    gw: GatewayProcess
+    sub: Collector
+    config: Path
+    boards: list[EmulatedBoard]
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(
+    config: Path,
+    broker: LocalBroker,
+    boards: list[EmulatedBoard],
+    ready: Callable[[Collector], Any],
+    what: str,
+) -> AsyncIterator[Rig]:
+    """`polekit gateway run -c config` (logging to gateway.log beside it) and a collector
+    at ``broker``; yields once ``ready(collector)`` holds (within 60 s), and stops the
+    gateway that runs then (``rig.gw``) at the end."""
+    async with Collector(broker.host, broker.port) as sub:
+        rig = Rig(GatewayProcess(config, config.parent / "gateway.log"), sub, config, boards)
+        try:
+            await until(lambda: ready(sub), 60, what)
+            yield rig
+        finally:
+            rig.gw.proc.terminate()
+            rig.gw.proc.wait(timeout=15)

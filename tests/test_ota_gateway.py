@@ -13,13 +13,13 @@ import json
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from gwproc import CountingDevices, GatewayProcess
 from otagwkit import (
+    Rig,
     broken_bundle,
     events,
     make_key,
@@ -28,6 +28,7 @@ from otagwkit import (
     pole_line,
     polekit,
     rtu_bus,
+    running_gateway,
     signed_bundle,
 )
 
@@ -167,17 +168,6 @@ def _pack_time(payload: bytes) -> float:
     return float(senml.resolve(senml.decode_cbor(payload), now=0)[0]["t"])
 
 
-@dataclass
-class Rig:
-    """What a rollout test works with: the running gateway (a test that restarts it puts
-    the new one here), the collector at the broker, the gateway's config, the boards."""
-
-    gw: GatewayProcess
-    sub: Collector
-    config: Path
-    boards: list[Any]
-
-
 @contextlib.asynccontextmanager
 async def gateway_on_line(
     tmp_path: Path,
@@ -204,16 +194,14 @@ async def gateway_on_line(
             key.with_suffix(".pub"),
             **ota,
         )
-        async with Collector(broker.host, broker.port) as sub:
-            rig = Rig(GatewayProcess(config, tmp_path / "gateway.log"), sub, config, boards)
-            try:
-                await until(
-                    lambda: all(_fw_version(sub, c) == 1 for c in codes), 60, "0.1 everywhere"
-                )
-                yield rig
-            finally:
-                rig.gw.proc.terminate()
-                rig.gw.proc.wait(timeout=15)
+        async with running_gateway(
+            config,
+            broker,
+            boards,
+            lambda sub: all(_fw_version(sub, c) == 1 for c in codes),
+            "0.1 everywhere",
+        ) as rig:
+            yield rig
 
 
 def test_signed_update_reaches_three_nodes_on_one_line_while_the_others_keep_being_polled(

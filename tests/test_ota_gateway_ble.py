@@ -13,12 +13,10 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gwproc import GatewayProcess
-from otagwkit import events, ota_config, polekit
+from otagwkit import Rig, events, ota_config, polekit, running_gateway
 from otalinkkit import (
     COMMUNITY,
     RAISES,
@@ -34,7 +32,7 @@ from polekit.hil.broker import LocalBroker
 from polekit.hil.emulator import EmulatedBoard
 from polekit.protocols import cbor, identity, ota
 
-from gwkit import Collector, run, until
+from gwkit import run, until
 
 GATEWAY = "gw-fault"  # gwproc's gateway id
 
@@ -71,14 +69,6 @@ def _console(board: EmulatedBoard) -> str:
     return bytes(board.serial_log).decode(errors="replace")
 
 
-@dataclass
-class Rig:
-    gw: GatewayProcess
-    sub: Collector
-    config: Path
-    board: EmulatedBoard
-
-
 @contextlib.asynccontextmanager
 async def gateway_on_air(tmp_path: Path, code: str, flash: Path) -> AsyncIterator[Rig]:
     """The community node (``flash``) on the virtual air, a broker, a collector and a
@@ -90,14 +80,10 @@ async def gateway_on_air(tmp_path: Path, code: str, flash: Path) -> AsyncIterato
         LocalBroker() as broker,
     ):
         config = _config(tmp_path, broker, air, code, board.mac)
-        async with Collector(broker.host, broker.port) as sub:
-            rig = Rig(GatewayProcess(config, tmp_path / "gateway.log"), sub, config, board)
-            try:
-                await until(lambda: sub.packs(code), 60, "the node's adverts")
-                yield rig
-            finally:
-                rig.gw.proc.terminate()
-                rig.gw.proc.wait(timeout=15)
+        async with running_gateway(
+            config, broker, [board], lambda sub: sub.packs(code), "the node's adverts"
+        ) as rig:
+            yield rig
 
 
 def test_a_signed_update_reaches_a_community_node_over_ble_through_the_gateway(
@@ -124,7 +110,7 @@ def test_a_signed_update_reaches_a_community_node_over_ble_through_the_gateway(
             seen = len(sub.packs(code))
             await until(lambda: len(sub.packs(code)) > seen, 30, "adverts on 0.2")
             messages = list(sub.messages)
-            console = _console(rig.board)
+            console = _console(rig.boards[0])
         return push, messages, took, console
 
     push, messages, took, console = run(scenario(), 900)
@@ -170,7 +156,7 @@ def test_a_failing_version_over_ble_is_rolled_back_and_the_gateway_reports_it(
             accepted = cbor.loads(sub.on(f"/cmd-result/{code}")[0].payload)
             status = await asyncio.to_thread(polekit, "ota", "status", "-c", str(rig.config))
             messages = list(sub.messages)
-            console = _console(rig.board)
+            console = _console(rig.boards[0])
         return accepted, messages, status, console
 
     accepted, messages, status, console = run(scenario(), 900)
